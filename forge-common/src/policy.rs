@@ -1,0 +1,326 @@
+//! Policy records as the kernel reads them.
+
+use core::mem::size_of;
+
+use crate::op;
+
+/// Syscall numbers covered by the bitmaps.
+pub const MAX_SYSCALLS: usize = 512;
+/// `u64` words in a syscall bitmap.
+pub const SYSCALL_WORDS: usize = MAX_SYSCALLS / 64;
+/// Network rules per record, evaluated in order; the first match decides.
+pub const MAX_NET_RULES: usize = 32;
+/// Path bytes in an LPM key: 256 (the kernel's limit for LPM data) minus
+/// the 4-byte slot and 1-byte op.
+pub const PATH_KEY_PATH_LEN: usize = 251;
+
+/// One network rule: CIDR + port range + operations.
+///
+/// `addr` is pre-masked and both `addr` and `mask` are in network byte order,
+/// word by word as they appear in `bpf_sock_addr.user_ip6` (IPv4 uses word 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetRule {
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+    /// Inclusive port range in host byte order; `0..=65535` for any.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// [`crate::family`]: `ANY`, `INET` or `INET6`.
+    pub family: u8,
+    /// Bit `1 << op::NET_*` for each operation this rule covers.
+    pub ops: u8,
+    /// [`crate::verdict`]: `ALLOW` or `DENY`.
+    pub action: u8,
+    /// [`crate::mode`].
+    pub mode: u8,
+    pub rule_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<NetRule>() == 48);
+
+impl NetRule {
+    /// Whether this rule covers `op_class` for an address in `family` with the
+    /// given address words (network order) and host-order port.
+    #[inline(always)]
+    pub fn matches(&self, op_class: u8, family: u8, ip: &[u32; 4], port: u16) -> bool {
+        if self.ops & (1u8 << op_class) == 0 {
+            return false;
+        }
+        if self.family != crate::family::ANY && self.family != family {
+            return false;
+        }
+        if port < self.port_lo || port > self.port_hi {
+            return false;
+        }
+        if self.family == crate::family::ANY {
+            return true;
+        }
+        let words = if family == crate::family::INET { 1 } else { 4 };
+        let mut i = 0;
+        while i < 4 {
+            if i < words && ip[i] & self.mask[i] != self.addr[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
+/// The per-cgroup record. Written whole by the agent's map writer into a
+/// free slot, then published by pointing the cgroup at the slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyRecord {
+    /// Policy generation this record was compiled from.
+    pub generation: u64,
+    /// [`crate::flags`] bits.
+    pub flags: u32,
+    /// Mode of the defaults and of the self-protection hooks.
+    pub mode: u8,
+    pub _pad0: [u8; 3],
+    /// Default action per op class ([`crate::verdict`] `ALLOW`/`DENY`).
+    pub defaults: [u8; op::COUNT],
+    /// Rule id reported when a default decides, per op class.
+    pub default_rule: [u32; op::COUNT],
+    /// Number of valid entries in `net`.
+    pub net_count: u32,
+    pub _pad1: u32,
+    pub net: [NetRule; MAX_NET_RULES],
+    /// Syscalls that are denied (bit set = deny). Already folds the default.
+    pub syscall_deny: [u64; SYSCALL_WORDS],
+    /// Of the denied syscalls, those only monitored (bit set = monitor).
+    pub syscall_monitor: [u64; SYSCALL_WORDS],
+    /// Rule id per syscall number (for denied ones).
+    pub syscall_rule: [u32; MAX_SYSCALLS],
+}
+const _: () = assert!(size_of::<PolicyRecord>() == 16 + 8 + 32 + 8 + 48 * 32 + 64 + 64 + 4 * 512);
+
+impl PolicyRecord {
+    /// A record that allows everything and denies nothing.
+    pub const fn allow_all(generation: u64) -> Self {
+        Self {
+            generation,
+            flags: 0,
+            mode: crate::mode::ENFORCE,
+            _pad0: [0; 3],
+            defaults: [crate::verdict::ALLOW; op::COUNT],
+            default_rule: [crate::rule_id::DEFAULT; op::COUNT],
+            net_count: 0,
+            _pad1: 0,
+            net: [NetRule {
+                addr: [0; 4],
+                mask: [0; 4],
+                port_lo: 0,
+                port_hi: 0,
+                family: 0,
+                ops: 0,
+                action: 0,
+                mode: 0,
+                rule_id: 0,
+                _pad: 0,
+            }; MAX_NET_RULES],
+            syscall_deny: [0; SYSCALL_WORDS],
+            syscall_monitor: [0; SYSCALL_WORDS],
+            syscall_rule: [0; MAX_SYSCALLS],
+        }
+    }
+
+    /// Whether syscall `nr` is denied; returns `(denied, monitor_only, rule)`.
+    #[inline(always)]
+    pub fn syscall_denied(&self, nr: usize) -> Option<(bool, u32)> {
+        if nr >= MAX_SYSCALLS {
+            return None;
+        }
+        let word = nr / 64;
+        let bit = 1u64 << (nr % 64);
+        if self.syscall_deny[word] & bit == 0 {
+            return None;
+        }
+        Some((self.syscall_monitor[word] & bit != 0, self.syscall_rule[nr]))
+    }
+
+    /// Marks syscall `nr` as denied by `rule_id`. Out-of-range numbers are ignored
+    /// and reported as `false`.
+    pub fn deny_syscall(&mut self, nr: usize, rule_id: u32, monitor: bool) -> bool {
+        if nr >= MAX_SYSCALLS {
+            return false;
+        }
+        let word = nr / 64;
+        let bit = 1u64 << (nr % 64);
+        self.syscall_deny[word] |= bit;
+        if monitor {
+            self.syscall_monitor[word] |= bit;
+        } else {
+            self.syscall_monitor[word] &= !bit;
+        }
+        self.syscall_rule[nr] = rule_id;
+        self.flags |= crate::flags::HAS_SYSCALL_RULES;
+        true
+    }
+}
+
+/// Data of the path LPM trie key (the map key is `{prefix_len: u32, data: PathKey}`):
+/// `{slot, op, path}`. The trie matches the longest prefix in bits, so the slot
+/// and op must match whole and the path by prefix.
+///
+/// A rule for a directory is stored with its trailing `/`; a rule for one exact
+/// file is stored with its terminating NUL, so `/usr/bin/curl` does not also
+/// match `/usr/bin/curlx`.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub struct PathKey {
+    pub slot: u32,
+    pub op: u8,
+    pub path: [u8; PATH_KEY_PATH_LEN],
+}
+const _: () = assert!(size_of::<PathKey>() == 256);
+
+impl PathKey {
+    /// Bits taken by `slot` and `op` before the path starts.
+    pub const HEADER_BITS: u32 = 8 * 5;
+}
+
+/// Value of the path LPM trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PathRule {
+    /// [`crate::verdict`] `ALLOW` or `DENY`.
+    pub action: u8,
+    /// [`crate::mode`].
+    pub mode: u8,
+    pub _pad: [u8; 2],
+    pub rule_id: u32,
+}
+const _: () = assert!(size_of::<PathRule>() == 8);
+
+/// Key of the per-CPU decision counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CounterKey {
+    pub cgroup_id: u64,
+    pub hook: u16,
+    pub verdict: u8,
+    pub mode: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CounterKey>() == 16);
+
+/// Agent-wide settings read by the kernel programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Thread-group id of the running agent (target of self-protection).
+    pub agent_tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]`, `Copy`, only integer fields and explicit padding;
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::NetRule {}
+    // SAFETY: as above: integers, integer arrays and explicit padding only.
+    unsafe impl aya::Pod for super::PolicyRecord {}
+    // SAFETY: packed integers and a byte array; any bit pattern is valid.
+    unsafe impl aya::Pod for super::PathKey {}
+    // SAFETY: integers and explicit padding only.
+    unsafe impl aya::Pod for super::PathRule {}
+    // SAFETY: integers and explicit padding only.
+    unsafe impl aya::Pod for super::CounterKey {}
+    // SAFETY: integers and explicit padding only.
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{family, op};
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> u32 {
+        u32::from_ne_bytes([a, b, c, d])
+    }
+
+    fn rule(addr: u32, prefix: u32, lo: u16, hi: u16) -> NetRule {
+        let mask = if prefix == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - prefix)).to_be()
+        };
+        NetRule {
+            addr: [addr & mask, 0, 0, 0],
+            mask: [mask, 0, 0, 0],
+            port_lo: lo,
+            port_hi: hi,
+            family: family::INET,
+            ops: 1 << op::NET_CONNECT,
+            action: crate::verdict::DENY,
+            ..NetRule::default()
+        }
+    }
+
+    #[test]
+    fn cidr_and_port_range_match() {
+        let r = rule(v4(10, 1, 0, 0), 16, 5000, 5999);
+        assert!(r.matches(
+            op::NET_CONNECT,
+            family::INET,
+            &[v4(10, 1, 200, 3), 0, 0, 0],
+            5432
+        ));
+        assert!(!r.matches(
+            op::NET_CONNECT,
+            family::INET,
+            &[v4(10, 2, 0, 1), 0, 0, 0],
+            5432
+        ));
+        assert!(!r.matches(
+            op::NET_CONNECT,
+            family::INET,
+            &[v4(10, 1, 0, 1), 0, 0, 0],
+            6000
+        ));
+        assert!(!r.matches(
+            op::NET_BIND,
+            family::INET,
+            &[v4(10, 1, 0, 1), 0, 0, 0],
+            5432
+        ));
+        assert!(!r.matches(
+            op::NET_CONNECT,
+            family::INET6,
+            &[v4(10, 1, 0, 1), 0, 0, 0],
+            5432
+        ));
+    }
+
+    #[test]
+    fn zero_prefix_matches_every_address() {
+        let r = rule(0, 0, 0, u16::MAX);
+        assert!(r.matches(
+            op::NET_CONNECT,
+            family::INET,
+            &[v4(8, 8, 8, 8), 0, 0, 0],
+            53
+        ));
+    }
+
+    #[test]
+    fn syscall_bitmap_edges() {
+        let mut rec = PolicyRecord::allow_all(1);
+        assert!(rec.deny_syscall(0, 20, false));
+        assert!(rec.deny_syscall(63, 21, true));
+        assert!(rec.deny_syscall(64, 22, false));
+        assert!(rec.deny_syscall(511, 23, false));
+        assert!(!rec.deny_syscall(512, 24, false));
+        assert_eq!(rec.syscall_denied(0), Some((false, 20)));
+        assert_eq!(rec.syscall_denied(63), Some((true, 21)));
+        assert_eq!(rec.syscall_denied(64), Some((false, 22)));
+        assert_eq!(rec.syscall_denied(511), Some((false, 23)));
+        assert_eq!(rec.syscall_denied(1), None);
+        assert_eq!(rec.syscall_denied(512), None);
+        assert_ne!(rec.flags & crate::flags::HAS_SYSCALL_RULES, 0);
+    }
+}

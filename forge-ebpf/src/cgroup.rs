@@ -1,0 +1,81 @@
+//! cgroup sock_addr hooks, attached to each governed cgroup: connect, bind
+//! and UDP sendmsg for IPv4 and IPv6. Return 1 to allow, 0 to deny (the
+//! syscall fails with EPERM).
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use forge_common::{family, flags, hook, op, verdict};
+
+use crate::{
+    decide::{decide_net, governing},
+    emit::{Report, report},
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
+    let Some((cgroup_id, _slot, record)) = governing() else {
+        return ALLOW;
+    };
+    if record.flags & flags::NET_VIA_LSM != 0 {
+        // The LSM socket hooks decide for this cgroup.
+        return ALLOW;
+    }
+    // SAFETY: `sock_addr` is the context pointer the kernel passed; the
+    // fields read are part of the sock_addr context the verifier allows.
+    let (ip, port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        let ip = if fam == family::INET {
+            [sa.user_ip4, 0, 0, 0]
+        } else {
+            [
+                sa.user_ip6[0],
+                sa.user_ip6[1],
+                sa.user_ip6[2],
+                sa.user_ip6[3],
+            ]
+        };
+        (ip, u16::from_be(sa.user_port as u16))
+    };
+    let d = decide_net(record, op_class, fam, &ip, port);
+    if d.allows() {
+        return ALLOW;
+    }
+    let mut r = Report::new(cgroup_id, h, op_class, verdict::DENY, d.mode, d.rule_id);
+    r.family = fam;
+    r.addr = ip;
+    r.port = port;
+    report(Some(record), &r, None);
+    if d.enforced() { DENY } else { ALLOW }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CGROUP_CONNECT4, op::NET_CONNECT, family::INET)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CGROUP_CONNECT6, op::NET_CONNECT, family::INET6)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CGROUP_BIND4, op::NET_BIND, family::INET)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CGROUP_BIND6, op::NET_BIND, family::INET6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CGROUP_SENDMSG4, op::NET_SENDTO, family::INET)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CGROUP_SENDMSG6, op::NET_SENDTO, family::INET6)
+}

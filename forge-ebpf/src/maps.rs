@@ -1,0 +1,43 @@
+//! The maps shared with the agent. Layout documented in `forge-common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+};
+use forge_common::{Config, CounterKey, PathKey, PathRule, PolicyRecord, capacity};
+
+#[map(name = "CGROUPS")]
+pub(crate) static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::MAX_GOVERNED, 0);
+
+#[map(name = "POLICIES")]
+pub(crate) static POLICIES: Array<PolicyRecord> =
+    Array::with_max_entries(capacity::POLICY_SLOTS, 0);
+
+#[map(name = "PATHS")]
+pub(crate) static PATHS: LpmTrie<PathKey, PathRule> =
+    LpmTrie::with_max_entries(capacity::PATH_RULES, 0);
+
+#[map(name = "EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENT_RING_BYTES, 0);
+
+#[map(name = "DROPS")]
+pub(crate) static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "COUNTERS")]
+pub(crate) static COUNTERS: PerCpuHashMap<CounterKey, u64> =
+    PerCpuHashMap::with_max_entries(capacity::COUNTERS, 0);
+
+#[map(name = "CONFIG")]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per-CPU scratch space: the LPM key is too large for the BPF stack next to
+/// everything else a hook keeps there.
+#[repr(C)]
+pub(crate) struct Scratch {
+    pub(crate) key: Key<PathKey>,
+    /// Set once the key holds a resolved path; length of it including its NUL.
+    pub(crate) path_len: u32,
+}
+
+#[map(name = "SCRATCH")]
+pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

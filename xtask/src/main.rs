@@ -1,0 +1,45 @@
+//! `cargo xtask`: install the toolchain, build, test, demo, VM tests, benchmarks.
+
+mod setup;
+mod test;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ForgeOne project tasks", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (apt packages, bpf-linker); idempotent.
+    Setup(setup::SetupArgs),
+    /// Set up, build, and run the agent's demo on the default policy (root).
+    Demo,
+    /// Set up and run the whole test suite: unit, privileged host tests, VM tests.
+    Test(test::TestArgs),
+    /// Run the privileged test binary inside QEMU guests booted with BPF LSM.
+    VmTest(vm::VmTestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup(args) => setup::run(&args).map(|_| ()),
+        Cmd::Demo => test::demo(),
+        Cmd::Test(args) => test::run(&args),
+        Cmd::VmTest(args) => vm::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
