@@ -1,4 +1,11 @@
 //! ForgeOne agent library: loads the kernel programs, governs cgroups, reads
 //! decision events. The `forge` binary is a thin command line over it.
 
+pub mod agent;
+pub mod cgroup;
+pub mod doctor;
 pub mod ebpf;
+pub mod events;
+pub mod explain;
+pub mod policy;
+pub mod workload;

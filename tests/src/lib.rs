@@ -1,1 +1,202 @@
+//! Shared fixtures for ForgeOne's privileged integration tests.
+//!
+//! Each test runs in a fresh cgroup with its own agent (own bpffs pin root),
+//! asserts on what the kernel did (errno, signal, event fields) and cleans up
+//! after itself. A test that needs a backend this kernel does not offer is
+//! reported as ignored with the kernel's reason, unless `FORGE_REQUIRE` names
+//! that backend, in which case it fails.
 
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use forge_agent::{
+    agent::{Agent, AgentOptions},
+    cgroup::Cgroup,
+    ebpf::{BackendStatus, Want, loader},
+    events::{DecisionEvent, Verdict},
+    policy::{CompiledRecord, Policy, compile},
+    workload::{ACTION_ENV, Action, Outcome, run_action, spawn_in},
+};
+use libtest_mimic::{Completion, Failed};
+
+/// What this machine offers, probed once.
+pub struct HostCaps {
+    pub root: bool,
+    pub backends: Vec<BackendStatus>,
+    pub probe_error: Option<String>,
+    pub require: BTreeSet<String>,
+}
+
+pub fn caps() -> &'static HostCaps {
+    static CAPS: OnceLock<HostCaps> = OnceLock::new();
+    CAPS.get_or_init(|| {
+        let require = std::env::var("FORGE_REQUIRE")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let root = nix::unistd::geteuid().is_root();
+        let (backends, probe_error) = if root {
+            match loader::probe() {
+                Ok(b) => (b, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            }
+        } else {
+            (Vec::new(), None)
+        };
+        HostCaps { root, backends, probe_error, require }
+    })
+}
+
+/// Decides whether a test needing `needs` (backend names) can run here.
+/// `Ok(None)`: run it. `Ok(Some(ignored))`: report ignored with the reason.
+/// `Err`: a required capability is missing.
+pub fn gate(needs: &[&str]) -> Result<Option<Completion>, Failed> {
+    let c = caps();
+    let mut missing = Vec::new();
+    if !c.root {
+        missing.push(("root".to_string(), "needs root (loads eBPF programs, creates cgroups)".to_string()));
+    }
+    if let Some(e) = &c.probe_error {
+        missing.push(("probe".to_string(), format!("backend probe failed: {e}")));
+    }
+    for need in needs {
+        if !c.root {
+            break;
+        }
+        match c.backends.iter().find(|b| b.backend == *need) {
+            Some(b) if b.available => {}
+            Some(b) => missing.push(((*need).to_string(), format!("backend {need} unavailable: {}", first_line(b.error.as_deref().unwrap_or("?"))))),
+            None => missing.push(((*need).to_string(), format!("backend {need} was not probed"))),
+        }
+    }
+    let Some((what, reason)) = missing.into_iter().next() else { return Ok(None) };
+    // Root and a working probe are preconditions of every required backend.
+    let required = c.require.contains(&what)
+        || ((what == "root" || what == "probe") && needs.iter().any(|n| c.require.contains(*n)));
+    if required {
+        let list = c.require.iter().cloned().collect::<Vec<_>>().join(",");
+        return Err(format!("FORGE_REQUIRE={list}: {reason}").into());
+    }
+    Ok(Some(Completion::ignored_with(reason)))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// One test's world: a cgroup governed by its own agent.
+pub struct Fixture {
+    pub rt: tokio::runtime::Runtime,
+    pub agent: Option<Agent>,
+    pub cgroup: Cgroup,
+    pub compiled: CompiledRecord,
+    pub exe: PathBuf,
+    pub pin_root: PathBuf,
+}
+
+impl Fixture {
+    /// Starts an agent with `want`, creates `forge-test/<name>` and governs it
+    /// with the policy in `yaml`.
+    pub fn new(name: &str, yaml: &str, want: Want) -> Result<Self, Failed> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{}-{name}", std::process::id()));
+        let agent = {
+            let _guard = rt.enter();
+            Agent::start(&AgentOptions { pin_root: pin_root.clone(), want }).map_err(fail)?
+        };
+        let cgroup = Cgroup::create(&format!("forge-test/{}-{name}", std::process::id())).map_err(fail)?;
+        let policy = Policy::from_yaml(yaml, name).map_err(fail)?;
+        let compiled = compile(&policy, name, 1).map_err(fail)?;
+        let mut f = Self { rt, agent: Some(agent), cgroup, compiled, exe: std::env::current_exe().map_err(fail)?, pin_root };
+        f.agent_mut().writer.govern(&f.cgroup, &f.compiled).map_err(fail)?;
+        Ok(f)
+    }
+
+    pub fn agent_mut(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("agent present until drop")
+    }
+
+    /// Runs `action` in a new process inside the governed cgroup.
+    pub fn inside(&self, action: &str) -> Result<Outcome, Failed> {
+        self.inside_pid(action).map(|(_, o)| o)
+    }
+
+    /// Like [`Self::inside`], also returning the process id.
+    pub fn inside_pid(&self, action: &str) -> Result<(u32, Outcome), Failed> {
+        let a: Action = action.parse().map_err(|e: String| Failed::from(e))?;
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.env(ACTION_ENV, a.to_string());
+        let mut child = spawn_in(&self.cgroup, &mut cmd).map_err(fail)?;
+        let pid = child.id();
+        let status = child.wait().map_err(fail)?;
+        Ok((pid, Outcome::from_status(status)))
+    }
+
+    /// Runs `action` in a new process outside any governed cgroup.
+    pub fn outside(&self, action: &str) -> Result<Outcome, Failed> {
+        let a: Action = action.parse().map_err(|e: String| Failed::from(e))?;
+        run_action(&self.exe, &a).map_err(fail)
+    }
+
+    /// Collects decision events (not process tracking) until `n` arrived or
+    /// two seconds passed.
+    pub fn decisions(&mut self, n: usize) -> Vec<DecisionEvent> {
+        let rt = &self.rt;
+        let agent = self.agent.as_mut().expect("agent present until drop");
+        rt.block_on(agent.collect_until(Duration::from_secs(2), |evs| evs.iter().filter(|e| e.verdict != Verdict::Info).count() >= n))
+            .into_iter()
+            .filter(|e| e.verdict != Verdict::Info)
+            .collect()
+    }
+
+    /// All events (including process tracking) until `pred` holds or 2 s.
+    pub fn events_until(&mut self, pred: impl FnMut(&[DecisionEvent]) -> bool) -> Vec<DecisionEvent> {
+        let rt = &self.rt;
+        let agent = self.agent.as_mut().expect("agent present until drop");
+        rt.block_on(agent.collect_until(Duration::from_secs(2), pred))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.writer.ungovern(self.cgroup.id);
+            let _guard = self.rt.enter();
+            let _ = agent.remove_pins();
+        }
+        let _ = forge_agent::ebpf::Pins::new(&self.pin_root).remove_all();
+        let _ = self.cgroup.destroy();
+    }
+}
+
+pub fn fail(e: impl std::fmt::Display) -> Failed {
+    Failed::from(e.to_string())
+}
+
+/// `check!(cond, "message {}", args)`: fails the test with the message.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(::libtest_mimic::Failed::from(format!($($fmt)+)));
+        }
+    };
+}
+
+/// Compares an outcome with the expected one, naming the action.
+pub fn expect(what: &str, got: Outcome, want: Outcome) -> Result<(), Failed> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected {want}, got {got}").into())
+    }
+}
+
+pub const EPERM: Outcome = Outcome::Errno(libc::EPERM);
+pub const SIGKILL: Outcome = Outcome::Signal(libc::SIGKILL);

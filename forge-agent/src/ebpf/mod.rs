@@ -2,3 +2,12 @@
 //! loading and pinning, the single map writer, and the ring reader.
 
 pub mod btf;
+pub mod loader;
+pub mod object;
+pub mod pins;
+pub mod ring;
+pub mod writer;
+
+pub use loader::{Active, BackendStatus, Handles, LoadError, Want};
+pub use pins::Pins;
+pub use writer::{MapWriter, WriterError};

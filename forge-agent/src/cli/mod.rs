@@ -1,0 +1,138 @@
+//! The command line. The only place that prints to stdout.
+#![allow(clippy::print_stdout, reason = "the CLI's output layer")]
+
+mod demo;
+mod doctor;
+mod policy;
+mod run;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use forge_agent::ebpf::{Pins, Want, pins::DEFAULT_ROOT};
+
+#[derive(Parser)]
+#[command(
+    name = "forge",
+    version,
+    about = "ForgeOne: per-cgroup enforcement in the kernel (BPF LSM, cgroup hooks, syscall tracepoints)",
+    long_about = "ForgeOne loads eBPF programs that decide, per cgroup, whether an exec, a file open, \
+a connect/bind/sendto or a syscall is allowed, from policies you write in YAML. \
+Decisions other than a plain allow are reported as events.\n\n\
+Start with `forge doctor` (what this kernel supports), then `forge demo`."
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+pub(crate) struct LogArgs {
+    /// Log filter, e.g. `info`, `forge_agent=debug` (also RUST_LOG).
+    #[arg(long, global = true, env = "FORGE_LOG", default_value = "warn")]
+    pub(crate) log_level: String,
+    /// Log as JSON lines on stderr.
+    #[arg(long, global = true)]
+    pub(crate) log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report kernel features and which enforcement backends load here.
+    Doctor(doctor::DoctorArgs),
+    /// Govern a demo cgroup with the default policy, run a workload that
+    /// tries denied operations, and show what was denied and why.
+    Demo(demo::DemoArgs),
+    /// Run the agent.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Check and compile policies.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
+    /// Remove all pinned ForgeOne state: enforcement ends for every cgroup.
+    Reset(PinArgs),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Load (or adopt) the kernel programs, govern cgroups, log decisions.
+    Run(run::RunArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct PinArgs {
+    /// bpffs directory for ForgeOne's pinned programs, links and maps.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    pub(crate) pin_root: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Backend {
+    Lsm,
+    Cgroup,
+    Tracepoint,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct BackendArgs {
+    /// Use only these backends (default: all this kernel accepts).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) backends: Vec<Backend>,
+}
+
+impl BackendArgs {
+    pub(crate) fn want(&self) -> Want {
+        if self.backends.is_empty() {
+            return Want::default();
+        }
+        let has = |b| Some(self.backends.contains(&b));
+        Want { lsm: has(Backend::Lsm), cgroup: has(Backend::Cgroup), tracepoint: has(Backend::Tracepoint) }
+    }
+}
+
+pub(crate) fn init_tracing(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Exit codes: 0 ok, 1 failure, 2 usage (clap), 3 unhealthy (doctor).
+pub(crate) fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Doctor(a) => doctor::run(&a),
+        Command::Demo(a) => demo::run(&a),
+        Command::Agent { command: AgentCommand::Run(a) } => run::run(&a),
+        Command::Policy { command } => policy::run(&command),
+        Command::Reset(a) => reset(&a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("forge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reset(a: &PinArgs) -> anyhow::Result<ExitCode> {
+    Pins::new(&a.pin_root).remove_all()?;
+    println!("removed {}", a.pin_root.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as pretty JSON.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Host facts and backend probing for `forge doctor`.
+
+use std::{fs, path::Path};
+
+use serde::Serialize;
+
+use crate::ebpf::{BackendStatus, loader};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub btf: bool,
+    pub cgroup2_mount: Option<String>,
+    pub bpffs_mounted: bool,
+    pub lsm_list: Option<String>,
+    pub bpf_in_lsm_list: bool,
+    pub backends: Vec<BackendStatus>,
+    /// Why probing could not run at all (e.g. not root), if it could not.
+    pub probe_error: Option<String>,
+}
+
+impl Report {
+    /// Healthy when at least one enforcement backend is available.
+    pub fn healthy(&self) -> bool {
+        self.backends.iter().any(|b| b.available)
+    }
+}
+
+/// Gathers the report; probing loads (but never attaches) every program.
+pub fn gather() -> Report {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let lsm_list = read_lsm_list();
+    let (backends, probe_error) = match loader::probe() {
+        Ok(b) => (b, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Report {
+        kernel,
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        cgroup2_mount: crate::cgroup::cgroup2_mount().ok().map(|p| p.display().to_string()),
+        bpffs_mounted: fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"))),
+        bpf_in_lsm_list: lsm_list.as_deref().is_some_and(|l| l.split(',').any(|x| x == "bpf")),
+        lsm_list,
+        backends,
+        probe_error,
+    }
+}
+
+fn read_lsm_list() -> Option<String> {
+    let path = Path::new("/sys/kernel/security/lsm");
+    if !path.exists() {
+        let _ = nix::mount::mount(
+            Some("securityfs"),
+            "/sys/kernel/security",
+            Some("securityfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}

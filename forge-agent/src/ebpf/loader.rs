@@ -1,0 +1,363 @@
+//! Loading the kernel programs (or adopting a pinned set), attaching the
+//! global hooks, and opening the maps.
+//!
+//! A fresh load attaches and pins everything, then drops its handles and
+//! opens the pins like any later agent would: one code path for "just
+//! loaded" and "adopted after a restart".
+
+use std::{
+    fmt::Write as _,
+    io,
+    path::PathBuf,
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint,
+        cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
+    },
+};
+use forge_common::{Config, CounterKey, PathKey, PathRule, PolicyRecord, map_name};
+use serde::Serialize;
+
+use super::{
+    btf::{Btf, BtfError, KernelOffsets},
+    object::{CGROUP_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER, TRACEPOINTS},
+    pins::{Pins, ensure_bpffs},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading kernel BTF: {0}")]
+    Btf(#[from] BtfError),
+    #[error("kernel BTF for aya: {0}")]
+    AyaBtf(String),
+    #[error("preparing bpffs pins at {path}: {source}")]
+    Pins { path: PathBuf, source: io::Error },
+    #[error("parsing the embedded eBPF object: {0}")]
+    Object(String),
+    #[error("program {name}: {message}")]
+    Program { name: String, message: String },
+    #[error("map {name} at {path}: {message}")]
+    Map { name: String, path: PathBuf, message: String },
+    #[error("no backend could be loaded: {0}")]
+    NothingLoaded(String),
+}
+
+/// Which backends to use. `None` = whatever this kernel accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    pub lsm: Option<bool>,
+    pub cgroup: Option<bool>,
+    pub tracepoint: Option<bool>,
+}
+
+/// What one backend's load attempt found.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub backend: &'static str,
+    pub available: bool,
+    /// The kernel's exact error when not available (first failing program).
+    pub error: Option<String>,
+}
+
+/// Backends in force for this agent.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Active {
+    pub lsm: bool,
+    pub cgroup: bool,
+    pub tracepoint: bool,
+}
+
+/// Typed handles on the pinned maps.
+pub struct Maps {
+    pub cgroups: HashMap<MapData, u64, u32>,
+    pub policies: Array<MapData, PolicyRecord>,
+    pub paths: LpmTrie<MapData, PathKey, PathRule>,
+    pub events: Option<RingBuf<MapData>>,
+    pub drops: PerCpuArray<MapData, u64>,
+    pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    pub config: Array<MapData, Config>,
+}
+
+/// Everything the map writer needs from the kernel side.
+pub struct Handles {
+    pub pins: Pins,
+    pub maps: Maps,
+    pub cgroup_progs: Vec<(&'static str, CgroupSockAddr)>,
+    pub sys_enter: Option<RawTracePoint>,
+    pub active: Active,
+    /// True when an existing pinned state was adopted instead of loaded.
+    pub adopted: bool,
+    /// Per-backend results of this start's load (empty when adopted).
+    pub statuses: Vec<BackendStatus>,
+}
+
+/// Loads or adopts ForgeOne's kernel state under `pins`.
+pub fn start(pins: Pins, want: Want) -> Result<Handles, LoadError> {
+    ensure_bpffs(pins.root()).map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
+    if pins.map(map_name::CONFIG).exists() {
+        let mut h = adopt(pins)?;
+        h.adopted = true;
+        tracing::info!(root = %h.pins.root().display(), "adopted pinned ForgeOne state");
+        return Ok(h);
+    }
+    // A partial state (an agent died mid-load) is cleared before loading.
+    pins.remove_all().map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
+    pins.create_dirs().map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
+    let statuses = match load_and_pin(&pins, want) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = pins.remove_all();
+            return Err(e);
+        }
+    };
+    let mut h = adopt(pins)?;
+    h.statuses = statuses;
+    Ok(h)
+}
+
+/// Loads every backend of the object into the kernel without attaching or
+/// pinning anything, and reports what the kernel accepted: the probe behind
+/// `forge doctor`.
+pub fn probe() -> Result<Vec<BackendStatus>, LoadError> {
+    let mut ebpf = load_object()?;
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
+    let mut out = Vec::new();
+    let lsm = LSM_PROGRAMS.iter().try_for_each(|name| {
+        let p: &mut Lsm = program(&mut ebpf, name)?;
+        p.load(name, &aya_btf).map_err(|e| fail(name, &e))
+    });
+    out.push(status("lsm", lsm));
+    let cg = CGROUP_PROGRAMS.iter().try_for_each(|name| {
+        let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        p.load().map_err(|e| fail(name, &e))
+    });
+    out.push(status("cgroup", cg));
+    let tp = TRACEPOINTS
+        .iter()
+        .try_for_each(|(name, _, _)| {
+            let p: &mut TracePoint = program(&mut ebpf, name)?;
+            p.load().map_err(|e| fail(name, &e))
+        })
+        .and_then(|()| {
+            let p: &mut RawTracePoint = program(&mut ebpf, SYS_ENTER)?;
+            p.load().map_err(|e| fail(SYS_ENTER, &e))
+        });
+    out.push(status("tracepoint", tp));
+    Ok(out)
+}
+
+fn status(backend: &'static str, r: Result<(), LoadError>) -> BackendStatus {
+    match r {
+        Ok(()) => BackendStatus { backend, available: true, error: None },
+        Err(e) => BackendStatus { backend, available: false, error: Some(e.to_string()) },
+    }
+}
+
+fn load_object() -> Result<aya::Ebpf, LoadError> {
+    let offsets = KernelOffsets::from_btf(&Btf::from_running_kernel()?)?;
+    let globals = offsets.globals();
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(*name, value, true);
+    }
+    loader.load(OBJECT).map_err(|e| LoadError::Object(chain(&e)))
+}
+
+fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoadError::Program { name: name.to_string(), message: "missing from the object".into() })?;
+    p.try_into().map_err(|e: ProgramError| fail(name, &e))
+}
+
+fn fail(name: &str, e: &dyn std::error::Error) -> LoadError {
+    LoadError::Program { name: name.to_string(), message: chain(e) }
+}
+
+/// An error with its sources, e.g. "the BPF_PROG_LOAD syscall failed: Operation not permitted".
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let text = src.to_string();
+        if !s.contains(&text) {
+            let _ = write!(s, ": {text}");
+        }
+        cur = src.source();
+    }
+    // aya words an empty verifier log as "Verifier output: : <errno>".
+    let s = s.replace("Verifier output: : ", "no verifier output: ");
+    // Verifier logs can be long; the first lines and the last carry the cause.
+    let lines: Vec<&str> = s.lines().collect();
+    if lines.len() > 12 {
+        let mut short = lines[..6].join("\n");
+        let _ = write!(short, "\n... ({} lines) ...\n{}", lines.len() - 10, lines[lines.len() - 4..].join("\n"));
+        return short;
+    }
+    s
+}
+
+fn pin_err(path: PathBuf, e: &dyn std::error::Error) -> LoadError {
+    LoadError::Pins { path, source: io::Error::other(chain(e)) }
+}
+
+fn load_and_pin(pins: &Pins, want: Want) -> Result<Vec<BackendStatus>, LoadError> {
+    let mut ebpf = load_object()?;
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
+    let mut statuses = Vec::new();
+
+    if want.lsm != Some(false) {
+        let r = (|| -> Result<(), LoadError> {
+            for name in LSM_PROGRAMS {
+                let p: &mut Lsm = program(&mut ebpf, name)?;
+                p.load(name, &aya_btf).map_err(|e| fail(name, &e))?;
+            }
+            for name in LSM_PROGRAMS {
+                let p: &mut Lsm = program(&mut ebpf, name)?;
+                let id = p.attach().map_err(|e| fail(name, &e))?;
+                let link = FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?);
+                link.pin(pins.link(name)).map_err(|e| pin_err(pins.link(name), &e))?;
+                p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))?;
+            }
+            Ok(())
+        })();
+        if r.is_err() {
+            for name in LSM_PROGRAMS {
+                let _ = std::fs::remove_file(pins.link(name));
+                let _ = std::fs::remove_file(pins.prog(name));
+            }
+        }
+        required(want.lsm, "lsm", &r)?;
+        statuses.push(status("lsm", r));
+    }
+
+    if want.cgroup != Some(false) {
+        let r = CGROUP_PROGRAMS.iter().try_for_each(|name| {
+            let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            p.load().map_err(|e| fail(name, &e))?;
+            p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))
+        });
+        if r.is_err() {
+            for name in CGROUP_PROGRAMS {
+                let _ = std::fs::remove_file(pins.prog(name));
+            }
+        }
+        required(want.cgroup, "cgroup", &r)?;
+        statuses.push(status("cgroup", r));
+    }
+
+    if want.tracepoint != Some(false) {
+        let r = (|| -> Result<(), LoadError> {
+            for (name, category, tp) in TRACEPOINTS {
+                let p: &mut TracePoint = program(&mut ebpf, name)?;
+                p.load().map_err(|e| fail(name, &e))?;
+                let id = p.attach(category, tp).map_err(|e| fail(name, &e))?;
+                let link = FdLink::try_from(p.take_link(id).map_err(|e| fail(name, &e))?)
+                    .map_err(|e| fail(name, &e))?;
+                link.pin(pins.link(name)).map_err(|e| pin_err(pins.link(name), &e))?;
+                p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))?;
+            }
+            let p: &mut RawTracePoint = program(&mut ebpf, SYS_ENTER)?;
+            p.load().map_err(|e| fail(SYS_ENTER, &e))?;
+            p.pin(pins.prog(SYS_ENTER)).map_err(|e| pin_err(pins.prog(SYS_ENTER), &e))
+        })();
+        if r.is_err() {
+            for (name, _, _) in TRACEPOINTS {
+                let _ = std::fs::remove_file(pins.link(name));
+                let _ = std::fs::remove_file(pins.prog(name));
+            }
+            let _ = std::fs::remove_file(pins.prog(SYS_ENTER));
+        }
+        required(want.tracepoint, "tracepoint", &r)?;
+        statuses.push(status("tracepoint", r));
+    }
+
+    if !statuses.iter().any(|s| s.available) {
+        let why = statuses.iter().map(|s| format!("{}: {}", s.backend, s.error.as_deref().unwrap_or("disabled"))).collect::<Vec<_>>().join("; ");
+        return Err(LoadError::NothingLoaded(why));
+    }
+
+    // Maps last, CONFIG the very last: its pin marks a complete state.
+    let mut names: Vec<&str> = map_name::ALL.iter().copied().filter(|n| *n != map_name::CONFIG).collect();
+    names.push(map_name::CONFIG);
+    for name in names {
+        let map = ebpf.map(name).ok_or_else(|| LoadError::Map {
+            name: name.into(),
+            path: pins.map(name),
+            message: "missing from the object".into(),
+        })?;
+        map.pin(pins.map(name)).map_err(|e| pin_err(pins.map(name), &e))?;
+    }
+    Ok(statuses)
+}
+
+/// A backend explicitly asked for must load.
+fn required(want: Option<bool>, backend: &str, r: &Result<(), LoadError>) -> Result<(), LoadError> {
+    match (want, r) {
+        (Some(true), Err(e)) => Err(LoadError::Program { name: backend.to_string(), message: format!("required backend failed: {e}") }),
+        _ => Ok(()),
+    }
+}
+
+fn open_map(pins: &Pins, name: &str) -> Result<Map, LoadError> {
+    let path = pins.map(name);
+    let err = |m: &dyn std::error::Error| LoadError::Map { name: name.into(), path: path.clone(), message: chain(m) };
+    let data = MapData::from_pin(&path).map_err(|e| err(&e))?;
+    Map::from_map_data(data).map_err(|e| err(&e))
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(pins: &Pins, name: &str) -> Result<T, LoadError> {
+    let map = open_map(pins, name)?;
+    T::try_from(map).map_err(|e| LoadError::Map { name: name.into(), path: pins.map(name), message: chain(&e) })
+}
+
+fn adopt(pins: Pins) -> Result<Handles, LoadError> {
+    let maps = Maps {
+        cgroups: typed(&pins, map_name::CGROUPS)?,
+        policies: typed(&pins, map_name::POLICIES)?,
+        paths: typed(&pins, map_name::PATHS)?,
+        events: Some(typed(&pins, map_name::EVENTS)?),
+        drops: typed(&pins, map_name::DROPS)?,
+        counters: typed(&pins, map_name::COUNTERS)?,
+        config: typed(&pins, map_name::CONFIG)?,
+    };
+    let mut cgroup_progs = Vec::new();
+    for name in CGROUP_PROGRAMS {
+        let path = pins.prog(name);
+        if !path.exists() {
+            continue;
+        }
+        let p = CgroupSockAddr::from_pin(&path, attach_type(name)).map_err(|e| fail(name, &e))?;
+        cgroup_progs.push((name, p));
+    }
+    let sys_enter_path = pins.prog(SYS_ENTER);
+    let sys_enter = if sys_enter_path.exists() {
+        Some(RawTracePoint::from_pin(&sys_enter_path).map_err(|e| fail(SYS_ENTER, &e))?)
+    } else {
+        None
+    };
+    let active = Active {
+        lsm: pins.link(LSM_PROGRAMS[0]).exists(),
+        cgroup: cgroup_progs.len() == CGROUP_PROGRAMS.len(),
+        tracepoint: pins.link(TRACEPOINTS[0].0).exists(),
+    };
+    Ok(Handles { pins, maps, cgroup_progs, sys_enter, active, adopted: false, statuses: Vec::new() })
+}
+
+fn attach_type(name: &str) -> CgroupSockAddrAttachType {
+    match name {
+        "connect4" => CgroupSockAddrAttachType::Connect4,
+        "connect6" => CgroupSockAddrAttachType::Connect6,
+        "bind4" => CgroupSockAddrAttachType::Bind4,
+        "bind6" => CgroupSockAddrAttachType::Bind6,
+        "sendmsg4" => CgroupSockAddrAttachType::UDPSendMsg4,
+        _ => CgroupSockAddrAttachType::UDPSendMsg6,
+    }
+}

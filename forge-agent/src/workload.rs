@@ -1,0 +1,271 @@
+//! Running workloads inside a cgroup, and the small set of operations the
+//! demo workload and the privileged tests perform (each in a process of its
+//! own, so that a kill by the kernel is observable from outside).
+
+use std::{
+    fmt,
+    fs::OpenOptions,
+    io,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    process::{Child, Command, ExitStatus},
+    str::FromStr,
+    time::Duration,
+};
+
+use crate::cgroup::Cgroup;
+
+/// One operation a workload performs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Connect(SocketAddr),
+    Bind(SocketAddr),
+    SendTo(SocketAddr),
+    /// A syscall by name: `unshare` (CLONE_NEWUTS), `ptrace` (PTRACE_TRACEME), `getppid`.
+    Syscall(String),
+    Exec(String),
+    OpenRead(String),
+    OpenWrite(String),
+    /// bpf(BPF_MAP_CREATE) of a tiny array map.
+    Bpf,
+    /// kill(pid, SIGTERM)... with the signal given.
+    Kill(u32, i32),
+    /// ptrace(PTRACE_ATTACH, pid), detached again on success.
+    PtraceAttach(u32),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(a) => write!(f, "connect {a}"),
+            Self::Bind(a) => write!(f, "bind {a}"),
+            Self::SendTo(a) => write!(f, "sendto {a}"),
+            Self::Syscall(s) => write!(f, "syscall {s}"),
+            Self::Exec(p) => write!(f, "exec {p}"),
+            Self::OpenRead(p) => write!(f, "open-read {p}"),
+            Self::OpenWrite(p) => write!(f, "open-write {p}"),
+            Self::Bpf => f.write_str("bpf"),
+            Self::Kill(pid, sig) => write!(f, "kill {pid} {sig}"),
+            Self::PtraceAttach(pid) => write!(f, "ptrace {pid}"),
+        }
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut it = s.split_whitespace();
+        let verb = it.next().ok_or("empty action")?;
+        let arg = it.next();
+        let need = |a: Option<&str>| a.map(str::to_string).ok_or_else(|| format!("{verb} needs an argument"));
+        let addr = |a: Option<&str>| -> Result<SocketAddr, String> {
+            need(a)?.parse().map_err(|e| format!("{verb}: bad address: {e}"))
+        };
+        let pid = |a: Option<&str>| -> Result<u32, String> { need(a)?.parse().map_err(|e| format!("{verb}: bad pid: {e}")) };
+        Ok(match verb {
+            "connect" => Self::Connect(addr(arg)?),
+            "bind" => Self::Bind(addr(arg)?),
+            "sendto" => Self::SendTo(addr(arg)?),
+            "syscall" => Self::Syscall(need(arg)?),
+            "exec" => Self::Exec(need(arg)?),
+            "open-read" => Self::OpenRead(need(arg)?),
+            "open-write" => Self::OpenWrite(need(arg)?),
+            "bpf" => Self::Bpf,
+            "kill" => {
+                let p = pid(arg)?;
+                let sig = it.next().map_or(Ok(libc::SIGTERM), |s| s.parse().map_err(|e| format!("kill: bad signal: {e}")))?;
+                Self::Kill(p, sig)
+            }
+            "ptrace" => Self::PtraceAttach(pid(arg)?),
+            other => return Err(format!("unknown action {other:?}")),
+        })
+    }
+}
+
+fn errno_result(ret: libc::c_long) -> io::Result<()> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Performs `action` in the current process.
+pub fn perform(action: &Action) -> io::Result<()> {
+    match action {
+        Action::Connect(a) => TcpStream::connect_timeout(a, Duration::from_secs(2)).map(drop),
+        Action::Bind(a) => std::net::TcpListener::bind(a).map(drop),
+        Action::SendTo(a) => {
+            let local: SocketAddr = if a.is_ipv4() { "0.0.0.0:0".parse().expect("literal") } else { "[::]:0".parse().expect("literal") };
+            UdpSocket::bind(local)?.send_to(b"forge", a).map(drop)
+        }
+        Action::Syscall(name) => syscall(name),
+        Action::Exec(path) => {
+            // If the program is a copy of a binary that honours ACTION_ENV,
+            // give it a harmless action so it exits at once.
+            let err = Command::new(path).env(ACTION_ENV, "syscall getppid").exec();
+            Err(err)
+        }
+        Action::OpenRead(p) => OpenOptions::new().read(true).open(p).map(drop),
+        Action::OpenWrite(p) => OpenOptions::new().write(true).create(true).truncate(false).open(p).map(drop),
+        Action::Bpf => bpf_map_create(),
+        Action::Kill(pid, sig) => {
+            // SAFETY: kill(2) has no memory arguments.
+            errno_result(unsafe { libc::kill(*pid as i32, *sig) }.into())
+        }
+        Action::PtraceAttach(pid) => {
+            // SAFETY: ptrace(2) attach/detach with null addr/data.
+            let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, *pid as libc::pid_t, 0usize, 0usize) };
+            errno_result(r)?;
+            // SAFETY: as above.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, *pid as libc::pid_t, 0usize, 0usize) };
+            Ok(())
+        }
+    }
+}
+
+fn syscall(name: &str) -> io::Result<()> {
+    // SAFETY: each call passes only integer arguments the syscall accepts.
+    let r = unsafe {
+        match name {
+            "unshare" => libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS),
+            "ptrace" => libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
+            "getppid" => libc::syscall(libc::SYS_getppid),
+            "setns" => libc::syscall(libc::SYS_setns, -1, 0),
+            other => {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("syscall {other} is not one the workload knows")));
+            }
+        }
+    };
+    errno_result(r)
+}
+
+fn bpf_map_create() -> io::Result<()> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+    let mut attr = [0u32; 32];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4;
+    attr[2] = 4;
+    attr[3] = 1;
+    // SAFETY: `attr` is a zeroed buffer larger than the part of bpf_attr the
+    // kernel reads for BPF_MAP_CREATE with the given size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), size_of_val(&attr)) };
+    errno_result(fd)?;
+    // SAFETY: `fd` is a descriptor the kernel just returned to us.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Exit code a workload process uses for `result`: 0 for success, the errno
+/// (1..=255) otherwise, 255 for errors without one.
+pub fn exit_code(result: &io::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error().map_or(255, |c| c.clamp(1, 255)),
+    }
+}
+
+/// How a workload process ended, as the kernel reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exited 0: the operation succeeded.
+    Ok,
+    /// Exited with an errno.
+    Errno(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+impl Outcome {
+    pub fn from_status(st: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt as _;
+        match (st.code(), st.signal()) {
+            (Some(0), _) => Self::Ok,
+            (Some(c), _) => Self::Errno(c),
+            (None, Some(s)) => Self::Signal(s),
+            (None, None) => Self::Errno(255),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ok => f.write_str("succeeded"),
+            Self::Errno(e) => write!(f, "failed: {}", io::Error::from_raw_os_error(*e)),
+            Self::Signal(9) => f.write_str("killed by SIGKILL"),
+            Self::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// Spawns `cmd` as a process that joins `cgroup` before it executes, so that
+/// its first instruction already runs governed.
+pub fn spawn_in(cgroup: &Cgroup, cmd: &mut Command) -> io::Result<Child> {
+    let procs = OpenOptions::new().write(true).open(cgroup.path.join("cgroup.procs"))?;
+    let fd = procs.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // write(2) on a descriptor opened before the fork (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    let child = cmd.spawn();
+    drop(procs);
+    child
+}
+
+/// Runs `action` in a new process inside `cgroup` (re-executing `exe` with
+/// `FORGE_WORKLOAD_ACTION` set) and reports how it ended.
+pub fn run_action_in(cgroup: &Cgroup, exe: &std::path::Path, action: &Action) -> io::Result<Outcome> {
+    let mut cmd = Command::new(exe);
+    cmd.env(ACTION_ENV, action.to_string());
+    let status = spawn_in(cgroup, &mut cmd)?.wait()?;
+    Ok(Outcome::from_status(status))
+}
+
+/// Runs `action` in a new process outside any governed cgroup.
+pub fn run_action(exe: &std::path::Path, action: &Action) -> io::Result<Outcome> {
+    let status = Command::new(exe).env(ACTION_ENV, action.to_string()).status()?;
+    Ok(Outcome::from_status(status))
+}
+
+/// Environment variable naming the action a re-executed process performs.
+pub const ACTION_ENV: &str = "FORGE_WORKLOAD_ACTION";
+
+/// Call first in `main` of any binary used with [`run_action_in`]: if this
+/// process was started to perform an action, perform it and exit.
+pub fn maybe_perform_from_env() {
+    let Ok(spec) = std::env::var(ACTION_ENV) else { return };
+    let code = match spec.parse::<Action>() {
+        Ok(action) => exit_code(&perform(&action)),
+        Err(_) => 254,
+    };
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_round_trip_through_text() {
+        for s in [
+            "connect 127.0.0.1:9",
+            "bind [::1]:8080",
+            "sendto 10.0.0.1:53",
+            "syscall unshare",
+            "exec /bin/true",
+            "open-read /etc/shadow",
+            "open-write /tmp/x",
+            "bpf",
+            "kill 1 15",
+            "ptrace 42",
+        ] {
+            let a: Action = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+        assert!("connect nowhere".parse::<Action>().is_err());
+        assert!("fly".parse::<Action>().is_err());
+        assert!("exec".parse::<Action>().is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! BPF-LSM paths. This host refuses LSM loads; these run inside QEMU guests
+//! booted with `lsm=...,bpf` by `cargo xtask vm-test`.
+
+use std::{os::unix::fs::symlink, path::PathBuf};
+
+use forge_agent::{
+    ebpf::Want,
+    events::{Hook, Op, Target, Verdict},
+    workload::Outcome,
+};
+use forge_common::rule_id;
+use forge_tests::{EPERM, Fixture, check, expect, fail};
+use libtest_mimic::Failed;
+
+use crate::{find, free_port, listener, process::exe_copy};
+
+const ALLOW_ALL: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
+
+fn policy(self_protect: bool, rules: &str) -> String {
+    format!(
+        "apiVersion: forgeone.dev/v1alpha1
+kind: Policy
+metadata: {{name: lsm-test}}
+spec:
+  selfProtect: {self_protect}
+  defaults: {ALLOW_ALL}
+  rules:
+{rules}"
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/forge-lsm-{}-{name}", std::process::id()))
+}
+
+pub(crate) fn exec_deny() -> Result<(), Failed> {
+    let dir = scratch("exec");
+    let denied = exe_copy(&dir, "denied")?;
+    let allowed = exe_copy(&dir, "allowed")?;
+    let link = dir.join("innocent-name");
+    symlink(&denied, &link).map_err(fail)?;
+    let yaml = policy(false, &format!("    - {{name: no-denied-bin, op: exec, action: deny, paths: [{denied}]}}\n"));
+    let r = (|| {
+        let mut f = Fixture::new("lsmexec", &yaml, Want { lsm: Some(true), ..Want::default() })?;
+        expect("denied exec inside", f.inside(&format!("exec {denied}"))?, EPERM)?;
+        expect("denied exec through a symlink", f.inside(&format!("exec {}", link.display()))?, EPERM)?;
+        expect("allowed exec inside", f.inside(&format!("exec {allowed}"))?, Outcome::Ok)?;
+        expect("denied exec outside", f.outside(&format!("exec {denied}"))?, Outcome::Ok)?;
+        let events = f.decisions(2);
+        let execs: Vec<_> = events.iter().filter(|e| e.op == Op::Exec).collect();
+        check!(execs.len() == 2, "expected 2 exec denies, got {}", execs.len());
+        for ev in execs {
+            check!(ev.hook == Hook::LsmBprmCheck && ev.verdict == Verdict::Deny, "hook {} verdict {}", ev.hook, ev.verdict);
+            // The symlink is resolved in the kernel: both events name the real file.
+            check!(ev.target == Target::Path { path: denied.clone() }, "target {}", ev.target);
+            check!(ev.rule_id == rule_id::FIRST, "rule id {}", ev.rule_id);
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+pub(crate) fn file_open() -> Result<(), Failed> {
+    let dir = scratch("files");
+    let secret = dir.join("secret");
+    let public = dir.join("public");
+    let ro = dir.join("ro");
+    std::fs::create_dir_all(dir.join("sub")).map_err(fail)?;
+    std::fs::create_dir_all(&ro).map_err(fail)?;
+    std::fs::write(&secret, "s").map_err(fail)?;
+    std::fs::write(&public, "p").map_err(fail)?;
+    let link = dir.join("link-to-secret");
+    symlink(&secret, &link).map_err(fail)?;
+    let yaml = policy(
+        false,
+        &format!(
+            "    - {{name: no-secret, op: file.read, action: deny, paths: [{}]}}
+    - {{name: read-only-dir, op: file.write, action: deny, paths: [{}/]}}\n",
+            secret.display(),
+            ro.display()
+        ),
+    );
+    let r = (|| {
+        let mut f = Fixture::new("lsmfile", &yaml, Want { lsm: Some(true), ..Want::default() })?;
+        let s = secret.display();
+        expect("read of the secret", f.inside(&format!("open-read {s}"))?, EPERM)?;
+        expect("read through a symlink", f.inside(&format!("open-read {}", link.display()))?, EPERM)?;
+        expect("read through ..", f.inside(&format!("open-read {}/sub/../secret", dir.display()))?, EPERM)?;
+        expect("read of another file", f.inside(&format!("open-read {}", public.display()))?, Outcome::Ok)?;
+        expect("write below the read-only dir", f.inside(&format!("open-write {}/new", ro.display()))?, EPERM)?;
+        expect("write elsewhere", f.inside(&format!("open-write {}/new", dir.display()))?, Outcome::Ok)?;
+        expect("read of the secret outside", f.outside(&format!("open-read {s}"))?, Outcome::Ok)?;
+        let events = f.decisions(4);
+        let reads: Vec<_> = events.iter().filter(|e| e.op == Op::FileRead).collect();
+        check!(reads.len() == 3, "expected 3 read denies, got {}", reads.len());
+        for ev in reads {
+            check!(ev.hook == Hook::LsmFileOpen, "hook {}", ev.hook);
+            check!(ev.target == Target::Path { path: s.to_string() }, "resolved path {}", ev.target);
+        }
+        let w = find(&events, "the write deny", |e| e.op == Op::FileWrite)?;
+        check!(w.target == Target::Path { path: format!("{}/new", ro.display()) }, "write target {}", w.target);
+        check!(w.rule_id == rule_id::FIRST + 1, "write rule id {}", w.rule_id);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+pub(crate) fn socket() -> Result<(), Failed> {
+    let denied = listener("127.0.0.1:0")?;
+    let allowed = listener("127.0.0.1:0")?;
+    let bind_port = free_port("127.0.0.1:0")?;
+    let yaml = policy(
+        false,
+        &format!(
+            "    - {{name: no-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {}}}
+    - {{name: no-bind, op: net.bind, action: deny, cidrs: [127.0.0.1/32], ports: {bind_port}}}\n",
+            denied.port()
+        ),
+    );
+    // Without the cgroup backend, the LSM socket hooks decide network rules.
+    let mut f = Fixture::new("lsmsock", &yaml, Want { lsm: Some(true), cgroup: Some(false), ..Want::default() })?;
+    expect("denied connect inside", f.inside(&format!("connect {denied}"))?, EPERM)?;
+    expect("allowed connect inside", f.inside(&format!("connect {allowed}"))?, Outcome::Ok)?;
+    expect("denied bind inside", f.inside(&format!("bind 127.0.0.1:{bind_port}"))?, EPERM)?;
+    expect("denied connect outside", f.outside(&format!("connect {denied}"))?, Outcome::Ok)?;
+    let events = f.decisions(2);
+    let c = find(&events, "connect deny", |e| e.op == Op::NetConnect)?;
+    check!(c.hook == Hook::LsmSocketConnect, "connect hook {}", c.hook);
+    check!(c.target == Target::Addr { addr: denied.ip(), port: denied.port() }, "connect target {}", c.target);
+    let b = find(&events, "bind deny", |e| e.op == Op::NetBind)?;
+    check!(b.hook == Hook::LsmSocketBind, "bind hook {}", b.hook);
+    Ok(())
+}
+
+pub(crate) fn self_protection() -> Result<(), Failed> {
+    let yaml = policy(true, "    - {name: nothing-else, op: syscall, action: deny, syscalls: [kexec_load]}\n");
+    let mut f = Fixture::new("lsmself", &yaml, Want { lsm: Some(true), ..Want::default() })?;
+    let me = std::process::id();
+    expect("bpf() inside", f.inside("bpf")?, EPERM)?;
+    expect("ptrace of the agent inside", f.inside(&format!("ptrace {me}"))?, EPERM)?;
+    // SIGURG is ignored by default, so a failure here cannot kill the test.
+    expect("signal to the agent inside", f.inside(&format!("kill {me} {}", libc::SIGURG))?, EPERM)?;
+    expect("bpf() outside", f.outside("bpf")?, Outcome::Ok)?;
+    let events = f.decisions(3);
+    let b = find(&events, "bpf deny", |e| e.hook == Hook::LsmBpf)?;
+    check!(b.target == Target::BpfCmd { cmd: 0 } && b.rule_id == rule_id::SELF_PROTECT, "bpf event {b}");
+    let p = find(&events, "ptrace deny", |e| e.hook == Hook::LsmPtrace)?;
+    check!(p.target == Target::Process { pid: me, signal: 0 }, "ptrace target {}", p.target);
+    let k = find(&events, "kill deny", |e| e.hook == Hook::LsmTaskKill)?;
+    check!(k.target == Target::Process { pid: me, signal: libc::SIGURG as u32 }, "kill target {}", k.target);
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Privileged integration tests: real programs, real cgroups, real kernel.
+//!
+//! Run as root with `cargo test -p forge-tests --test privileged`. Tests whose
+//! backend this kernel refuses are reported as ignored with the kernel's
+//! reason; `FORGE_REQUIRE=tracepoint,cgroup,lsm` turns those into failures.
+//! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`.
+
+mod agent_restart;
+mod lsm;
+mod net;
+mod process;
+
+use std::net::{SocketAddr, TcpListener};
+
+use forge_agent::events::DecisionEvent;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+type TestFn = fn() -> Result<(), Failed>;
+
+/// A test with the backends it needs.
+fn trial(name: &'static str, needs: &'static [&'static str], f: TestFn) -> Trial {
+    Trial::ignorable_test(name, move || {
+        if let Some(ignored) = forge_tests::gate(needs)? {
+            return Ok(ignored);
+        }
+        f().map(|()| Completion::Completed)
+    })
+}
+
+fn main() {
+    forge_agent::workload::maybe_perform_from_env();
+    agent_restart::maybe_run_agent_child();
+    let mut args = Arguments::from_args();
+    // Tests load programs and create cgroups; one at a time keeps them apart.
+    args.test_threads.get_or_insert(1);
+    let tests = vec![
+        trial("cgroup_connect4_deny_and_allow", &["cgroup"], net::connect4),
+        trial("cgroup_bind4_and_ipv6", &["cgroup"], net::bind_and_ipv6),
+        trial("cgroup_sendmsg_udp", &["cgroup"], net::sendmsg_udp),
+        trial("syscall_deny_kills_caller", &["tracepoint"], process::syscall_kill),
+        trial("exec_deny_tracepoint_fallback", &["tracepoint"], process::exec_fallback),
+        trial("monitor_mode_counts_and_reports", &["cgroup", "tracepoint"], process::monitor_mode),
+        trial("process_events_exec_and_exit", &["tracepoint"], process::process_events),
+        trial("pinned_state_survives_agent_sigkill", &["cgroup"], agent_restart::survives_sigkill),
+        trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),
+        trial("lsm_file_open_deny_resolves_paths", &["lsm"], lsm::file_open),
+        trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),
+        trial("lsm_self_protection", &["lsm"], lsm::self_protection),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+/// A TCP listener on `addr` (port 0 = any) that accepts and drops
+/// connections in the background.
+pub(crate) fn listener(addr: &str) -> Result<SocketAddr, Failed> {
+    let l = TcpListener::bind(addr).map_err(forge_tests::fail)?;
+    let local = l.local_addr().map_err(forge_tests::fail)?;
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    Ok(local)
+}
+
+/// A port nothing listens on (bound briefly, then released).
+pub(crate) fn free_port(addr: &str) -> Result<u16, Failed> {
+    let l = TcpListener::bind(addr).map_err(forge_tests::fail)?;
+    Ok(l.local_addr().map_err(forge_tests::fail)?.port())
+}
+
+/// The one event matching `pred`, or a failure listing what arrived.
+pub(crate) fn find<'a>(
+    events: &'a [DecisionEvent],
+    what: &str,
+    pred: impl Fn(&DecisionEvent) -> bool,
+) -> Result<&'a DecisionEvent, Failed> {
+    let matching: Vec<_> = events.iter().filter(|e| pred(e)).collect();
+    match matching.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!("no event for {what}; got:\n{}", list(events)).into()),
+        many => Err(format!("{} events for {what}, expected one:\n{}", many.len(), list(events)).into()),
+    }
+}
+
+fn list(events: &[DecisionEvent]) -> String {
+    events.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,124 @@
+//! Syscall tracepoint (kill on deny), exec fallback, monitor mode, process events.
+
+use forge_agent::{
+    ebpf::Want,
+    events::{Hook, Mode, Op, Target, Verdict},
+    workload::Outcome,
+};
+use forge_common::{CounterKey, hook, mode, verdict};
+use forge_tests::{Fixture, SIGKILL, check, expect};
+use libtest_mimic::Failed;
+
+use crate::{find, listener};
+
+const ALLOW_ALL: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
+
+fn policy(mode: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: forgeone.dev/v1alpha1
+kind: Policy
+metadata: {{name: proc-test}}
+spec:
+  mode: {mode}
+  defaults: {ALLOW_ALL}
+  rules:
+{rules}"
+    )
+}
+
+pub(crate) fn syscall_kill() -> Result<(), Failed> {
+    let yaml = policy("enforce", "    - {name: no-unshare, op: syscall, action: deny, syscalls: [unshare]}\n");
+    let mut f = Fixture::new("syscall", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
+    let (pid, got) = f.inside_pid("syscall unshare")?;
+    expect("denied syscall inside", got, SIGKILL)?;
+    expect("other syscall inside", f.inside("syscall getppid")?, Outcome::Ok)?;
+    expect("denied syscall outside", f.outside("syscall unshare")?, Outcome::Ok)?;
+    let events = f.decisions(1);
+    let ev = find(&events, "the killed unshare", |e| e.op == Op::Syscall)?;
+    check!(ev.hook == Hook::SysEnter, "hook {}", ev.hook);
+    check!(ev.verdict == Verdict::Kill && ev.mode == Mode::Enforce, "verdict {} mode {}", ev.verdict, ev.mode);
+    check!(ev.target == Target::Syscall { nr: libc::SYS_unshare as u32 }, "target {}", ev.target);
+    check!(ev.tgid == pid && ev.cgroup_id == f.cgroup.id, "pid {} cgroup {}", ev.tgid, ev.cgroup_id);
+    Ok(())
+}
+
+/// Copies the test binary to `dir/name` (an executable that exits 0 when
+/// started by a workload's exec action).
+pub(crate) fn exe_copy(dir: &std::path::Path, name: &str) -> Result<String, Failed> {
+    std::fs::create_dir_all(dir).map_err(forge_tests::fail)?;
+    let dst = dir.join(name);
+    std::fs::copy(std::env::current_exe().map_err(forge_tests::fail)?, &dst).map_err(forge_tests::fail)?;
+    Ok(dst.display().to_string())
+}
+
+pub(crate) fn exec_fallback() -> Result<(), Failed> {
+    let dir = std::path::PathBuf::from(format!("/tmp/forge-exec-{}", std::process::id()));
+    let denied = exe_copy(&dir, "denied")?;
+    let allowed = exe_copy(&dir, "allowed")?;
+    let yaml = policy("enforce", &format!("    - {{name: no-denied-bin, op: exec, action: deny, paths: [{denied}]}}\n"));
+    // Without LSM, exec is decided at sched_process_exec: the new image is killed.
+    let mut f = Fixture::new("execfb", &yaml, Want { lsm: Some(false), tracepoint: Some(true), ..Want::default() })?;
+    let r = (|| {
+        expect("denied exec inside", f.inside(&format!("exec {denied}"))?, SIGKILL)?;
+        expect("allowed exec inside", f.inside(&format!("exec {allowed}"))?, Outcome::Ok)?;
+        expect("denied exec outside", f.outside(&format!("exec {denied}"))?, Outcome::Ok)?;
+        let events = f.decisions(1);
+        let ev = find(&events, "the killed exec", |e| e.op == Op::Exec)?;
+        check!(ev.hook == Hook::ExecTracepoint && ev.verdict == Verdict::Kill, "hook {} verdict {}", ev.hook, ev.verdict);
+        check!(ev.target == Target::Path { path: denied.clone() }, "target {}", ev.target);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+pub(crate) fn monitor_mode() -> Result<(), Failed> {
+    let target = listener("127.0.0.1:0")?;
+    let yaml = policy(
+        "monitor",
+        &format!(
+            "    - {{name: watch-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {}}}
+    - {{name: watch-unshare, op: syscall, action: deny, syscalls: [unshare]}}\n",
+            target.port()
+        ),
+    );
+    let mut f = Fixture::new("monitor", &yaml, Want { cgroup: Some(true), tracepoint: Some(true), ..Want::default() })?;
+    expect("monitored connect inside", f.inside(&format!("connect {target}"))?, Outcome::Ok)?;
+    expect("monitored syscall inside", f.inside("syscall unshare")?, Outcome::Ok)?;
+    let events = f.decisions(2);
+    let c = find(&events, "would-deny connect", |e| e.op == Op::NetConnect)?;
+    check!(c.mode == Mode::Monitor && c.verdict == Verdict::Deny, "connect: verdict {} mode {}", c.verdict, c.mode);
+    let s = find(&events, "would-kill unshare", |e| e.op == Op::Syscall)?;
+    check!(s.mode == Mode::Monitor && s.verdict == Verdict::Kill, "syscall: verdict {} mode {}", s.verdict, s.mode);
+
+    let counters = f.agent_mut().writer.counters().map_err(forge_tests::fail)?;
+    let get = |h: u16, v: u8| {
+        let key = CounterKey { cgroup_id: f.cgroup.id, hook: h, verdict: v, mode: mode::MONITOR, _pad: 0 };
+        counters.iter().find(|(k, _)| *k == key).map_or(0, |(_, n)| *n)
+    };
+    check!(get(hook::CGROUP_CONNECT4, verdict::DENY) == 1, "would-deny connect4 counter: {counters:?}");
+    check!(get(hook::SYS_ENTER, verdict::KILL) == 1, "would-kill sys_enter counter: {counters:?}");
+    check!(
+        counters.iter().all(|(k, _)| k.cgroup_id != f.cgroup.id || k.mode == mode::MONITOR),
+        "an enforce-mode counter in a monitor-mode cgroup: {counters:?}"
+    );
+    Ok(())
+}
+
+pub(crate) fn process_events() -> Result<(), Failed> {
+    let yaml = policy("enforce", "    - {name: none, op: syscall, action: deny, syscalls: [kexec_load]}\n");
+    let mut f = Fixture::new("procev", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
+    let (pid, got) = f.inside_pid("open-read /definitely/not/here")?;
+    expect("failing open inside", got, Outcome::Errno(libc::ENOENT))?;
+    let exe = f.exe.display().to_string();
+    let me = std::process::id();
+    let events = f.events_until(|evs| evs.iter().any(|e| e.hook == Hook::ProcExit && e.tgid == pid));
+    let exec = find(&events, "exec of the workload", |e| e.hook == Hook::ProcExec && e.tgid == pid)?;
+    check!(exec.target == Target::Path { path: exe.clone() }, "exec path {} != {exe}", exec.target);
+    check!(exec.ppid == me, "exec ppid {} != test pid {me}", exec.ppid);
+    check!(exec.cgroup_id == f.cgroup.id && exec.verdict == Verdict::Info, "exec event fields: {exec}");
+    let exit = find(&events, "exit of the workload", |e| e.hook == Hook::ProcExit && e.tgid == pid)?;
+    // exit_code holds the wait status: the code in bits 8-15.
+    check!(exit.target == Target::Exit { code: (libc::ENOENT as u32) << 8 }, "exit target {}", exit.target);
+    Ok(())
+}
