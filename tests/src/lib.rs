@@ -114,7 +114,9 @@ impl Fixture {
         let policy = Policy::from_yaml(yaml, name).map_err(fail)?;
         let compiled = compile(&policy, name, 1).map_err(fail)?;
         let mut f = Self { rt, agent: Some(agent), cgroup, compiled, exe: std::env::current_exe().map_err(fail)?, pin_root };
-        f.agent_mut().writer.govern(&f.cgroup, &f.compiled).map_err(fail)?;
+        if let Some(agent) = f.agent.as_mut() {
+            agent.writer.govern(&f.cgroup, &f.compiled).map_err(fail)?;
+        }
         Ok(f)
     }
 
