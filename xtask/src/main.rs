@@ -30,7 +30,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Setup(args) => setup::run(&args).map(|_| ()),
+        Cmd::Setup(args) => setup::run(&args),
         Cmd::Demo => test::demo(),
         Cmd::Test(args) => test::run(&args),
         Cmd::VmTest(args) => vm::run(&args),

@@ -32,12 +32,7 @@ pub(crate) struct SetupArgs {
     pub(crate) check: bool,
 }
 
-/// What setup found or did.
-pub(crate) struct Toolchain {
-    pub(crate) bpf_linker: PathBuf,
-}
-
-pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<Toolchain> {
+pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
@@ -96,7 +91,7 @@ pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<Toolchain> {
         }
         println!("setup: installed bpf-linker at {}", linker.display());
     }
-    Ok(Toolchain { bpf_linker: linker })
+    Ok(())
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

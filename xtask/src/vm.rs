@@ -123,7 +123,11 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
             }
             Err(err) => {
                 failed.push(*k);
-                let _ = writeln!(out, "  {k:<5} FAIL  {}", first_line(&format!("{err:#}")));
+                let _ = writeln!(
+                    out,
+                    "  {k:<5} FAIL  {}",
+                    first_line(&format!("{err:#}")).trim_end_matches(':')
+                );
             }
         }
     }
@@ -158,6 +162,13 @@ pub(crate) fn run_in_vm(
     let label = kernel.strip_prefix("linux-image-").unwrap_or(kernel);
     let run_dir = vm_dir.join("runs").join(label);
     fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // One run per kernel at a time: runs share the directory, and two
+    // emulated guests on a small machine slow each other towards timeouts.
+    let _lock = lock(&run_dir.join(".lock"), &format!("vm-test {label}"))?;
+    // Logs of an earlier run would pass for this run's retries.
+    for attempt in 1..=MAX_BOOT_ATTEMPTS {
+        let _ = fs::remove_file(qemu::log_path(&run_dir, attempt));
+    }
 
     let cpu = env_or("FORGE_VM_CPU", DEFAULT_CPU);
     let timeout = Duration::from_secs(env_secs("FORGE_VM_TIMEOUT", 600)?);
@@ -269,6 +280,29 @@ pub(crate) fn run_in_vm(
         });
     }
     unreachable!("the last boot attempt returns or bails")
+}
+
+/// Takes an exclusive lock on `path` (created if missing), waiting for
+/// another process that holds it; released when the file is dropped.
+pub(crate) fn lock(path: &Path, what: &str) -> anyhow::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!("{what}: waiting for another run holding {}", path.display());
+        }
+        Err(fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// Parses `KEY=VALUE` items.

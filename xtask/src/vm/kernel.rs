@@ -37,6 +37,7 @@ pub(crate) fn fetch(series: &str, cache: &Path) -> anyhow::Result<Kernel> {
         "unknown kernel series {series:?}: use 6.1, 6.12 or a linux-image-* package name"
     );
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let _lock = super::lock(&cache.join(".lock"), "vm kernels")?;
 
     let mut updated = false;
     if !apt_lists_present() {
