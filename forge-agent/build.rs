@@ -6,7 +6,6 @@
 
 use std::{
     env,
-    ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -25,10 +24,7 @@ fn main() -> anyhow::Result<()> {
     for dir in ["forge-ebpf", "forge-common"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("Cargo.lock").display()
-    );
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
     println!("cargo:rerun-if-env-changed=FORGE_BPF_LINKER_DIR");
 
     let linker_dir = bpf_linker_dir()?;
@@ -62,10 +58,7 @@ fn main() -> anyhow::Result<()> {
         .env("PATH", path)
         .env("RUSTC", SYSTEM_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
-        )
+        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
         .args([
             "build",
             "--release",
@@ -78,16 +71,11 @@ fn main() -> anyhow::Result<()> {
             "--target-dir",
         ])
         .arg(&target_dir);
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {SYSTEM_CARGO}"))?;
+    let status = cmd.status().with_context(|| format!("running {SYSTEM_CARGO}"))?;
     if !status.success() {
         bail!("building forge-ebpf failed ({status}); if the toolchain is missing, {HINT}");
     }
-    let object = target_dir
-        .join(EBPF_TARGET)
-        .join("release")
-        .join("forge-ebpf");
+    let object = target_dir.join(EBPF_TARGET).join("release").join("forge-ebpf");
     std::fs::copy(&object, out_dir.join("forge-ebpf.o"))
         .with_context(|| format!("copying {}", object.display()))?;
     Ok(())
@@ -106,9 +94,7 @@ fn bpf_linker_dir() -> anyhow::Result<PathBuf> {
     if let Some(home) = cargo_home {
         candidates.push(home.join("bin"));
     }
-    candidates.extend(env::split_paths(
-        &env::var_os("PATH").unwrap_or_else(OsString::new),
-    ));
+    candidates.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
     candidates
         .into_iter()
         .find(|d| d.join("bpf-linker").is_file())

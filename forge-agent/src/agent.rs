@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    ebpf::{LoadError, MapWriter, Pins, WriterError, Want, loader, ring::EventReader},
+    ebpf::{LoadError, MapWriter, Pins, Want, WriterError, loader, ring::EventReader},
     events::DecisionEvent,
 };
 

@@ -55,9 +55,8 @@ fn unescape_octal(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            let code = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok());
+            let code =
+                std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok());
             if let Some(v) = code {
                 out.push(v);
                 i += 4;
@@ -98,7 +97,11 @@ impl Cgroup {
     pub fn resolve(spec: &str) -> Result<Self, CgroupError> {
         let mount = cgroup2_mount()?;
         let p = Path::new(spec);
-        let path = if p.is_absolute() && p.starts_with(&mount) { p.to_path_buf() } else { mount.join(spec.trim_start_matches('/')) };
+        let path = if p.is_absolute() && p.starts_with(&mount) {
+            p.to_path_buf()
+        } else {
+            mount.join(spec.trim_start_matches('/'))
+        };
         if !path.starts_with(&mount) {
             return Err(CgroupError::Outside { path, mount });
         }

@@ -40,7 +40,8 @@ pub fn gather() -> Report {
         kernel,
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
         cgroup2_mount: crate::cgroup::cgroup2_mount().ok().map(|p| p.display().to_string()),
-        bpffs_mounted: fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"))),
+        bpffs_mounted: fs::read_to_string("/proc/self/mounts")
+            .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"))),
         bpf_in_lsm_list: lsm_list.as_deref().is_some_and(|l| l.split(',').any(|x| x == "bpf")),
         lsm_list,
         backends,

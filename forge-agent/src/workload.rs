@@ -62,7 +62,9 @@ impl FromStr for Action {
         let addr = |a: Option<&str>| -> Result<SocketAddr, String> {
             need(a)?.parse().map_err(|e| format!("{verb}: bad address: {e}"))
         };
-        let pid = |a: Option<&str>| -> Result<u32, String> { need(a)?.parse().map_err(|e| format!("{verb}: bad pid: {e}")) };
+        let pid = |a: Option<&str>| -> Result<u32, String> {
+            need(a)?.parse().map_err(|e| format!("{verb}: bad pid: {e}"))
+        };
         Ok(match verb {
             "connect" => Self::Connect(addr(arg)?),
             "bind" => Self::Bind(addr(arg)?),
@@ -74,7 +76,9 @@ impl FromStr for Action {
             "bpf" => Self::Bpf,
             "kill" => {
                 let p = pid(arg)?;
-                let sig = it.next().map_or(Ok(libc::SIGTERM), |s| s.parse().map_err(|e| format!("kill: bad signal: {e}")))?;
+                let sig = it
+                    .next()
+                    .map_or(Ok(libc::SIGTERM), |s| s.parse().map_err(|e| format!("kill: bad signal: {e}")))?;
                 Self::Kill(p, sig)
             }
             "ptrace" => Self::PtraceAttach(pid(arg)?),
@@ -93,7 +97,11 @@ pub fn perform(action: &Action) -> io::Result<()> {
         Action::Connect(a) => TcpStream::connect_timeout(a, Duration::from_secs(2)).map(drop),
         Action::Bind(a) => std::net::TcpListener::bind(a).map(drop),
         Action::SendTo(a) => {
-            let local: SocketAddr = if a.is_ipv4() { "0.0.0.0:0".parse().expect("literal") } else { "[::]:0".parse().expect("literal") };
+            let local: SocketAddr = if a.is_ipv4() {
+                "0.0.0.0:0".parse().expect("literal")
+            } else {
+                "[::]:0".parse().expect("literal")
+            };
             UdpSocket::bind(local)?.send_to(b"forge", a).map(drop)
         }
         Action::Syscall(name) => syscall(name),
@@ -130,7 +138,10 @@ fn syscall(name: &str) -> io::Result<()> {
             "getppid" => libc::syscall(libc::SYS_getppid),
             "setns" => libc::syscall(libc::SYS_setns, -1, 0),
             other => {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("syscall {other} is not one the workload knows")));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("syscall {other} is not one the workload knows"),
+                ));
             }
         }
     };

@@ -244,11 +244,7 @@ mod tests {
     }
 
     fn rule(addr: u32, prefix: u32, lo: u16, hi: u16) -> NetRule {
-        let mask = if prefix == 0 {
-            0
-        } else {
-            (u32::MAX << (32 - prefix)).to_be()
-        };
+        let mask = if prefix == 0 { 0 } else { (u32::MAX << (32 - prefix)).to_be() };
         NetRule {
             addr: [addr & mask, 0, 0, 0],
             mask: [mask, 0, 0, 0],
@@ -264,47 +260,17 @@ mod tests {
     #[test]
     fn cidr_and_port_range_match() {
         let r = rule(v4(10, 1, 0, 0), 16, 5000, 5999);
-        assert!(r.matches(
-            op::NET_CONNECT,
-            family::INET,
-            &[v4(10, 1, 200, 3), 0, 0, 0],
-            5432
-        ));
-        assert!(!r.matches(
-            op::NET_CONNECT,
-            family::INET,
-            &[v4(10, 2, 0, 1), 0, 0, 0],
-            5432
-        ));
-        assert!(!r.matches(
-            op::NET_CONNECT,
-            family::INET,
-            &[v4(10, 1, 0, 1), 0, 0, 0],
-            6000
-        ));
-        assert!(!r.matches(
-            op::NET_BIND,
-            family::INET,
-            &[v4(10, 1, 0, 1), 0, 0, 0],
-            5432
-        ));
-        assert!(!r.matches(
-            op::NET_CONNECT,
-            family::INET6,
-            &[v4(10, 1, 0, 1), 0, 0, 0],
-            5432
-        ));
+        assert!(r.matches(op::NET_CONNECT, family::INET, &[v4(10, 1, 200, 3), 0, 0, 0], 5432));
+        assert!(!r.matches(op::NET_CONNECT, family::INET, &[v4(10, 2, 0, 1), 0, 0, 0], 5432));
+        assert!(!r.matches(op::NET_CONNECT, family::INET, &[v4(10, 1, 0, 1), 0, 0, 0], 6000));
+        assert!(!r.matches(op::NET_BIND, family::INET, &[v4(10, 1, 0, 1), 0, 0, 0], 5432));
+        assert!(!r.matches(op::NET_CONNECT, family::INET6, &[v4(10, 1, 0, 1), 0, 0, 0], 5432));
     }
 
     #[test]
     fn zero_prefix_matches_every_address() {
         let r = rule(0, 0, 0, u16::MAX);
-        assert!(r.matches(
-            op::NET_CONNECT,
-            family::INET,
-            &[v4(8, 8, 8, 8), 0, 0, 0],
-            53
-        ));
+        assert!(r.matches(op::NET_CONNECT, family::INET, &[v4(8, 8, 8, 8), 0, 0, 0], 53));
     }
 
     #[test]

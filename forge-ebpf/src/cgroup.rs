@@ -29,12 +29,7 @@ fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
         let ip = if fam == family::INET {
             [sa.user_ip4, 0, 0, 0]
         } else {
-            [
-                sa.user_ip6[0],
-                sa.user_ip6[1],
-                sa.user_ip6[2],
-                sa.user_ip6[3],
-            ]
+            [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]
         };
         (ip, u16::from_be(sa.user_port as u16))
     };

@@ -12,7 +12,7 @@ pub(crate) fn governing() -> Option<(u64, u32, &'static PolicyRecord)> {
     // SAFETY: the helper has no preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is a plain u32 that the agent writes whole.
-    let slot = *unsafe { CGROUPS.get(&cgroup_id) }?;
+    let slot = *unsafe { CGROUPS.get(cgroup_id) }?;
     let record = POLICIES.get(slot)?;
     Some((cgroup_id, slot, record))
 }
@@ -31,17 +31,9 @@ impl Decision {
     pub(crate) fn default_for(record: &PolicyRecord, op_class: u8) -> Self {
         let i = op_class as usize;
         if i >= forge_common::op::COUNT {
-            return Self {
-                action: verdict::ALLOW,
-                mode: record.mode,
-                rule_id: 0,
-            };
+            return Self { action: verdict::ALLOW, mode: record.mode, rule_id: 0 };
         }
-        Self {
-            action: record.defaults[i],
-            mode: record.mode,
-            rule_id: record.default_rule[i],
-        }
+        Self { action: record.defaults[i], mode: record.mode, rule_id: record.default_rule[i] }
     }
 
     /// A record in monitor mode turns every rule into monitor.
@@ -79,12 +71,7 @@ pub(crate) fn decide_net(
         }
         let rule = &record.net[i];
         if rule.matches(op_class, family, ip, port) {
-            return Decision {
-                action: rule.action,
-                mode: rule.mode,
-                rule_id: rule.rule_id,
-            }
-            .under(record);
+            return Decision { action: rule.action, mode: rule.mode, rule_id: rule.rule_id }.under(record);
         }
         i += 1;
     }
@@ -122,12 +109,7 @@ pub(crate) fn resolve_path(scratch: &mut Scratch, path: *mut core::ffi::c_void) 
 /// Falls back to the record's default when no rule's prefix matches or the
 /// path could not be resolved.
 #[inline(always)]
-pub(crate) fn decide_path(
-    record: &PolicyRecord,
-    slot: u32,
-    op_class: u8,
-    scratch: &mut Scratch,
-) -> Decision {
+pub(crate) fn decide_path(record: &PolicyRecord, slot: u32, op_class: u8, scratch: &mut Scratch) -> Decision {
     let len = scratch.path_len;
     if len == 0 {
         return Decision::default_for(record, op_class).under(record);
@@ -136,12 +118,7 @@ pub(crate) fn decide_path(
     scratch.key.data.slot = slot;
     scratch.key.data.op = op_class;
     match PATHS.get(&scratch.key) {
-        Some(rule) => Decision {
-            action: rule.action,
-            mode: rule.mode,
-            rule_id: rule.rule_id,
-        }
-        .under(record),
+        Some(rule) => Decision { action: rule.action, mode: rule.mode, rule_id: rule.rule_id }.under(record),
         None => Decision::default_for(record, op_class).under(record),
     }
 }

@@ -7,6 +7,9 @@ use forge_common::{CounterKey, Event, PolicyRecord};
 
 use crate::maps::{COUNTERS, DROPS, EVENTS, Scratch};
 
+/// `BPF_NOEXIST`: insert only if absent.
+const BPF_NOEXIST: u64 = 1;
+
 /// What one event says, apart from the fields every event has.
 pub(crate) struct Report {
     pub(crate) cgroup_id: u64,
@@ -25,14 +28,7 @@ pub(crate) struct Report {
 
 impl Report {
     #[inline(always)]
-    pub(crate) const fn new(
-        cgroup_id: u64,
-        hook: u16,
-        op: u8,
-        verdict: u8,
-        mode: u8,
-        rule_id: u32,
-    ) -> Self {
+    pub(crate) const fn new(cgroup_id: u64, hook: u16, op: u8, verdict: u8, mode: u8, rule_id: u32) -> Self {
         Self {
             cgroup_id,
             hook,
@@ -53,20 +49,14 @@ impl Report {
 /// Adds one to the per-CPU counter for `(cgroup, hook, verdict, mode)`.
 #[inline(always)]
 pub(crate) fn count(cgroup_id: u64, hook: u16, verdict: u8, mode: u8) {
-    let key = CounterKey {
-        cgroup_id,
-        hook,
-        verdict,
-        mode,
-        _pad: 0,
-    };
-    match COUNTERS.get_ptr_mut(&key) {
+    let key = CounterKey { cgroup_id, hook, verdict, mode, _pad: 0 };
+    match COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value: no other CPU writes it.
         Some(v) => unsafe { *v += 1 },
         None => {
             // Losing a race with another program on this CPU only loses one
             // count: BPF_NOEXIST keeps the other write.
-            let _ = COUNTERS.insert(&key, &1, 0);
+            let _ = COUNTERS.insert(key, 1u64, BPF_NOEXIST);
         }
     }
 }

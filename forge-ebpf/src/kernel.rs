@@ -50,9 +50,7 @@ pub(crate) fn task_exit_code() -> usize {
 #[inline(always)]
 pub(crate) fn tgid_of(task: *const u8) -> u32 {
     // SAFETY: bpf_probe_read_kernel checks the address; a fault returns Err.
-    unsafe {
-        aya_ebpf::helpers::bpf_probe_read_kernel(task.add(task_tgid()) as *const u32).unwrap_or(0)
-    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(task.add(task_tgid()) as *const u32).unwrap_or(0) }
 }
 
 /// Parent tgid of the current task, 0 if unreadable.
@@ -63,7 +61,7 @@ pub(crate) fn current_ppid() -> u32 {
     unsafe {
         let task = aya_ebpf::helpers::bpf_get_current_task() as *const u8;
         let parent: *const u8 = match aya_ebpf::helpers::bpf_probe_read_kernel(
-            task.add(task_real_parent()) as *const *const u8,
+            task.add(task_real_parent()) as *const *const u8
         ) {
             Ok(p) => p,
             Err(_) => return 0,
@@ -78,7 +76,6 @@ pub(crate) fn current_exit_code() -> u32 {
     // SAFETY: as in `current_ppid`.
     unsafe {
         let task = aya_ebpf::helpers::bpf_get_current_task() as *const u8;
-        aya_ebpf::helpers::bpf_probe_read_kernel(task.add(task_exit_code()) as *const u32)
-            .unwrap_or(0)
+        aya_ebpf::helpers::bpf_probe_read_kernel(task.add(task_exit_code()) as *const u32).unwrap_or(0)
     }
 }

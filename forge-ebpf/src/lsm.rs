@@ -50,11 +50,7 @@ fn apply(
     }
     let mut r = Report::new(cgroup_id, h, op_class, verdict::DENY, d.mode, d.rule_id);
     fill(&mut r);
-    let path = if with_path {
-        scratch().map(|s| &*s)
-    } else {
-        None
-    };
+    let path = if with_path { scratch().map(|s| &*s) } else { None };
     report(Some(record), &r, path);
     if d.enforced() { -EPERM } else { 0 }
 }
@@ -79,15 +75,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
     resolve_path(s, path);
     let d = decide_path(record, slot, op::EXEC, s);
-    apply(
-        record,
-        cgroup_id,
-        hook::LSM_BPRM_CHECK,
-        op::EXEC,
-        d,
-        |_| {},
-        true,
-    )
+    apply(record, cgroup_id, hook::LSM_BPRM_CHECK, op::EXEC, d, |_| {}, true)
 }
 
 #[lsm(hook = "file_open")]
@@ -102,38 +90,21 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     // SAFETY: probe read of `file->f_mode` at its BTF offset.
     let fmode: u32 =
-        unsafe { bpf_probe_read_kernel(file.add(kernel::file_f_mode()) as *const u32) }
-            .unwrap_or(0);
+        unsafe { bpf_probe_read_kernel(file.add(kernel::file_f_mode()) as *const u32) }.unwrap_or(0);
     let Some(s) = scratch() else { return 0 };
     // SAFETY: `file->f_path` at its BTF offset: a `struct path *`.
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
     resolve_path(s, path);
     if fmode & FMODE_READ != 0 {
         let d = decide_path(record, slot, op::FILE_READ, s);
-        let ret = apply(
-            record,
-            cgroup_id,
-            hook::LSM_FILE_OPEN,
-            op::FILE_READ,
-            d,
-            |_| {},
-            true,
-        );
+        let ret = apply(record, cgroup_id, hook::LSM_FILE_OPEN, op::FILE_READ, d, |_| {}, true);
         if ret != 0 {
             return ret;
         }
     }
     if fmode & FMODE_WRITE != 0 {
         let d = decide_path(record, slot, op::FILE_WRITE, s);
-        return apply(
-            record,
-            cgroup_id,
-            hook::LSM_FILE_OPEN,
-            op::FILE_WRITE,
-            d,
-            |_| {},
-            true,
-        );
+        return apply(record, cgroup_id, hook::LSM_FILE_OPEN, op::FILE_WRITE, d, |_| {}, true);
     }
     0
 }
@@ -220,11 +191,7 @@ fn protect(
 ) -> i32 {
     let d = Decision {
         action: verdict::DENY,
-        mode: if record.mode == mode::MONITOR {
-            mode::MONITOR
-        } else {
-            mode::ENFORCE
-        },
+        mode: if record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE },
         rule_id: rule_id::SELF_PROTECT,
     };
     apply(record, cgroup_id, h, op::PROTECT, d, fill, false)
@@ -258,9 +225,7 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     if agent == 0 || target != agent {
         return 0;
     }
-    protect(cgroup_id, record, hook::LSM_PTRACE, |r| {
-        r.target_pid = target
-    })
+    protect(cgroup_id, record, hook::LSM_PTRACE, |r| r.target_pid = target)
 }
 
 #[lsm(hook = "task_kill")]

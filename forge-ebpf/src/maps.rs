@@ -10,12 +10,10 @@ use forge_common::{Config, CounterKey, PathKey, PathRule, PolicyRecord, capacity
 pub(crate) static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::MAX_GOVERNED, 0);
 
 #[map(name = "POLICIES")]
-pub(crate) static POLICIES: Array<PolicyRecord> =
-    Array::with_max_entries(capacity::POLICY_SLOTS, 0);
+pub(crate) static POLICIES: Array<PolicyRecord> = Array::with_max_entries(capacity::POLICY_SLOTS, 0);
 
 #[map(name = "PATHS")]
-pub(crate) static PATHS: LpmTrie<PathKey, PathRule> =
-    LpmTrie::with_max_entries(capacity::PATH_RULES, 0);
+pub(crate) static PATHS: LpmTrie<PathKey, PathRule> = LpmTrie::with_max_entries(capacity::PATH_RULES, 0);
 
 #[map(name = "EVENTS")]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENT_RING_BYTES, 0);

@@ -3,9 +3,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -32,19 +30,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let Some((monitor, rule_id)) = record.syscall_denied(nr as usize) else {
         return 0;
     };
-    let m = if monitor || record.mode == mode::MONITOR {
-        mode::MONITOR
-    } else {
-        mode::ENFORCE
-    };
-    let mut r = Report::new(
-        cgroup_id,
-        hook::SYS_ENTER,
-        op::SYSCALL,
-        verdict::KILL,
-        m,
-        rule_id,
-    );
+    let m = if monitor || record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
+    let mut r = Report::new(cgroup_id, hook::SYS_ENTER, op::SYSCALL, verdict::KILL, m, rule_id);
     r.nr = nr as u32;
     report(Some(record), &r, None);
     if m == mode::ENFORCE {
@@ -83,14 +70,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if record.flags & flags::EXEC_VIA_TRACEPOINT != 0 && record.flags & flags::HAS_PATH_RULES != 0 {
         let d = decide_path(record, slot, op::EXEC, s);
         if !d.allows() {
-            let mut r = Report::new(
-                cgroup_id,
-                hook::EXEC_TRACEPOINT,
-                op::EXEC,
-                verdict::KILL,
-                d.mode,
-                d.rule_id,
-            );
+            let mut r =
+                Report::new(cgroup_id, hook::EXEC_TRACEPOINT, op::EXEC, verdict::KILL, d.mode, d.rule_id);
             r.ppid = ppid;
             report(Some(record), &r, Some(s));
             if d.enforced() {
@@ -100,14 +81,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    let mut r = Report::new(
-        cgroup_id,
-        hook::PROC_EXEC,
-        op::PROCESS,
-        verdict::INFO,
-        record.mode,
-        0,
-    );
+    let mut r = Report::new(cgroup_id, hook::PROC_EXEC, op::PROCESS, verdict::INFO, record.mode, 0);
     r.ppid = ppid;
     report(Some(record), &r, Some(s));
     0
@@ -124,14 +98,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
         return 0;
     }
-    let mut r = Report::new(
-        cgroup_id,
-        hook::PROC_EXIT,
-        op::PROCESS,
-        verdict::INFO,
-        record.mode,
-        0,
-    );
+    let mut r = Report::new(cgroup_id, hook::PROC_EXIT, op::PROCESS, verdict::INFO, record.mode, 0);
     r.ppid = kernel::current_ppid();
     r.nr = kernel::current_exit_code();
     report(Some(record), &r, None);

@@ -38,16 +38,26 @@ spec:
 /// In a child started by the test: be an agent governing one cgroup, say
 /// "ready", and wait to be killed.
 pub(crate) fn maybe_run_agent_child() {
-    let (Ok(pin), Ok(cg), Ok(yaml)) = (std::env::var(PIN_ENV), std::env::var(CGROUP_ENV), std::env::var(POLICY_ENV)) else {
+    let (Ok(pin), Ok(cg), Ok(yaml)) =
+        (std::env::var(PIN_ENV), std::env::var(CGROUP_ENV), std::env::var(POLICY_ENV))
+    else {
         return;
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let _guard = rt.enter();
-    let mut agent = Agent::start(&AgentOptions { pin_root: pin.into(), want: Want { cgroup: Some(true), ..Want::default() } }).expect("agent start");
+    let mut agent = Agent::start(&AgentOptions {
+        pin_root: pin.into(),
+        want: Want { cgroup: Some(true), ..Want::default() },
+    })
+    .expect("agent start");
     let cgroup = Cgroup::open(cg).expect("cgroup");
-    let compiled = compile(&Policy::from_yaml(&yaml, "restart").expect("policy"), "restart", 1).expect("compile");
+    let compiled =
+        compile(&Policy::from_yaml(&yaml, "restart").expect("policy"), "restart", 1).expect("compile");
     agent.writer.govern(&cgroup, &compiled).expect("govern");
-    println!("ready");
+    #[allow(clippy::print_stdout, reason = "the parent reads this line from the child's stdout")]
+    {
+        println!("ready");
+    }
     loop {
         std::thread::park();
     }
@@ -78,24 +88,36 @@ fn run(pin_root: &str, cgroup: &Cgroup, target: std::net::SocketAddr) -> Result<
     let connect = Action::Connect(target);
     expect("deny while the agent runs", run_action_in(cgroup, &exe, &connect).map_err(fail)?, EPERM)?;
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).map_err(fail)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
+        .map_err(fail)?;
     child.wait().map_err(fail)?;
-    expect("deny after the agent was SIGKILLed", run_action_in(cgroup, &exe, &connect).map_err(fail)?, EPERM)?;
+    expect(
+        "deny after the agent was SIGKILLed",
+        run_action_in(cgroup, &exe, &connect).map_err(fail)?,
+        EPERM,
+    )?;
 
     // A new agent adopts the pins: same programs, the cgroup still governed.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
     let _guard = rt.enter();
-    let mut agent = Agent::start(&AgentOptions { pin_root: pin_root.into(), want: Want::default() }).map_err(fail)?;
+    let mut agent =
+        Agent::start(&AgentOptions { pin_root: pin_root.into(), want: Want::default() }).map_err(fail)?;
     check!(agent.writer.handles().adopted, "the new agent loaded afresh instead of adopting");
     let governed = agent.writer.governed();
     check!(governed.iter().any(|(id, _)| *id == cgroup.id), "adopted state lost the cgroup: {governed:?}");
     let progs = std::fs::read_dir(format!("{pin_root}/progs")).map_err(fail)?.count();
     let before = loaded_forge_programs();
     // Swapping the policy through the adopted state takes effect at once.
-    let allow = compile(&Policy::from_yaml(&policy(target.port(), "allow"), "restart").map_err(fail)?, "restart", 1).map_err(fail)?;
+    let allow =
+        compile(&Policy::from_yaml(&policy(target.port(), "allow"), "restart").map_err(fail)?, "restart", 1)
+            .map_err(fail)?;
     let generation = agent.writer.govern(cgroup, &allow).map_err(fail)?;
     check!(generation >= 2, "generation after adoption {generation}");
-    expect("allow after the adopted swap", run_action_in(cgroup, &exe, &connect).map_err(fail)?, Outcome::Ok)?;
+    expect(
+        "allow after the adopted swap",
+        run_action_in(cgroup, &exe, &connect).map_err(fail)?,
+        Outcome::Ok,
+    )?;
     check!(loaded_forge_programs() == before, "programs were loaded again on adoption ({progs} pinned)");
     agent.writer.ungovern(cgroup.id).map_err(fail)?;
     agent.remove_pins().map_err(fail)?;

@@ -39,7 +39,8 @@ pub(crate) fn exec_deny() -> Result<(), Failed> {
     let allowed = exe_copy(&dir, "allowed")?;
     let link = dir.join("innocent-name");
     symlink(&denied, &link).map_err(fail)?;
-    let yaml = policy(false, &format!("    - {{name: no-denied-bin, op: exec, action: deny, paths: [{denied}]}}\n"));
+    let yaml =
+        policy(false, &format!("    - {{name: no-denied-bin, op: exec, action: deny, paths: [{denied}]}}\n"));
     let r = (|| {
         let mut f = Fixture::new("lsmexec", &yaml, Want { lsm: Some(true), ..Want::default() })?;
         expect("denied exec inside", f.inside(&format!("exec {denied}"))?, EPERM)?;
@@ -50,7 +51,12 @@ pub(crate) fn exec_deny() -> Result<(), Failed> {
         let execs: Vec<_> = events.iter().filter(|e| e.op == Op::Exec).collect();
         check!(execs.len() == 2, "expected 2 exec denies, got {}", execs.len());
         for ev in execs {
-            check!(ev.hook == Hook::LsmBprmCheck && ev.verdict == Verdict::Deny, "hook {} verdict {}", ev.hook, ev.verdict);
+            check!(
+                ev.hook == Hook::LsmBprmCheck && ev.verdict == Verdict::Deny,
+                "hook {} verdict {}",
+                ev.hook,
+                ev.verdict
+            );
             // The symlink is resolved in the kernel: both events name the real file.
             check!(ev.target == Target::Path { path: denied.clone() }, "target {}", ev.target);
             check!(ev.rule_id == rule_id::FIRST, "rule id {}", ev.rule_id);
@@ -88,7 +94,11 @@ pub(crate) fn file_open() -> Result<(), Failed> {
         expect("read through a symlink", f.inside(&format!("open-read {}", link.display()))?, EPERM)?;
         expect("read through ..", f.inside(&format!("open-read {}/sub/../secret", dir.display()))?, EPERM)?;
         expect("read of another file", f.inside(&format!("open-read {}", public.display()))?, Outcome::Ok)?;
-        expect("write below the read-only dir", f.inside(&format!("open-write {}/new", ro.display()))?, EPERM)?;
+        expect(
+            "write below the read-only dir",
+            f.inside(&format!("open-write {}/new", ro.display()))?,
+            EPERM,
+        )?;
         expect("write elsewhere", f.inside(&format!("open-write {}/new", dir.display()))?, Outcome::Ok)?;
         expect("read of the secret outside", f.outside(&format!("open-read {s}"))?, Outcome::Ok)?;
         let events = f.decisions(4);
@@ -99,7 +109,11 @@ pub(crate) fn file_open() -> Result<(), Failed> {
             check!(ev.target == Target::Path { path: s.to_string() }, "resolved path {}", ev.target);
         }
         let w = find(&events, "the write deny", |e| e.op == Op::FileWrite)?;
-        check!(w.target == Target::Path { path: format!("{}/new", ro.display()) }, "write target {}", w.target);
+        check!(
+            w.target == Target::Path { path: format!("{}/new", ro.display()) },
+            "write target {}",
+            w.target
+        );
         check!(w.rule_id == rule_id::FIRST + 1, "write rule id {}", w.rule_id);
         Ok(())
     })();
@@ -120,7 +134,8 @@ pub(crate) fn socket() -> Result<(), Failed> {
         ),
     );
     // Without the cgroup backend, the LSM socket hooks decide network rules.
-    let mut f = Fixture::new("lsmsock", &yaml, Want { lsm: Some(true), cgroup: Some(false), ..Want::default() })?;
+    let mut f =
+        Fixture::new("lsmsock", &yaml, Want { lsm: Some(true), cgroup: Some(false), ..Want::default() })?;
     expect("denied connect inside", f.inside(&format!("connect {denied}"))?, EPERM)?;
     expect("allowed connect inside", f.inside(&format!("connect {allowed}"))?, Outcome::Ok)?;
     expect("denied bind inside", f.inside(&format!("bind 127.0.0.1:{bind_port}"))?, EPERM)?;
@@ -128,14 +143,19 @@ pub(crate) fn socket() -> Result<(), Failed> {
     let events = f.decisions(2);
     let c = find(&events, "connect deny", |e| e.op == Op::NetConnect)?;
     check!(c.hook == Hook::LsmSocketConnect, "connect hook {}", c.hook);
-    check!(c.target == Target::Addr { addr: denied.ip(), port: denied.port() }, "connect target {}", c.target);
+    check!(
+        c.target == Target::Addr { addr: denied.ip(), port: denied.port() },
+        "connect target {}",
+        c.target
+    );
     let b = find(&events, "bind deny", |e| e.op == Op::NetBind)?;
     check!(b.hook == Hook::LsmSocketBind, "bind hook {}", b.hook);
     Ok(())
 }
 
 pub(crate) fn self_protection() -> Result<(), Failed> {
-    let yaml = policy(true, "    - {name: nothing-else, op: syscall, action: deny, syscalls: [kexec_load]}\n");
+    let yaml =
+        policy(true, "    - {name: nothing-else, op: syscall, action: deny, syscalls: [kexec_load]}\n");
     let mut f = Fixture::new("lsmself", &yaml, Want { lsm: Some(true), ..Want::default() })?;
     let me = std::process::id();
     expect("bpf() inside", f.inside("bpf")?, EPERM)?;

@@ -41,7 +41,12 @@ pub(crate) fn connect4() -> Result<(), Failed> {
     check!(ev.hook == Hook::CgroupConnect4, "hook {}", ev.hook);
     check!(ev.cgroup_id == f.cgroup.id, "cgroup id {} != {}", ev.cgroup_id, f.cgroup.id);
     check!(ev.tgid == pid, "tgid {} != child pid {pid}", ev.tgid);
-    check!(ev.verdict == Verdict::Deny && ev.mode == Mode::Enforce, "verdict {} mode {}", ev.verdict, ev.mode);
+    check!(
+        ev.verdict == Verdict::Deny && ev.mode == Mode::Enforce,
+        "verdict {} mode {}",
+        ev.verdict,
+        ev.mode
+    );
     check!(ev.target == Target::Addr { addr: denied.ip(), port: denied.port() }, "target {}", ev.target);
     check!(ev.rule_id == rule_id::FIRST, "rule id {}", ev.rule_id);
     check!(ev.generation >= 1, "generation {}", ev.generation);
@@ -71,18 +76,32 @@ pub(crate) fn bind_and_ipv6() -> Result<(), Failed> {
 
     let events = f.decisions(3);
     let b4 = find(&events, "bind4", |e| e.hook == Hook::CgroupBind4)?;
-    check!(b4.target == Target::Addr { addr: "127.0.0.1".parse().unwrap(), port: p4 }, "bind4 target {}", b4.target);
+    check!(
+        b4.target == Target::Addr { addr: "127.0.0.1".parse().unwrap(), port: p4 },
+        "bind4 target {}",
+        b4.target
+    );
     let b6 = find(&events, "bind6", |e| e.hook == Hook::CgroupBind6)?;
-    check!(b6.target == Target::Addr { addr: "::1".parse().unwrap(), port: p6 }, "bind6 target {}", b6.target);
+    check!(
+        b6.target == Target::Addr { addr: "::1".parse().unwrap(), port: p6 },
+        "bind6 target {}",
+        b6.target
+    );
     check!(b6.rule_id == rule_id::FIRST + 1, "bind6 rule id {}", b6.rule_id);
     let c6 = find(&events, "connect6", |e| e.hook == Hook::CgroupConnect6)?;
-    check!(c6.target == Target::Addr { addr: "::1".parse().unwrap(), port: v6_denied.port() }, "connect6 target {}", c6.target);
+    check!(
+        c6.target == Target::Addr { addr: "::1".parse().unwrap(), port: v6_denied.port() },
+        "connect6 target {}",
+        c6.target
+    );
     check!(events.iter().all(|e| e.cgroup_id == f.cgroup.id), "an event from another cgroup");
     Ok(())
 }
 
 pub(crate) fn sendmsg_udp() -> Result<(), Failed> {
-    let yaml = policy("    - {name: no-dns-here, op: net.sendto, action: deny, cidrs: [127.0.0.53/32], ports: 53}\n");
+    let yaml = policy(
+        "    - {name: no-dns-here, op: net.sendto, action: deny, cidrs: [127.0.0.53/32], ports: 53}\n",
+    );
     let mut f = Fixture::new("sendmsg", &yaml, Want { cgroup: Some(true), ..Want::default() })?;
     expect("denied UDP send inside", f.inside("sendto 127.0.0.53:53")?, EPERM)?;
     expect("other UDP port inside", f.inside("sendto 127.0.0.53:54")?, Outcome::Ok)?;
@@ -90,6 +109,10 @@ pub(crate) fn sendmsg_udp() -> Result<(), Failed> {
     let events = f.decisions(1);
     let ev = find(&events, "the denied sendto", |e| e.op == Op::NetSendto)?;
     check!(ev.hook == Hook::CgroupSendmsg4, "hook {}", ev.hook);
-    check!(ev.target == Target::Addr { addr: "127.0.0.53".parse().unwrap(), port: 53 }, "target {}", ev.target);
+    check!(
+        ev.target == Target::Addr { addr: "127.0.0.53".parse().unwrap(), port: 53 },
+        "target {}",
+        ev.target
+    );
     Ok(())
 }

@@ -27,7 +27,8 @@ spec:
 }
 
 pub(crate) fn syscall_kill() -> Result<(), Failed> {
-    let yaml = policy("enforce", "    - {name: no-unshare, op: syscall, action: deny, syscalls: [unshare]}\n");
+    let yaml =
+        policy("enforce", "    - {name: no-unshare, op: syscall, action: deny, syscalls: [unshare]}\n");
     let mut f = Fixture::new("syscall", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
     let (pid, got) = f.inside_pid("syscall unshare")?;
     expect("denied syscall inside", got, SIGKILL)?;
@@ -36,7 +37,12 @@ pub(crate) fn syscall_kill() -> Result<(), Failed> {
     let events = f.decisions(1);
     let ev = find(&events, "the killed unshare", |e| e.op == Op::Syscall)?;
     check!(ev.hook == Hook::SysEnter, "hook {}", ev.hook);
-    check!(ev.verdict == Verdict::Kill && ev.mode == Mode::Enforce, "verdict {} mode {}", ev.verdict, ev.mode);
+    check!(
+        ev.verdict == Verdict::Kill && ev.mode == Mode::Enforce,
+        "verdict {} mode {}",
+        ev.verdict,
+        ev.mode
+    );
     check!(ev.target == Target::Syscall { nr: libc::SYS_unshare as u32 }, "target {}", ev.target);
     check!(ev.tgid == pid && ev.cgroup_id == f.cgroup.id, "pid {} cgroup {}", ev.tgid, ev.cgroup_id);
     Ok(())
@@ -55,16 +61,25 @@ pub(crate) fn exec_fallback() -> Result<(), Failed> {
     let dir = std::path::PathBuf::from(format!("/tmp/forge-exec-{}", std::process::id()));
     let denied = exe_copy(&dir, "denied")?;
     let allowed = exe_copy(&dir, "allowed")?;
-    let yaml = policy("enforce", &format!("    - {{name: no-denied-bin, op: exec, action: deny, paths: [{denied}]}}\n"));
+    let yaml = policy(
+        "enforce",
+        &format!("    - {{name: no-denied-bin, op: exec, action: deny, paths: [{denied}]}}\n"),
+    );
     // Without LSM, exec is decided at sched_process_exec: the new image is killed.
-    let mut f = Fixture::new("execfb", &yaml, Want { lsm: Some(false), tracepoint: Some(true), ..Want::default() })?;
+    let mut f =
+        Fixture::new("execfb", &yaml, Want { lsm: Some(false), tracepoint: Some(true), ..Want::default() })?;
     let r = (|| {
         expect("denied exec inside", f.inside(&format!("exec {denied}"))?, SIGKILL)?;
         expect("allowed exec inside", f.inside(&format!("exec {allowed}"))?, Outcome::Ok)?;
         expect("denied exec outside", f.outside(&format!("exec {denied}"))?, Outcome::Ok)?;
         let events = f.decisions(1);
         let ev = find(&events, "the killed exec", |e| e.op == Op::Exec)?;
-        check!(ev.hook == Hook::ExecTracepoint && ev.verdict == Verdict::Kill, "hook {} verdict {}", ev.hook, ev.verdict);
+        check!(
+            ev.hook == Hook::ExecTracepoint && ev.verdict == Verdict::Kill,
+            "hook {} verdict {}",
+            ev.hook,
+            ev.verdict
+        );
         check!(ev.target == Target::Path { path: denied.clone() }, "target {}", ev.target);
         Ok(())
     })();
@@ -82,14 +97,28 @@ pub(crate) fn monitor_mode() -> Result<(), Failed> {
             target.port()
         ),
     );
-    let mut f = Fixture::new("monitor", &yaml, Want { cgroup: Some(true), tracepoint: Some(true), ..Want::default() })?;
+    let mut f = Fixture::new(
+        "monitor",
+        &yaml,
+        Want { cgroup: Some(true), tracepoint: Some(true), ..Want::default() },
+    )?;
     expect("monitored connect inside", f.inside(&format!("connect {target}"))?, Outcome::Ok)?;
     expect("monitored syscall inside", f.inside("syscall unshare")?, Outcome::Ok)?;
     let events = f.decisions(2);
     let c = find(&events, "would-deny connect", |e| e.op == Op::NetConnect)?;
-    check!(c.mode == Mode::Monitor && c.verdict == Verdict::Deny, "connect: verdict {} mode {}", c.verdict, c.mode);
+    check!(
+        c.mode == Mode::Monitor && c.verdict == Verdict::Deny,
+        "connect: verdict {} mode {}",
+        c.verdict,
+        c.mode
+    );
     let s = find(&events, "would-kill unshare", |e| e.op == Op::Syscall)?;
-    check!(s.mode == Mode::Monitor && s.verdict == Verdict::Kill, "syscall: verdict {} mode {}", s.verdict, s.mode);
+    check!(
+        s.mode == Mode::Monitor && s.verdict == Verdict::Kill,
+        "syscall: verdict {} mode {}",
+        s.verdict,
+        s.mode
+    );
 
     let counters = f.agent_mut().writer.counters().map_err(forge_tests::fail)?;
     let get = |h: u16, v: u8| {

@@ -6,12 +6,7 @@
 //! reported as ignored with the kernel's reason, unless `FORGE_REQUIRE` names
 //! that backend, in which case it fails.
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, sync::OnceLock, time::Duration};
 
 use forge_agent::{
     agent::{Agent, AgentOptions},
@@ -71,7 +66,10 @@ pub fn gate(needs: &[&str]) -> Result<Option<Completion>, Failed> {
         }
         match c.backends.iter().find(|b| b.backend == *need) {
             Some(b) if b.available => {}
-            Some(b) => missing.push(((*need).to_string(), format!("backend {need} unavailable: {}", first_line(b.error.as_deref().unwrap_or("?"))))),
+            Some(b) => missing.push((
+                (*need).to_string(),
+                format!("backend {need} unavailable: {}", first_line(b.error.as_deref().unwrap_or("?"))),
+            )),
             None => missing.push(((*need).to_string(), format!("backend {need} was not probed"))),
         }
     }
@@ -113,7 +111,14 @@ impl Fixture {
         let cgroup = Cgroup::create(&format!("forge-test/{}-{name}", std::process::id())).map_err(fail)?;
         let policy = Policy::from_yaml(yaml, name).map_err(fail)?;
         let compiled = compile(&policy, name, 1).map_err(fail)?;
-        let mut f = Self { rt, agent: Some(agent), cgroup, compiled, exe: std::env::current_exe().map_err(fail)?, pin_root };
+        let mut f = Self {
+            rt,
+            agent: Some(agent),
+            cgroup,
+            compiled,
+            exe: std::env::current_exe().map_err(fail)?,
+            pin_root,
+        };
         if let Some(agent) = f.agent.as_mut() {
             agent.writer.govern(&f.cgroup, &f.compiled).map_err(fail)?;
         }
@@ -151,10 +156,12 @@ impl Fixture {
     pub fn decisions(&mut self, n: usize) -> Vec<DecisionEvent> {
         let rt = &self.rt;
         let agent = self.agent.as_mut().expect("agent present until drop");
-        rt.block_on(agent.collect_until(Duration::from_secs(2), |evs| evs.iter().filter(|e| e.verdict != Verdict::Info).count() >= n))
-            .into_iter()
-            .filter(|e| e.verdict != Verdict::Info)
-            .collect()
+        rt.block_on(agent.collect_until(Duration::from_secs(2), |evs| {
+            evs.iter().filter(|e| e.verdict != Verdict::Info).count() >= n
+        }))
+        .into_iter()
+        .filter(|e| e.verdict != Verdict::Info)
+        .collect()
     }
 
     /// All events (including process tracking) until `pred` holds or 2 s.
@@ -193,11 +200,7 @@ macro_rules! check {
 
 /// Compares an outcome with the expected one, naming the action.
 pub fn expect(what: &str, got: Outcome, want: Outcome) -> Result<(), Failed> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!("{what}: expected {want}, got {got}").into())
-    }
+    if got == want { Ok(()) } else { Err(format!("{what}: expected {want}, got {got}").into()) }
 }
 
 pub const EPERM: Outcome = Outcome::Errno(libc::EPERM);

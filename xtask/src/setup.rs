@@ -33,11 +33,7 @@ pub(crate) struct SetupArgs {
 }
 
 pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         println!("setup: apt packages present ({})", APT_PACKAGES.join(", "));
     } else if args.check {
@@ -48,8 +44,7 @@ pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<()> {
             run_cmd(Command::new("apt-get").arg("update"), "apt-get update")?;
         }
         let mut cmd = Command::new("apt-get");
-        cmd.args(["install", "-y", "--no-install-recommends"])
-            .args(&missing);
+        cmd.args(["install", "-y", "--no-install-recommends"]).args(&missing);
         cmd.env("DEBIAN_FRONTEND", "noninteractive");
         if run_cmd(&mut cmd, "apt-get install").is_err() {
             // Package lists may be stale on a long-lived machine.
@@ -61,33 +56,18 @@ pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<()> {
     let bin = cargo_bin_dir();
     let linker = bin.join("bpf-linker");
     if linker_version_ok(&linker) {
-        println!(
-            "setup: bpf-linker {BPF_LINKER_VERSION} present at {}",
-            linker.display()
-        );
+        println!("setup: bpf-linker {BPF_LINKER_VERSION} present at {}", linker.display());
     } else if args.check {
-        bail!(
-            "bpf-linker {BPF_LINKER_VERSION} missing at {}",
-            linker.display()
-        );
+        bail!("bpf-linker {BPF_LINKER_VERSION} missing at {}", linker.display());
     } else {
         println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
         let mut cmd = Command::new("cargo");
-        cmd.args([
-            "install",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--locked",
-        ])
-        .args(["--no-default-features", "--features", "llvm-22", "--force"])
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+        cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22", "--force"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22");
         run_cmd(&mut cmd, "cargo install bpf-linker")?;
         if !linker_version_ok(&linker) {
-            bail!(
-                "bpf-linker was installed but {} does not report {BPF_LINKER_VERSION}",
-                linker.display()
-            );
+            bail!("bpf-linker was installed but {} does not report {BPF_LINKER_VERSION}", linker.display());
         }
         println!("setup: installed bpf-linker at {}", linker.display());
     }
@@ -103,10 +83,7 @@ fn dpkg_installed(pkg: &str) -> bool {
 
 fn apt_lists_present() -> bool {
     std::fs::read_dir("/var/lib/apt/lists")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
-        })
+        .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with("_Packages")))
         .unwrap_or(false)
 }
 

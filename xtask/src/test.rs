@@ -68,13 +68,22 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         println!("== privileged tests in a QEMU guest: Debian {kernel} kernel, lsm=...,bpf");
         match vm::run_in_vm(kernel, &binary, &[], &env) {
             Ok(o) => {
-                let summary = o.output.lines().rev().find(|l| l.starts_with("test result:")).unwrap_or("no test summary");
+                let summary = o
+                    .output
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("test result:"))
+                    .unwrap_or("no test summary");
                 println!(
                     "   {kernel}: {} boot(s), {:.1}s, kernel {}, LSMs {}: exit {} — {summary}",
                     o.boot_attempts, o.seconds, o.kernel_release, o.lsm, o.exit_code
                 );
                 if o.exit_code != 0 {
-                    failures.push(format!("{kernel}: tests failed (exit {}); serial log {}", o.exit_code, o.log.display()));
+                    failures.push(format!(
+                        "{kernel}: tests failed (exit {}); serial log {}",
+                        o.exit_code,
+                        o.log.display()
+                    ));
                 }
             }
             Err(e) => failures.push(format!("{kernel}: {e:#}")),
@@ -98,10 +107,11 @@ pub(crate) fn privileged_test_binary() -> anyhow::Result<PathBuf> {
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "privileged" {
-            if let Some(exe) = msg["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
-            }
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "privileged"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            return Ok(PathBuf::from(exe));
         }
     }
     bail!("cargo did not report the privileged test executable")

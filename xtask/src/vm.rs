@@ -80,10 +80,7 @@ pub(crate) struct VmOutcome {
 
 /// Runs the binary in every selected kernel, prints a summary; `Err` if any failed.
 pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
-    let binary = args
-        .binary
-        .as_deref()
-        .context("--binary is required (the binary to run in the guest)")?;
+    let binary = args.binary.as_deref().context("--binary is required (the binary to run in the guest)")?;
     let env = parse_env(&args.env)?;
     let kernels: Vec<&str> = if args.kernels.is_empty() {
         DEFAULT_KERNELS.to_vec()
@@ -123,11 +120,8 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
             }
             Err(err) => {
                 failed.push(*k);
-                let _ = writeln!(
-                    out,
-                    "  {k:<5} FAIL  {}",
-                    first_line(&format!("{err:#}")).trim_end_matches(':')
-                );
+                let _ =
+                    writeln!(out, "  {k:<5} FAIL  {}", first_line(&format!("{err:#}")).trim_end_matches(':'));
             }
         }
     }
@@ -147,15 +141,10 @@ pub(crate) fn run_in_vm(
     args: &[String],
     env: &[(String, String)],
 ) -> anyhow::Result<VmOutcome> {
-    let binary = binary
-        .canonicalize()
-        .with_context(|| format!("binary {}", binary.display()))?;
+    let binary = binary.canonicalize().with_context(|| format!("binary {}", binary.display()))?;
     ensure!(binary.is_file(), "{} is not a file", binary.display());
     for (k, _) in env {
-        ensure!(
-            !k.is_empty() && !k.contains('='),
-            "bad environment variable name {k:?}"
-        );
+        ensure!(!k.is_empty() && !k.contains('='), "bad environment variable name {k:?}");
     }
     let vm_dir = target_dir().join("vm");
     let kernel_info = kernel::fetch(kernel, &vm_dir.join("kernels"))?;
@@ -180,11 +169,7 @@ pub(crate) fn run_in_vm(
         "vm-test {label}: kernel {} ({}{}), cpu {cpu}, binary {}",
         kernel_info.release,
         kernel_info.package,
-        if kernel_info.downloaded {
-            ", downloaded"
-        } else {
-            ", cached"
-        },
+        if kernel_info.downloaded { ", downloaded" } else { ", cached" },
         binary.display()
     );
 
@@ -192,16 +177,8 @@ pub(crate) fn run_in_vm(
     for attempt in 1..=MAX_BOOT_ATTEMPTS {
         let nonce = nonce(attempt);
         let initrd = run_dir.join("initramfs.cpio");
-        initramfs::build(
-            &initramfs::Payload {
-                binary: &binary,
-                args,
-                env,
-                nonce: &nonce,
-            },
-            &initrd,
-        )
-        .context("building the initramfs")?;
+        initramfs::build(&initramfs::Payload { binary: &binary, args, env, nonce: &nonce }, &initrd)
+            .context("building the initramfs")?;
         let log = qemu::log_path(&run_dir, attempt);
         let result = qemu::boot(&qemu::Boot {
             label,
@@ -264,10 +241,7 @@ pub(crate) fn run_in_vm(
             result.seconds
         );
         if release != kernel_info.release {
-            eprintln!(
-                "vm-test {label}: warning: guest reports {release}, expected {}",
-                kernel_info.release
-            );
+            eprintln!("vm-test {label}: warning: guest reports {release}, expected {}", kernel_info.release);
         }
         return Ok(VmOutcome {
             kernel_release: release,
@@ -300,8 +274,7 @@ pub(crate) fn lock(path: &Path, what: &str) -> anyhow::Result<fs::File> {
             return Err(err).with_context(|| format!("locking {}", path.display()));
         }
     }
-    file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
 }
 
@@ -331,31 +304,20 @@ fn echoed() -> bool {
 }
 
 fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
 }
 
 fn env_secs(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v
-            .parse()
-            .with_context(|| format!("{name}={v:?}: expected whole seconds")),
+        Ok(v) if !v.is_empty() => v.parse().with_context(|| format!("{name}={v:?}: expected whole seconds")),
         _ => Ok(default),
     }
 }
 
 /// A marker nonce unlikely to appear in the binary's output.
 fn nonce(attempt: u32) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{:x}{:x}{attempt}",
-        nanos & 0xffff_ffff_ffff,
-        std::process::id()
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}{attempt}", nanos & 0xffff_ffff_ffff, std::process::id())
 }
 
 fn first_line(s: &str) -> &str {

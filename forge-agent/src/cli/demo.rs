@@ -61,9 +61,17 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     agent.writer.govern(&cgroup, &compiled)?;
 
     if !a.json {
-        println!("ForgeOne demo: policy {DEFAULT_POLICY_NAME} governs cgroup {} (id {})", cgroup.path.display(), cgroup.id);
+        println!(
+            "ForgeOne demo: policy {DEFAULT_POLICY_NAME} governs cgroup {} (id {})",
+            cgroup.path.display(),
+            cgroup.id
+        );
         for s in &statuses {
-            let state = if s.available { "active".to_string() } else { format!("unavailable: {}", s.error.as_deref().unwrap_or("").lines().next().unwrap_or("")) };
+            let state = if s.available {
+                "active".to_string()
+            } else {
+                format!("unavailable: {}", s.error.as_deref().unwrap_or("").lines().next().unwrap_or(""))
+            };
             println!("  backend {:<10} {state}", s.backend);
         }
         println!();
@@ -79,13 +87,25 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let mut plan: Vec<(&'static str, Action, &'static str)> = vec![
         ("connect to a local service", Action::Connect(allowed), "allowed"),
-        ("connect to the cloud metadata endpoint", Action::Connect("169.254.169.254:80".parse()?), "denied (EPERM)"),
-        ("connect to the discard port on loopback", Action::Connect("127.0.0.1:9".parse()?), "denied (EPERM)"),
+        (
+            "connect to the cloud metadata endpoint",
+            Action::Connect("169.254.169.254:80".parse()?),
+            "denied (EPERM)",
+        ),
+        (
+            "connect to the discard port on loopback",
+            Action::Connect("127.0.0.1:9".parse()?),
+            "denied (EPERM)",
+        ),
     ];
     if active.lsm {
         plan.push(("read /etc/shadow", Action::OpenRead("/etc/shadow".into()), "denied (EPERM)"));
     }
-    plan.push(("unshare(CLONE_NEWUTS): a denied syscall", Action::Syscall("unshare".into()), "killed (SIGKILL)"));
+    plan.push((
+        "unshare(CLONE_NEWUTS): a denied syscall",
+        Action::Syscall("unshare".into()),
+        "killed (SIGKILL)",
+    ));
 
     let mut steps = Vec::new();
     for (description, action, expected) in plan {
@@ -97,9 +117,12 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let want_denials = steps.iter().filter(|s| s.expected != "allowed").count();
     let events = agent
-        .collect_until(Duration::from_secs(3), |evs| evs.iter().filter(|e| e.verdict != Verdict::Info).count() >= want_denials)
+        .collect_until(Duration::from_secs(3), |evs| {
+            evs.iter().filter(|e| e.verdict != Verdict::Info).count() >= want_denials
+        })
         .await;
-    let explanations: Vec<_> = events.iter().filter(|e| e.verdict != Verdict::Info).map(|e| explain(e, Some(&compiled))).collect();
+    let explanations: Vec<_> =
+        events.iter().filter(|e| e.verdict != Verdict::Info).map(|e| explain(e, Some(&compiled))).collect();
     let tracked = events.len() - explanations.len();
     let drops = agent.writer.drops()?;
 
@@ -121,8 +144,12 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         }
         if !active.lsm {
             println!();
-            println!("File and exec rules need BPF LSM, which this kernel does not accept (see `forge doctor`);");
-            println!("exec denies fall back to a kill at sched_process_exec. `cargo xtask vm-test` proves the LSM paths.");
+            println!(
+                "File and exec rules need BPF LSM, which this kernel does not accept (see `forge doctor`);"
+            );
+            println!(
+                "exec denies fall back to a kill at sched_process_exec. `cargo xtask vm-test` proves the LSM paths."
+            );
         }
         println!();
         println!("{} process events tracked, {} ring-buffer drops.", tracked, drops);
@@ -130,7 +157,11 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     if a.keep {
         if !a.json {
-            println!("--keep: {} stays governed; `forge reset --pin-root {}` ends it.", cgroup.path.display(), a.pin_root.display());
+            println!(
+                "--keep: {} stays governed; `forge reset --pin-root {}` ends it.",
+                cgroup.path.display(),
+                a.pin_root.display()
+            );
         }
     } else {
         agent.writer.ungovern(cgroup.id)?;

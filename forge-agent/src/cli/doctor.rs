@@ -21,7 +21,10 @@ pub(crate) fn run(a: &DoctorArgs) -> anyhow::Result<ExitCode> {
         println!("kernel           {}", r.kernel);
         println!("BTF              {}", yes_no(r.btf));
         println!("cgroup v2        {}", r.cgroup2_mount.as_deref().unwrap_or("not mounted"));
-        println!("bpffs            {}", if r.bpffs_mounted { "mounted" } else { "not mounted (the agent mounts it)" });
+        println!(
+            "bpffs            {}",
+            if r.bpffs_mounted { "mounted" } else { "not mounted (the agent mounts it)" }
+        );
         println!("LSM list         {}", r.lsm_list.as_deref().unwrap_or("unreadable"));
         println!("bpf in LSM list  {}", yes_no(r.bpf_in_lsm_list));
         println!();

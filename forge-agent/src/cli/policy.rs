@@ -58,7 +58,9 @@ pub(crate) fn run(cmd: &PolicyCommand) -> anyhow::Result<ExitCode> {
             let r = &c.record;
             let denied: Vec<String> = (0..forge_common::MAX_SYSCALLS)
                 .filter(|nr| r.syscall_denied(*nr).is_some())
-                .map(|nr| forge_agent::policy::syscalls::name(nr as u32).map_or(nr.to_string(), str::to_string))
+                .map(|nr| {
+                    forge_agent::policy::syscalls::name(nr as u32).map_or(nr.to_string(), str::to_string)
+                })
                 .collect();
             let v = serde_json::json!({
                 "policy": c.policy_name,

@@ -37,16 +37,24 @@ pub(crate) fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
 async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut compiled: Vec<(Cgroup, CompiledRecord)> = Vec::new();
     for spec in &a.govern {
-        let (cg, file) = spec.split_once('=').with_context(|| format!("--govern {spec:?}: expected CGROUP=POLICY"))?;
+        let (cg, file) =
+            spec.split_once('=').with_context(|| format!("--govern {spec:?}: expected CGROUP=POLICY"))?;
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
         let policy = Policy::from_yaml(&text, file)?;
         let c = compile(&policy, file, 1)?;
         let cgroup = Cgroup::resolve(cg).or_else(|_| Cgroup::create(cg))?;
         compiled.push((cgroup, c));
     }
-    let mut agent = Agent::start(&AgentOptions { pin_root: a.pins.pin_root.clone(), want: a.backends.want() })?;
+    let mut agent =
+        Agent::start(&AgentOptions { pin_root: a.pins.pin_root.clone(), want: a.backends.want() })?;
     let h = agent.writer.handles();
-    tracing::info!(adopted = h.adopted, lsm = h.active.lsm, cgroup = h.active.cgroup, tracepoint = h.active.tracepoint, "agent started");
+    tracing::info!(
+        adopted = h.adopted,
+        lsm = h.active.lsm,
+        cgroup = h.active.cgroup,
+        tracepoint = h.active.tracepoint,
+        "agent started"
+    );
     for (cgroup, c) in &compiled {
         agent.writer.govern(cgroup, c)?;
     }

@@ -42,6 +42,8 @@ struct Member {
 #[derive(Clone, Debug)]
 struct Type {
     name_off: u32,
+    /// Size for structs/unions; referenced type id for typedef/modifiers.
+    size_or_type: u32,
     kind: u32,
     kind_flag: bool,
     members: Vec<Member>,
@@ -65,7 +67,8 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 impl Btf {
     pub fn from_running_kernel() -> Result<Self, BtfError> {
         let path = Path::new("/sys/kernel/btf/vmlinux");
-        let bytes = std::fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path)
+            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
         Self::parse(&bytes)
     }
 
@@ -93,7 +96,7 @@ impl Btf {
             let bad = |message: &str| BtfError::Type { index, offset: off, message: message.to_string() };
             let name_off = u32_at(types_raw, off).ok_or_else(|| bad("truncated"))?;
             let info = u32_at(types_raw, off + 4).ok_or_else(|| bad("truncated"))?;
-            u32_at(types_raw, off + 8).ok_or_else(|| bad("truncated"))?;
+            let size_or_type = u32_at(types_raw, off + 8).ok_or_else(|| bad("truncated"))?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
@@ -117,18 +120,18 @@ impl Btf {
                     members.push(Member { name_off: get(0)?, type_id: get(4)?, offset: get(8)? });
                 }
             }
-            types.push(Type { name_off, kind, kind_flag, members });
+            types.push(Type { name_off, size_or_type, kind, kind_flag, members });
             off = base + extra;
         }
 
         let mut btf = Self { types, strings, structs: HashMap::new() };
         for (i, t) in btf.types.iter().enumerate() {
-            if t.kind == KIND_STRUCT && !t.members.is_empty() {
-                if let Some(name) = btf.name(t.name_off) {
-                    if !name.is_empty() {
-                        btf.structs.entry(name.to_string()).or_default().push(i as u32 + 1);
-                    }
-                }
+            if t.kind == KIND_STRUCT
+                && !t.members.is_empty()
+                && let Some(name) = btf.name(t.name_off)
+                && !name.is_empty()
+            {
+                btf.structs.entry(name.to_string()).or_default().push(i as u32 + 1);
             }
         }
         Ok(btf)
@@ -152,19 +155,19 @@ impl Btf {
             return None;
         }
         for m in &t.members {
-            let (bits, bitfield) = if t.kind_flag { (m.offset & 0x00ff_ffff, m.offset >> 24 != 0) } else { (m.offset, false) };
+            let (bits, bitfield) =
+                if t.kind_flag { (m.offset & 0x00ff_ffff, m.offset >> 24 != 0) } else { (m.offset, false) };
             let name = self.name(m.name_off).unwrap_or("");
             if name == member {
                 return Some((bits, bitfield));
             }
             if name.is_empty() {
                 let inner = self.skip_modifiers(m.type_id);
-                if let Some(it) = self.ty(inner) {
-                    if it.kind == KIND_STRUCT || it.kind == KIND_UNION {
-                        if let Some((b, bf)) = self.find_bits(inner, member, depth + 1) {
-                            return Some((bits + b, bf));
-                        }
-                    }
+                if let Some(it) = self.ty(inner)
+                    && (it.kind == KIND_STRUCT || it.kind == KIND_UNION)
+                    && let Some((b, bf)) = self.find_bits(inner, member, depth + 1)
+                {
+                    return Some((bits + b, bf));
                 }
             }
         }
@@ -175,12 +178,8 @@ impl Btf {
     fn skip_modifiers(&self, mut id: u32) -> u32 {
         for _ in 0..16 {
             match self.ty(id) {
-                Some(t) if matches!(t.kind, 8..=11 | 18) => {
-                    // The referenced type id is the third header word; it was not
-                    // kept, so anonymous members are expected to be direct.
-                    return id;
-                }
-                _ => return id,
+                Some(t) if matches!(t.kind, 8..=11 | 18) => id = t.size_or_type,
+                _ => break,
             }
         }
         id
@@ -192,7 +191,11 @@ impl Btf {
         for &id in ids {
             if let Some((bits, bitfield)) = self.find_bits(id, member, 0) {
                 if bitfield || bits % 8 != 0 {
-                    return Err(BtfError::NotByteAligned { strukt: struct_name.into(), member: member.into(), bits });
+                    return Err(BtfError::NotByteAligned {
+                        strukt: struct_name.into(),
+                        member: member.into(),
+                        bits,
+                    });
                 }
                 return Ok(bits / 8);
             }

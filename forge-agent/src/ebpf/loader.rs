@@ -5,11 +5,7 @@
 //! opens the pins like any later agent would: one code path for "just
 //! loaded" and "adopted after a restart".
 
-use std::{
-    fmt::Write as _,
-    io,
-    path::PathBuf,
-};
+use std::{fmt::Write as _, io, path::PathBuf};
 
 use aya::{
     EbpfLoader,
@@ -97,7 +93,8 @@ pub struct Handles {
 
 /// Loads or adopts ForgeOne's kernel state under `pins`.
 pub fn start(pins: Pins, want: Want) -> Result<Handles, LoadError> {
-    ensure_bpffs(pins.root()).map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
+    ensure_bpffs(pins.root())
+        .map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
     if pins.map(map_name::CONFIG).exists() {
         let mut h = adopt(pins)?;
         h.adopted = true;
@@ -162,7 +159,7 @@ fn load_object() -> Result<aya::Ebpf, LoadError> {
     let globals = offsets.globals();
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
-        loader.override_global(*name, value, true);
+        loader.override_global(name, value, true);
     }
     loader.load(OBJECT).map_err(|e| LoadError::Object(chain(&e)))
 }
@@ -171,9 +168,10 @@ fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, Load
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let p = ebpf
-        .program_mut(name)
-        .ok_or_else(|| LoadError::Program { name: name.to_string(), message: "missing from the object".into() })?;
+    let p = ebpf.program_mut(name).ok_or_else(|| LoadError::Program {
+        name: name.to_string(),
+        message: "missing from the object".into(),
+    })?;
     p.try_into().map_err(|e: ProgramError| fail(name, &e))
 }
 
@@ -198,7 +196,8 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let lines: Vec<&str> = s.lines().collect();
     if lines.len() > 12 {
         let mut short = lines[..6].join("\n");
-        let _ = write!(short, "\n... ({} lines) ...\n{}", lines.len() - 10, lines[lines.len() - 4..].join("\n"));
+        let _ =
+            write!(short, "\n... ({} lines) ...\n{}", lines.len() - 10, lines[lines.len() - 4..].join("\n"));
         return short;
     }
     s
@@ -280,7 +279,11 @@ fn load_and_pin(pins: &Pins, want: Want) -> Result<Vec<BackendStatus>, LoadError
     }
 
     if !statuses.iter().any(|s| s.available) {
-        let why = statuses.iter().map(|s| format!("{}: {}", s.backend, s.error.as_deref().unwrap_or("disabled"))).collect::<Vec<_>>().join("; ");
+        let why = statuses
+            .iter()
+            .map(|s| format!("{}: {}", s.backend, s.error.as_deref().unwrap_or("disabled")))
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(LoadError::NothingLoaded(why));
     }
 
@@ -301,21 +304,32 @@ fn load_and_pin(pins: &Pins, want: Want) -> Result<Vec<BackendStatus>, LoadError
 /// A backend explicitly asked for must load.
 fn required(want: Option<bool>, backend: &str, r: &Result<(), LoadError>) -> Result<(), LoadError> {
     match (want, r) {
-        (Some(true), Err(e)) => Err(LoadError::Program { name: backend.to_string(), message: format!("required backend failed: {e}") }),
+        (Some(true), Err(e)) => Err(LoadError::Program {
+            name: backend.to_string(),
+            message: format!("required backend failed: {e}"),
+        }),
         _ => Ok(()),
     }
 }
 
 fn open_map(pins: &Pins, name: &str) -> Result<Map, LoadError> {
     let path = pins.map(name);
-    let err = |m: &dyn std::error::Error| LoadError::Map { name: name.into(), path: path.clone(), message: chain(m) };
+    let err = |m: &dyn std::error::Error| LoadError::Map {
+        name: name.into(),
+        path: path.clone(),
+        message: chain(m),
+    };
     let data = MapData::from_pin(&path).map_err(|e| err(&e))?;
     Map::from_map_data(data).map_err(|e| err(&e))
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(pins: &Pins, name: &str) -> Result<T, LoadError> {
     let map = open_map(pins, name)?;
-    T::try_from(map).map_err(|e| LoadError::Map { name: name.into(), path: pins.map(name), message: chain(&e) })
+    T::try_from(map).map_err(|e| LoadError::Map {
+        name: name.into(),
+        path: pins.map(name),
+        message: chain(&e),
+    })
 }
 
 fn adopt(pins: Pins) -> Result<Handles, LoadError> {

@@ -6,12 +6,7 @@
 //! slot stays intact until the next swap, so a program that read the old slot
 //! finishes its decision on a whole, consistent record.
 
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    io,
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, fs::File, io, path::PathBuf};
 
 use aya::{
     maps::{MapData, RingBuf, lpm_trie::Key},
@@ -19,7 +14,7 @@ use aya::{
 };
 use forge_common::{Config, CounterKey, PATH_KEY_PATH_LEN, PathKey, PolicyRecord, capacity, flags};
 
-use super::{loader::chain, loader::Handles, object::SYS_ENTER};
+use super::{loader::Handles, loader::chain, object::SYS_ENTER};
 use crate::{cgroup::Cgroup, policy::CompiledRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +116,8 @@ impl MapWriter {
         }
         // The flip: from here on the kernel decides with the new record.
         self.h.maps.cgroups.insert(cgroup.id, slot, 0).map_err(map_err("CGROUPS"))?;
-        self.governed.insert(cgroup.id, Governed { slot, has_syscalls: record.flags & flags::HAS_SYSCALL_RULES != 0 });
+        self.governed
+            .insert(cgroup.id, Governed { slot, has_syscalls: record.flags & flags::HAS_SYSCALL_RULES != 0 });
         self.sync_sys_enter()?;
         tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, slot, generation, policy = %compiled.policy_name, "governing");
         Ok(generation)
@@ -167,7 +163,9 @@ impl MapWriter {
 
     fn free_pair(&self) -> Result<u32, WriterError> {
         let used: Vec<u32> = self.governed.values().map(|g| g.slot / 2).collect();
-        (0..capacity::MAX_GOVERNED).find(|p| !used.contains(p)).ok_or(WriterError::Full(capacity::MAX_GOVERNED))
+        (0..capacity::MAX_GOVERNED)
+            .find(|p| !used.contains(p))
+            .ok_or(WriterError::Full(capacity::MAX_GOVERNED))
     }
 
     fn clear_paths(&mut self, slot: u32) -> Result<(), WriterError> {
@@ -195,7 +193,8 @@ impl MapWriter {
     fn attach_cgroup(&mut self, cgroup: &Cgroup) -> Result<(), WriterError> {
         let dir = self.h.pins.cgroup_dir(cgroup.id);
         std::fs::create_dir_all(&dir).map_err(|source| WriterError::Io { path: dir.clone(), source })?;
-        let file = File::open(&cgroup.path).map_err(|source| WriterError::Io { path: cgroup.path.clone(), source })?;
+        let file = File::open(&cgroup.path)
+            .map_err(|source| WriterError::Io { path: cgroup.path.clone(), source })?;
         for (name, prog) in &mut self.h.cgroup_progs {
             let attach_err = |e: &dyn std::error::Error| WriterError::Attach {
                 program: (*name).to_string(),
@@ -205,7 +204,8 @@ impl MapWriter {
             // With bpf_link (kernel >= 5.7) attachments always coexist; the
             // link API rejects the ALLOW_MULTI flag, so ask for the default.
             let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(&e))?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(&e))?).map_err(|e| attach_err(&e))?;
+            let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(&e))?)
+                .map_err(|e| attach_err(&e))?;
             link.pin(dir.join(*name)).map_err(|e| attach_err(&e))?;
         }
         Ok(())
@@ -219,7 +219,9 @@ impl MapWriter {
         let attached = pin.exists();
         if need && !attached {
             let Some(prog) = self.h.sys_enter.as_mut() else {
-                tracing::warn!("a governed policy has syscall rules but the syscall tracepoint backend is not available");
+                tracing::warn!(
+                    "a governed policy has syscall rules but the syscall tracepoint backend is not available"
+                );
                 return Ok(());
             };
             let err = |e: &dyn std::error::Error| WriterError::Attach {

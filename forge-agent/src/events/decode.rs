@@ -180,7 +180,9 @@ impl DecisionEvent {
             return Err(DecodeError::PathLen { len: path_len, max: raw.path.len() - 1 });
         }
         let target = match op {
-            Op::NetConnect | Op::NetBind | Op::NetSendto => Target::Addr { addr: decode_addr(raw.family, &raw.addr)?, port: raw.port },
+            Op::NetConnect | Op::NetBind | Op::NetSendto => {
+                Target::Addr { addr: decode_addr(raw.family, &raw.addr)?, port: raw.port }
+            }
             Op::Syscall => Target::Syscall { nr: raw.nr },
             Op::Exec | Op::FileRead | Op::FileWrite => path_target(raw, path_len),
             Op::Protect => match hook {
@@ -296,7 +298,10 @@ mod tests {
         assert_eq!(ev.target, Target::Addr { addr: "127.0.0.1".parse().unwrap(), port: 9 });
         assert_eq!(ev.comm, "curl");
         assert!(ev.enforced());
-        assert_eq!(ev.to_string(), "deny net.connect 127.0.0.1:9 by pid 7 (curl) in cgroup 42 [hook cgroup/connect4, rule 17, gen 0]");
+        assert_eq!(
+            ev.to_string(),
+            "deny net.connect 127.0.0.1:9 by pid 7 (curl) in cgroup 42 [hook cgroup/connect4, rule 17, gen 0]"
+        );
     }
 
     #[test]
@@ -339,7 +344,8 @@ mod tests {
 
     #[test]
     fn rejects_unknown_tags() {
-        let cases: [(fn(&mut Event), &str); 5] = [
+        type Corrupt = fn(&mut Event);
+        let cases: [(Corrupt, &str); 5] = [
             (|e| e.hook = 0, "hook"),
             (|e| e.hook = 999, "hook"),
             (|e| e.op = 200, "op"),

@@ -112,7 +112,9 @@ pub fn encode_path(p: &str) -> Result<Vec<u8>, String> {
         return Err(format!("path {p:?} must be absolute"));
     }
     if p.split('/').any(|c| c == ".." || c == ".") {
-        return Err(format!("path {p:?} must not contain . or .. components (paths are matched after the kernel resolves them)"));
+        return Err(format!(
+            "path {p:?} must not contain . or .. components (paths are matched after the kernel resolves them)"
+        ));
     }
     if p.contains('\0') {
         return Err(format!("path {p:?} contains a NUL byte"));
@@ -164,13 +166,21 @@ pub fn compile(policy: &Policy, source_name: &str, generation: u64) -> Result<Co
     for (i, rule) in spec.rules.iter().enumerate() {
         let id = rule_id::FIRST + i as u32;
         let name = rule.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
-        let err = |message: String| CompileError::Rule { source_name: source_name.to_string(), rule: name.clone(), message };
+        let err = |message: String| CompileError::Rule {
+            source_name: source_name.to_string(),
+            rule: name.clone(),
+            message,
+        };
         let a = action(rule.action);
         let m = rule.mode.map_or(record.mode, mode_of);
         rules.push(RuleInfo { id, name: name.clone(), source: source_name.to_string() });
         let mut classes = Vec::new();
         for op_name in rule.op.items() {
-            classes.push(class(op_name).ok_or_else(|| err(format!("unknown op {op_name:?}; expected one of {}", class_list())))?);
+            classes.push(
+                class(op_name).ok_or_else(|| {
+                    err(format!("unknown op {op_name:?}; expected one of {}", class_list()))
+                })?,
+            );
         }
         check_fields(rule, &classes).map_err(&err)?;
         for &c in &classes {
@@ -178,13 +188,22 @@ pub fn compile(policy: &Policy, source_name: &str, generation: u64) -> Result<Co
                 op::EXEC | op::FILE_READ | op::FILE_WRITE => {
                     for p in &rule.paths {
                         let pattern = encode_path(p).map_err(&err)?;
-                        if let Some(prev) = paths.iter().find(|e: &&PathEntry| e.op == c && e.pattern == pattern) {
+                        if let Some(prev) =
+                            paths.iter().find(|e: &&PathEntry| e.op == c && e.pattern == pattern)
+                        {
                             if prev.rule.action != a {
-                                return Err(err(format!("path {p:?} is both allowed and denied for the same operation (rule id {})", prev.rule.rule_id)));
+                                return Err(err(format!(
+                                    "path {p:?} is both allowed and denied for the same operation (rule id {})",
+                                    prev.rule.rule_id
+                                )));
                             }
                             continue;
                         }
-                        paths.push(PathEntry { op: c, pattern, rule: PathRuleInfo { action: a, mode: m, rule_id: id } });
+                        paths.push(PathEntry {
+                            op: c,
+                            pattern,
+                            rule: PathRuleInfo { action: a, mode: m, rule_id: id },
+                        });
                     }
                     record.flags |= flags::HAS_PATH_RULES;
                 }
@@ -192,7 +211,9 @@ pub fn compile(policy: &Policy, source_name: &str, generation: u64) -> Result<Co
                     let ports = match &rule.ports {
                         None => (0, u16::MAX),
                         Some(PortSpec::Number(p)) => (*p, *p),
-                        Some(PortSpec::Text(t)) => parse_ports(t).map_err(|e: NetError| err(e.to_string()))?,
+                        Some(PortSpec::Text(t)) => {
+                            parse_ports(t).map_err(|e: NetError| err(e.to_string()))?
+                        }
                     };
                     if rule.cidrs.is_empty() {
                         net.push((net_rule(None, ports, 1 << c, a, m, id), 0));
@@ -205,7 +226,9 @@ pub fn compile(policy: &Policy, source_name: &str, generation: u64) -> Result<Co
                 }
                 op::SYSCALL => {
                     for s in &rule.syscalls {
-                        let nr = syscalls::number(s).ok_or_else(|| err(format!("unknown syscall {s:?} on this architecture")))? as usize;
+                        let nr = syscalls::number(s)
+                            .ok_or_else(|| err(format!("unknown syscall {s:?} on this architecture")))?
+                            as usize;
                         if a == verdict::DENY {
                             record.deny_syscall(nr, id, m == mode::MONITOR);
                         } else {
@@ -231,7 +254,9 @@ pub fn compile(policy: &Policy, source_name: &str, generation: u64) -> Result<Co
         return Err(CompileError::TooManyNetRules { source_name: source_name.to_string(), count: net.len() });
     }
     // Denies first, then the most specific prefix, then the narrowest port range.
-    net.sort_by_key(|(r, prefix)| (r.action != verdict::DENY, std::cmp::Reverse(*prefix), u32::from(r.port_hi - r.port_lo)));
+    net.sort_by_key(|(r, prefix)| {
+        (r.action != verdict::DENY, std::cmp::Reverse(*prefix), u32::from(r.port_hi - r.port_lo))
+    });
     record.net_count = net.len() as u32;
     for (slot, (r, _)) in record.net.iter_mut().zip(net) {
         *slot = r;

@@ -124,9 +124,13 @@ impl Policy {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
             PolicyError::Syntax { source_name: source_name.to_string(), line, column, message: e.to_string() }
         })?;
-        let invalid = |message: String| PolicyError::Invalid { source_name: source_name.to_string(), message };
+        let invalid =
+            |message: String| PolicyError::Invalid { source_name: source_name.to_string(), message };
         if policy.api_version != API_VERSION {
-            return Err(invalid(format!("apiVersion {:?} is not supported; expected {API_VERSION:?}", policy.api_version)));
+            return Err(invalid(format!(
+                "apiVersion {:?} is not supported; expected {API_VERSION:?}",
+                policy.api_version
+            )));
         }
         if policy.kind != "Policy" {
             return Err(invalid(format!("kind {:?} is not supported; expected \"Policy\"", policy.kind)));

@@ -68,7 +68,9 @@ pub fn parse_ports(s: &str) -> Result<(u16, u16), NetError> {
     }
     let err = || NetError::Ports(s.to_string());
     let (lo, hi) = match s.split_once('-') {
-        Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| err())?, b.trim().parse::<u16>().map_err(|_| err())?),
+        Some((a, b)) => {
+            (a.trim().parse::<u16>().map_err(|_| err())?, b.trim().parse::<u16>().map_err(|_| err())?)
+        }
         None => {
             let p = s.parse::<u16>().map_err(|_| err())?;
             (p, p)
@@ -81,12 +83,30 @@ pub fn parse_ports(s: &str) -> Result<(u16, u16), NetError> {
 }
 
 /// Builds the kernel rule.
-pub fn net_rule(cidr: Option<Cidr>, ports: (u16, u16), ops: u8, action: u8, mode: u8, rule_id: u32) -> NetRule {
+pub fn net_rule(
+    cidr: Option<Cidr>,
+    ports: (u16, u16),
+    ops: u8,
+    action: u8,
+    mode: u8,
+    rule_id: u32,
+) -> NetRule {
     let (fam, addr, mask) = match cidr {
         Some(c) => (c.family, c.addr, c.mask),
         None => (family::ANY, [0; 4], [0; 4]),
     };
-    NetRule { addr, mask, port_lo: ports.0, port_hi: ports.1, family: fam, ops, action, mode, rule_id, _pad: 0 }
+    NetRule {
+        addr,
+        mask,
+        port_lo: ports.0,
+        port_hi: ports.1,
+        family: fam,
+        ops,
+        action,
+        mode,
+        rule_id,
+        _pad: 0,
+    }
 }
 
 #[cfg(test)]
@@ -131,8 +151,14 @@ mod tests {
             ("2001:db8::/33", "2001:db8:7fff::1", "2001:db8:8000::1"),
         ] {
             let r = net_rule(Some(Cidr::parse(cidr).unwrap()), (0, u16::MAX), 1 << op::NET_BIND, 1, 0, 20);
-            assert!(r.matches(op::NET_BIND, family::INET6, &ip6(inside), 80), "{cidr} should contain {inside}");
-            assert!(!r.matches(op::NET_BIND, family::INET6, &ip6(outside), 80), "{cidr} should not contain {outside}");
+            assert!(
+                r.matches(op::NET_BIND, family::INET6, &ip6(inside), 80),
+                "{cidr} should contain {inside}"
+            );
+            assert!(
+                !r.matches(op::NET_BIND, family::INET6, &ip6(outside), 80),
+                "{cidr} should not contain {outside}"
+            );
         }
     }
 

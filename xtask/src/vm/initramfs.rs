@@ -67,12 +67,9 @@ pub(crate) fn build(payload: &Payload<'_>, out: &Path) -> anyhow::Result<String>
     ] {
         cpio.dir(dir)?;
     }
-    for (link, target) in [
-        ("bin", "usr/bin"),
-        ("sbin", "usr/sbin"),
-        ("lib", "usr/lib"),
-        ("lib64", "usr/lib64"),
-    ] {
+    for (link, target) in
+        [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")]
+    {
         cpio.symlink(link, target)?;
     }
     cpio.char_dev("dev/console", 0o600, 5, 1)?;
@@ -99,11 +96,7 @@ pub(crate) fn build(payload: &Payload<'_>, out: &Path) -> anyhow::Result<String>
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
     cpio.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
-    cpio.file(
-        "etc/hosts",
-        0o644,
-        b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
-    )?;
+    cpio.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")?;
     cpio.file("init", 0o755, init_script(payload, &guest_bin).as_bytes())?;
     cpio.finish()?;
     Ok(guest_bin)
@@ -112,10 +105,7 @@ pub(crate) fn build(payload: &Payload<'_>, out: &Path) -> anyhow::Result<String>
 /// The guest's /init (busybox sh).
 pub(super) fn init_script(payload: &Payload<'_>, guest_bin: &str) -> String {
     let nonce = payload.nonce;
-    let mut env = vec![
-        "HOME=/tmp".to_owned(),
-        "PATH=/bin:/sbin:/usr/bin".to_owned(),
-    ];
+    let mut env = vec!["HOME=/tmp".to_owned(), "PATH=/bin:/sbin:/usr/bin".to_owned()];
     env.extend(payload.env.iter().map(|(k, v)| format!("{k}={v}")));
     let mut command: Vec<String> = vec!["env".to_owned(), "-i".to_owned()];
     command.extend(env.iter().map(|e| shell_quote(e)));
@@ -194,16 +184,11 @@ fn busybox_applets() -> anyhow::Result<Vec<String>> {
 
 /// Shared libraries (and the loader) `binary` needs; empty for a static binary.
 fn ldd(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("running ldd")?;
+    let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        if stdout.contains("not a dynamic executable")
-            || stderr.contains("not a dynamic executable")
-        {
+        if stdout.contains("not a dynamic executable") || stderr.contains("not a dynamic executable") {
             return Ok(Vec::new());
         }
         bail!("ldd {} failed: {}", binary.display(), stderr.trim());
@@ -255,11 +240,7 @@ const S_IFCHR: u32 = 0o020_000;
 
 impl<W: io::Write> Cpio<W> {
     pub(super) fn new(out: W) -> Self {
-        Self {
-            out,
-            ino: 1,
-            entries: BTreeSet::new(),
-        }
+        Self { out, ino: 1, entries: BTreeSet::new() }
     }
 
     pub(super) fn has(&self, path: &str) -> bool {
@@ -280,13 +261,7 @@ impl<W: io::Write> Cpio<W> {
         self.data(target.as_bytes())
     }
 
-    pub(super) fn char_dev(
-        &mut self,
-        path: &str,
-        perm: u32,
-        major: u32,
-        minor: u32,
-    ) -> io::Result<()> {
+    pub(super) fn char_dev(&mut self, path: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
         self.parents(path)?;
         self.header(path, S_IFCHR | perm, 1, 0, (major, minor))
     }
@@ -304,11 +279,7 @@ impl<W: io::Write> Cpio<W> {
         self.parents(path)?;
         self.header(path, S_IFREG | perm, 1, len, (0, 0))?;
         let copied = io::copy(&mut f, &mut self.out)?;
-        ensure!(
-            usize::try_from(copied)? == len,
-            "{} changed size while being archived",
-            src.display()
-        );
+        ensure!(usize::try_from(copied)? == len, "{} changed size while being archived", src.display());
         self.pad(len)?;
         Ok(())
     }
@@ -332,14 +303,7 @@ impl<W: io::Write> Cpio<W> {
         Ok(())
     }
 
-    fn header(
-        &mut self,
-        path: &str,
-        mode: u32,
-        nlink: u32,
-        size: usize,
-        rdev: (u32, u32),
-    ) -> io::Result<()> {
+    fn header(&mut self, path: &str, mode: u32, nlink: u32, size: usize, rdev: (u32, u32)) -> io::Result<()> {
         let ino = self.ino;
         self.ino += 1;
         self.entries.insert(path.to_owned());
@@ -358,9 +322,7 @@ impl<W: io::Write> Cpio<W> {
         let size = u32::try_from(size)
             .map_err(|_| io::Error::other(format!("{name}: too big for newc cpio (4 GiB)")))?;
         let namesize = u32::try_from(name.len() + 1).map_err(io::Error::other)?;
-        let fields = [
-            ino, mode, 0, 0, nlink, 0, size, 0, 0, rmajor, rminor, namesize, 0,
-        ];
+        let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rmajor, rminor, namesize, 0];
         let mut header = String::with_capacity(110);
         header.push_str("070701");
         for f in fields {
@@ -407,22 +369,15 @@ mod tests {
 
     #[test]
     fn parse_ldd_reports_missing_libraries() {
-        let err = parse_ldd("\tlibfoo.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n")
-            .unwrap_err();
+        let err = parse_ldd("\tlibfoo.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n").unwrap_err();
         assert!(err.to_string().contains("libfoo.so.1"), "{err}");
     }
 
     #[test]
     fn guest_path_follows_merged_usr() {
         assert_eq!(guest_path("/bin/sh"), "usr/bin/sh");
-        assert_eq!(
-            guest_path("/lib64/ld-linux-x86-64.so.2"),
-            "usr/lib64/ld-linux-x86-64.so.2"
-        );
-        assert_eq!(
-            guest_path("/lib/x86_64-linux-gnu/libc.so.6"),
-            "usr/lib/x86_64-linux-gnu/libc.so.6"
-        );
+        assert_eq!(guest_path("/lib64/ld-linux-x86-64.so.2"), "usr/lib64/ld-linux-x86-64.so.2");
+        assert_eq!(guest_path("/lib/x86_64-linux-gnu/libc.so.6"), "usr/lib/x86_64-linux-gnu/libc.so.6");
         assert_eq!(guest_path("/usr/lib/x"), "usr/lib/x");
         assert_eq!(guest_path("/library/x"), "library/x");
         assert_eq!(guest_path("/opt/forge/t"), "opt/forge/t");
@@ -439,12 +394,7 @@ mod tests {
     fn init_script_runs_binary_with_env_and_markers() {
         let env = [("RUST_LOG".to_owned(), "debug x".to_owned())];
         let args = ["--exact".to_owned(), "a'b".to_owned()];
-        let p = Payload {
-            binary: Path::new("/host/t"),
-            args: &args,
-            env: &env,
-            nonce: "n0nce",
-        };
+        let p = Payload { binary: Path::new("/host/t"), args: &args, env: &env, nonce: "n0nce" };
         let s = init_script(&p, "/opt/forge/t");
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains(
@@ -463,9 +413,7 @@ mod tests {
             assert_eq!(&b[..6], b"070701");
             let field = |i: usize| hex(&b[6 + i * 8..14 + i * 8]);
             let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
-            let name = std::str::from_utf8(&b[110..110 + namesize - 1])
-                .unwrap()
-                .to_owned();
+            let name = std::str::from_utf8(&b[110..110 + namesize - 1]).unwrap().to_owned();
             let data_at = (110 + namesize).div_ceil(4) * 4;
             let data = b[data_at..data_at + size].to_vec();
             b = &b[(data_at + size).div_ceil(4) * 4..];
@@ -488,10 +436,7 @@ mod tests {
         assert_eq!(bytes.len() % 4, 0);
         let entries = read_newc(&bytes);
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(
-            names,
-            ["usr", "usr/bin", "usr/bin/x", "bin", "dev", "dev/console"]
-        );
+        assert_eq!(names, ["usr", "usr/bin", "usr/bin/x", "bin", "dev", "dev/console"]);
         assert_eq!(entries[2].1, S_IFREG | 0o755);
         assert_eq!(entries[2].2, b"hello");
         assert_eq!(entries[3].1, S_IFLNK | 0o777);

@@ -92,11 +92,7 @@ pub(crate) fn fetch(series: &str, cache: &Path) -> anyhow::Result<Kernel> {
         Some(err) => Err(err.context(format!("fetching a {series} kernel"))),
         None => bail!(
             "no installable package for kernel series {series} (apt-cache search found: {})",
-            if names.is_empty() {
-                "nothing".to_owned()
-            } else {
-                names.join(", ")
-            }
+            if names.is_empty() { "nothing".to_owned() } else { names.join(", ") }
         ),
     }
 }
@@ -110,11 +106,7 @@ fn candidates(series: &str) -> anyhow::Result<Vec<String>> {
         .args(["search", "--names-only", "^linux-image-.*cloud-amd64"])
         .output()
         .context("running apt-cache search")?;
-    ensure!(
-        out.status.success(),
-        "apt-cache search failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "apt-cache search failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(newest_first(series, search_names(&text)))
 }
@@ -130,9 +122,8 @@ fn search_names(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Keeps the names that belong to `series`, newest first.
 pub(super) fn newest_first(series: &str, names: impl Iterator<Item = String>) -> Vec<String> {
-    let mut keyed: Vec<(Vec<u64>, String)> = names
-        .filter_map(|n| series_key(series, &n).map(|k| (k, n)))
-        .collect();
+    let mut keyed: Vec<(Vec<u64>, String)> =
+        names.filter_map(|n| series_key(series, &n).map(|k| (k, n))).collect();
     keyed.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     keyed.dedup_by(|a, b| a.1 == b.1);
     keyed.into_iter().map(|(_, n)| n).collect()
@@ -172,10 +163,8 @@ fn number(s: &str) -> Option<u64> {
 
 /// The `Candidate:` version from `apt-cache policy <name>`, if installable.
 fn apt_candidate(name: &str) -> anyhow::Result<Option<String>> {
-    let out = Command::new("apt-cache")
-        .args(["policy", name])
-        .output()
-        .context("running apt-cache policy")?;
+    let out =
+        Command::new("apt-cache").args(["policy", name]).output().context("running apt-cache policy")?;
     Ok(policy_candidate(&String::from_utf8_lossy(&out.stdout)))
 }
 
@@ -194,12 +183,7 @@ fn cached(cache: &Path, name: &str) -> anyhow::Result<Option<Kernel>> {
         return Ok(None);
     }
     let (release, vmlinuz) = find_vmlinuz(&dir)?;
-    Ok(Some(Kernel {
-        package: name.to_owned(),
-        release,
-        vmlinuz,
-        downloaded: false,
-    }))
+    Ok(Some(Kernel { package: name.to_owned(), release, vmlinuz, downloaded: false }))
 }
 
 fn find_vmlinuz(tree: &Path) -> anyhow::Result<(String, PathBuf)> {
@@ -236,42 +220,28 @@ fn download(cache: &Path, name: &str) -> anyhow::Result<Kernel> {
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .with_context(|| format!("apt-get download left no .deb in {}", work.display()))?;
     let tree = work.join("tree");
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&tree)
-        .status()
-        .context("running dpkg-deb -x")?;
+    let status =
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree).status().context("running dpkg-deb -x")?;
     ensure!(status.success(), "dpkg-deb -x {} failed", deb.display());
     find_vmlinuz(&tree)?;
     let dest = cache.join(name);
     let _ = fs::remove_dir_all(&dest);
-    fs::rename(&tree, &dest)
-        .with_context(|| format!("moving {} to {}", tree.display(), dest.display()))?;
+    fs::rename(&tree, &dest).with_context(|| format!("moving {} to {}", tree.display(), dest.display()))?;
     let _ = fs::remove_dir_all(&work);
     let (release, vmlinuz) = find_vmlinuz(&dest)?;
-    Ok(Kernel {
-        package: name.to_owned(),
-        release,
-        vmlinuz,
-        downloaded: true,
-    })
+    Ok(Kernel { package: name.to_owned(), release, vmlinuz, downloaded: true })
 }
 
 fn apt_lists_present() -> bool {
     // Lists may be stored compressed (`..._Packages.lz4`).
     fs::read_dir("/var/lib/apt/lists").is_ok_and(|d| {
-        d.filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains("_Packages"))
     })
 }
 
 fn apt_update() -> anyhow::Result<()> {
     eprintln!("vm: apt-get update");
-    let status = Command::new("apt-get")
-        .arg("update")
-        .status()
-        .context("running apt-get update")?;
+    let status = Command::new("apt-get").arg("update").status().context("running apt-get update")?;
     ensure!(status.success(), "apt-get update failed");
     Ok(())
 }
@@ -324,10 +294,7 @@ linux-image-cloud-amd64 - Linux for x86-64 cloud (meta-package)
     fn series_key_rejects_other_flavours() {
         assert_eq!(series_key("6.1", "linux-image-6.1.0-56-amd64"), None);
         assert_eq!(series_key("6.1", "linux-image-6.1.0-x-cloud-amd64"), None);
-        assert_eq!(
-            series_key("6.12", "linux-image-6.12.1+deb13-cloud-amd64-unsigned"),
-            None
-        );
+        assert_eq!(series_key("6.12", "linux-image-6.12.1+deb13-cloud-amd64-unsigned"), None);
         assert_eq!(series_key("6.12", "linux-image-6.1.0-56-cloud-amd64"), None);
         assert!(series_key("linux-image-foo", "linux-image-foo").is_some());
     }

@@ -63,10 +63,7 @@ pub(crate) fn parse(log: &str, nonce: &str) -> Parsed {
         } else if parsed.lsm.is_none() {
             parsed.lsm = value(line, LSM, nonce).map(str::to_owned);
         }
-        if parsed.release.is_some()
-            && parsed.exit_code.is_none()
-            && value(line, RUN, nonce).is_some()
-        {
+        if parsed.release.is_some() && parsed.exit_code.is_none() && value(line, RUN, nonce).is_some() {
             output = Some(Vec::new());
         }
     }
@@ -104,10 +101,7 @@ mod tests {
         );
         let p = parse(&log, N);
         assert_eq!(p.release.as_deref(), Some("6.12.117+deb12-cloud-amd64"));
-        assert_eq!(
-            p.lsm.as_deref(),
-            Some("lockdown,capability,landlock,bpf,ima,evm")
-        );
+        assert_eq!(p.lsm.as_deref(), Some("lockdown,capability,landlock,bpf,ima,evm"));
         assert_eq!(p.exit_code, Some(3));
         assert_eq!(p.output, "line one\nline two\n");
         assert_eq!(p.panic, None);
@@ -138,10 +132,7 @@ mod tests {
     #[test]
     fn marker_after_kernel_message_on_same_line() {
         let log = format!("[    1.0] random: crng init done{START} {N} 6.1.0-56-cloud-amd64\n");
-        assert_eq!(
-            parse(&log, N).release.as_deref(),
-            Some("6.1.0-56-cloud-amd64")
-        );
+        assert_eq!(parse(&log, N).release.as_deref(), Some("6.1.0-56-cloud-amd64"));
     }
 
     #[test]

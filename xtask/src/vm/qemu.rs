@@ -81,9 +81,8 @@ pub(crate) fn boot(b: &Boot<'_>) -> anyhow::Result<BootResult> {
         thread::spawn(move || forward(stderr, &tx_err, Line::Err)),
     ];
 
-    let mut log_file = BufWriter::new(
-        File::create(b.log).with_context(|| format!("creating {}", b.log.display()))?,
-    );
+    let mut log_file =
+        BufWriter::new(File::create(b.log).with_context(|| format!("creating {}", b.log.display()))?);
     let mut log = String::new();
     let start_tag = format!("{} {}", markers::START, b.nonce);
     let mut boot_seconds = None;
