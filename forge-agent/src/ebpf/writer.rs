@@ -251,3 +251,24 @@ pub fn path_key(slot: u32, op: u8, pattern: &[u8]) -> Result<Key<PathKey>, Write
     let bits = PathKey::HEADER_BITS + 8 * pattern.len() as u32;
     Ok(Key::new(bits, PathKey { slot, op, path }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_keys_count_header_and_pattern_bits() {
+        let k = path_key(3, forge_common::op::EXEC, b"/usr/bin/curl\0").unwrap();
+        assert_eq!(k.prefix_len(), 40 + 8 * 14);
+        let data = k.data();
+        let (slot, op, path) = (data.slot, data.op, data.path);
+        assert_eq!((slot, op), (3, forge_common::op::EXEC));
+        assert_eq!(&path[..14], b"/usr/bin/curl\0");
+        assert!(path[14..].iter().all(|b| *b == 0));
+        assert!(path_key(0, 0, &[b'a'; PATH_KEY_PATH_LEN]).is_ok());
+        assert!(matches!(
+            path_key(0, 0, &[b'a'; PATH_KEY_PATH_LEN + 1]),
+            Err(WriterError::PathTooLong { .. })
+        ));
+    }
+}

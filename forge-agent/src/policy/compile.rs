@@ -132,7 +132,10 @@ pub fn encode_path(p: &str) -> Result<Vec<u8>, String> {
         return Err(format!("path {p:?}: only a trailing /* is supported as a wildcard"));
     }
     if bytes.len() > PATH_KEY_PATH_LEN - 1 {
-        return Err(format!("path {p:?} is longer than {} bytes", PATH_KEY_PATH_LEN - 2));
+        return Err(format!(
+            "path {p:?} is longer than the {} bytes a kernel path key holds",
+            PATH_KEY_PATH_LEN - 2
+        ));
     }
     bytes.shrink_to_fit();
     Ok(bytes)
@@ -290,4 +293,103 @@ fn check_fields(rule: &Rule, classes: &[u8]) -> Result<(), String> {
         return Err("`syscalls` only applies to syscall rules".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    fn policy(rules: &str, defaults: &str) -> Policy {
+        let text = format!(
+            "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: t}}\nspec:\n  defaults: {defaults}\n  rules:\n{rules}"
+        );
+        Policy::from_yaml(&text, "t.yaml").expect("valid policy")
+    }
+
+    #[test]
+    fn path_patterns_encode_prefixes_and_exact_files() {
+        assert_eq!(encode_path("/usr/bin/curl").unwrap(), b"/usr/bin/curl\0");
+        assert_eq!(encode_path("/etc/").unwrap(), b"/etc/");
+        assert_eq!(encode_path("/tmp/*").unwrap(), b"/tmp/");
+        assert!(encode_path("relative/path").is_err());
+        assert!(encode_path("/a/../b").is_err());
+        assert!(encode_path("/a/./b").is_err());
+        assert!(encode_path("/a*b").is_err());
+        // 249 characters plus the NUL fill the 250 bytes a pattern may use.
+        assert!(encode_path(&format!("/{}", "x".repeat(248))).is_ok());
+        assert!(encode_path(&format!("/{}", "x".repeat(249))).is_err());
+    }
+
+    #[test]
+    fn zero_trust_defaults_and_syscall_allow_list() {
+        let p = policy("    - {op: syscall, action: allow, syscalls: [read, write, exit_group]}\n", "{}");
+        let c = compile(&p, "t.yaml", 7).unwrap();
+        assert_eq!(c.record.generation, 7);
+        assert!(c.record.defaults[..op::COUNT - 1].iter().all(|d| *d == verdict::DENY));
+        assert_eq!(c.record.syscall_denied(0), None, "read is allowed");
+        assert_eq!(c.record.syscall_denied(1), None, "write is allowed");
+        assert!(c.record.syscall_denied(2).is_some(), "open is denied by default");
+        assert!(c.record.syscall_denied(511).is_some());
+        assert_ne!(
+            c.record.flags & flags::HAS_PATH_RULES,
+            0,
+            "deny defaults for exec/files need the path hooks"
+        );
+    }
+
+    #[test]
+    fn net_rules_put_denies_and_narrow_prefixes_first() {
+        let p = policy(
+            "    - {name: a, op: net.connect, action: allow, cidrs: [10.0.0.0/8]}\n    - {name: b, op: net.connect, action: deny, cidrs: [10.0.0.0/8]}\n    - {name: c, op: net.connect, action: deny, cidrs: [10.1.2.3/32]}\n",
+            "{net.connect: allow}",
+        );
+        let c = compile(&p, "t.yaml", 1).unwrap();
+        let ids: Vec<u32> = c.record.net[..c.record.net_count as usize].iter().map(|r| r.rule_id).collect();
+        assert_eq!(ids, vec![rule_id::FIRST + 2, rule_id::FIRST + 1, rule_id::FIRST]);
+    }
+
+    #[test]
+    fn errors_name_the_rule_and_what_was_expected() {
+        for (rules, needle) in [
+            (
+                "    - {name: x, op: syscall, action: deny, syscalls: [no_such]}\n",
+                "unknown syscall \"no_such\"",
+            ),
+            ("    - {name: x, op: net.connect, action: deny, cidrs: [10.0.0.0/40]}\n", "bad prefix length"),
+            ("    - {name: x, op: fly, action: deny, paths: [/x]}\n", "unknown op \"fly\""),
+            ("    - {name: x, op: exec, action: deny}\n", "need `paths`"),
+            (
+                "    - {name: x, op: exec, action: deny, paths: [/a]}\n    - {name: y, op: exec, action: allow, paths: [/a]}\n",
+                "both allowed and denied",
+            ),
+        ] {
+            let err = compile(&policy(rules, "{}"), "t.yaml", 1).unwrap_err().to_string();
+            assert!(err.starts_with("t.yaml: rule"), "{err}");
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        }
+        let err =
+            Policy::from_yaml("apiVersion: x\nkind: Policy\nmetadata: {name: a}\nspec: {}\n", "bad.yaml")
+                .unwrap_err();
+        assert!(err.to_string().starts_with("bad.yaml: apiVersion"), "{err}");
+        let err = Policy::from_yaml("apiVersion: [\n", "broken.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("broken.yaml:"), "{err}");
+    }
+
+    #[test]
+    fn shipped_policies_parse_and_compile() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let name = path.display().to_string();
+                let p = Policy::from_yaml(&text, &name).unwrap_or_else(|e| panic!("{e}"));
+                compile(&p, &name, 1).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no policies found in {}", dir.display());
+    }
 }
