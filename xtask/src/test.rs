@@ -50,10 +50,12 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         println!("   FORGE_REQUIRE={r}");
         test.env("FORGE_REQUIRE", r);
     }
-    setup::run_cmd(&mut test, "cargo test")?;
+    let mut tally = Tally::default();
+    run_counting(&mut test, &mut tally)?;
 
     if args.no_vm {
         println!("== VM tests NOT RUN (--no-vm): the BPF-LSM paths were not proven by this run");
+        tally.print();
         return Ok(());
     }
     let binary = privileged_test_binary()?;
@@ -68,6 +70,7 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         println!("== privileged tests in a QEMU guest: Debian {kernel} kernel, lsm=...,bpf");
         match vm::run_in_vm(kernel, &binary, &[], &env) {
             Ok(o) => {
+                o.output.lines().for_each(|l| tally.add_line(l));
                 let summary = o
                     .output
                     .lines()
@@ -89,10 +92,58 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
             Err(e) => failures.push(format!("{kernel}: {e:#}")),
         }
     }
+    println!("== host and {} guest kernel(s) done", kernels.len());
+    tally.print();
     if !failures.is_empty() {
         bail!("VM tests failed:\n  {}", failures.join("\n  "));
     }
-    println!("== all tests passed (host and {} guest kernel(s))", kernels.len());
+    Ok(())
+}
+
+/// Test counts summed over every `test result:` line (host and guests).
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn print(&self) {
+        println!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.ignored);
+    }
+}
+
+/// Runs `cmd`, echoing its stdout while counting its test results.
+fn run_counting(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("starting cargo test")?;
+    let out = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        tally.print();
+        bail!("cargo test failed: {status}");
+    }
     Ok(())
 }
 
@@ -122,4 +173,20 @@ pub(crate) fn demo() -> anyhow::Result<()> {
     setup::run_cmd(cargo().args(["build", "-p", "forge-agent", "--bin", "forge"]), "cargo build")?;
     let forge = workspace_root().join("target/debug/forge");
     setup::run_cmd(Command::new(&forge).arg("demo"), "forge demo")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_sums_cargo_test_summaries() {
+        let mut t = Tally::default();
+        t.add_line(
+            "test result: ok. 8 passed; 0 failed; 4 ignored; 0 measured; 0 filtered out; finished in 2.56s",
+        );
+        t.add_line("[6.1] ignored noise");
+        t.add_line("test result: FAILED. 20 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        assert_eq!((t.passed, t.failed, t.ignored), (28, 1, 4));
+    }
 }
