@@ -458,3 +458,728 @@ impl KernelOffsets {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds BTF blobs one type at a time; ids are handed out from 1 in order.
+    struct Builder {
+        endian: Endian,
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self::with_endian(Endian::Little)
+        }
+
+        fn with_endian(endian: Endian) -> Self {
+            Self { endian, types: Vec::new(), strings: vec![0], next_id: 1 }
+        }
+
+        fn put(&mut self, v: u32) {
+            let bytes = match self.endian {
+                Endian::Little => v.to_le_bytes(),
+                Endian::Big => v.to_be_bytes(),
+            };
+            self.types.extend_from_slice(&bytes);
+        }
+
+        fn name(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn record(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, size_or_type: u32) -> u32 {
+            let name_off = self.name(name);
+            self.raw_record(name_off, kind, kind_flag, vlen, size_or_type)
+        }
+
+        fn raw_record(
+            &mut self,
+            name_off: u32,
+            kind: u32,
+            kind_flag: bool,
+            vlen: u32,
+            size_or_type: u32,
+        ) -> u32 {
+            self.put(name_off);
+            self.put(u32::from(kind_flag) << 31 | kind << 24 | vlen);
+            self.put(size_or_type);
+            self.next_id += 1;
+            self.next_id - 1
+        }
+
+        /// An INT of `size` bytes using `bits` bits starting at bit `offset`.
+        fn int_bits(&mut self, name: &str, size: u32, offset: u32, bits: u32) -> u32 {
+            let id = self.record(name, KIND_INT, false, 0, size);
+            self.put(1 << 24 | offset << 16 | bits); // encoding: signed
+            id
+        }
+
+        fn int(&mut self, name: &str, size: u32) -> u32 {
+            self.int_bits(name, size, 0, size * 8)
+        }
+
+        fn link(&mut self, kind: u32, name: &str, target: u32) -> u32 {
+            self.record(name, kind, false, 0, target)
+        }
+
+        /// `members`: (name, type id, offset word as stored).
+        fn composite(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            kind_flag: bool,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
+            let id = self.record(name, kind, kind_flag, members.len() as u32, size);
+            for &(member, type_id, offset) in members {
+                let name_off = self.name(member);
+                self.put(name_off);
+                self.put(type_id);
+                self.put(offset);
+            }
+            id
+        }
+
+        /// A plain struct; member offsets are given in bytes.
+        fn strukt(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+            let bits: Vec<_> = members.iter().map(|&(n, t, o)| (n, t, o * 8)).collect();
+            self.composite(KIND_STRUCT, name, size, false, &bits)
+        }
+
+        /// A plain union; every member at offset 0.
+        fn union(&mut self, name: &str, size: u32, members: &[(&str, u32)]) -> u32 {
+            let members: Vec<_> = members.iter().map(|&(n, t)| (n, t, 0)).collect();
+            self.composite(KIND_UNION, name, size, false, &members)
+        }
+
+        fn build(&self) -> Vec<u8> {
+            let word = |v: u32| match self.endian {
+                Endian::Little => v.to_le_bytes(),
+                Endian::Big => v.to_be_bytes(),
+            };
+            let magic = match self.endian {
+                Endian::Little => MAGIC.to_le_bytes(),
+                Endian::Big => MAGIC.to_be_bytes(),
+            };
+            let mut out = Vec::new();
+            out.extend_from_slice(&magic);
+            out.extend_from_slice(&[VERSION, 0]);
+            let type_len = self.types.len() as u32;
+            for v in [HEADER_LEN as u32, 0, type_len, type_len, self.strings.len() as u32] {
+                out.extend_from_slice(&word(v));
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// One record of every kind, then `struct target` whose members use them.
+    /// Returns the builder and the kind of each id in order.
+    fn every_kind() -> (Builder, Vec<u32>) {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let long = b.int("long", 8);
+        let ptr = b.link(KIND_PTR, "", long);
+        let arr = b.record("", KIND_ARRAY, false, 0, 0);
+        for v in [int, int, 16] {
+            b.put(v); // element type, index type, nelems
+        }
+        let color = b.record("color", KIND_ENUM, false, 2, 4);
+        for (name, value) in [("RED", 0), ("GREEN", 1)] {
+            let n = b.name(name);
+            b.put(n);
+            b.put(value);
+        }
+        let wide = b.record("wide", KIND_ENUM64, false, 2, 8);
+        for (name, value) in [("BIG", 1u64 << 40), ("SMALL", 2)] {
+            let n = b.name(name);
+            b.put(n);
+            b.put(value as u32);
+            b.put((value >> 32) as u32);
+        }
+        b.record("file", KIND_FWD, false, 0, 0);
+        let pid_t = b.link(KIND_TYPEDEF, "pid_t", int);
+        let vol = b.link(KIND_VOLATILE, "", int);
+        let cnst = b.link(KIND_CONST, "", pid_t);
+        let restrict = b.link(KIND_RESTRICT, "", ptr);
+        let proto = b.record("", KIND_FUNC_PROTO, false, 2, int);
+        for (name, ty) in [("a", int), ("b", ptr)] {
+            let n = b.name(name);
+            b.put(n);
+            b.put(ty);
+        }
+        b.record("do_it", KIND_FUNC, false, 1, proto);
+        let var = b.record("counter", KIND_VAR, false, 0, int);
+        b.put(1); // linkage: global
+        b.record(".data", KIND_DATASEC, false, 2, 16);
+        for (ty, off, size) in [(var, 0, 4), (var, 8, 4)] {
+            b.put(ty);
+            b.put(off);
+            b.put(size);
+        }
+        let double = b.record("double", KIND_FLOAT, false, 0, 8);
+        b.record("user", KIND_DECL_TAG, false, 0, var);
+        b.put(u32::MAX); // component_idx -1: the whole variable
+        let rcu = b.link(KIND_TYPE_TAG, "rcu", ptr);
+        let un = b.union("", 8, &[("as_int", int), ("as_long", long)]);
+        b.strukt(
+            "target",
+            128,
+            &[
+                ("pid", cnst, 0),
+                ("flags", vol, 4),
+                ("parent", rcu, 8),
+                ("slots", arr, 16),
+                ("hue", color, 80),
+                ("big", wide, 88),
+                ("scale", double, 96),
+                ("raw", restrict, 104),
+                ("", un, 112),
+                ("last", int, 120),
+            ],
+        );
+        let kinds = vec![
+            KIND_INT,
+            KIND_INT,
+            KIND_PTR,
+            KIND_ARRAY,
+            KIND_ENUM,
+            KIND_ENUM64,
+            KIND_FWD,
+            KIND_TYPEDEF,
+            KIND_VOLATILE,
+            KIND_CONST,
+            KIND_RESTRICT,
+            KIND_FUNC_PROTO,
+            KIND_FUNC,
+            KIND_VAR,
+            KIND_DATASEC,
+            KIND_FLOAT,
+            KIND_DECL_TAG,
+            KIND_TYPE_TAG,
+            KIND_UNION,
+            KIND_STRUCT,
+        ];
+        (b, kinds)
+    }
+
+    /// The six structs the agent needs, laid out like a (made up) kernel.
+    fn kernel_like() -> Builder {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let uint = b.int_bits("unsigned int", 4, 0, 32);
+        let pid_t = b.link(KIND_TYPEDEF, "pid_t", int);
+        let fmode_t = b.link(KIND_TYPEDEF, "fmode_t", uint);
+        let file_fwd = b.record("file", KIND_FWD, false, 0, 0);
+        let file_ptr = b.link(KIND_PTR, "", file_fwd);
+        let task_ptr = b.link(KIND_PTR, "", b.next_id + 1);
+        b.strukt(
+            "task_struct",
+            64,
+            &[("exit_code", int, 8), ("pid", pid_t, 12), ("tgid", pid_t, 16), ("real_parent", task_ptr, 24)],
+        );
+        let path = b.strukt("path", 16, &[("mnt", task_ptr, 0), ("dentry", task_ptr, 8)]);
+        let cpath = b.link(KIND_CONST, "", path);
+        let path_union = b.union("", 16, &[("f_path", cpath), ("__f_path", path)]);
+        b.strukt(
+            "file",
+            48,
+            &[("f_lock", int, 0), ("f_mode", fmode_t, 4), ("", path_union, 16), ("f_pos", int, 32)],
+        );
+        b.strukt("linux_binprm", 32, &[("buf", int, 0), ("file", file_ptr, 24)]);
+        b
+    }
+
+    fn parse(b: &Builder) -> Btf {
+        Btf::parse(&b.build()).expect("valid synthetic BTF")
+    }
+
+    #[test]
+    fn finds_plain_members() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let ptr = b.link(KIND_PTR, "", int);
+        b.strukt("pair", 16, &[("a", int, 0), ("b", ptr, 8)]);
+        let btf = parse(&b);
+        assert_eq!(btf.member_offset("pair", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("pair", "b").unwrap(), 8);
+        assert!(matches!(
+            btf.member_offset("pair", "c"),
+            Err(BtfError::MemberNotFound { strukt, member }) if strukt == "pair" && member == "c"
+        ));
+        assert!(matches!(btf.member_offset("pair", ""), Err(BtfError::MemberNotFound { .. })));
+        assert!(matches!(
+            btf.member_offset("nope", "a"),
+            Err(BtfError::StructNotFound { name }) if name == "nope"
+        ));
+    }
+
+    #[test]
+    fn skips_every_kind_by_its_trailing_size() {
+        let (b, kinds) = every_kind();
+        let btf = parse(&b);
+        let parsed: Vec<u32> =
+            (1..=btf.records.len() as u32).map(|id| btf.head(id).unwrap().1.kind).collect();
+        assert_eq!(parsed, kinds);
+        let expect = [
+            ("pid", 0),
+            ("flags", 4),
+            ("parent", 8),
+            ("slots", 16),
+            ("hue", 80),
+            ("big", 88),
+            ("scale", 96),
+            ("raw", 104),
+            ("as_int", 112),
+            ("as_long", 112),
+            ("last", 120),
+        ];
+        for (member, offset) in expect {
+            assert_eq!(btf.member_offset("target", member).unwrap(), offset, "target.{member}");
+        }
+    }
+
+    #[test]
+    fn descends_into_nested_unnamed_unions_and_structs() {
+        // struct outer { int a; union { struct { int x; int y; }; struct { long z; }; }; int after; };
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let long = b.int("long", 8);
+        let xy = b.strukt("", 8, &[("x", int, 0), ("y", int, 4)]);
+        let z = b.strukt("", 8, &[("z", long, 0)]);
+        let un = b.union("", 8, &[("", xy), ("", z)]);
+        b.strukt("outer", 24, &[("a", int, 0), ("", un, 8), ("after", int, 16)]);
+        let btf = parse(&b);
+        let got: Vec<u32> =
+            ["a", "x", "y", "z", "after"].iter().map(|m| btf.member_offset("outer", m).unwrap()).collect();
+        assert_eq!(got, [0, 8, 12, 8, 16]);
+        // Unnamed members are not structs one can name.
+        assert!(matches!(btf.member_offset("", "x"), Err(BtfError::StructNotFound { .. })));
+    }
+
+    #[test]
+    fn follows_typedef_and_const_member_types() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let inner = b.union("", 8, &[("word", int)]);
+        let td = b.link(KIND_TYPEDEF, "inner_t", inner);
+        let cnst = b.link(KIND_CONST, "", td);
+        let vol = b.link(KIND_VOLATILE, "", cnst);
+        let pid_t = b.link(KIND_TYPEDEF, "pid_t", int);
+        let cpid = b.link(KIND_CONST, "", pid_t);
+        b.strukt("holder", 24, &[("pid", cpid, 4), ("", vol, 8)]);
+        let btf = parse(&b);
+        assert_eq!(btf.member_offset("holder", "pid").unwrap(), 4);
+        assert_eq!(btf.member_offset("holder", "word").unwrap(), 8);
+    }
+
+    #[test]
+    fn rejects_bitfields() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let three_bits = b.int_bits("int", 4, 0, 3);
+        let shifted = b.int_bits("int", 4, 8, 8);
+        // kind_flag: offset word = bitfield_size << 24 | bit_offset.
+        b.composite(
+            KIND_STRUCT,
+            "flagged",
+            16,
+            true,
+            &[("bf", int, 3 << 24 | 8), ("plain", int, 64), ("odd", int, 68)],
+        );
+        // No kind_flag: bitfields show as narrow INTs or unaligned offsets.
+        b.strukt("legacy", 16, &[("narrow", three_bits, 0), ("shifted", shifted, 4), ("whole", int, 8)]);
+        b.composite(KIND_STRUCT, "unaligned", 8, false, &[("u", int, 12)]);
+        let btf = parse(&b);
+        let not_aligned = |s: &str, m: &str, bits: u32| {
+            matches!(
+                btf.member_offset(s, m),
+                Err(BtfError::NotByteAligned { strukt, member, bit_offset })
+                    if strukt == s && member == m && bit_offset == bits
+            )
+        };
+        assert!(not_aligned("flagged", "bf", 8));
+        assert!(not_aligned("flagged", "odd", 68));
+        assert_eq!(btf.member_offset("flagged", "plain").unwrap(), 8);
+        assert!(not_aligned("legacy", "narrow", 0));
+        assert!(not_aligned("legacy", "shifted", 32));
+        assert_eq!(btf.member_offset("legacy", "whole").unwrap(), 8);
+        assert!(not_aligned("unaligned", "u", 12));
+    }
+
+    #[test]
+    fn picks_the_struct_with_members() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        b.record("file", KIND_FWD, false, 0, 0);
+        b.record("file", KIND_STRUCT, false, 0, 0); // declaration only
+        b.union("file", 8, &[("f_mode", int)]);
+        b.strukt("file", 16, &[("f_lock", int, 0), ("f_mode", int, 4)]);
+        b.record("only_fwd", KIND_FWD, false, 0, 0);
+        b.union("only_union", 4, &[("x", int)]);
+        let btf = parse(&b);
+        assert_eq!(btf.member_offset("file", "f_mode").unwrap(), 4);
+        assert!(matches!(btf.member_offset("only_fwd", "x"), Err(BtfError::StructNotFound { .. })));
+        assert!(matches!(btf.member_offset("only_union", "x"), Err(BtfError::StructNotFound { .. })));
+    }
+
+    #[test]
+    fn duplicate_definitions_must_agree() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        b.strukt("dup", 8, &[("a", int, 0), ("b", int, 4)]);
+        b.strukt("dup", 8, &[("a", int, 0), ("b", int, 4)]);
+        b.strukt("dup", 12, &[("a", int, 0), ("c", int, 8)]);
+        b.strukt("clash", 8, &[("a", int, 0)]);
+        b.strukt("clash", 8, &[("a", int, 4)]);
+        let btf = parse(&b);
+        assert_eq!(btf.member_offset("dup", "b").unwrap(), 4);
+        assert_eq!(btf.member_offset("dup", "c").unwrap(), 8);
+        assert!(matches!(
+            btf.member_offset("clash", "a"),
+            Err(BtfError::Ambiguous { first: 0, second: 32, .. })
+        ));
+    }
+
+    #[test]
+    fn cyclic_and_deep_unnamed_members_terminate() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let self_id = b.next_id;
+        b.strukt("loop", 8, &[("", self_id, 0), ("x", int, 4)]);
+        // typedef a -> typedef b -> typedef a, used as an unnamed member.
+        let td_a = b.next_id;
+        b.link(KIND_TYPEDEF, "a", td_a + 1);
+        b.link(KIND_TYPEDEF, "b", td_a);
+        b.strukt("modloop", 8, &[("", td_a, 0), ("x", int, 4)]);
+        b.strukt("dangling", 8, &[("", 9999, 0), ("x", int, 4)]);
+        // 40 unnamed structs, each the first member of the next.
+        let mut inner = b.strukt("", 4, &[("deep", int, 0)]);
+        for depth in 1..=40 {
+            inner = b.strukt("", 4, &[("", inner, 0)]);
+            if depth == 10 {
+                b.strukt("ten", 4, &[("", inner, 0)]);
+            }
+        }
+        b.strukt("forty", 4, &[("", inner, 0)]);
+        let btf = parse(&b);
+        assert_eq!(btf.member_offset("loop", "x").unwrap(), 4);
+        assert!(matches!(btf.member_offset("loop", "y"), Err(BtfError::MemberNotFound { .. })));
+        assert!(matches!(btf.member_offset("modloop", "x"), Err(BtfError::BadType { .. })));
+        assert!(matches!(btf.member_offset("dangling", "x"), Err(BtfError::BadType { .. })));
+        assert_eq!(btf.member_offset("ten", "deep").unwrap(), 0);
+        assert!(matches!(btf.member_offset("forty", "deep"), Err(BtfError::BadType { .. })));
+    }
+
+    #[test]
+    fn big_endian_blobs_parse_the_same() {
+        for endian in [Endian::Little, Endian::Big] {
+            let mut b = Builder::with_endian(endian);
+            let int = b.int("int", 4);
+            let un = b.union("", 4, &[("inner", int)]);
+            b.strukt("s", 12, &[("a", int, 0), ("", un, 4), ("c", int, 8)]);
+            let btf = parse(&b);
+            assert_eq!(btf.endian, endian);
+            assert_eq!(btf.member_offset("s", "inner").unwrap(), 4);
+            assert_eq!(btf.member_offset("s", "c").unwrap(), 8);
+        }
+    }
+
+    #[test]
+    fn kernel_offsets_and_globals() {
+        let btf = parse(&kernel_like());
+        let offsets = KernelOffsets::from_btf(&btf).unwrap();
+        assert_eq!(
+            offsets,
+            KernelOffsets {
+                bprm_file: 24,
+                file_f_path: 16,
+                file_f_mode: 4,
+                task_tgid: 16,
+                task_real_parent: 24,
+                task_exit_code: 8,
+            }
+        );
+        assert_eq!(
+            offsets.globals(),
+            [
+                ("OFF_BPRM_FILE", 24),
+                ("OFF_FILE_F_PATH", 16),
+                ("OFF_FILE_F_MODE", 4),
+                ("OFF_TASK_TGID", 16),
+                ("OFF_TASK_REAL_PARENT", 24),
+                ("OFF_TASK_EXIT_CODE", 8),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_kernel_struct_is_reported_by_name() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        b.strukt("task_struct", 8, &[("tgid", int, 0)]);
+        let err = KernelOffsets::from_btf(&parse(&b)).unwrap_err();
+        assert!(matches!(&err, BtfError::StructNotFound { name } if name == "linux_binprm"), "{err}");
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let blob = every_kind().0.build();
+        for len in 0..blob.len() {
+            assert!(Btf::parse(&blob[..len]).is_err(), "truncated to {len} of {} bytes", blob.len());
+        }
+        assert!(Btf::parse(&blob).is_ok());
+    }
+
+    /// Rewrites a blob's header so the type section is cut to `type_len`.
+    fn with_type_len(b: &Builder, type_len: usize) -> Vec<u8> {
+        let mut cut = Builder::with_endian(b.endian);
+        cut.types = b.types[..type_len].to_vec();
+        cut.strings = b.strings.clone();
+        cut.build()
+    }
+
+    #[test]
+    fn a_cut_type_section_is_a_bad_record() {
+        let (b, kinds) = every_kind();
+        let btf = parse(&b);
+        let starts: Vec<usize> = btf.records.iter().map(|r| r - HEADER_LEN).collect();
+        for type_len in 0..b.types.len() {
+            match Btf::parse(&with_type_len(&b, type_len)) {
+                Ok(cut) => {
+                    let whole = starts.iter().filter(|&&s| s < type_len).count();
+                    assert!(starts.contains(&type_len), "cut at {type_len} parsed");
+                    assert_eq!(cut.records.len(), whole);
+                }
+                Err(BtfError::BadType { id, offset, reason: "truncated type record" }) => {
+                    let at = starts.iter().rposition(|&s| s < type_len).unwrap();
+                    assert_eq!((id as usize, offset), (at + 1, starts[at] + HEADER_LEN), "cut at {type_len}");
+                }
+                Err(e) => panic!("cut at {type_len}: unexpected {e}"),
+            }
+        }
+        assert_eq!(starts.len(), kinds.len());
+    }
+
+    #[test]
+    fn corrupt_bytes_never_panic() {
+        let blob = kernel_like().build();
+        let members = [
+            ("linux_binprm", "file"),
+            ("file", "f_path"),
+            ("file", "f_mode"),
+            ("task_struct", "tgid"),
+            ("path", "x"),
+        ];
+        for i in 0..blob.len() {
+            for v in [0x00, 0x01, 0x08, 0x7f, 0x80, 0xff] {
+                let mut bad = blob.clone();
+                bad[i] = v;
+                if let Ok(btf) = Btf::parse(&bad) {
+                    for (s, m) in members {
+                        let _ = btf.member_offset(s, m);
+                    }
+                    let _ = KernelOffsets::from_btf(&btf);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_errors() {
+        let good = kernel_like().build();
+        let patch = |at: usize, bytes: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            Btf::parse(&b).unwrap_err()
+        };
+        assert!(matches!(Btf::parse(&[]), Err(BtfError::TooShort { len: 0 })));
+        assert!(matches!(patch(0, &[0x12, 0x34]), BtfError::BadMagic { found: 0x3412 }));
+        assert!(matches!(patch(2, &[2]), BtfError::BadVersion { version: 2 }));
+        assert!(matches!(patch(4, &8u32.to_le_bytes()), BtfError::BadHeaderLen { hdr_len: 8 }));
+        assert!(matches!(
+            patch(8, &u32::MAX.to_le_bytes()),
+            BtfError::SectionOutOfBounds { section: "type", offset: u32::MAX, .. }
+        ));
+        assert!(matches!(
+            patch(20, &u32::MAX.to_le_bytes()),
+            BtfError::SectionOutOfBounds { section: "string", len: u32::MAX, .. }
+        ));
+        // A longer header (as newer kernels may emit) shifts both sections.
+        let mut longer = good[..HEADER_LEN].to_vec();
+        longer[4..8].copy_from_slice(&(HEADER_LEN as u32 + 8).to_le_bytes());
+        longer.extend_from_slice(&[0; 8]);
+        longer.extend_from_slice(&good[HEADER_LEN..]);
+        assert_eq!(Btf::parse(&longer).unwrap().member_offset("file", "f_mode").unwrap(), 4);
+    }
+
+    #[test]
+    fn bad_strings_and_names() {
+        let b = kernel_like();
+        let mut no_leading_nul = b.clone_with(|c| c.strings[0] = b'x');
+        assert!(matches!(Btf::parse(&no_leading_nul), Err(BtfError::BadStrings { .. })));
+        no_leading_nul = b.clone_with(|c| *c.strings.last_mut().unwrap() = b'x');
+        assert!(matches!(Btf::parse(&no_leading_nul), Err(BtfError::BadStrings { .. })));
+
+        let mut b = Builder::new();
+        b.int("int", 4);
+        b.raw_record(9999, KIND_STRUCT, false, 0, 0);
+        assert!(matches!(
+            Btf::parse(&b.build()),
+            Err(BtfError::BadName { id: 2, name_off: 9999, offset }) if offset == HEADER_LEN + 16
+        ));
+
+        // A bad member name is only noticed when the members are read.
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let name = b.name("s");
+        b.raw_record(name, KIND_STRUCT, false, 1, 4);
+        for v in [9999, int, 0] {
+            b.put(v);
+        }
+        let btf = parse(&b);
+        assert!(matches!(
+            btf.member_offset("s", "x"),
+            Err(BtfError::BadType { id: 2, offset, .. }) if offset == HEADER_LEN + 16 + TYPE_LEN
+        ));
+    }
+
+    #[test]
+    fn unknown_kinds_are_bad_records() {
+        for kind in [0, 20, 31] {
+            let mut b = Builder::new();
+            b.int("int", 4);
+            b.record("x", kind, false, 0, 0);
+            assert!(matches!(
+                Btf::parse(&b.build()),
+                Err(BtfError::UnknownKind { id: 2, offset, kind: k }) if offset == HEADER_LEN + 16 && k == kind
+            ));
+        }
+    }
+
+    #[test]
+    fn unreadable_file_names_its_path() {
+        let err = Btf::from_file(Path::new("/nonexistent/btf")).unwrap_err();
+        assert!(matches!(&err, BtfError::Read { path, .. } if path == Path::new("/nonexistent/btf")));
+        assert!(err.to_string().starts_with("reading /nonexistent/btf: "), "{err}");
+
+        let path = std::env::temp_dir().join(format!("forge-btf-test-{}", std::process::id()));
+        std::fs::write(&path, b"not BTF at all, but long enough for a header").unwrap();
+        let err = Btf::from_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            matches!(&err, BtfError::Invalid { path: p, source } if *p == path && matches!(**source, BtfError::BadMagic { .. })),
+            "{err}"
+        );
+    }
+
+    impl Builder {
+        fn clone_with(&self, edit: impl FnOnce(&mut Builder)) -> Vec<u8> {
+            let mut c = Builder::with_endian(self.endian);
+            c.types = self.types.clone();
+            c.strings = self.strings.clone();
+            edit(&mut c);
+            c.build()
+        }
+    }
+
+    /// Size in bytes of `id` on this kernel, following modifiers and arrays.
+    fn type_size(btf: &Btf, id: u32) -> u32 {
+        let id = btf.skip_modifiers(id).unwrap();
+        let (rec, head) = btf.head(id).unwrap();
+        match head.kind {
+            KIND_PTR => size_of::<usize>() as u32,
+            KIND_ARRAY => {
+                let elem = btf.endian.u32_at(&btf.data, rec + TYPE_LEN).unwrap();
+                let n = btf.endian.u32_at(&btf.data, rec + TYPE_LEN + 8).unwrap();
+                type_size(btf, elem) * n
+            }
+            _ => head.size_or_type,
+        }
+    }
+
+    /// Kind and name of `id` after modifiers; for a pointer, of its target.
+    fn describe(btf: &Btf, id: u32) -> (u32, String) {
+        let id = btf.skip_modifiers(id).unwrap();
+        let (_, head) = btf.head(id).unwrap();
+        let name = String::from_utf8_lossy(name_at(btf.strings(), head.name_off).unwrap()).into_owned();
+        (head.kind, name)
+    }
+
+    fn pointee(btf: &Btf, id: u32) -> (u32, String) {
+        let (_, head) = btf.head(btf.skip_modifiers(id).unwrap()).unwrap();
+        assert_eq!(head.kind, KIND_PTR);
+        describe(btf, head.size_or_type)
+    }
+
+    /// Parses this machine's kernel BTF and checks the six offsets against
+    /// the rest of the kernel's own type information (no hard-coded values).
+    #[test]
+    fn running_kernel_offsets_are_consistent() {
+        let started = std::time::Instant::now();
+        let btf = Btf::from_running_kernel()
+            .expect("this test needs /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y)");
+        let parsed = started.elapsed();
+        let offsets = KernelOffsets::from_btf(&btf).unwrap();
+        eprintln!("{btf:?} parsed in {parsed:?}; {offsets:?}");
+
+        // (struct, member, offset from KernelOffsets)
+        let checks = [
+            ("linux_binprm", "file", offsets.bprm_file),
+            ("file", "f_path", offsets.file_f_path),
+            ("file", "f_mode", offsets.file_f_mode),
+            ("task_struct", "tgid", offsets.task_tgid),
+            ("task_struct", "real_parent", offsets.task_real_parent),
+            ("task_struct", "exit_code", offsets.task_exit_code),
+        ];
+        let mut spans: HashMap<&str, Vec<(u32, u32, &str)>> = HashMap::new();
+        for (strukt, member, offset) in checks {
+            let (struct_id, found) = btf.find(strukt, member).unwrap();
+            assert_eq!(found.bit_offset, offset * 8);
+            let size = type_size(&btf, found.type_id);
+            let struct_size = btf.head(struct_id).unwrap().1.size_or_type;
+            assert!(
+                size > 0 && offset + size <= struct_size,
+                "{strukt}.{member} at {offset}+{size} of {struct_size}"
+            );
+            assert_eq!(offset % size.min(8), 0, "{strukt}.{member} at {offset} is not naturally aligned");
+            spans.entry(strukt).or_default().push((offset, offset + size, member));
+        }
+        for (strukt, spans) in &spans {
+            for (i, a) in spans.iter().enumerate() {
+                for b in &spans[i + 1..] {
+                    assert!(a.1 <= b.0 || b.1 <= a.0, "{strukt}.{} and {strukt}.{} overlap", a.2, b.2);
+                }
+            }
+        }
+
+        // The member types are what the kernel programs read through them.
+        let member_type = |s, m| btf.find(s, m).unwrap().1.type_id;
+        assert_eq!(pointee(&btf, member_type("linux_binprm", "file")), (KIND_STRUCT, "file".into()));
+        assert_eq!(
+            pointee(&btf, member_type("task_struct", "real_parent")),
+            (KIND_STRUCT, "task_struct".into())
+        );
+        assert_eq!(describe(&btf, member_type("file", "f_path")), (KIND_STRUCT, "path".into()));
+        for (s, m) in [("file", "f_mode"), ("task_struct", "tgid"), ("task_struct", "exit_code")] {
+            let id = member_type(s, m);
+            assert_eq!((describe(&btf, id).0, type_size(&btf, id)), (KIND_INT, 4), "{s}.{m}");
+        }
+        // tgid and exit_code are plain ints, not bitfields; real_parent is a pointer, not 0.
+        assert_ne!(offsets.task_real_parent, 0);
+        assert_ne!(offsets.task_tgid, 0);
+    }
+}
