@@ -1,30 +1,34 @@
-//! Compiles a [`Policy`] into the kernel's per-cgroup record and path rules.
+//! Compiles the policies that select a workload, at its trust tier, into the
+//! kernel's per-cgroup record and path rules.
 //!
-//! Precedence in the kernel is "first matching rule wins" for network rules
-//! and "longest path prefix wins" for paths; the compiler orders network
-//! rules so that denies come before allows (an explicit deny wins) and more
-//! specific CIDRs before broader ones.
+//! Precedence (documented in docs/policy.md):
+//! - network: an explicit deny wins over any allow; among denies (and among
+//!   allows) the most specific CIDR, then the narrowest port range, is tried
+//!   first. The kernel takes the first match.
+//! - paths: the longest matching prefix wins (so an allow for `/etc/ssl/`
+//!   carves an exception out of a deny for `/etc/`); an exact file beats any
+//!   directory prefix.
+//! - defaults: per operation class, a deny in any selected policy wins; a
+//!   class no selected policy mentions is denied (zero trust).
+//! - the same target both allowed and denied (same path, same CIDR and
+//!   ports, same syscall) is a contradiction and an error.
+
+use std::collections::BTreeMap;
 
 use forge_common::{
     MAX_NET_RULES, PATH_KEY_PATH_LEN, PathRule, PolicyRecord, flags, mode, op, rule_id, verdict,
 };
+use marked_yaml::Spanned;
 use serde::Serialize;
 
 use super::{
-    model::{ActionSpec, ModeSpec, Policy, PortSpec, Rule},
-    net::{Cidr, NetError, net_rule, parse_ports},
+    diag::{Diagnostic, Diagnostics, Place},
+    model::{Policy, PolicyError, Rule},
+    net::{Cidr, net_rule, parse_ports},
+    set::{PolicySet, Workload},
     syscalls,
+    tier::Tier,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum CompileError {
-    #[error("{source_name}: rule {rule:?}: {message}")]
-    Rule { source_name: String, rule: String, message: String },
-    #[error("{source_name}: defaults: {message}")]
-    Defaults { source_name: String, message: String },
-    #[error("{source_name}: {count} network rules; the kernel record holds at most {MAX_NET_RULES}")]
-    TooManyNetRules { source_name: String, count: usize },
-}
 
 /// One path rule for the LPM trie: the bytes to match (with a trailing `/`
 /// for a directory, or a NUL for one exact file) under an op class.
@@ -54,26 +58,38 @@ impl PathEntry {
 pub struct RuleInfo {
     pub id: u32,
     pub name: String,
+    /// `file:line` of the rule.
     pub source: String,
+    pub policy: String,
 }
 
-/// Everything the map writer needs to govern one cgroup.
+/// Everything the map writer needs to govern one workload.
 #[derive(Clone, Debug)]
 pub struct CompiledRecord {
+    /// Names of the policies that selected the workload, joined with `+`.
     pub policy_name: String,
+    pub tier: Tier,
+    /// An escalation at this tier asks for quarantine.
+    pub quarantine: bool,
     pub record: PolicyRecord,
     pub paths: Vec<PathEntry>,
+    /// Every rule of the set (ids are stable across workloads and tiers).
     pub rules: Vec<RuleInfo>,
+    /// Ids of the rules in force for this workload at this tier.
+    pub active_rules: Vec<u32>,
+    /// Where each class's default came from (`None`: nobody said; zero trust).
+    pub default_sources: [Option<String>; op::COUNT],
 }
 
 impl CompiledRecord {
-    /// The rule behind `id`, if this record defined it.
+    /// The rule behind `id`, if the set defined it.
     pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
         self.rules.iter().find(|r| r.id == id)
     }
 }
 
-const CLASSES: [(&str, u8); 7] = [
+/// Operation classes by name, as written in policies.
+pub const CLASSES: [(&str, u8); 7] = [
     ("exec", op::EXEC),
     ("file.read", op::FILE_READ),
     ("file.write", op::FILE_WRITE),
@@ -83,26 +99,18 @@ const CLASSES: [(&str, u8); 7] = [
     ("syscall", op::SYSCALL),
 ];
 
-fn class(name: &str) -> Option<u8> {
+/// The class number of an operation class name.
+pub fn class(name: &str) -> Option<u8> {
     CLASSES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
+
+/// The name of a class number (`?` for none).
+pub fn class_name(c: u8) -> &'static str {
+    CLASSES.iter().find(|(_, v)| *v == c).map_or("?", |(n, _)| *n)
 }
 
 fn class_list() -> String {
     CLASSES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-}
-
-const fn action(a: ActionSpec) -> u8 {
-    match a {
-        ActionSpec::Allow => verdict::ALLOW,
-        ActionSpec::Deny => verdict::DENY,
-    }
-}
-
-const fn mode_of(m: ModeSpec) -> u8 {
-    match m {
-        ModeSpec::Enforce => mode::ENFORCE,
-        ModeSpec::Monitor => mode::MONITOR,
-    }
 }
 
 /// Encodes a path pattern for the trie. `/dir/` and `/dir/*` are prefixes;
@@ -119,7 +127,7 @@ pub fn encode_path(p: &str) -> Result<Vec<u8>, String> {
     if p.contains('\0') {
         return Err(format!("path {p:?} contains a NUL byte"));
     }
-    let mut bytes = if let Some(dir) = p.strip_suffix("/*") {
+    let bytes = if let Some(dir) = p.strip_suffix("/*") {
         format!("{dir}/").into_bytes()
     } else if p.ends_with('/') {
         p.as_bytes().to_vec()
@@ -137,140 +145,436 @@ pub fn encode_path(p: &str) -> Result<Vec<u8>, String> {
             PATH_KEY_PATH_LEN - 2
         ));
     }
-    bytes.shrink_to_fit();
     Ok(bytes)
 }
 
-/// Compiles `policy` (read from `source_name`) into a record of `generation`.
-pub fn compile(policy: &Policy, source_name: &str, generation: u64) -> Result<CompiledRecord, CompileError> {
-    let spec = &policy.spec;
-    let mut record = PolicyRecord::allow_all(generation);
-    record.mode = mode_of(spec.mode);
-    // Zero trust: every class defaults to deny unless the policy says otherwise.
-    record.defaults = [verdict::DENY; op::COUNT];
-    record.defaults[op::PROTECT as usize] = verdict::ALLOW;
-    for (name, a) in &spec.defaults {
-        let c = class(name).ok_or_else(|| CompileError::Defaults {
-            source_name: source_name.to_string(),
-            message: format!("unknown operation class {name:?}; expected one of {}", class_list()),
-        })?;
-        record.defaults[c as usize] = action(*a);
-    }
-    if spec.self_protect {
-        record.flags |= flags::SELF_PROTECT;
-    }
+/// Compiles one policy on its own, for any workload, at its initial tier.
+pub fn compile(policy: &Policy, _source: &str, generation: u64) -> Result<CompiledRecord, PolicyError> {
+    let set = PolicySet::from_docs(vec![policy.clone()]).map_err(PolicyError)?;
+    let tier = set.initial_tier(&Workload::any()).map_err(PolicyError)?;
+    set.compile_for(&Workload::any(), tier, generation)
+}
 
-    let mut rules = Vec::new();
-    let mut paths = Vec::new();
-    let mut net: Vec<(forge_common::NetRule, u32)> = Vec::new();
-    let syscall_default_deny = record.defaults[op::SYSCALL as usize] == verdict::DENY;
-    let mut syscall_allows: Vec<usize> = Vec::new();
+/// A rule of the set with its stable id and the tier scope it came from.
+pub(crate) struct FlatRule<'a> {
+    pub(crate) id: u32,
+    pub(crate) doc: &'a Policy,
+    pub(crate) rule: &'a Rule,
+    /// `Some(t)`: an escalation rule for tier `t` and below.
+    pub(crate) escalation: Option<Tier>,
+    pub(crate) name: String,
+}
 
-    for (i, rule) in spec.rules.iter().enumerate() {
-        let id = rule_id::FIRST + i as u32;
-        let name = rule.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
-        let err = |message: String| CompileError::Rule {
-            source_name: source_name.to_string(),
-            rule: name.clone(),
-            message,
+/// Numbers every rule of the set, base rules then escalation rules per
+/// document, in file order: ids are stable whatever workload or tier.
+pub(crate) fn flatten(docs: &[Policy]) -> (Vec<FlatRule<'_>>, Vec<Diagnostic>) {
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for doc in docs {
+        let name_of = |rule: &Rule, escalation: Option<Tier>, n: usize| match (&rule.name, escalation) {
+            (Some(name), _) => name.to_string(),
+            (None, None) => format!("{}/rule-{}", doc.name(), n + 1),
+            (None, Some(t)) => format!("{}/{t}-rule-{}", doc.name(), n + 1),
         };
-        let a = action(rule.action);
-        let m = rule.mode.map_or(record.mode, mode_of);
-        rules.push(RuleInfo { id, name: name.clone(), source: source_name.to_string() });
-        let mut classes = Vec::new();
-        for op_name in rule.op.items() {
-            classes.push(
-                class(op_name).ok_or_else(|| {
-                    err(format!("unknown op {op_name:?}; expected one of {}", class_list()))
-                })?,
-            );
+        let mut local: Vec<(&Rule, Option<Tier>, String)> = Vec::new();
+        for (i, r) in doc.spec.rules.iter().enumerate() {
+            local.push((r, None, name_of(r, None, i)));
         }
-        check_fields(rule, &classes).map_err(&err)?;
+        for (tier_name, esc) in &doc.spec.escalation {
+            let tier = match tier_name.parse::<Tier>() {
+                Ok(t) => t,
+                Err(e) => {
+                    diags.push(doc.place(&doc.metadata.name).error(format!("escalation: {e}")));
+                    continue;
+                }
+            };
+            for (i, r) in esc.rules.iter().enumerate() {
+                local.push((r, Some(tier), name_of(r, Some(tier), i)));
+            }
+        }
+        for (rule, escalation, name) in local {
+            let id = rule_id::FIRST + out.len() as u32;
+            out.push(FlatRule { id, doc, rule, escalation, name });
+        }
+    }
+    (out, diags)
+}
+
+/// A path entry being built: rule, place, rule name, priority.
+type PathSlot = (PathRuleInfo, Place, String, u8);
+
+/// What the compiler accumulates for one workload.
+struct Builder {
+    record: PolicyRecord,
+    diags: Vec<Diagnostic>,
+    defaults: [Option<(u8, Place)>; op::COUNT],
+    /// Values carry the rule's priority: 0 for base rules, higher for
+    /// escalation rules of less trusted tiers, which override base rules.
+    paths: BTreeMap<(u8, Vec<u8>), PathSlot>,
+    net: Vec<(forge_common::NetRule, u32, Place, String, u8)>,
+    syscalls: BTreeMap<usize, (u8, u8, u32, Place, String, u8)>,
+    active_rules: Vec<u32>,
+}
+
+fn parse_action(doc: &Policy, s: &Spanned<String>) -> Result<u8, Diagnostic> {
+    match s.as_str() {
+        "allow" => Ok(verdict::ALLOW),
+        "deny" => Ok(verdict::DENY),
+        other => Err(doc.place(s).error(format!("unknown action {other:?}; expected allow or deny"))),
+    }
+}
+
+pub(crate) fn parse_mode(doc: &Policy, s: &Spanned<String>) -> Result<u8, Diagnostic> {
+    match s.as_str() {
+        "enforce" => Ok(mode::ENFORCE),
+        "monitor" => Ok(mode::MONITOR),
+        other => Err(doc.place(s).error(format!("unknown mode {other:?}; expected enforce or monitor"))),
+    }
+}
+
+pub(crate) fn parse_bool(doc: &Policy, s: &Spanned<String>) -> Result<bool, Diagnostic> {
+    match s.as_str() {
+        "true" | "yes" => Ok(true),
+        "false" | "no" => Ok(false),
+        other => Err(doc.place(s).error(format!("expected true or false, found {other:?}"))),
+    }
+}
+
+fn doc_mode(doc: &Policy) -> Result<u8, Diagnostic> {
+    doc.spec.mode.as_ref().map_or(Ok(mode::ENFORCE), |m| parse_mode(doc, m))
+}
+
+impl Builder {
+    fn merge_defaults(&mut self, doc: &Policy, defaults: &BTreeMap<String, Spanned<String>>) {
+        for (name, action) in defaults {
+            let Some(c) = class(name) else {
+                self.diags.push(doc.place(action).error(format!(
+                    "defaults: unknown operation class {name:?}; expected one of {}",
+                    class_list()
+                )));
+                continue;
+            };
+            match parse_action(doc, action) {
+                Ok(a) => {
+                    let slot = &mut self.defaults[c as usize];
+                    // A deny anywhere wins.
+                    if slot.as_ref().is_none_or(|(prev, _)| *prev == verdict::ALLOW) {
+                        *slot = Some((a, doc.place(action)));
+                    }
+                }
+                Err(d) => self.diags.push(d),
+            }
+        }
+    }
+
+    fn add_rule(&mut self, f: &FlatRule<'_>) {
+        let doc = f.doc;
+        let rule = f.rule;
+        let here = doc.place(rule.anchor());
+        let prio: u8 = f.escalation.map_or(0, |t| t as u8 + 1);
+        let err = |place: &Place, m: String| place.error(format!("rule {:?}: {m}", f.name));
+        let action = match parse_action(doc, &rule.action) {
+            Ok(a) => a,
+            Err(d) => return self.diags.push(d),
+        };
+        let m = match rule.mode.as_ref().map_or_else(|| doc_mode(doc), |m| parse_mode(doc, m)) {
+            Ok(m) => m,
+            Err(d) => return self.diags.push(d),
+        };
+        let ops = rule.op_list();
+        if ops.is_empty() {
+            return self.diags.push(err(&here, "needs `op` (or `ops`)".into()));
+        }
+        let mut classes = Vec::new();
+        for o in ops {
+            match class(o) {
+                Some(c) => classes.push(c),
+                None => {
+                    return self.diags.push(err(
+                        &doc.place(o),
+                        format!("unknown op {:?}; expected one of {}", o.as_str(), class_list()),
+                    ));
+                }
+            }
+        }
+        if let Err(m) = check_fields(rule, &classes) {
+            return self.diags.push(err(&here, m));
+        }
+        self.active_rules.push(f.id);
         for &c in &classes {
             match c {
                 op::EXEC | op::FILE_READ | op::FILE_WRITE => {
                     for p in &rule.paths {
-                        let pattern = encode_path(p).map_err(&err)?;
-                        if let Some(prev) =
-                            paths.iter().find(|e: &&PathEntry| e.op == c && e.pattern == pattern)
-                        {
-                            if prev.rule.action != a {
-                                return Err(err(format!(
-                                    "path {p:?} is both allowed and denied for the same operation (rule id {})",
-                                    prev.rule.rule_id
-                                )));
+                        let place = doc.place(p);
+                        let pattern = match encode_path(p) {
+                            Ok(b) => b,
+                            Err(m) => {
+                                self.diags.push(err(&place, m));
+                                continue;
                             }
-                            continue;
+                        };
+                        let info = PathRuleInfo { action, mode: m, rule_id: f.id };
+                        match self.paths.get(&(c, pattern.clone())) {
+                            Some((_, _, _, prev_prio)) if *prev_prio < prio => {
+                                self.paths.insert((c, pattern), (info, place, f.name.clone(), prio));
+                            }
+                            Some((prev, prev_place, prev_name, prev_prio))
+                                if prev.action != action && *prev_prio == prio =>
+                            {
+                                self.diags.push(err(
+                                    &place,
+                                    format!(
+                                        "{} {:?} contradicts rule {prev_name:?} at {prev_place}: the same path is both allowed and denied",
+                                        class_name(c),
+                                        p.as_str()
+                                    ),
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.paths.insert((c, pattern), (info, place, f.name.clone(), prio));
+                            }
                         }
-                        paths.push(PathEntry {
-                            op: c,
-                            pattern,
-                            rule: PathRuleInfo { action: a, mode: m, rule_id: id },
-                        });
                     }
-                    record.flags |= flags::HAS_PATH_RULES;
+                    self.record.flags |= flags::HAS_PATH_RULES;
                 }
                 op::NET_CONNECT | op::NET_BIND | op::NET_SENDTO => {
                     let ports = match &rule.ports {
                         None => (0, u16::MAX),
-                        Some(PortSpec::Number(p)) => (*p, *p),
-                        Some(PortSpec::Text(t)) => {
-                            parse_ports(t).map_err(|e: NetError| err(e.to_string()))?
-                        }
+                        Some(p) => match parse_ports(p) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                self.diags.push(err(&doc.place(p), e.to_string()));
+                                continue;
+                            }
+                        },
                     };
+                    let mut targets: Vec<(Option<Cidr>, u32, Place)> = Vec::new();
                     if rule.cidrs.is_empty() {
-                        net.push((net_rule(None, ports, 1 << c, a, m, id), 0));
+                        targets.push((None, 0, here.clone()));
                     }
                     for cidr in &rule.cidrs {
-                        let parsed = Cidr::parse(cidr).map_err(|e| err(e.to_string()))?;
-                        let prefix = parsed.mask.iter().map(|w| w.count_ones()).sum::<u32>();
-                        net.push((net_rule(Some(parsed), ports, 1 << c, a, m, id), prefix));
+                        match Cidr::parse(cidr) {
+                            Ok(parsed) => {
+                                let prefix = parsed.mask.iter().map(|w| w.count_ones()).sum::<u32>();
+                                targets.push((Some(parsed), prefix, doc.place(cidr)));
+                            }
+                            Err(e) => self.diags.push(err(&doc.place(cidr), e.to_string())),
+                        }
+                    }
+                    for (cidr, prefix, place) in targets {
+                        let r = net_rule(cidr, ports, 1 << c, action, m, f.id);
+                        let same = |o: &forge_common::NetRule| {
+                            o.ops == r.ops
+                                && o.family == r.family
+                                && o.addr == r.addr
+                                && o.mask == r.mask
+                                && (o.port_lo, o.port_hi) == (r.port_lo, r.port_hi)
+                        };
+                        // An escalation rule replaces a base rule for the same target.
+                        self.net.retain(|(o, _, _, _, p)| !(same(o) && *p < prio));
+                        let clash = self
+                            .net
+                            .iter()
+                            .find(|(o, _, _, _, p)| same(o) && o.action != r.action && *p == prio);
+                        if let Some((_, _, prev_place, prev_name, _)) = clash {
+                            self.diags.push(err(
+                                &place,
+                                format!("{} contradicts rule {prev_name:?} at {prev_place}: the same address and ports are both allowed and denied", class_name(c)),
+                            ));
+                            continue;
+                        }
+                        self.net.push((r, prefix, place, f.name.clone(), prio));
                     }
                 }
                 op::SYSCALL => {
                     for s in &rule.syscalls {
-                        let nr = syscalls::number(s)
-                            .ok_or_else(|| err(format!("unknown syscall {s:?} on this architecture")))?
-                            as usize;
-                        if a == verdict::DENY {
-                            record.deny_syscall(nr, id, m == mode::MONITOR);
-                        } else {
-                            syscall_allows.push(nr);
+                        let place = doc.place(s);
+                        let Some(nr) = syscalls::number(s) else {
+                            self.diags.push(err(
+                                &place,
+                                format!("unknown syscall {:?} on this architecture", s.as_str()),
+                            ));
+                            continue;
+                        };
+                        let nr = nr as usize;
+                        match self.syscalls.get(&nr) {
+                            Some((_, _, _, _, _, p)) if *p < prio => {
+                                self.syscalls.insert(nr, (action, m, f.id, place, f.name.clone(), prio));
+                            }
+                            Some((a, _, _, prev_place, prev_name, p)) if *a != action && *p == prio => {
+                                self.diags.push(err(
+                                    &place,
+                                    format!("syscall {:?} contradicts rule {prev_name:?} at {prev_place}: both allowed and denied", s.as_str()),
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.syscalls.insert(nr, (action, m, f.id, place, f.name.clone(), prio));
+                            }
                         }
                     }
                 }
-                _ => unreachable!("class() only returns listed classes"),
+                _ => {}
             }
         }
     }
+}
 
-    if syscall_default_deny {
-        let default_rule = record.default_rule[op::SYSCALL as usize];
-        for nr in 0..forge_common::MAX_SYSCALLS {
-            if !syscall_allows.contains(&nr) && record.syscall_denied(nr).is_none() {
-                record.deny_syscall(nr, default_rule, record.mode == mode::MONITOR);
+impl PolicySet {
+    /// Compiles the policies selecting `workload`, at `tier`.
+    pub fn compile_for(
+        &self,
+        workload: &Workload,
+        tier: Tier,
+        generation: u64,
+    ) -> Result<CompiledRecord, PolicyError> {
+        let selected = self.selecting(workload);
+        let (flat, mut flat_diags) = flatten(&self.docs);
+        let mut b = Builder {
+            record: PolicyRecord::allow_all(generation),
+            diags: Vec::new(),
+            defaults: Default::default(),
+            paths: BTreeMap::new(),
+            net: Vec::new(),
+            syscalls: BTreeMap::new(),
+            active_rules: Vec::new(),
+        };
+        b.diags.append(&mut flat_diags);
+        let mut modes = Vec::new();
+        let mut self_protect = true;
+        let mut quarantine = false;
+        for doc in &selected {
+            match doc_mode(doc) {
+                Ok(m) => modes.push(m),
+                Err(d) => b.diags.push(d),
+            }
+            if let Some(sp) = &doc.spec.self_protect {
+                match parse_bool(doc, sp) {
+                    Ok(v) => self_protect &= v,
+                    Err(d) => b.diags.push(d),
+                }
+            }
+            b.merge_defaults(doc, &doc.spec.defaults);
+            for (tier_name, esc) in &doc.spec.escalation {
+                let Ok(t) = tier_name.parse::<Tier>() else { continue };
+                if tier.at_or_below(t) {
+                    b.merge_defaults(doc, &esc.defaults);
+                    if let Some(q) = &esc.quarantine {
+                        match parse_bool(doc, q) {
+                            Ok(v) => quarantine |= v,
+                            Err(d) => b.diags.push(d),
+                        }
+                    }
+                }
             }
         }
-    }
+        for f in &flat {
+            if !selected.iter().any(|d| std::ptr::eq(*d, f.doc)) {
+                continue;
+            }
+            let applies = match f.escalation {
+                Some(t) => tier.at_or_below(t),
+                None => f.rule.tiers.is_empty() || f.rule.tiers.iter().any(|t| t.as_str() == tier.as_str()),
+            };
+            for t in &f.rule.tiers {
+                if let Err(e) = t.parse::<Tier>() {
+                    b.diags.push(f.doc.place(t).error(format!("rule {:?}: {e}", f.name)));
+                }
+            }
+            if applies {
+                b.add_rule(f);
+            }
+        }
 
-    if net.len() > MAX_NET_RULES {
-        return Err(CompileError::TooManyNetRules { source_name: source_name.to_string(), count: net.len() });
+        let mut record = b.record;
+        record.mode = if !modes.is_empty() && modes.iter().all(|m| *m == mode::MONITOR) {
+            mode::MONITOR
+        } else {
+            mode::ENFORCE
+        };
+        let mut default_sources: [Option<String>; op::COUNT] = Default::default();
+        for (i, d) in b.defaults.iter().enumerate() {
+            record.defaults[i] = match d {
+                Some((a, place)) => {
+                    default_sources[i] = Some(place.to_string());
+                    *a
+                }
+                None => verdict::DENY,
+            };
+        }
+        record.defaults[op::PROTECT as usize] = verdict::ALLOW;
+        if self_protect {
+            record.flags |= flags::SELF_PROTECT;
+        }
+        let mut syscall_allows = Vec::new();
+        for (nr, (action, m, id, _, _, _)) in &b.syscalls {
+            if *action == verdict::DENY {
+                record.deny_syscall(*nr, *id, *m == mode::MONITOR);
+            } else {
+                syscall_allows.push(*nr);
+            }
+        }
+        if record.defaults[op::SYSCALL as usize] == verdict::DENY {
+            let default_rule = record.default_rule[op::SYSCALL as usize];
+            for nr in 0..forge_common::MAX_SYSCALLS {
+                if !syscall_allows.contains(&nr) && record.syscall_denied(nr).is_none() {
+                    record.deny_syscall(nr, default_rule, record.mode == mode::MONITOR);
+                }
+            }
+        }
+        if b.net.len() > MAX_NET_RULES {
+            let place = b.net[MAX_NET_RULES].2.clone();
+            b.diags.push(place.error(format!(
+                "{} network rules apply to this workload; the kernel record holds at most {MAX_NET_RULES}",
+                b.net.len()
+            )));
+        }
+        let mut net = b.net;
+        net.sort_by_key(|(r, prefix, _, _, _)| {
+            (r.action != verdict::DENY, std::cmp::Reverse(*prefix), u32::from(r.port_hi - r.port_lo))
+        });
+        record.net_count = net.len().min(MAX_NET_RULES) as u32;
+        for (slot, (r, _, _, _, _)) in record.net.iter_mut().zip(net) {
+            *slot = r;
+        }
+        if [op::EXEC, op::FILE_READ, op::FILE_WRITE]
+            .iter()
+            .any(|c| record.defaults[*c as usize] != verdict::ALLOW)
+        {
+            record.flags |= flags::HAS_PATH_RULES;
+        }
+        if b.diags.iter().any(|d| d.severity == super::diag::Severity::Error) {
+            let mut diags = b.diags;
+            diags.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            diags.dedup();
+            return Err(PolicyError(Diagnostics(diags)));
+        }
+        let rules = flat
+            .iter()
+            .map(|f| RuleInfo {
+                id: f.id,
+                name: f.name.clone(),
+                source: f.doc.place(f.rule.anchor()).to_string(),
+                policy: f.doc.name().to_string(),
+            })
+            .collect();
+        let paths = b
+            .paths
+            .into_iter()
+            .map(|((op, pattern), (rule, _, _, _))| PathEntry { op, pattern, rule })
+            .collect();
+        Ok(CompiledRecord {
+            policy_name: selected.iter().map(|d| d.name()).collect::<Vec<_>>().join("+"),
+            tier,
+            quarantine,
+            record,
+            paths,
+            rules,
+            active_rules: b.active_rules,
+            default_sources,
+        })
     }
-    // Denies first, then the most specific prefix, then the narrowest port range.
-    net.sort_by_key(|(r, prefix)| {
-        (r.action != verdict::DENY, std::cmp::Reverse(*prefix), u32::from(r.port_hi - r.port_lo))
-    });
-    record.net_count = net.len() as u32;
-    for (slot, (r, _)) in record.net.iter_mut().zip(net) {
-        *slot = r;
-    }
-    if record.defaults[op::EXEC as usize] != verdict::ALLOW
-        || record.defaults[op::FILE_READ as usize] != verdict::ALLOW
-        || record.defaults[op::FILE_WRITE as usize] != verdict::ALLOW
-    {
-        record.flags |= flags::HAS_PATH_RULES;
-    }
-    Ok(CompiledRecord { policy_name: policy.metadata.name.clone(), record, paths, rules })
 }
 
 fn check_fields(rule: &Rule, classes: &[u8]) -> Result<(), String> {
@@ -298,13 +602,27 @@ fn check_fields(rule: &Rule, classes: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Policy;
+    use crate::policy::{Policy, PolicySet, Workload};
 
-    fn policy(rules: &str, defaults: &str) -> Policy {
-        let text = format!(
-            "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: t}}\nspec:\n  defaults: {defaults}\n  rules:\n{rules}"
-        );
-        Policy::from_yaml(&text, "t.yaml").expect("valid policy")
+    fn doc(name: &str, body: &str) -> String {
+        format!("apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n{body}")
+    }
+
+    fn one(body: &str) -> Policy {
+        Policy::from_yaml(&doc("t", body), "t.yaml").expect("valid policy")
+    }
+
+    fn set(docs: &[(&str, &str)]) -> PolicySet {
+        let docs = docs
+            .iter()
+            .enumerate()
+            .map(|(i, (n, b))| Policy::from_yaml(&doc(n, b), &format!("p{i}.yaml")).unwrap())
+            .collect();
+        PolicySet::from_docs(docs).unwrap()
+    }
+
+    fn errors(p: &Policy) -> String {
+        compile(p, "t.yaml", 1).unwrap_err().to_string()
     }
 
     #[test]
@@ -323,8 +641,12 @@ mod tests {
 
     #[test]
     fn zero_trust_defaults_and_syscall_allow_list() {
-        let p = policy("    - {op: syscall, action: allow, syscalls: [read, write, exit_group]}\n", "{}");
-        let c = compile(&p, "t.yaml", 7).unwrap();
+        let c = compile(
+            &one("  rules:\n    - {op: syscall, action: allow, syscalls: [read, write, exit_group]}\n"),
+            "t",
+            7,
+        )
+        .unwrap();
         assert_eq!(c.record.generation, 7);
         assert!(c.record.defaults[..op::COUNT - 1].iter().all(|d| *d == verdict::DENY));
         assert_eq!(c.record.syscall_denied(0), None, "read is allowed");
@@ -336,60 +658,133 @@ mod tests {
             0,
             "deny defaults for exec/files need the path hooks"
         );
+        assert!(c.default_sources.iter().all(Option::is_none));
     }
 
     #[test]
     fn net_rules_put_denies_and_narrow_prefixes_first() {
-        let p = policy(
-            "    - {name: a, op: net.connect, action: allow, cidrs: [10.0.0.0/8]}\n    - {name: b, op: net.connect, action: deny, cidrs: [10.0.0.0/8]}\n    - {name: c, op: net.connect, action: deny, cidrs: [10.1.2.3/32]}\n",
-            "{net.connect: allow}",
-        );
-        let c = compile(&p, "t.yaml", 1).unwrap();
+        let c = compile(
+            &one("  defaults: {net.connect: allow}\n  rules:\n    - {name: a, op: net.connect, action: allow, cidrs: [10.0.0.0/8]}\n    - {name: b, op: net.connect, action: deny, cidrs: [10.0.0.0/16]}\n    - {name: c, op: net.connect, action: deny, cidrs: [10.1.2.3/32]}\n"),
+            "t",
+            1,
+        )
+        .unwrap();
         let ids: Vec<u32> = c.record.net[..c.record.net_count as usize].iter().map(|r| r.rule_id).collect();
         assert_eq!(ids, vec![rule_id::FIRST + 2, rule_id::FIRST + 1, rule_id::FIRST]);
     }
 
     #[test]
-    fn errors_name_the_rule_and_what_was_expected() {
-        for (rules, needle) in [
-            (
-                "    - {name: x, op: syscall, action: deny, syscalls: [no_such]}\n",
-                "unknown syscall \"no_such\"",
-            ),
-            ("    - {name: x, op: net.connect, action: deny, cidrs: [10.0.0.0/40]}\n", "bad prefix length"),
-            ("    - {name: x, op: fly, action: deny, paths: [/x]}\n", "unknown op \"fly\""),
-            ("    - {name: x, op: exec, action: deny}\n", "need `paths`"),
-            (
-                "    - {name: x, op: exec, action: deny, paths: [/a]}\n    - {name: y, op: exec, action: allow, paths: [/a]}\n",
-                "both allowed and denied",
-            ),
-        ] {
-            let err = compile(&policy(rules, "{}"), "t.yaml", 1).unwrap_err().to_string();
-            assert!(err.starts_with("t.yaml: rule"), "{err}");
-            assert!(err.contains(needle), "{err} lacks {needle}");
-        }
-        let err =
-            Policy::from_yaml("apiVersion: x\nkind: Policy\nmetadata: {name: a}\nspec: {}\n", "bad.yaml")
-                .unwrap_err();
-        assert!(err.to_string().starts_with("bad.yaml: apiVersion"), "{err}");
-        let err = Policy::from_yaml("apiVersion: [\n", "broken.yaml").unwrap_err().to_string();
-        assert!(err.starts_with("broken.yaml:"), "{err}");
+    fn every_error_names_file_line_and_column() {
+        let p = one(
+            "  rules:\n    - {name: x, op: syscall, action: deny, syscalls: [no_such]}\n    - {name: y, op: net.connect, action: deny, cidrs: [10.0.0.0/40]}\n    - {name: z, op: fly, action: deny, paths: [/x]}\n    - {name: w, op: exec, action: deny}\n",
+        );
+        let e = errors(&p);
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 4, "{e}");
+        assert!(lines[0].starts_with("t.yaml:6:") && lines[0].contains("unknown syscall \"no_such\""), "{e}");
+        assert!(lines[1].starts_with("t.yaml:7:") && lines[1].contains("bad prefix length"), "{e}");
+        assert!(lines[2].starts_with("t.yaml:8:") && lines[2].contains("unknown op \"fly\""), "{e}");
+        assert!(lines[3].starts_with("t.yaml:9:") && lines[3].contains("need `paths`"), "{e}");
     }
 
     #[test]
-    fn shipped_policies_parse_and_compile() {
+    fn contradictions_are_errors_naming_both_places() {
+        let p = one(
+            "  rules:\n    - {name: a, op: exec, action: deny, paths: [/bin/sh]}\n    - {name: b, op: exec, action: allow, paths: [/bin/sh]}\n",
+        );
+        let e = errors(&p);
+        assert!(e.starts_with("t.yaml:7:") && e.contains("contradicts rule \"a\" at t.yaml:6"), "{e}");
+        let p = one(
+            "  rules:\n    - {name: a, op: net.bind, action: deny, cidrs: [0.0.0.0/0], ports: 22}\n    - {name: b, op: net.bind, action: allow, cidrs: [0.0.0.0/0], ports: '22'}\n",
+        );
+        assert!(errors(&p).contains("contradicts rule \"a\""));
+        let p = one(
+            "  rules:\n    - {name: a, op: syscall, action: deny, syscalls: [ptrace]}\n    - {name: b, op: syscall, action: allow, syscalls: [ptrace]}\n",
+        );
+        assert!(errors(&p).contains("both allowed and denied"));
+    }
+
+    #[test]
+    fn composition_deny_wins_and_unmentioned_classes_are_denied() {
+        let s = set(&[
+            ("base", "  defaults: {exec: allow, net.connect: allow}\n"),
+            ("web", "  selector: {cgroups: [web/*]}\n  defaults: {net.connect: deny, file.read: allow}\n"),
+        ]);
+        let web = s.compile_for(&Workload::cgroup("web/nginx"), Tier::Unknown, 1).unwrap();
+        assert_eq!(web.policy_name, "base+web");
+        assert_eq!(web.record.defaults[op::NET_CONNECT as usize], verdict::DENY);
+        assert_eq!(web.record.defaults[op::EXEC as usize], verdict::ALLOW);
+        assert_eq!(web.record.defaults[op::FILE_READ as usize], verdict::ALLOW);
+        assert_eq!(web.record.defaults[op::FILE_WRITE as usize], verdict::DENY);
+        let other = s.compile_for(&Workload::cgroup("batch/job"), Tier::Unknown, 1).unwrap();
+        assert_eq!(other.policy_name, "base");
+        assert_eq!(other.record.defaults[op::NET_CONNECT as usize], verdict::ALLOW);
+    }
+
+    #[test]
+    fn tiers_and_escalation() {
+        let s = set(&[(
+            "svc",
+            "  trust: verified\n  defaults: {net.connect: allow, exec: allow}\n  rules:\n    - {name: admin-port, op: net.connect, action: allow, cidrs: [10.0.0.1], ports: 22, tiers: [trusted]}\n  escalation:\n    suspicious:\n      rules:\n        - {name: no-tmp-exec, op: exec, action: deny, paths: [/tmp/]}\n      defaults: {net.connect: deny}\n    compromised:\n      quarantine: true\n",
+        )]);
+        let w = Workload::any();
+        assert_eq!(s.initial_tier(&w).unwrap(), Tier::Verified);
+        let trusted = s.compile_for(&w, Tier::Trusted, 1).unwrap();
+        assert_eq!(trusted.record.net_count, 1);
+        let verified = s.compile_for(&w, Tier::Verified, 1).unwrap();
+        assert_eq!(verified.record.net_count, 0);
+        assert!(verified.paths.is_empty());
+        let suspicious = s.compile_for(&w, Tier::Suspicious, 1).unwrap();
+        assert_eq!(suspicious.record.defaults[op::NET_CONNECT as usize], verdict::DENY);
+        assert_eq!(suspicious.paths.len(), 1);
+        assert!(!suspicious.quarantine);
+        let compromised = s.compile_for(&w, Tier::Compromised, 1).unwrap();
+        assert!(compromised.quarantine);
+        assert_eq!(compromised.paths.len(), 1, "suspicious restrictions also apply below");
+        // Rule ids do not depend on the tier.
+        assert_eq!(suspicious.paths[0].rule.rule_id, compromised.paths[0].rule.rule_id);
+    }
+
+    #[test]
+    fn set_level_clashes() {
+        let docs = vec![
+            Policy::from_yaml(
+                &doc(
+                    "a",
+                    "  trust: trusted\n  rules:\n    - {name: r, op: exec, action: deny, paths: [/x]}\n",
+                ),
+                "a.yaml",
+            )
+            .unwrap(),
+            Policy::from_yaml(
+                &doc(
+                    "a",
+                    "  trust: suspicious\n  rules:\n    - {name: r, op: exec, action: deny, paths: [/y]}\n",
+                ),
+                "b.yaml",
+            )
+            .unwrap(),
+        ];
+        let e = PolicySet::from_docs(docs.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("b.yaml:3:") && e.contains("policy name \"a\" is already used at a.yaml:3"),
+            "{e}"
+        );
+        assert!(e.contains("rule name \"r\" is already used at a.yaml:7"), "{e}");
+        let s = PolicySet { docs };
+        let tier_err = s.initial_tier(&Workload::any()).unwrap_err().to_string();
+        assert!(tier_err.contains("conflicts with trust trusted"), "{tier_err}");
+    }
+
+    #[test]
+    fn shipped_policies_parse_and_check_clean() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let name = path.display().to_string();
-                let p = Policy::from_yaml(&text, &name).unwrap_or_else(|e| panic!("{e}"));
-                compile(&p, &name, 1).unwrap_or_else(|e| panic!("{e}"));
-                n += 1;
-            }
+        let set = PolicySet::load(std::slice::from_ref(&dir)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(set.docs.len() >= 4, "expected the shipped profiles in {}", dir.display());
+        let findings = set.check();
+        assert!(findings.is_empty(), "{}", Diagnostics(findings));
+        for d in &set.docs {
+            compile(d, "", 1).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert!(n >= 1, "no policies found in {}", dir.display());
     }
 }

@@ -109,6 +109,24 @@ pub fn net_rule(
     }
 }
 
+/// A rule's address range as text, e.g. `10.0.0.0/8`, `::1/128`, `any`.
+pub fn describe(r: &NetRule) -> String {
+    match r.family {
+        family::INET => {
+            let ip = std::net::Ipv4Addr::from(r.addr[0].to_ne_bytes());
+            format!("{ip}/{}", r.mask[0].count_ones())
+        }
+        family::INET6 => {
+            let mut b = [0u8; 16];
+            for (i, w) in r.addr.iter().enumerate() {
+                b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            format!("{}/{}", std::net::Ipv6Addr::from(b), r.mask.iter().map(|w| w.count_ones()).sum::<u32>())
+        }
+        _ => "any".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,280 @@
+//! A set of policy documents: loading, selecting the ones that govern a
+//! workload, and checking the set as a whole.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    compile::{flatten, parse_bool, parse_mode},
+    diag::{Diagnostic, Diagnostics, Place},
+    model::{Policy, PolicyError},
+    tier::Tier,
+};
+
+/// What is known about a workload when choosing its policies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// cgroup path relative to the cgroup v2 mount, e.g. `system.slice/nginx.service`.
+    pub cgroup: Option<String>,
+    pub exe: Option<String>,
+    /// `sha3-256:<hex>`.
+    pub digest: Option<String>,
+    pub signer: Option<String>,
+    /// Matches every selector (compiling one policy on its own).
+    pub any: bool,
+}
+
+impl Workload {
+    pub fn any() -> Self {
+        Self { any: true, ..Self::default() }
+    }
+
+    pub fn cgroup(path: &str) -> Self {
+        Self { cgroup: Some(path.trim_matches('/').to_string()), ..Self::default() }
+    }
+}
+
+/// Policy documents, in load order.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub docs: Vec<Policy>,
+}
+
+fn cgroup_matches(pattern: &str, cgroup: &str) -> bool {
+    let pattern = pattern.trim_matches('/');
+    match pattern.strip_suffix("/*") {
+        Some(parent) => {
+            cgroup.strip_prefix(parent).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+        }
+        None => pattern == cgroup,
+    }
+}
+
+impl PolicySet {
+    /// A set from parsed documents; rejects duplicate policy and rule names.
+    pub fn from_docs(docs: Vec<Policy>) -> Result<Self, Diagnostics> {
+        let set = Self { docs };
+        let diags: Vec<Diagnostic> = set.name_clashes();
+        if diags.is_empty() { Ok(set) } else { Err(Diagnostics(diags)) }
+    }
+
+    /// Loads `*.yaml`/`*.yml` files and directories of them. Reports every
+    /// error of every file, not just the first.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, PolicyError> {
+        let mut files = Vec::new();
+        for p in paths {
+            if p.is_dir() {
+                let mut in_dir: Vec<PathBuf> = std::fs::read_dir(p)
+                    .map_err(|e| io_error(p, &e))?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                    .collect();
+                in_dir.sort();
+                files.extend(in_dir);
+            } else {
+                files.push(p.clone());
+            }
+        }
+        let mut docs = Vec::new();
+        let mut diags = Vec::new();
+        for f in &files {
+            let name = f.display().to_string();
+            match std::fs::read_to_string(f) {
+                Ok(text) => match Policy::parse_file(&text, &name) {
+                    Ok(mut d) => docs.append(&mut d),
+                    Err(PolicyError(Diagnostics(mut d))) => diags.append(&mut d),
+                },
+                Err(e) => diags.push(Place::new(&name, None, 0).error(e.to_string())),
+            }
+        }
+        if !diags.is_empty() {
+            return Err(PolicyError(Diagnostics(diags)));
+        }
+        Self::from_docs(docs).map_err(PolicyError)
+    }
+
+    fn name_clashes(&self) -> Vec<Diagnostic> {
+        let mut diags = Vec::new();
+        for (i, a) in self.docs.iter().enumerate() {
+            if let Some(b) = self.docs[..i].iter().find(|b| b.name() == a.name()) {
+                diags.push(a.place(&a.metadata.name).error(format!(
+                    "policy name {:?} is already used at {}",
+                    a.name(),
+                    b.place(&b.metadata.name)
+                )));
+            }
+        }
+        let (flat, mut flat_diags) = flatten(&self.docs);
+        diags.append(&mut flat_diags);
+        for (i, r) in flat.iter().enumerate() {
+            if let Some(prev) = flat[..i].iter().find(|p| p.name == r.name) {
+                diags.push(r.doc.place(r.rule.anchor()).error(format!(
+                    "rule name {:?} is already used at {}; rule names identify decisions and must be unique",
+                    r.name,
+                    prev.doc.place(prev.rule.anchor())
+                )));
+            }
+        }
+        diags
+    }
+
+    /// Whether `doc` governs `w`.
+    pub fn selects(doc: &Policy, w: &Workload) -> bool {
+        let Some(sel) = &doc.spec.selector else { return true };
+        if w.any {
+            return true;
+        }
+        let cat = |items: &[marked_yaml::Spanned<String>],
+                   value: &Option<String>,
+                   m: &dyn Fn(&str, &str) -> bool| {
+            items.is_empty() || value.as_deref().is_some_and(|v| items.iter().any(|i| m(i, v)))
+        };
+        cat(&sel.cgroups, &w.cgroup, &cgroup_matches)
+            && cat(&sel.executables, &w.exe, &|a, b| a == b)
+            && cat(&sel.digests, &w.digest, &|a, b| a == b)
+            && cat(&sel.signers, &w.signer, &|a, b| a == b)
+    }
+
+    /// The documents governing `w`, in load order.
+    pub fn selecting(&self, w: &Workload) -> Vec<&Policy> {
+        self.docs.iter().filter(|d| Self::selects(d, w)).collect()
+    }
+
+    /// The initial trust tier of `w`: what its policies say (they must
+    /// agree), `unknown` when none says.
+    pub fn initial_tier(&self, w: &Workload) -> Result<Tier, Diagnostics> {
+        let mut found: Option<(Tier, Place)> = None;
+        let mut diags = Vec::new();
+        for doc in self.selecting(w) {
+            let Some(t) = &doc.spec.trust else { continue };
+            let place = doc.place(t);
+            match t.parse::<Tier>() {
+                Ok(tier) => match &found {
+                    Some((prev, prev_place)) if *prev != tier => diags.push(place.error(format!(
+                        "trust {tier} conflicts with trust {prev} at {prev_place} for the same workload"
+                    ))),
+                    Some(_) => {}
+                    None => found = Some((tier, place)),
+                },
+                Err(e) => diags.push(place.error(e)),
+            }
+        }
+        if diags.is_empty() { Ok(found.map_or(Tier::Unknown, |(t, _)| t)) } else { Err(Diagnostics(diags)) }
+    }
+
+    /// Checks the whole set: every document at every tier (so escalation
+    /// rules are checked too), and every group of documents that can govern
+    /// the same workload together. Returns all findings.
+    pub fn check(&self) -> Vec<Diagnostic> {
+        let mut diags = self.name_clashes();
+        for doc in &self.docs {
+            if let Some(m) = &doc.spec.mode
+                && let Err(d) = parse_mode(doc, m)
+            {
+                diags.push(d);
+            }
+            if let Some(sp) = &doc.spec.self_protect
+                && let Err(d) = parse_bool(doc, sp)
+            {
+                diags.push(d);
+            }
+        }
+        // Groups: each distinct selector together with every unselective policy.
+        let mut groups: Vec<Vec<Policy>> = Vec::new();
+        let baseline: Vec<Policy> = self.docs.iter().filter(|d| d.spec.selector.is_none()).cloned().collect();
+        groups.push(baseline.clone());
+        for d in self.docs.iter().filter(|d| d.spec.selector.is_some()) {
+            let mut g = baseline.clone();
+            g.push(d.clone());
+            groups.push(g);
+        }
+        for g in groups.into_iter().filter(|g| !g.is_empty()) {
+            let set = Self { docs: g };
+            if let Err(mut d) = set.initial_tier(&Workload::any()) {
+                diags.append(&mut d.0);
+            }
+            for tier in Tier::ALL {
+                if let Err(PolicyError(mut d)) = set.compile_for(&Workload::any(), tier, 1) {
+                    diags.append(&mut d.0);
+                }
+            }
+        }
+        diags.sort_by(|a, b| {
+            (&a.file, a.line, a.column, &a.message).cmp(&(&b.file, b.line, b.column, &b.message))
+        });
+        diags.dedup();
+        diags
+    }
+}
+
+/// Which kernel backends can carry each operation class.
+pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
+    use forge_common::op;
+    match class {
+        op::EXEC => active.lsm || active.tracepoint,
+        op::FILE_READ | op::FILE_WRITE => active.lsm,
+        op::NET_CONNECT | op::NET_BIND => active.cgroup || active.lsm,
+        op::NET_SENDTO => active.cgroup,
+        op::SYSCALL => active.tracepoint,
+        _ => true,
+    }
+}
+
+impl PolicySet {
+    /// Rules (and deny defaults) that no backend available here can enforce:
+    /// warnings, or errors when `strict`.
+    pub fn check_backends(&self, active: &crate::ebpf::Active, strict: bool) -> Vec<Diagnostic> {
+        let (flat, _) = flatten(&self.docs);
+        let mut out = Vec::new();
+        let report = |place: Place, msg: String| if strict { place.error(msg) } else { place.warning(msg) };
+        for f in &flat {
+            for o in f.rule.op_list() {
+                if let Some(c) = super::compile::class(o)
+                    && !enforceable(c, active)
+                {
+                    out.push(report(
+                        f.doc.place(o),
+                        format!(
+                            "rule {:?}: no backend available on this host enforces {} (see `forge doctor`)",
+                            f.name,
+                            o.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        for doc in &self.docs {
+            for (name, action) in &doc.spec.defaults {
+                if action.as_str() == "deny"
+                    && let Some(c) = super::compile::class(name)
+                    && !enforceable(c, active)
+                {
+                    out.push(report(
+                        doc.place(action),
+                        format!("default deny for {name} cannot be enforced on this host"),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn io_error(p: &Path, e: &std::io::Error) -> PolicyError {
+    PolicyError(Diagnostics(vec![Place::new(&p.display().to_string(), None, 0).error(e.to_string())]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_patterns() {
+        assert!(cgroup_matches("system.slice/nginx.service", "system.slice/nginx.service"));
+        assert!(cgroup_matches("/kubepods/*", "kubepods/pod1"));
+        assert!(cgroup_matches("kubepods/*", "kubepods/pod1/ctr"));
+        assert!(!cgroup_matches("kubepods/*", "kubepods"));
+        assert!(!cgroup_matches("kubepods/*", "kubepodsx/a"));
+        assert!(!cgroup_matches("a", "a/b"));
+    }
+}
