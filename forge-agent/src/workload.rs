@@ -32,6 +32,9 @@ pub enum Action {
     Kill(u32, i32),
     /// ptrace(PTRACE_ATTACH, pid), detached again on success.
     PtraceAttach(u32),
+    /// `n` connects to an address that must be denied: succeeds only if
+    /// every one failed with EPERM (a hot-swap must never open a gap).
+    ConnectDeniedLoop(SocketAddr, u32),
 }
 
 impl fmt::Display for Action {
@@ -47,6 +50,7 @@ impl fmt::Display for Action {
             Self::Bpf => f.write_str("bpf"),
             Self::Kill(pid, sig) => write!(f, "kill {pid} {sig}"),
             Self::PtraceAttach(pid) => write!(f, "ptrace {pid}"),
+            Self::ConnectDeniedLoop(a, n) => write!(f, "connect-denied-loop {a} {n}"),
         }
     }
 }
@@ -82,6 +86,15 @@ impl FromStr for Action {
                 Self::Kill(p, sig)
             }
             "ptrace" => Self::PtraceAttach(pid(arg)?),
+            "connect-denied-loop" => {
+                let a = addr(arg)?;
+                let n = it
+                    .next()
+                    .ok_or("connect-denied-loop needs a count")?
+                    .parse()
+                    .map_err(|e| format!("bad count: {e}"))?;
+                Self::ConnectDeniedLoop(a, n)
+            }
             other => return Err(format!("unknown action {other:?}")),
         })
     }
@@ -117,6 +130,16 @@ pub fn perform(action: &Action) -> io::Result<()> {
         Action::Kill(pid, sig) => {
             // SAFETY: kill(2) has no memory arguments.
             errno_result(unsafe { libc::kill(*pid as i32, *sig) }.into())
+        }
+        Action::ConnectDeniedLoop(a, n) => {
+            for i in 0..*n {
+                match TcpStream::connect_timeout(a, Duration::from_secs(2)) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                    Ok(_) => return Err(io::Error::other(format!("connect {i} of {n} to {a} was allowed"))),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
         }
         Action::PtraceAttach(pid) => {
             // SAFETY: ptrace(2) attach/detach with null addr/data.
@@ -271,6 +294,7 @@ mod tests {
             "bpf",
             "kill 1 15",
             "ptrace 42",
+            "connect-denied-loop 127.0.0.1:80 100",
         ] {
             let a: Action = s.parse().unwrap();
             assert_eq!(a.to_string(), s);

@@ -129,6 +129,24 @@ impl Fixture {
         self.agent.as_mut().expect("agent present until drop")
     }
 
+    /// Compiles `yaml` and swaps it in for the fixture's cgroup; returns the
+    /// generation written.
+    pub fn swap(&mut self, yaml: &str) -> Result<(u64, CompiledRecord), Failed> {
+        let policy = Policy::from_yaml(yaml, "swap").map_err(fail)?;
+        let compiled = compile(&policy, "swap", 1).map_err(fail)?;
+        let agent = self.agent.as_mut().ok_or("no agent")?;
+        let generation = agent.writer.govern(&self.cgroup, &compiled).map_err(fail)?;
+        Ok((generation, compiled))
+    }
+
+    /// Starts `action` in a new process inside the cgroup without waiting.
+    pub fn start_inside(&self, action: &str) -> Result<std::process::Child, Failed> {
+        let a: Action = action.parse().map_err(|e: String| Failed::from(e))?;
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.env(ACTION_ENV, a.to_string());
+        spawn_in(&self.cgroup, &mut cmd).map_err(fail)
+    }
+
     /// Runs `action` in a new process inside the governed cgroup.
     pub fn inside(&self, action: &str) -> Result<Outcome, Failed> {
         self.inside_pid(action).map(|(_, o)| o)
