@@ -83,7 +83,7 @@ fn dpkg_installed(pkg: &str) -> bool {
 
 fn apt_lists_present() -> bool {
     std::fs::read_dir("/var/lib/apt/lists")
-        .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with("_Packages")))
+        .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains("_Packages")))
         .unwrap_or(false)
 }
 

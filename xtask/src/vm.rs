@@ -39,7 +39,10 @@ use anyhow::{Context as _, bail, ensure};
 
 /// Kernel series booted when none is named.
 pub(crate) const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
-/// QEMU CPU model; see the module docs of `qemu` and the measurements there.
+/// QEMU CPU model. Measured here (QEMU 7.2, TCG, this harness): 48 boots per
+/// kernel with `max` and 8–16 each with `qemu64`, `Haswell`, `Skylake-Client`
+/// all reached /init, loaded BPF-LSM programs and powered off; no early
+/// panic, and no model booted measurably faster. The retry stays in case.
 pub(crate) const DEFAULT_CPU: &str = "max";
 /// Boots tried before a kernel counts as failed to boot.
 const MAX_BOOT_ATTEMPTS: u32 = 2;
@@ -192,41 +195,30 @@ pub(crate) fn run_in_vm(
             echo,
         })?;
         let p = &result.parsed;
-        let Some(release) = p.release.clone() else {
-            let why = match (&p.panic, result.timed_out) {
-                (Some(panic), _) => format!("kernel panicked before /init: {panic}"),
-                (None, Some(t)) => t.to_owned(),
-                (None, None) => {
-                    format!("QEMU exited ({}) before /init started", result.qemu_status)
-                }
-            };
-            eprintln!(
-                "vm-test {label}: boot attempt {attempt} failed after {:.1} s: {why} (log {})",
-                result.seconds,
-                log.display()
-            );
-            failures.push(format!("attempt {attempt}: {why}"));
-            if attempt == MAX_BOOT_ATTEMPTS {
-                bail!(
-                    "{label}: no boot reached /init in {MAX_BOOT_ATTEMPTS} attempts ({}); last log {}:\n{}",
-                    failures.join("; "),
-                    log.display(),
-                    qemu::tail(&result.log, 30)
+        let (release, exit_code) = match markers::verdict(p, result.timed_out, &result.qemu_status) {
+            markers::Verdict::Ran { release, exit_code } => (release, exit_code),
+            markers::Verdict::NoBoot(why) => {
+                eprintln!(
+                    "vm-test {label}: boot attempt {attempt} failed after {:.1} s: {why} (log {})",
+                    result.seconds,
+                    log.display()
                 );
+                failures.push(format!("attempt {attempt}: {why}"));
+                if attempt == MAX_BOOT_ATTEMPTS {
+                    bail!(
+                        "{label}: no boot reached /init in {MAX_BOOT_ATTEMPTS} attempts ({}); last log {}:\n{}",
+                        failures.join("; "),
+                        log.display(),
+                        qemu::tail(&result.log, 30)
+                    );
+                }
+                continue;
             }
-            continue;
-        };
-        let Some(exit_code) = p.exit_code else {
-            let why = match (&p.panic, result.timed_out) {
-                (Some(panic), _) => format!("kernel panicked: {panic}"),
-                (None, Some(t)) => t.to_owned(),
-                (None, None) => format!("QEMU exited ({})", result.qemu_status),
-            };
-            bail!(
+            markers::Verdict::Died(why) => bail!(
                 "{label}: the binary started but no exit marker was seen: {why} (log {}):\n{}",
                 log.display(),
                 qemu::tail(&result.log, 30)
-            );
+            ),
         };
         if let Some(panic) = &p.panic {
             eprintln!("vm-test {label}: warning: kernel panic after the binary exited: {panic}");

@@ -26,6 +26,37 @@ pub(crate) struct Parsed {
     pub(crate) panic: Option<String>,
 }
 
+/// What one boot proved.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Verdict {
+    /// The binary ran to its end.
+    Ran { release: String, exit_code: i32 },
+    /// /init never started (early panic, QEMU died, boot timeout): boot again.
+    NoBoot(String),
+    /// The binary started but its end was not seen: a failure, never retried.
+    Died(String),
+}
+
+/// Judges a boot from its parsed log, the deadline that killed QEMU (if any)
+/// and QEMU's exit status.
+pub(crate) fn verdict(p: &Parsed, timed_out: Option<&str>, qemu_status: &str) -> Verdict {
+    let Some(release) = p.release.clone() else {
+        return Verdict::NoBoot(match (&p.panic, timed_out) {
+            (Some(panic), _) => format!("kernel panicked before /init: {panic}"),
+            (None, Some(t)) => t.to_owned(),
+            (None, None) => format!("QEMU exited ({qemu_status}) before /init started"),
+        });
+    };
+    match p.exit_code {
+        Some(exit_code) => Verdict::Ran { release, exit_code },
+        None => Verdict::Died(match (&p.panic, timed_out) {
+            (Some(panic), _) => format!("kernel panicked: {panic}"),
+            (None, Some(t)) => t.to_owned(),
+            (None, None) => format!("QEMU exited ({qemu_status})"),
+        }),
+    }
+}
+
 /// The value after `<marker> <nonce>` in `line`, if the line carries it.
 pub(crate) fn value<'a>(line: &'a str, marker: &str, nonce: &str) -> Option<&'a str> {
     let tag = format!("{marker} {nonce}");
@@ -148,6 +179,34 @@ mod tests {
         let p = parse(&log, N);
         assert_eq!(p.exit_code, None);
         assert_eq!(p.output, "started\n");
+    }
+
+    #[test]
+    fn verdicts() {
+        let panic = "[ 0.5] Kernel panic - not syncing: x";
+        let p = parse(&format!("{panic}\n"), N);
+        assert_eq!(
+            verdict(&p, None, "exit status: 0"),
+            Verdict::NoBoot(format!("kernel panicked before /init: {panic}"))
+        );
+        let p = parse("SeaBIOS\n", N);
+        assert_eq!(
+            verdict(&p, Some("boot timeout"), "signal: 9"),
+            Verdict::NoBoot("boot timeout".to_owned())
+        );
+        assert_eq!(
+            verdict(&p, None, "exit status: 1"),
+            Verdict::NoBoot("QEMU exited (exit status: 1) before /init started".to_owned())
+        );
+        let p = parse(&format!("{START} {N} r\n{RUN} {N}\nhalf\n"), N);
+        assert_eq!(verdict(&p, Some("run timeout"), "signal: 9"), Verdict::Died("run timeout".to_owned()));
+        let p = parse(&format!("{START} {N} r\n{RUN} {N}\n{panic}\n"), N);
+        assert_eq!(verdict(&p, None, "exit status: 0"), Verdict::Died(format!("kernel panicked: {panic}")));
+        let p = parse(&format!("{START} {N} r\n{RUN} {N}\n{EXIT} {N} 101\n"), N);
+        assert_eq!(
+            verdict(&p, Some("run timeout"), "signal: 9"),
+            Verdict::Ran { release: "r".to_owned(), exit_code: 101 }
+        );
     }
 
     #[test]
