@@ -2,6 +2,7 @@
 //! decision events. The `forge` binary is a thin command line over it.
 
 pub mod agent;
+pub mod api;
 pub mod cgroup;
 pub mod doctor;
 pub mod ebpf;

@@ -6,6 +6,7 @@
 //! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`.
 
 mod agent_restart;
+mod api;
 mod hotswap;
 mod lsm;
 mod net;
@@ -44,6 +45,7 @@ fn main() {
         trial("process_events_exec_and_exit", &["tracepoint"], process::process_events),
         trial("pinned_state_survives_agent_sigkill", &["cgroup"], agent_restart::survives_sigkill),
         trial("hot_swap_never_mixes_generations_or_opens_a_gap", &["cgroup"], hotswap::hot_swap),
+        trial("policy_apply_through_the_api", &["cgroup"], api::apply_through_api),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),
         trial("lsm_file_open_deny_resolves_paths", &["lsm"], lsm::file_open),
         trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),

@@ -9,7 +9,10 @@ mod run;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use forge_agent::ebpf::{Pins, Want, pins::DEFAULT_ROOT};
+use forge_agent::{
+    api::Request,
+    ebpf::{Pins, Want, pins::DEFAULT_ROOT},
+};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +60,32 @@ enum Command {
     },
     /// Remove all pinned ForgeOne state: enforcement ends for every cgroup.
     Reset(PinArgs),
+    /// Ask the running agent for its state: backends, governed workloads, counters.
+    Status {
+        #[command(flatten)]
+        socket: SocketArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running agent to govern a cgroup with what its policy set says.
+    Govern {
+        cgroup: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Ask the running agent to stop governing a cgroup.
+    Ungovern {
+        cgroup: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SocketArgs {
+    /// The agent's API socket.
+    #[arg(long, default_value = forge_agent::api::DEFAULT_SOCKET)]
+    pub(crate) socket: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +144,9 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Agent { command: AgentCommand::Run(a) } => run::run(&a),
         Command::Policy { command } => policy::run(&command),
         Command::Reset(a) => reset(&a),
+        Command::Status { socket, json } => call(&socket, &Request::Status, json),
+        Command::Govern { cgroup, socket } => call(&socket, &Request::Govern { cgroup }, true),
+        Command::Ungovern { cgroup, socket } => call(&socket, &Request::Ungovern { cgroup }, true),
     };
     match result {
         Ok(code) => code,
@@ -123,6 +155,43 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One API call; prints the result (JSON, or a short text form for status).
+pub(crate) fn call(socket: &SocketArgs, req: &Request, json: bool) -> anyhow::Result<ExitCode> {
+    let v = match forge_agent::api::client::call(&socket.socket, req) {
+        Ok(v) => v,
+        Err(forge_agent::api::client::ClientError::Api(e)) => {
+            eprintln!("forge: the agent refused ({:?}): {}", e.code, e.message);
+            for d in e.details.as_ref().and_then(|d| d.as_array()).into_iter().flatten() {
+                eprintln!(
+                    "  {}:{}:{}: {}: {}",
+                    d["file"].as_str().unwrap_or("?"),
+                    d["line"],
+                    d["column"],
+                    d["severity"].as_str().unwrap_or("error"),
+                    d["message"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json || !matches!(req, Request::Status) {
+        print_json(&v)?;
+    } else {
+        println!("agent pid {} (adopted pinned state: {})", v["pid"], v["adopted"]);
+        println!("backends: {}", v["backends"]);
+        for g in v["governed"].as_array().into_iter().flatten() {
+            println!(
+                "governed {} (id {}): policies {}, tier {}, generation {}",
+                g["cgroup"], g["id"], g["policies"], g["tier"], g["generation"]
+            );
+        }
+        println!("ring drops: {}, undecodable events: {}", v["ring_drops"], v["decode_errors"]);
+        println!("events by hook: {}", v["events_by_hook"]);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn reset(a: &PinArgs) -> anyhow::Result<ExitCode> {

@@ -24,6 +24,14 @@ pub(crate) enum PolicyCommand {
     },
     /// Show what a workload's record would be: what would be written to the maps.
     Compile(CompileArgs),
+    /// Replace the running agent's policy set atomically (all governed workloads
+    /// are recompiled and swapped, or nothing changes).
+    Apply {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        socket: super::SocketArgs,
+    },
     /// Show what changes in a workload's record between two policy sets.
     Diff {
         old: PathBuf,
@@ -60,6 +68,10 @@ pub(crate) struct CompileArgs {
 pub(crate) fn run(cmd: &PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { paths, host, strict, json } => check(paths, *host, *strict, *json),
+        PolicyCommand::Apply { paths, socket } => {
+            let documents = super::run::read_documents(paths)?;
+            super::call(socket, &forge_agent::api::Request::PolicyApply { documents }, true)
+        }
         PolicyCommand::Compile(a) => {
             let set = PolicySet::load(&a.paths)?;
             let c = compile_target(&set, &a.target)?;

@@ -1,14 +1,18 @@
-//! `forge agent run`.
+//! `forge agent run`: the daemon.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Args;
 use forge_agent::{
     agent::{Agent, AgentOptions},
-    cgroup::Cgroup,
+    api::{
+        self,
+        daemon::{self, Daemon},
+        protocol::Document,
+        server,
+    },
     explain::explain,
-    policy::{CompiledRecord, Policy, compile},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -20,10 +24,16 @@ pub(crate) struct RunArgs {
     pins: PinArgs,
     #[command(flatten)]
     backends: BackendArgs,
-    /// Govern a cgroup with a policy file: `CGROUP=POLICY.yaml` (CGROUP is
-    /// relative to the cgroup v2 mount, or absolute). Repeatable.
-    #[arg(long, value_name = "CGROUP=POLICY")]
+    /// Policy files or directories (the initial policy set; `forge policy apply` replaces it).
+    #[arg(long = "policy", value_name = "PATH")]
+    policies: Vec<PathBuf>,
+    /// Govern this cgroup (relative to the cgroup v2 mount, or absolute; created if missing)
+    /// with what the policy set says for it. Repeatable.
+    #[arg(long, value_name = "CGROUP")]
     govern: Vec<String>,
+    /// The API socket.
+    #[arg(long, default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
     /// Print decision events as JSON lines on stdout.
     #[arg(long)]
     json: bool,
@@ -34,19 +44,35 @@ pub(crate) fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(agent(a))
 }
 
-async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
-    let mut compiled: Vec<(Cgroup, CompiledRecord)> = Vec::new();
-    for spec in &a.govern {
-        let (cg, file) =
-            spec.split_once('=').with_context(|| format!("--govern {spec:?}: expected CGROUP=POLICY"))?;
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-        let policy = Policy::from_yaml(&text, file)?;
-        let c = compile(&policy, file, 1)?;
-        let cgroup = Cgroup::resolve(cg).or_else(|_| Cgroup::create(cg))?;
-        compiled.push((cgroup, c));
+/// Reads policy files (and directories of `*.yaml`) as API documents.
+pub(crate) fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            files.push(p.clone());
+        }
     }
-    let mut agent =
-        Agent::start(&AgentOptions { pin_root: a.pins.pin_root.clone(), want: a.backends.want() })?;
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            Ok(Document { name: f.display().to_string(), text })
+        })
+        .collect()
+}
+
+async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let documents = read_documents(&a.policies)?;
+    let agent = Agent::start(&AgentOptions { pin_root: a.pins.pin_root.clone(), want: a.backends.want() })?;
     let h = agent.writer.handles();
     tracing::info!(
         adopted = h.adopted,
@@ -55,29 +81,32 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         tracepoint = h.active.tracepoint,
         "agent started"
     );
-    for (cgroup, c) in &compiled {
-        agent.writer.govern(cgroup, c)?;
+    let mut daemon = Daemon::new(agent, documents).map_err(|e| {
+        anyhow::anyhow!("{}\n{}", e.message, e.details.map(|d| d.to_string()).unwrap_or_default())
+    })?;
+    for cg in &a.govern {
+        daemon.govern(cg).map_err(|e| anyhow::anyhow!("--govern {cg}: {}", e.message))?;
     }
+    let listener = server::bind(&a.socket).with_context(|| format!("binding {}", a.socket.display()))?;
+    tracing::info!(socket = %a.socket.display(), "API listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut batch = Vec::new();
-    loop {
+    let shutdown = async move {
         tokio::select! {
-            r = agent.events.read_batch(&mut batch) => {
-                r.context("reading events")?;
-                for ev in batch.drain(..) {
-                    let rec = compiled.iter().find(|(cg, _)| cg.id == ev.cgroup_id).map(|(_, c)| c);
-                    if a.json {
-                        println!("{}", serde_json::to_string(&explain(&ev, rec))?);
-                    } else {
-                        println!("{}", explain(&ev, rec));
-                    }
-                }
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
+    };
+    let json = a.json;
+    daemon::run(&mut daemon, listener, shutdown, |d, ev| {
+        let e = explain(&ev, d.compiled_for(ev.cgroup_id));
+        tracing::debug!(event = %ev, "decision");
+        let line = if json { serde_json::to_string(&e).unwrap_or_default() } else { e.to_string() };
+        println!("{line}");
+    })
+    .await
+    .context("reading events")?;
+    let _ = std::fs::remove_file(&a.socket);
     eprintln!(
         "forge: stopping; enforcement stays pinned under {} (fail-closed). `forge reset` removes it.",
         a.pins.pin_root.display()

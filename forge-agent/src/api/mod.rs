@@ -1,0 +1,12 @@
+//! The agent's local API: JSON lines over a unix socket (mode 0600, root).
+//! Reference: docs/api.md.
+
+pub mod client;
+pub mod daemon;
+pub mod protocol;
+pub mod server;
+
+pub use protocol::{ApiError, ErrorCode, Request, Response};
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/forge/agent.sock";

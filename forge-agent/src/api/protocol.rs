@@ -1,0 +1,149 @@
+//! Requests and responses. One JSON object per line each way.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request line accepted (bytes).
+pub const MAX_REQUEST: usize = 4 << 20;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Backends, governed workloads, counters.
+    Status,
+    /// Replace the policy set atomically: every governed workload is
+    /// recompiled and swapped, or nothing changes.
+    PolicyApply { documents: Vec<Document> },
+    /// The policy documents in force.
+    PolicyGet,
+    /// Start governing a cgroup (relative to the cgroup v2 mount, or absolute).
+    Govern { cgroup: String },
+    /// Stop governing a cgroup.
+    Ungovern { cgroup: String },
+}
+
+/// A policy document as text, with the name errors should cite.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Document {
+    pub name: String,
+    pub text: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, unknown method, bad or missing parameters, too large.
+    BadRequest,
+    /// The policy set does not validate; `details` lists the diagnostics.
+    InvalidPolicy,
+    NotFound,
+    /// The kernel refused an update; the previous state is kept.
+    Kernel,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), details: None }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Response {
+    Ok { ok: bool, result: serde_json::Value },
+    Err { ok: bool, error: ApiError },
+}
+
+impl Response {
+    pub fn ok(result: serde_json::Value) -> Self {
+        Self::Ok { ok: true, result }
+    }
+
+    pub fn err(error: ApiError) -> Self {
+        Self::Err { ok: false, error }
+    }
+
+    pub fn into_result(self) -> Result<serde_json::Value, ApiError> {
+        match self {
+            Self::Ok { result, .. } => Ok(result),
+            Self::Err { error, .. } => Err(error),
+        }
+    }
+}
+
+/// Parses one request line; every failure is a `BadRequest` saying why.
+pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
+    if line.len() > MAX_REQUEST {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("request of {} bytes exceeds {MAX_REQUEST}", line.len()),
+        ));
+    }
+    serde_json::from_slice(line)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Status,
+            Request::PolicyGet,
+            Request::Govern { cgroup: "web/a".into() },
+            Request::PolicyApply { documents: vec![Document { name: "a.yaml".into(), text: "x".into() }] },
+        ] {
+            let line = serde_json::to_vec(&r).unwrap();
+            assert_eq!(parse_request(&line).unwrap(), r);
+        }
+        assert_eq!(parse_request(br#"{"method":"status"}"#).unwrap(), Request::Status);
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"method\":\"fly\"}",
+            b"{\"method\":\"govern\"}",
+            b"{\"method\":\"govern\",\"params\":{\"cgroup\":1}}",
+            b"\xff\xfe",
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad:?}");
+            assert!(e.message.starts_with("bad request:"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let seeds: [&[u8]; 3] = [
+            br#"{"method":"policy_apply","params":{"documents":[{"name":"a","text":"b"}]}}"#,
+            br#"{"method":"govern","params":{"cgroup":"x"}}"#,
+            br#"{"method":"status"}"#,
+        ];
+        for round in 0..20_000 {
+            let mut line = seeds[round % seeds.len()].to_vec();
+            for _ in 0..3 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let i = (state as usize) % line.len();
+                line[i] = (state >> 32) as u8;
+            }
+            let _ = parse_request(&line);
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The daemon's local API on a real unix socket: a policy set applied
+//! through it takes effect at once, a bad set or a bad request changes
+//! nothing and gets a clear error, and the daemon keeps answering.
+
+use std::{io::Write as _, path::PathBuf};
+
+use forge_agent::{
+    agent::{Agent, AgentOptions},
+    api::{
+        ErrorCode, Request,
+        client::{ClientError, call},
+        daemon::{self, Daemon},
+        protocol::Document,
+        server,
+    },
+    cgroup::Cgroup,
+    ebpf::{Pins, Want},
+    workload::{Action, Outcome, run_action_in},
+};
+use forge_tests::{EPERM, check, expect, fail};
+use libtest_mimic::Failed;
+
+use crate::listener;
+
+fn doc(name: &str, deny_port: u16) -> Document {
+    Document {
+        name: format!("{name}.yaml"),
+        text: format!(
+            "apiVersion: forgeone.dev/v1alpha1
+kind: Policy
+metadata: {{name: {name}}}
+spec:
+  selector: {{cgroups: [forge-test/*]}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  rules:
+    - {{name: {name}-deny, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {deny_port}}}
+"
+        ),
+    }
+}
+
+pub(crate) fn apply_through_api() -> Result<(), Failed> {
+    let p = listener("127.0.0.1:0")?;
+    let q = listener("127.0.0.1:0")?;
+    let id = std::process::id();
+    let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{id}-api"));
+    let socket = PathBuf::from(format!("/tmp/forge-test-{id}-api/agent.sock"));
+    let cg_name = format!("forge-test/{id}-api");
+    let cgroup = Cgroup::create(&cg_name).map_err(fail)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (pins, sock, cg) = (pin_root.clone(), socket.clone(), cg_name.clone());
+    let daemon_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let started = (|| {
+                let agent = Agent::start(&AgentOptions {
+                    pin_root: pins,
+                    want: Want { cgroup: Some(true), ..Want::default() },
+                })
+                .map_err(|e| e.to_string())?;
+                let mut d = Daemon::new(agent, vec![doc("api-a", p.port())]).map_err(|e| e.message)?;
+                d.govern(&cg).map_err(|e| e.message)?;
+                let l = server::bind(&sock).map_err(|e| e.to_string())?;
+                Ok::<_, String>((d, l))
+            })();
+            match started {
+                Ok((mut d, l)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = daemon::run(&mut d, l, async { drop(stop_rx.await) }, |_, _| {}).await;
+                    let _ = d.agent.remove_pins();
+                }
+                Err(e) => drop(ready_tx.send(Err(e))),
+            }
+        });
+    });
+    let result = (|| {
+        ready_rx.recv().map_err(fail)?.map_err(Failed::from)?;
+        scenario(&socket, &cgroup, p, q)
+    })();
+    let _ = stop_tx.send(());
+    let _ = daemon_thread.join();
+    let _ = Pins::new(&pin_root).remove_all();
+    let _ = std::fs::remove_dir_all(socket.parent().expect("socket dir"));
+    let _ = cgroup.destroy();
+    result
+}
+
+fn scenario(
+    socket: &std::path::Path,
+    cgroup: &Cgroup,
+    p: std::net::SocketAddr,
+    q: std::net::SocketAddr,
+) -> Result<(), Failed> {
+    let exe = std::env::current_exe().map_err(fail)?;
+    let connect = |a| run_action_in(cgroup, &exe, &Action::Connect(a)).map_err(fail);
+    expect("connect to P under policy A", connect(p)?, EPERM)?;
+    expect("connect to Q under policy A", connect(q)?, Outcome::Ok)?;
+
+    // A set with an error: refused with the place of the error; A stays in force.
+    let mut bad = doc("api-b", q.port());
+    bad.text = bad.text.replace("net.connect", "net.konnect");
+    match call(socket, &Request::PolicyApply { documents: vec![bad] }) {
+        Err(ClientError::Api(e)) => {
+            check!(e.code == ErrorCode::InvalidPolicy, "code {:?}", e.code);
+            let details = e.details.map(|d| d.to_string()).unwrap_or_default();
+            check!(
+                details.contains("api-b.yaml")
+                    && details.contains("\"line\":8")
+                    && details.contains("net.konnect"),
+                "details {details}"
+            );
+        }
+        other => return Err(format!("a bad set was not refused: {other:?}").into()),
+    }
+    expect("connect to P after the refused set", connect(p)?, EPERM)?;
+
+    // Not JSON, unknown method: errors, and the daemon keeps serving.
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(fail)?;
+    s.write_all(b"this is not json\n{\"method\":\"fly\"}\n").map_err(fail)?;
+    let mut answers = String::new();
+    for _ in 0..2 {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut answers).map_err(fail)?;
+    }
+    check!(answers.matches("\"bad_request\"").count() == 2, "answers to bad requests: {answers}");
+
+    // The good set B: swapped in at once.
+    let r = call(socket, &Request::PolicyApply { documents: vec![doc("api-b", q.port())] }).map_err(fail)?;
+    check!(r["swapped"].as_array().is_some_and(|a| a.len() == 1), "apply result {r}");
+    expect("connect to P under policy B", connect(p)?, Outcome::Ok)?;
+    expect("connect to Q under policy B", connect(q)?, EPERM)?;
+    let status = call(socket, &Request::Status).map_err(fail)?;
+    check!(status["governed"][0]["policies"] == "api-b", "status {status}");
+    Ok(())
+}
