@@ -1,6 +1,7 @@
 //! `cargo xtask`: install the toolchain, build, test, demo, VM tests, benchmarks.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "xtask is a command-line tool: its output is the interface")]
 
+mod bench;
 mod setup;
 mod test;
 mod vm;
@@ -26,6 +27,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// Run the privileged test binary inside QEMU guests booted with BPF LSM.
     VmTest(vm::VmTestArgs),
+    /// Run every benchmark and write target/bench/report.md (root, for the kernel overhead).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Cmd::Demo => test::demo(),
         Cmd::Test(args) => test::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,185 @@
+//! Kernel overhead: the same syscall-heavy loops run
+//!   A. with no ForgeOne programs loaded,
+//!   B. ungoverned, with the agent loaded and a 100-rule policy governing
+//!      another cgroup (so every hook, including raw_tp/sys_enter, is attached),
+//!   C. governed by that 100-rule policy (rules that do not deny the loop).
+//! Each configuration runs REPEATS times, interleaved; the report gives the
+//! median ns/op with min and max, and B/A and C/A as ratios from the same run.
+//! Needs root. `cargo xtask bench` runs it; alone: `cargo bench -p forge-tests --bench kernel`.
+#![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
+
+use std::{
+    fmt::Write as _,
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Instant,
+};
+
+use forge_agent::{
+    agent::{Agent, AgentOptions},
+    cgroup::Cgroup,
+    ebpf::{Pins, Want},
+    policy::{Policy, compile},
+    workload::spawn_in,
+};
+
+const REPEATS: usize = 7;
+const LOOP_ENV: &str = "FORGE_KBENCH_LOOP";
+
+struct Loop {
+    name: &'static str,
+    iterations: u32,
+}
+
+const LOOPS: [Loop; 3] = [
+    Loop { name: "open+close", iterations: 200_000 },
+    Loop { name: "tcp connect (loopback)", iterations: 2_000 },
+    Loop { name: "fork+exec /bin/true", iterations: 300 },
+];
+
+/// In the child: run one loop and print ns per operation.
+fn run_loop(spec: &str) -> ! {
+    let mut it = spec.split(':');
+    let which: usize = it.next().and_then(|s| s.parse().ok()).expect("loop index");
+    let n: u32 = it.next().and_then(|s| s.parse().ok()).expect("iterations");
+    let port: u16 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let start = Instant::now();
+    for _ in 0..n {
+        match which {
+            0 => drop(std::fs::File::open("/etc/hostname").expect("open /etc/hostname")),
+            1 => drop(TcpStream::connect(("127.0.0.1", port)).expect("connect to the bench listener")),
+            _ => {
+                let st = Command::new("/bin/true").status().expect("exec /bin/true");
+                assert!(st.success());
+            }
+        }
+    }
+    println!("{}", start.elapsed().as_nanos() / u128::from(n));
+    std::process::exit(0);
+}
+
+fn policy_100() -> String {
+    let mut s = String::from(
+        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: bench-100}\nspec:\n  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}\n  rules:\n",
+    );
+    for i in 0..16 {
+        let _ = writeln!(
+            s,
+            "    - {{name: net{i}, op: net.connect, action: deny, cidrs: [10.{i}.0.0/16], ports: \"1-1024\"}}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "    - {{name: sys, op: syscall, action: deny, syscalls: [ptrace, kexec_load, init_module, finit_module, delete_module]}}"
+    );
+    for i in 0..83 {
+        let _ = writeln!(
+            s,
+            "    - {{name: path{i}, op: {}, action: deny, paths: [/opt/denied{i}/]}}",
+            ["exec", "file.read", "file.write"][i % 3]
+        );
+    }
+    s
+}
+
+fn measure(exe: &std::path::Path, cgroup: Option<&Cgroup>, which: usize, n: u32, port: u16) -> f64 {
+    let mut cmd = Command::new(exe);
+    cmd.env(LOOP_ENV, format!("{which}:{n}:{port}")).stdout(std::process::Stdio::piped());
+    let child = match cgroup {
+        Some(cg) => spawn_in(cg, &mut cmd).expect("spawn in cgroup"),
+        None => cmd.spawn().expect("spawn"),
+    };
+    let out = child.wait_with_output().expect("loop output");
+    assert!(out.status.success(), "loop {which} failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("ns per op")
+}
+
+fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(LOOP_ENV) {
+        run_loop(&spec);
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        println!("kernel overhead benchmark: SKIPPED (needs root)");
+        return;
+    }
+    let exe = std::env::current_exe().expect("exe");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let id = std::process::id();
+    let pin_root = format!("/sys/fs/bpf/forge-bench-{id}");
+    let governed = Cgroup::create(&format!("forge-bench/{id}-governed")).expect("cgroup");
+    let other = Cgroup::create(&format!("forge-bench/{id}-other")).expect("cgroup");
+    let compiled = compile(&Policy::from_yaml(&policy_100(), "bench-100").expect("policy"), "bench-100", 1)
+        .expect("compile");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let _guard = rt.enter();
+
+    // samples[loop][config] = ns/op per repeat
+    let mut samples = vec![vec![Vec::new(); 3]; LOOPS.len()];
+    let mut backends = String::new();
+    for rep in 0..REPEATS {
+        for config in [(rep) % 3, (rep + 1) % 3, (rep + 2) % 3] {
+            let agent = (config > 0).then(|| {
+                let mut a =
+                    Agent::start(&AgentOptions { pin_root: pin_root.clone().into(), want: Want::default() })
+                        .expect("agent");
+                a.writer.govern(&governed, &compiled).expect("govern");
+                if config == 1 {
+                    // Ungoverned run: the policy governs another cgroup.
+                    a.writer.govern(&other, &compiled).expect("govern other");
+                    a.writer.ungovern(governed.id).expect("ungovern");
+                }
+                backends = format!("{:?}", a.writer.handles().active);
+                a
+            });
+            for (i, l) in LOOPS.iter().enumerate() {
+                let cg = (config == 2).then_some(&governed);
+                samples[i][config].push(measure(&exe, cg, i, l.iterations, port));
+            }
+            if let Some(a) = agent {
+                a.remove_pins().expect("remove pins");
+            }
+        }
+    }
+    let _ = Pins::new(&pin_root).remove_all();
+    let _ = governed.destroy();
+    let _ = other.destroy();
+
+    println!("## Kernel overhead (ns per operation, {REPEATS} repeats: median [min-max])\n");
+    println!(
+        "Backends with the agent loaded: {backends}. 100-rule policy: 16 net, 1 syscall list, 83 path rules.\n"
+    );
+    println!("| loop | A: no agent | B: agent, ungoverned | C: governed, 100 rules | B/A | C/A |");
+    println!("|---|---|---|---|---|---|");
+    for (i, l) in LOOPS.iter().enumerate() {
+        let [a, b, c] = [0, 1, 2].map(|k| stats(&mut samples[i][k]));
+        println!(
+            "| {} | {:.0} [{:.0}-{:.0}] | {:.0} [{:.0}-{:.0}] | {:.0} [{:.0}-{:.0}] | {:.3} | {:.3} |",
+            l.name,
+            a.1,
+            a.0,
+            a.2,
+            b.1,
+            b.0,
+            b.2,
+            c.1,
+            c.0,
+            c.2,
+            b.1 / a.1,
+            c.1 / a.1
+        );
+    }
+}
