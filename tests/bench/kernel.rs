@@ -130,6 +130,7 @@ fn main() {
     // samples[loop][config] = ns/op per repeat
     let mut samples = vec![vec![Vec::new(); 3]; LOOPS.len()];
     let mut backends = String::new();
+    let mut swaps: Vec<f64> = Vec::new();
     for rep in 0..REPEATS {
         for config in [(rep) % 3, (rep + 1) % 3, (rep + 2) % 3] {
             let agent = (config > 0).then(|| {
@@ -149,7 +150,15 @@ fn main() {
                 let cg = (config == 2).then_some(&governed);
                 samples[i][config].push(measure(&exe, cg, i, l.iterations, port));
             }
-            if let Some(a) = agent {
+            if let Some(mut a) = agent {
+                if config == 2 {
+                    // Apply latency: a whole-record swap for one governed cgroup.
+                    for _ in 0..50 {
+                        let t = Instant::now();
+                        a.writer.govern(&governed, &compiled).expect("swap");
+                        swaps.push(t.elapsed().as_nanos() as f64);
+                    }
+                }
                 a.remove_pins().expect("remove pins");
             }
         }
