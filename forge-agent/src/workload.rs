@@ -21,7 +21,8 @@ pub enum Action {
     Connect(SocketAddr),
     Bind(SocketAddr),
     SendTo(SocketAddr),
-    /// A syscall by name: `unshare` (CLONE_NEWUTS), `ptrace` (PTRACE_TRACEME), `getppid`.
+    /// A syscall by name: `unshare` (CLONE_NEWUTS), `ptrace` (PTRACE_TRACEME), `getppid`,
+    /// `setns` (on fd -1: EBADF), `getpgrp`, `getsid`, `sched_yield`, `getuid`, `getpriority`.
     Syscall(String),
     Exec(String),
     OpenRead(String),
@@ -160,6 +161,13 @@ fn syscall(name: &str) -> io::Result<()> {
             "ptrace" => libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
             "getppid" => libc::syscall(libc::SYS_getppid),
             "setns" => libc::syscall(libc::SYS_setns, -1, 0),
+            // Harmless calls the process does not make while starting up, so
+            // a test may deny them without killing its workload early.
+            "getpgrp" => libc::syscall(libc::SYS_getpgrp),
+            "getsid" => libc::syscall(libc::SYS_getsid, 0),
+            "sched_yield" => libc::syscall(libc::SYS_sched_yield),
+            "getuid" => libc::syscall(libc::SYS_getuid),
+            "getpriority" => libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, 0),
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -257,6 +265,35 @@ pub fn run_action_in(cgroup: &Cgroup, exe: &std::path::Path, action: &Action) ->
     Ok(Outcome::from_status(status))
 }
 
+/// Starts `exe` outside `cgroup`, moves the running process into it, then
+/// lets it perform `action`: a workload that was already running (past its
+/// exec) when its cgroup became governed.
+pub fn run_action_moved_in(cgroup: &Cgroup, exe: &std::path::Path, action: &Action) -> io::Result<Outcome> {
+    use std::io::{Read as _, Write as _};
+    let mut child = Command::new(exe)
+        .env(ACTION_ENV, action.to_string())
+        .env(WAIT_ENV, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Wait for the child to say it runs (it has exec'd) before moving it.
+    let mut ready = [0u8; 1];
+    child.stdout.take().ok_or_else(|| io::Error::other("child stdout"))?.read_exact(&mut ready)?;
+    let moved = cgroup.add_pid(child.id()).map_err(io::Error::other);
+    let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("child stdin"))?;
+    if let Err(e) = moved {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    stdin.write_all(b"go")?;
+    drop(stdin);
+    Ok(Outcome::from_status(child.wait()?))
+}
+
+/// Set by [`run_action_moved_in`]: wait for a byte on stdin before acting.
+const WAIT_ENV: &str = "FORGE_WORKLOAD_WAIT";
+
 /// Runs `action` in a new process outside any governed cgroup.
 pub fn run_action(exe: &std::path::Path, action: &Action) -> io::Result<Outcome> {
     let status = Command::new(exe).env(ACTION_ENV, action.to_string()).status()?;
@@ -270,6 +307,12 @@ pub const ACTION_ENV: &str = "FORGE_WORKLOAD_ACTION";
 /// process was started to perform an action, perform it and exit.
 pub fn maybe_perform_from_env() {
     let Ok(spec) = std::env::var(ACTION_ENV) else { return };
+    if std::env::var_os(WAIT_ENV).is_some() {
+        use std::io::{Read as _, Write as _};
+        let _ = io::stdout().write_all(b"r").and_then(|()| io::stdout().flush());
+        let mut b = [0u8; 1];
+        let _ = io::stdin().read(&mut b);
+    }
     let code = match spec.parse::<Action>() {
         Ok(action) => exit_code(&perform(&action)),
         Err(_) => 254,
