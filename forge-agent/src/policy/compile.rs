@@ -79,6 +79,18 @@ pub struct CompiledRecord {
     pub active_rules: Vec<u32>,
     /// Where each class's default came from (`None`: nobody said; zero trust).
     pub default_sources: [Option<String>; op::COUNT],
+    /// The host-call gate of Wasm capsules: files and network are decided by
+    /// `eval::evaluate` on this same record; the rest is here.
+    pub capsule: CapsuleGate,
+}
+
+/// Capsule host facilities without a kernel operation class.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CapsuleGate {
+    /// Environment variables a capsule may read.
+    pub env: std::collections::BTreeSet<String>,
+    pub clock: bool,
+    pub random: bool,
 }
 
 impl CompiledRecord {
@@ -442,6 +454,8 @@ impl PolicySet {
         };
         b.diags.append(&mut flat_diags);
         let mut modes = Vec::new();
+        let mut capsule = CapsuleGate::default();
+        let (mut clock, mut random): (Option<bool>, Option<bool>) = (None, None);
         let mut self_protect = true;
         let mut quarantine = false;
         for doc in &selected {
@@ -456,6 +470,18 @@ impl PolicySet {
                 }
             }
             b.merge_defaults(doc, &doc.spec.defaults);
+            if let Some(cap) = &doc.spec.capsule {
+                capsule.env.extend(cap.env.iter().map(|e| e.to_string()));
+                for (field, slot) in [(&cap.clock, &mut clock), (&cap.random, &mut random)] {
+                    if let Some(v) = field {
+                        match parse_action(doc, v) {
+                            // A deny anywhere wins.
+                            Ok(a) => *slot = Some(slot.unwrap_or(true) && a == verdict::ALLOW),
+                            Err(d) => b.diags.push(d),
+                        }
+                    }
+                }
+            }
             for (tier_name, esc) in &doc.spec.escalation {
                 let Ok(t) = tier_name.parse::<Tier>() else { continue };
                 if tier.at_or_below(t) {
@@ -573,6 +599,11 @@ impl PolicySet {
             rules,
             active_rules: b.active_rules,
             default_sources,
+            capsule: CapsuleGate {
+                clock: clock.unwrap_or(false),
+                random: random.unwrap_or(false),
+                ..capsule
+            },
         })
     }
 }
@@ -743,6 +774,20 @@ mod tests {
         assert_eq!(compromised.paths.len(), 1, "suspicious restrictions also apply below");
         // Rule ids do not depend on the tier.
         assert_eq!(suspicious.paths[0].rule.rule_id, compromised.paths[0].rule.rule_id);
+    }
+
+    #[test]
+    fn capsule_gate_composes_with_deny_winning() {
+        let s = set(&[
+            ("a", "  capsule: {env: [LANG], clock: allow, random: allow}\n"),
+            ("b", "  capsule: {env: [HOME], random: deny}\n"),
+        ]);
+        let c = s.compile_for(&Workload::any(), Tier::Unknown, 1).unwrap();
+        assert_eq!(c.capsule.env.iter().map(String::as_str).collect::<Vec<_>>(), vec!["HOME", "LANG"]);
+        assert!(c.capsule.clock);
+        assert!(!c.capsule.random, "a deny anywhere wins");
+        let none = set(&[("c", "  defaults: {}\n")]).compile_for(&Workload::any(), Tier::Unknown, 1).unwrap();
+        assert_eq!(none.capsule, CapsuleGate::default(), "zero trust: nothing unless allowed");
     }
 
     #[test]

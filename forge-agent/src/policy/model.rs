@@ -64,6 +64,25 @@ pub struct Spec {
     /// tier and every tier below it; `quarantine: true` isolates the workload.
     #[serde(default)]
     pub escalation: BTreeMap<String, Escalation>,
+    /// What Wasm capsules governed by this policy may use beyond files and
+    /// network (which follow the rules above).
+    #[serde(default)]
+    pub capsule: Option<CapsuleSpec>,
+}
+
+/// Host facilities of Wasm capsules that have no kernel operation class.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsuleSpec {
+    /// Environment variables capsules may read (default: none).
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// `allow` or `deny` (default) reading clocks.
+    #[serde(default)]
+    pub clock: Option<Spanned<String>>,
+    /// `allow` or `deny` (default) random bytes.
+    #[serde(default)]
+    pub random: Option<Spanned<String>>,
 }
 
 /// Workload selection. Categories combine with AND; items in one category with OR.
