@@ -127,6 +127,9 @@ pub mod flags {
     pub const EXEC_VIA_TRACEPOINT: u32 = 1 << 3;
     /// The record has path rules or non-allow defaults for exec/file ops.
     pub const HAS_PATH_RULES: u32 = 1 << 4;
+    /// Report allowed connects and sends too (verdict `ALLOW`), for the
+    /// anomaly scorer's baseline of destinations.
+    pub const OBSERVE_NET: u32 = 1 << 5;
 }
 
 /// Address families in [`NetRule::family`] and [`Event::family`].

@@ -34,15 +34,17 @@ fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
         (ip, u16::from_be(sa.user_port as u16))
     };
     let d = decide_net(record, op_class, fam, &ip, port);
-    if d.allows() {
+    let observed = record.flags & flags::OBSERVE_NET != 0 && op_class != op::NET_BIND;
+    if d.allows() && !observed {
         return ALLOW;
     }
-    let mut r = Report::new(cgroup_id, h, op_class, verdict::DENY, d.mode, d.rule_id);
+    let v = if d.allows() { verdict::ALLOW } else { verdict::DENY };
+    let mut r = Report::new(cgroup_id, h, op_class, v, d.mode, d.rule_id);
     r.family = fam;
     r.addr = ip;
     r.port = port;
     report(Some(record), &r, None);
-    if d.enforced() { DENY } else { ALLOW }
+    if !d.allows() && d.enforced() { DENY } else { ALLOW }
 }
 
 #[cgroup_sock_addr(connect4)]

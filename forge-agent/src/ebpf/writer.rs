@@ -48,13 +48,14 @@ pub struct MapWriter {
     h: Handles,
     governed: BTreeMap<u64, Governed>,
     next_generation: u64,
+    observe_net: bool,
 }
 
 impl MapWriter {
     /// Takes over the handles, registers this process as the agent, and
     /// rebuilds its view of governed cgroups from the maps (after adoption).
     pub fn new(h: Handles) -> Result<Self, WriterError> {
-        let mut w = Self { h, governed: BTreeMap::new(), next_generation: 1 };
+        let mut w = Self { h, governed: BTreeMap::new(), next_generation: 1, observe_net: false };
         let cfg = Config { agent_tgid: std::process::id(), _pad: 0 };
         w.h.maps.config.set(0, cfg, 0).map_err(map_err("CONFIG"))?;
         let entries: Vec<(u64, u32)> = w.h.maps.cgroups.iter().filter_map(Result::ok).collect();
@@ -64,6 +65,12 @@ impl MapWriter {
             w.governed.insert(id, Governed { slot, has_syscalls: rec.flags & flags::HAS_SYSCALL_RULES != 0 });
         }
         Ok(w)
+    }
+
+    /// Whether records written from now on ask the kernel to report allowed
+    /// connects and sends too (the anomaly scorer's view of destinations).
+    pub fn set_observe_net(&mut self, on: bool) {
+        self.observe_net = on;
     }
 
     pub fn handles(&self) -> &Handles {
@@ -99,6 +106,9 @@ impl MapWriter {
         }
         if !active.lsm && active.tracepoint {
             record.flags |= flags::EXEC_VIA_TRACEPOINT;
+        }
+        if self.observe_net {
+            record.flags |= flags::OBSERVE_NET;
         }
 
         let slot = match self.governed.get(&cgroup.id) {
