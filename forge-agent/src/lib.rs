@@ -9,4 +9,5 @@ pub mod ebpf;
 pub mod events;
 pub mod explain;
 pub mod policy;
+pub mod sign;
 pub mod workload;
