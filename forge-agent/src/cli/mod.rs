@@ -5,6 +5,7 @@ mod demo;
 mod doctor;
 mod policy;
 mod run;
+mod sign;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -53,10 +54,15 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
-    /// Check and compile policies.
+    /// Check, compile, bundle, sign and verify policies.
     Policy {
         #[command(subcommand)]
-        command: policy::PolicyCommand,
+        command: PolicyCommand,
+    },
+    /// Generate signing keys for policy bundles.
+    Key {
+        #[command(subcommand)]
+        command: sign::KeyCommand,
     },
     /// Remove all pinned ForgeOne state: enforcement ends for every cgroup.
     Reset(PinArgs),
@@ -86,6 +92,15 @@ pub(crate) struct SocketArgs {
     /// The agent's API socket.
     #[arg(long, default_value = forge_agent::api::DEFAULT_SOCKET)]
     pub(crate) socket: PathBuf,
+}
+
+/// `forge policy`: check and compile (policy.rs); bundles, sign, verify (sign.rs).
+#[derive(Subcommand)]
+enum PolicyCommand {
+    #[command(flatten)]
+    Check(policy::PolicyCommand),
+    #[command(flatten)]
+    Bundle(sign::BundleCommand),
 }
 
 #[derive(Subcommand)]
@@ -142,7 +157,9 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Doctor(a) => doctor::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Agent { command: AgentCommand::Run(a) } => run::run(&a),
-        Command::Policy { command } => policy::run(&command),
+        Command::Policy { command: PolicyCommand::Check(c) } => policy::run(&c),
+        Command::Policy { command: PolicyCommand::Bundle(c) } => sign::run_bundle(&c),
+        Command::Key { command } => sign::run_key(&command),
         Command::Reset(a) => reset(&a),
         Command::Status { socket, json } => call(&socket, &Request::Status, json),
         Command::Govern { cgroup, socket } => call(&socket, &Request::Govern { cgroup }, true),
