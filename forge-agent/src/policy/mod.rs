@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod diag;
+pub mod eval;
 pub mod model;
 pub mod net;
 pub mod set;

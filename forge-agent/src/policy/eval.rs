@@ -1,0 +1,1174 @@
+//! The userspace policy evaluator: would one operation by a workload governed
+//! by a compiled record be allowed, and by which rule?
+//!
+//! It answers with the kernel programs' semantics (forge-ebpf's `decide.rs`,
+//! `cgroup.rs`, `lsm.rs`, `tracepoint.rs`), over the same data the map writer
+//! hands the kernel — the [`PolicyRecord`] and the path entries:
+//!
+//! - **network**: the record's rules in record order, the first match decides
+//!   ([`NetRule::matches`], the very function the kernel runs); no match falls
+//!   back to `defaults[class]` with `default_rule[class]`;
+//! - **exec and file opens**: the longest prefix among the class's path
+//!   entries. A directory entry ends in `/`, an exact-file entry in a NUL, and
+//!   the kernel looks up the resolved path *including* its NUL, so `/a/b`
+//!   matches only `/a/b` while `/a/` matches everything below `/a`. A path
+//!   that does not fit the 251-byte key falls back to the default (LSM);
+//!   the exec tracepoint truncates it instead. Only decided when the record
+//!   has [`flags::HAS_PATH_RULES`];
+//! - **syscalls**: the deny bitmap ([`PolicyRecord::syscall_denied`]); a denied
+//!   syscall kills the caller (verdict `kill`);
+//! - a record in **monitor** mode turns every decision into monitor (the
+//!   kernel's `Decision::under`); a monitored deny is allowed and reported;
+//! - decisions other than a plain allow are reported as events, and so are
+//!   allowed connects and sends at the cgroup hooks under [`flags::OBSERVE_NET`].
+//!
+//! Which hook decides depends on the backends the map writer found, which it
+//! records in the record's flags: [`flags::NET_VIA_LSM`] (no cgroup hooks: the
+//! LSM socket hooks decide connect and bind, and nothing decides UDP sends)
+//! and [`flags::EXEC_VIA_TRACEPOINT`] (no BPF LSM: exec is decided after the
+//! fact at `sched_process_exec` by killing the new image, by the path as given
+//! to execve, and file opens are not decided at all). Without either flag the
+//! evaluator assumes every hook is attached. Under BPF LSM an exec first opens
+//! the binary for reading, so it passes a `file.read` check before the `exec`
+//! one ([`Evaluation::prior`]).
+//!
+//! What the evaluator cannot know: paths are taken as the kernel reports them
+//! (resolved: symlinks and `..` followed; a file that does not exist fails to
+//! open before any hook runs), and the files a new image opens while loading
+//! (interpreter, libraries) are checks of their own.
+//!
+//! `tests/privileged/differential.rs` drives random policies and operations
+//! through this evaluator and through the real kernel programs and requires
+//! the same verdicts and rule ids.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use forge_common::{
+    MAX_NET_RULES, NetRule, PATH_KEY_PATH_LEN, PolicyRecord, family, flags, mode, op, verdict,
+};
+use serde::{Serialize, Serializer};
+
+use super::{CompiledRecord, RuleInfo, syscalls};
+use crate::{
+    ebpf::Active,
+    events::{Hook, Mode, Op, Verdict},
+};
+
+/// Errors in the text form of an [`Operation`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OperationError {
+    #[error("empty operation; expected e.g. `net.connect 10.0.0.5:5432` or `exec /usr/bin/curl`")]
+    Empty,
+    #[error(
+        "unknown operation {0:?}; expected exec, file.read, file.write, net.connect, net.bind, net.sendto or syscall"
+    )]
+    Unknown(String),
+    #[error("{op} needs {what}")]
+    Missing { op: &'static str, what: &'static str },
+    #[error("{op}: bad socket address {text:?}: expected IP:PORT or [IPv6]:PORT")]
+    Address { op: &'static str, text: String },
+    #[error(
+        "{op}: path {path:?} is not one the kernel reports: it must be absolute, without `.`, `..`, empty components, a trailing `/` or NUL (give the resolved path)"
+    )]
+    Path { op: &'static str, path: String },
+    #[error("syscall {0:?} is neither a syscall name on this architecture nor a number")]
+    Syscall(String),
+}
+
+/// One operation a governed workload could attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Exec(String),
+    FileRead(String),
+    FileWrite(String),
+    Connect(SocketAddr),
+    Bind(SocketAddr),
+    SendTo(SocketAddr),
+    /// A syscall number of this architecture.
+    Syscall(u32),
+}
+
+impl Operation {
+    /// The operation class ([`op`]).
+    pub const fn class(&self) -> u8 {
+        match self {
+            Self::Exec(_) => op::EXEC,
+            Self::FileRead(_) => op::FILE_READ,
+            Self::FileWrite(_) => op::FILE_WRITE,
+            Self::Connect(_) => op::NET_CONNECT,
+            Self::Bind(_) => op::NET_BIND,
+            Self::SendTo(_) => op::NET_SENDTO,
+            Self::Syscall(_) => op::SYSCALL,
+        }
+    }
+
+    fn verb(&self) -> &'static str {
+        op_of(self.class()).as_str()
+    }
+}
+
+fn op_of(class: u8) -> Op {
+    Op::from_tag(class).unwrap_or(Op::Process)
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = self.verb();
+        match self {
+            Self::Exec(p) | Self::FileRead(p) | Self::FileWrite(p) => write!(f, "{verb} {p}"),
+            Self::Connect(a) | Self::Bind(a) | Self::SendTo(a) => write!(f, "{verb} {a}"),
+            Self::Syscall(nr) => match syscalls::name(*nr) {
+                Some(name) => write!(f, "{verb} {name}"),
+                None => write!(f, "{verb} {nr}"),
+            },
+        }
+    }
+}
+
+impl FromStr for Operation {
+    type Err = OperationError;
+
+    fn from_str(s: &str) -> Result<Self, OperationError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(OperationError::Empty);
+        }
+        let (verb, arg) = s.split_once(char::is_whitespace).map_or((s, ""), |(v, a)| (v, a.trim()));
+        let class = Op::ALL
+            .iter()
+            .find(|o| o.as_str() == verb && o.tag() <= op::SYSCALL)
+            .ok_or_else(|| OperationError::Unknown(verb.to_string()))?;
+        let name = class.as_str();
+        let addr = || -> Result<SocketAddr, OperationError> {
+            if arg.is_empty() {
+                return Err(OperationError::Missing { op: name, what: "an address, e.g. 10.0.0.5:5432" });
+            }
+            arg.parse().map_err(|_| OperationError::Address { op: name, text: arg.to_string() })
+        };
+        let path = || -> Result<String, OperationError> {
+            if arg.is_empty() {
+                return Err(OperationError::Missing { op: name, what: "an absolute path" });
+            }
+            if kernel_reported(arg) {
+                Ok(arg.to_string())
+            } else {
+                Err(OperationError::Path { op: name, path: arg.to_string() })
+            }
+        };
+        Ok(match *class {
+            Op::Exec => Self::Exec(path()?),
+            Op::FileRead => Self::FileRead(path()?),
+            Op::FileWrite => Self::FileWrite(path()?),
+            Op::NetConnect => Self::Connect(addr()?),
+            Op::NetBind => Self::Bind(addr()?),
+            Op::NetSendto => Self::SendTo(addr()?),
+            _ => {
+                if arg.is_empty() {
+                    return Err(OperationError::Missing { op: name, what: "a syscall name or number" });
+                }
+                let nr = match arg.parse::<u32>() {
+                    Ok(nr) => nr,
+                    Err(_) => {
+                        syscalls::number(arg).ok_or_else(|| OperationError::Syscall(arg.to_string()))?
+                    }
+                };
+                Self::Syscall(nr)
+            }
+        })
+    }
+}
+
+/// Whether `p` has the form `bpf_d_path` gives: absolute, no `.`/`..`/empty
+/// components, no trailing `/` (except `/` itself), no NUL.
+fn kernel_reported(p: &str) -> bool {
+    if p == "/" {
+        return true;
+    }
+    p.starts_with('/')
+        && !p.contains('\0')
+        && p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+impl Serialize for Operation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Why a network rule did not match (every failing condition, in the order
+/// the kernel tests them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NetMismatch {
+    /// The rule does not cover this operation class.
+    Op {
+        covers: Vec<Op>,
+    },
+    /// The rule is for the other address family.
+    Family {
+        rule: &'static str,
+        operation: &'static str,
+    },
+    Port {
+        port: u16,
+        lo: u16,
+        hi: u16,
+    },
+    Address {
+        addr: IpAddr,
+        cidr: String,
+    },
+}
+
+impl fmt::Display for NetMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Op { covers } => {
+                let list: Vec<&str> = covers.iter().map(|o| o.as_str()).collect();
+                write!(f, "covers {} only", list.join(", "))
+            }
+            Self::Family { rule, operation } => write!(f, "an {rule} rule, the address is {operation}"),
+            Self::Port { port, lo, hi } if lo == hi => write!(f, "port {port} is not {lo}"),
+            Self::Port { port, lo, hi } => write!(f, "port {port} is outside {lo}-{hi}"),
+            Self::Address { addr, cidr } => write!(f, "{addr} is outside {cidr}"),
+        }
+    }
+}
+
+/// One thing the kernel looked at on the way to a decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Considered {
+    /// A network rule, in the order the kernel tries them (first match wins).
+    NetRule {
+        /// Position in the record (0-based).
+        index: usize,
+        rule_id: u32,
+        name: Option<String>,
+        action: Verdict,
+        /// The rule's own mode (before a monitor-mode record overrides it).
+        mode: Mode,
+        /// `127.0.0.0/8`, `::1/128` or `any`.
+        cidr: String,
+        port_lo: u16,
+        port_hi: u16,
+        ops: Vec<Op>,
+        matched: bool,
+        mismatches: Vec<NetMismatch>,
+    },
+    /// A path entry of the class (the longest matching prefix wins).
+    Path {
+        /// The pattern without its NUL; `exact` tells which kind it is.
+        pattern: String,
+        exact: bool,
+        rule_id: u32,
+        name: Option<String>,
+        action: Verdict,
+        mode: Mode,
+        matched: bool,
+        /// The longest match: the entry that decides.
+        longest: bool,
+    },
+    /// The syscall's entry in the deny bitmap.
+    Syscall { nr: u32, name: Option<&'static str>, denied: bool, monitor: bool, rule_id: u32 },
+    /// The record's default for the class (used when nothing else matched).
+    Default { class: Op, action: Verdict, rule_id: u32 },
+    /// The path could not be put into the kernel's lookup key.
+    PathTooLong { len: usize, max: usize },
+}
+
+impl fmt::Display for Considered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NetRule { action, cidr, port_lo, port_hi, ops, matched, mismatches, .. } => {
+                let ops: Vec<&str> = ops.iter().map(|o| o.as_str()).collect();
+                let ports = match (*port_lo, *port_hi) {
+                    (0, u16::MAX) => "any port".to_string(),
+                    (lo, hi) if lo == hi => format!("port {lo}"),
+                    (lo, hi) => format!("ports {lo}-{hi}"),
+                };
+                write!(f, "{action} {} {cidr} {ports}: ", ops.join(","))?;
+                if *matched {
+                    f.write_str("matches")
+                } else {
+                    let why: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+                    write!(f, "no match ({})", why.join("; "))
+                }
+            }
+            Self::Path { pattern, exact, action, matched, longest, .. } => {
+                let kind = if *exact { "exact file" } else { "prefix" };
+                let what = match (matched, longest) {
+                    (true, true) => "matches, longest: decides",
+                    (true, false) => "matches, but a longer prefix also does",
+                    (false, _) if *exact => "no match (a different file)",
+                    (false, _) => "no match (not a prefix)",
+                };
+                write!(f, "{action} {kind} {pattern}: {what}")
+            }
+            Self::Syscall { nr, name, denied, monitor, .. } => {
+                let n = name.map_or_else(|| nr.to_string(), |n| format!("{n}({nr})"));
+                match (denied, monitor) {
+                    (false, _) if *nr as usize >= forge_common::MAX_SYSCALLS => {
+                        write!(f, "syscall {n} is beyond the {}-entry bitmap", forge_common::MAX_SYSCALLS)
+                    }
+                    (false, _) => write!(f, "syscall {n}: not in the deny bitmap"),
+                    (true, false) => write!(f, "syscall {n}: in the deny bitmap"),
+                    (true, true) => write!(f, "syscall {n}: in the deny bitmap, monitored"),
+                }
+            }
+            Self::Default { class, action, .. } => write!(f, "default for {class}: {action}"),
+            Self::PathTooLong { len, max } => {
+                write!(f, "the path ({len} bytes) does not fit the {max}-byte key: the default decides")
+            }
+        }
+    }
+}
+
+/// One check the kernel makes: where, what it decided, on what grounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Class decided (an exec's first check under BPF LSM is `file.read`).
+    pub class: Op,
+    /// The program that decides; `None`: no hook decides this (allowed).
+    pub hook: Option<Hook>,
+    pub verdict: Verdict,
+    pub mode: Mode,
+    /// Rule id the kernel reports (0: the class default).
+    pub rule_id: u32,
+    /// The rule behind `rule_id`, if the policy set defines it.
+    pub rule: Option<RuleInfo>,
+    /// Whether the operation is stopped here (a deny or kill in enforce mode).
+    pub enforced: bool,
+    /// Whether the kernel sends a decision event: anything but a plain allow,
+    /// and allowed connects and sends when the record asks to observe them.
+    pub reported: bool,
+    pub considered: Vec<Considered>,
+    /// Why no hook decides, when `hook` is `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<String>,
+}
+
+/// The answer for one operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Evaluation {
+    pub operation: Operation,
+    /// The check that decides the operation's fate.
+    #[serde(flatten)]
+    pub decision: Check,
+    /// Checks passed before the deciding one, in kernel order (an exec under
+    /// BPF LSM first opens the binary for reading). A reported one still
+    /// sends its event.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prior: Vec<Check>,
+    pub notes: Vec<String>,
+}
+
+impl Evaluation {
+    pub fn verdict(&self) -> Verdict {
+        self.decision.verdict
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.decision.mode
+    }
+
+    pub fn rule_id(&self) -> u32 {
+        self.decision.rule_id
+    }
+
+    /// Whether the kernel stops the operation.
+    pub fn enforced(&self) -> bool {
+        self.decision.enforced
+    }
+
+    /// Every check, in the order the kernel makes them.
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.prior.iter().chain(std::iter::once(&self.decision))
+    }
+
+    /// The checks the kernel reports as decision events, in order.
+    pub fn reported(&self) -> impl Iterator<Item = &Check> {
+        self.checks().filter(|c| c.reported)
+    }
+}
+
+/// The record flags the map writer derives from the backends in force
+/// (`MapWriter::govern` sets the same), for evaluating a freshly compiled
+/// record as a given host would run it.
+pub fn backend_flags(active: &Active) -> u32 {
+    let mut f = 0;
+    if !active.cgroup && active.lsm {
+        f |= flags::NET_VIA_LSM;
+    }
+    if !active.lsm && active.tracepoint {
+        f |= flags::EXEC_VIA_TRACEPOINT;
+    }
+    f
+}
+
+/// What the kernel would decide for `operation` by a workload governed by `c`.
+pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
+    let mut notes = Vec::new();
+    let (decision, prior) = match operation {
+        Operation::Connect(a) | Operation::Bind(a) | Operation::SendTo(a) => {
+            (net(c, operation.class(), a, &mut notes), Vec::new())
+        }
+        Operation::Syscall(nr) => (syscall(c, *nr), Vec::new()),
+        Operation::FileRead(p) | Operation::FileWrite(p) => (file(c, operation.class(), p), Vec::new()),
+        Operation::Exec(p) => exec(c, p, &mut notes),
+    };
+    Evaluation { operation: operation.clone(), decision, prior, notes }
+}
+
+/// A rule's or default's decision, as forge-ebpf's `Decision`.
+#[derive(Clone, Copy)]
+struct Decision {
+    action: u8,
+    mode: u8,
+    rule_id: u32,
+}
+
+impl Decision {
+    fn default_for(r: &PolicyRecord, class: u8) -> Self {
+        let i = class as usize;
+        Self { action: r.defaults[i], mode: r.mode, rule_id: r.default_rule[i] }
+    }
+
+    /// A record in monitor mode turns every rule into monitor.
+    fn under(mut self, r: &PolicyRecord) -> Self {
+        if r.mode == mode::MONITOR {
+            self.mode = mode::MONITOR;
+        }
+        self
+    }
+}
+
+fn verdict_of(action: u8) -> Verdict {
+    if action == verdict::ALLOW { Verdict::Allow } else { Verdict::Deny }
+}
+
+fn mode_of(m: u8) -> Mode {
+    if m == mode::ENFORCE { Mode::Enforce } else { Mode::Monitor }
+}
+
+fn rule_of(c: &CompiledRecord, id: u32) -> Option<RuleInfo> {
+    if id < forge_common::rule_id::FIRST { None } else { c.rule(id).cloned() }
+}
+
+/// A check decided by `d` at `hook`; a non-allow is reported as `denied`.
+fn decided(
+    c: &CompiledRecord,
+    class: u8,
+    hook: Hook,
+    denied: Verdict,
+    d: Decision,
+    considered: Vec<Considered>,
+) -> Check {
+    let allows = d.action == verdict::ALLOW;
+    let enforce = d.mode == mode::ENFORCE;
+    Check {
+        class: op_of(class),
+        hook: Some(hook),
+        verdict: if allows { Verdict::Allow } else { denied },
+        mode: mode_of(d.mode),
+        rule_id: d.rule_id,
+        rule: rule_of(c, d.rule_id),
+        enforced: !allows && enforce,
+        reported: !allows,
+        considered,
+        undecided: None,
+    }
+}
+
+/// A check no hook makes: allowed, nothing reported.
+fn undecided(c: &CompiledRecord, class: u8, why: &str) -> Check {
+    Check {
+        class: op_of(class),
+        hook: None,
+        verdict: Verdict::Allow,
+        mode: mode_of(c.record.mode),
+        rule_id: forge_common::rule_id::DEFAULT,
+        rule: None,
+        enforced: false,
+        reported: false,
+        considered: Vec::new(),
+        undecided: Some(why.to_string()),
+    }
+}
+
+fn default_considered(r: &PolicyRecord, class: u8) -> Considered {
+    let d = Decision::default_for(r, class);
+    Considered::Default { class: op_of(class), action: verdict_of(d.action), rule_id: d.rule_id }
+}
+
+/// `(family, address words in network order, port)` as the deciding hook sees
+/// the destination of `class` to `addr`.
+fn kernel_view(class: u8, addr: &SocketAddr, via_lsm: bool, notes: &mut Vec<String>) -> (u8, [u32; 4], u16) {
+    let port = addr.port();
+    match addr.ip() {
+        IpAddr::V4(v4) => (family::INET, [u32::from_ne_bytes(v4.octets()), 0, 0, 0], port),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                if class == op::NET_SENDTO && !via_lsm {
+                    // udpv6_sendmsg hands a v4-mapped destination to
+                    // udp_sendmsg, whose hook is sendmsg4.
+                    notes.push(format!(
+                        "{v6} is IPv4-mapped: a UDP send to it runs the IPv4 path, so cgroup/sendmsg4 decides it as {v4}"
+                    ));
+                    return (family::INET, [u32::from_ne_bytes(v4.octets()), 0, 0, 0], port);
+                }
+                notes.push(format!(
+                    "{v6} is IPv4-mapped, but this hook sees an IPv6 address: IPv4 rules (e.g. one for {v4}) do not match it"
+                ));
+            }
+            let b = v6.octets();
+            let mut w = [0u32; 4];
+            for (i, word) in w.iter_mut().enumerate() {
+                *word = u32::from_ne_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
+            }
+            (family::INET6, w, port)
+        }
+    }
+}
+
+fn net_hook(class: u8, fam: u8, via_lsm: bool) -> Hook {
+    let v4 = fam == family::INET;
+    match (class, via_lsm, v4) {
+        (op::NET_CONNECT, true, _) => Hook::LsmSocketConnect,
+        (op::NET_BIND, true, _) => Hook::LsmSocketBind,
+        (op::NET_CONNECT, false, true) => Hook::CgroupConnect4,
+        (op::NET_CONNECT, false, false) => Hook::CgroupConnect6,
+        (op::NET_BIND, false, true) => Hook::CgroupBind4,
+        (op::NET_BIND, false, false) => Hook::CgroupBind6,
+        (_, _, true) => Hook::CgroupSendmsg4,
+        (_, _, false) => Hook::CgroupSendmsg6,
+    }
+}
+
+fn family_name(f: u8) -> &'static str {
+    match f {
+        family::INET => "IPv4",
+        family::INET6 => "IPv6",
+        _ => "any-family",
+    }
+}
+
+/// Every condition of [`NetRule::matches`] that fails, in its order.
+fn mismatches(rule: &NetRule, class: u8, fam: u8, ip: &[u32; 4], port: u16) -> Vec<NetMismatch> {
+    let mut out = Vec::new();
+    if rule.ops & (1u8 << class) == 0 {
+        out.push(NetMismatch::Op { covers: ops_of(rule.ops) });
+    }
+    let family_ok = rule.family == family::ANY || rule.family == fam;
+    if !family_ok {
+        out.push(NetMismatch::Family { rule: family_name(rule.family), operation: family_name(fam) });
+    }
+    if port < rule.port_lo || port > rule.port_hi {
+        out.push(NetMismatch::Port { port, lo: rule.port_lo, hi: rule.port_hi });
+    }
+    if family_ok && rule.family != family::ANY {
+        let words = if fam == family::INET { 1 } else { 4 };
+        if (0..words).any(|i| ip[i] & rule.mask[i] != rule.addr[i]) {
+            out.push(NetMismatch::Address { addr: ip_of(fam, ip), cidr: super::net::describe(rule) });
+        }
+    }
+    out
+}
+
+fn ip_of(fam: u8, ip: &[u32; 4]) -> IpAddr {
+    if fam == family::INET {
+        IpAddr::from(ip[0].to_ne_bytes())
+    } else {
+        let mut b = [0u8; 16];
+        for (i, w) in ip.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(b)
+    }
+}
+
+fn ops_of(bits: u8) -> Vec<Op> {
+    (0..8u8).filter(|b| bits & (1 << b) != 0).map(op_of).collect()
+}
+
+/// forge-ebpf `decide_net`: the first matching rule, else the default.
+fn net(c: &CompiledRecord, class: u8, addr: &SocketAddr, notes: &mut Vec<String>) -> Check {
+    let r = &c.record;
+    let via_lsm = r.flags & flags::NET_VIA_LSM != 0;
+    if via_lsm && class == op::NET_SENDTO {
+        return undecided(
+            c,
+            class,
+            "the cgroup hooks are not in use for this workload and BPF LSM has no hook here for UDP sends: nothing decides them",
+        );
+    }
+    let (fam, ip, port) = kernel_view(class, addr, via_lsm, notes);
+    let hook = net_hook(class, fam, via_lsm);
+    let mut considered = Vec::new();
+    let count = (r.net_count as usize).min(MAX_NET_RULES);
+    for (index, rule) in r.net[..count].iter().enumerate() {
+        let matched = rule.matches(class, fam, &ip, port);
+        let why = mismatches(rule, class, fam, &ip, port);
+        debug_assert_eq!(matched, why.is_empty(), "mismatch reasons disagree with NetRule::matches");
+        considered.push(Considered::NetRule {
+            index,
+            rule_id: rule.rule_id,
+            name: rule_of(c, rule.rule_id).map(|i| i.name),
+            action: verdict_of(rule.action),
+            mode: mode_of(rule.mode),
+            cidr: super::net::describe(rule),
+            port_lo: rule.port_lo,
+            port_hi: rule.port_hi,
+            ops: ops_of(rule.ops),
+            matched,
+            mismatches: why,
+        });
+        if matched {
+            let d = Decision { action: rule.action, mode: rule.mode, rule_id: rule.rule_id }.under(r);
+            return observed(r, class, via_lsm, decided(c, class, hook, Verdict::Deny, d, considered));
+        }
+    }
+    considered.push(default_considered(r, class));
+    let d = Decision::default_for(r, class).under(r);
+    observed(r, class, via_lsm, decided(c, class, hook, Verdict::Deny, d, considered))
+}
+
+/// With [`flags::OBSERVE_NET`] the cgroup hooks report allowed connects and
+/// sends too (verdict `allow`), for the anomaly scorer.
+fn observed(r: &PolicyRecord, class: u8, via_lsm: bool, mut check: Check) -> Check {
+    if r.flags & flags::OBSERVE_NET != 0 && !via_lsm && class != op::NET_BIND {
+        check.reported = true;
+    }
+    check
+}
+
+/// The trie lookup data for `path`: its bytes and NUL, as `bpf_d_path` (LSM)
+/// or `bpf_probe_read_kernel_str` (exec tracepoint) fill the key. `None`:
+/// the LSM could not resolve it into the key.
+fn lookup_key(path: &str, truncate: bool) -> Option<Vec<u8>> {
+    let mut key = path.as_bytes().to_vec();
+    if key.len() < PATH_KEY_PATH_LEN {
+        key.push(0);
+        return Some(key);
+    }
+    if !truncate {
+        return None;
+    }
+    key.truncate(PATH_KEY_PATH_LEN - 1);
+    key.push(0);
+    Some(key)
+}
+
+/// forge-ebpf `decide_path`: the longest matching entry, else the default.
+fn decide_path(c: &CompiledRecord, class: u8, path: &str, truncate: bool) -> (Decision, Vec<Considered>) {
+    let r = &c.record;
+    let Some(key) = lookup_key(path, truncate) else {
+        let considered = vec![
+            Considered::PathTooLong { len: path.len(), max: PATH_KEY_PATH_LEN - 1 },
+            default_considered(r, class),
+        ];
+        return (Decision::default_for(r, class).under(r), considered);
+    };
+    let entries: Vec<_> = c.paths.iter().filter(|e| e.op == class).collect();
+    let longest = entries
+        .iter()
+        .filter(|e| key.starts_with(&e.pattern))
+        .max_by_key(|e| e.pattern.len())
+        .map(|e| e.pattern.clone());
+    let mut considered: Vec<Considered> = entries
+        .iter()
+        .map(|e| {
+            let exact = e.pattern.last() == Some(&0);
+            let text = &e.pattern[..e.pattern.len() - usize::from(exact)];
+            Considered::Path {
+                pattern: String::from_utf8_lossy(text).into_owned(),
+                exact,
+                rule_id: e.rule.rule_id,
+                name: rule_of(c, e.rule.rule_id).map(|i| i.name),
+                action: verdict_of(e.rule.action),
+                mode: mode_of(e.rule.mode),
+                matched: key.starts_with(&e.pattern),
+                longest: longest.as_ref() == Some(&e.pattern),
+            }
+        })
+        .collect();
+    match entries.iter().find(|e| longest.as_ref() == Some(&e.pattern)) {
+        Some(e) => {
+            let d = Decision { action: e.rule.action, mode: e.rule.mode, rule_id: e.rule.rule_id };
+            (d.under(r), considered)
+        }
+        None => {
+            considered.push(default_considered(r, class));
+            (Decision::default_for(r, class).under(r), considered)
+        }
+    }
+}
+
+const NO_PATH_RULES: &str = "the record has no path rules and allows exec, file.read and file.write by default: the path hooks return at once";
+
+/// `lsm/file_open` for a read or write open.
+fn file(c: &CompiledRecord, class: u8, path: &str) -> Check {
+    let r = &c.record;
+    if r.flags & flags::HAS_PATH_RULES == 0 {
+        return undecided(c, class, NO_PATH_RULES);
+    }
+    if r.flags & flags::EXEC_VIA_TRACEPOINT != 0 {
+        return undecided(
+            c,
+            class,
+            "no BPF LSM for this workload (exec falls back to the tracepoint): file opens are not decided",
+        );
+    }
+    let (d, considered) = decide_path(c, class, path, false);
+    decided(c, class, Hook::LsmFileOpen, Verdict::Deny, d, considered)
+}
+
+/// Exec: under BPF LSM the binary's open for reading (`lsm/file_open`), then
+/// `lsm/bprm_check_security`; without it, `sched_process_exec` (kill).
+fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<Check>) {
+    let r = &c.record;
+    if r.flags & flags::HAS_PATH_RULES == 0 {
+        return (undecided(c, op::EXEC, NO_PATH_RULES), Vec::new());
+    }
+    if r.flags & flags::EXEC_VIA_TRACEPOINT != 0 {
+        notes.push(
+            "no BPF LSM: exec is decided at sched_process_exec, after it succeeded, by the path as given to execve \
+             (not resolved); a denied exec kills the new image"
+                .to_string(),
+        );
+        let (d, considered) = decide_path(c, op::EXEC, path, true);
+        return (decided(c, op::EXEC, Hook::ExecTracepoint, Verdict::Kill, d, considered), Vec::new());
+    }
+    notes.push(
+        "an exec opens the binary for reading first (a file.read check); its interpreter and libraries are opened \
+         for reading too, each a check of its own"
+            .to_string(),
+    );
+    let (d, considered) = decide_path(c, op::FILE_READ, path, false);
+    let read = decided(c, op::FILE_READ, Hook::LsmFileOpen, Verdict::Deny, d, considered);
+    if read.enforced {
+        return (read, Vec::new());
+    }
+    let (d, considered) = decide_path(c, op::EXEC, path, false);
+    (decided(c, op::EXEC, Hook::LsmBprmCheck, Verdict::Deny, d, considered), vec![read])
+}
+
+/// `raw_tp/sys_enter`: the deny bitmap; a denied syscall kills the caller.
+fn syscall(c: &CompiledRecord, nr: u32) -> Check {
+    let r = &c.record;
+    if r.flags & flags::HAS_SYSCALL_RULES == 0 {
+        return undecided(
+            c,
+            op::SYSCALL,
+            "the record denies no syscall: the syscall tracepoint returns at once",
+        );
+    }
+    let name = syscalls::name(nr);
+    match r.syscall_denied(nr as usize) {
+        None => {
+            let considered =
+                vec![Considered::Syscall { nr, name, denied: false, monitor: false, rule_id: 0 }];
+            let d =
+                Decision { action: verdict::ALLOW, mode: r.mode, rule_id: forge_common::rule_id::DEFAULT };
+            decided(c, op::SYSCALL, Hook::SysEnter, Verdict::Kill, d, considered)
+        }
+        Some((monitor, rule_id)) => {
+            let considered = vec![Considered::Syscall { nr, name, denied: true, monitor, rule_id }];
+            let m = if monitor || r.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
+            let d = Decision { action: verdict::DENY, mode: m, rule_id };
+            decided(c, op::SYSCALL, Hook::SysEnter, Verdict::Kill, d, considered)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Policy, compile};
+
+    const FIRST: u32 = forge_common::rule_id::FIRST;
+
+    fn compiled(body: &str) -> CompiledRecord {
+        let text =
+            format!("apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: t}}\nspec:\n{body}");
+        let p = Policy::from_yaml(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        compile(&p, "t.yaml", 1).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const OPEN: &str = "  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}\n";
+
+    fn with_rules(defaults: &str, rules: &str) -> CompiledRecord {
+        compiled(&format!("{defaults}  rules:\n{rules}"))
+    }
+
+    fn eval(c: &CompiledRecord, op: &str) -> Evaluation {
+        evaluate(c, &op.parse().unwrap_or_else(|e| panic!("{op}: {e}")))
+    }
+
+    /// `(verdict, mode, rule id, enforced)`.
+    fn outcome(e: &Evaluation) -> (Verdict, Mode, u32, bool) {
+        (e.verdict(), e.mode(), e.rule_id(), e.enforced())
+    }
+
+    const DENIED: (Verdict, Mode, bool) = (Verdict::Deny, Mode::Enforce, true);
+
+    fn is(e: &Evaluation, (v, m, enforced): (Verdict, Mode, bool), rule: u32) {
+        assert_eq!(outcome(e), (v, m, rule, enforced), "{}: {e:#?}", e.operation);
+    }
+
+    fn allowed(e: &Evaluation, rule: u32) {
+        assert_eq!(
+            (e.verdict(), e.rule_id(), e.enforced()),
+            (Verdict::Allow, rule, false),
+            "{}: {e:#?}",
+            e.operation
+        );
+        assert!(!e.decision.reported);
+    }
+
+    #[test]
+    fn operations_parse_and_print_back() {
+        for s in [
+            "exec /usr/bin/curl",
+            "file.read /etc/shadow",
+            "file.write /tmp/x",
+            "net.connect 10.0.0.5:5432",
+            "net.bind [::1]:80",
+            "net.sendto 1.1.1.1:53",
+            "syscall ptrace",
+            "file.read /",
+            "file.read /tmp/with space",
+        ] {
+            let o: Operation = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(o.to_string(), s);
+        }
+        assert_eq!("syscall 101".parse::<Operation>(), Ok(Operation::Syscall(101)));
+        assert_eq!("syscall 101".parse::<Operation>().unwrap().to_string(), "syscall ptrace");
+        assert_eq!("syscall 4000".parse::<Operation>().unwrap().to_string(), "syscall 4000");
+        assert_eq!(
+            "  net.bind   127.0.0.1:0 ".parse::<Operation>(),
+            Ok(Operation::Bind("127.0.0.1:0".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn bad_operations_say_what_is_wrong() {
+        assert_eq!("".parse::<Operation>(), Err(OperationError::Empty));
+        assert!(matches!("fly /x".parse::<Operation>(), Err(OperationError::Unknown(v)) if v == "fly"));
+        assert!(matches!("process /x".parse::<Operation>(), Err(OperationError::Unknown(_))));
+        assert!(matches!("exec".parse::<Operation>(), Err(OperationError::Missing { op: "exec", .. })));
+        assert!(matches!("net.connect 10.0.0.5".parse::<Operation>(), Err(OperationError::Address { .. })));
+        assert!(matches!("net.connect ::1:80".parse::<Operation>(), Err(OperationError::Address { .. })));
+        assert!(matches!("syscall no_such".parse::<Operation>(), Err(OperationError::Syscall(_))));
+        for p in ["relative", "/a/../b", "/a/./b", "/a//b", "/a/", "/a\0b"] {
+            assert!(
+                matches!(format!("file.read {p}").parse::<Operation>(), Err(OperationError::Path { .. })),
+                "{p:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn net_first_match_in_record_order_with_overlapping_cidrs() {
+        // Compiled order: denies first, the narrower CIDR first.
+        let c = with_rules(
+            OPEN,
+            "    - {name: wide-allow, op: net.connect, action: allow, cidrs: [10.0.0.0/8]}\n    - {name: mid-deny, op: net.connect, action: deny, cidrs: [10.1.0.0/16]}\n    - {name: host-deny, op: net.connect, action: deny, cidrs: [10.1.2.3/32]}\n    - {name: lan-allow, op: net.connect, action: allow, cidrs: [10.1.2.0/24]}\n",
+        );
+        let e = eval(&c, "net.connect 10.1.2.3:80");
+        is(&e, DENIED, FIRST + 2);
+        assert_eq!(e.decision.hook, Some(Hook::CgroupConnect4));
+        assert_eq!(e.decision.rule.as_ref().map(|r| r.name.as_str()), Some("host-deny"));
+        assert_eq!(e.decision.considered.len(), 1, "the /32 deny is tried first");
+        // Denies are tried before the /24 allow, so the /16 deny wins inside it.
+        let e = eval(&c, "net.connect 10.1.2.4:80");
+        is(&e, DENIED, FIRST + 1);
+        let Considered::NetRule { matched: false, mismatches, .. } = &e.decision.considered[0] else {
+            panic!()
+        };
+        assert_eq!(
+            mismatches,
+            &[NetMismatch::Address { addr: "10.1.2.4".parse().unwrap(), cidr: "10.1.2.3/32".into() }]
+        );
+        allowed(&eval(&c, "net.connect 10.2.0.1:80"), FIRST);
+        let e = eval(&c, "net.connect 11.0.0.1:80");
+        allowed(&e, 0);
+        assert!(matches!(
+            e.decision.considered.last(),
+            Some(Considered::Default { action: Verdict::Allow, .. })
+        ));
+        assert_eq!(e.decision.considered.len(), 5);
+    }
+
+    #[test]
+    fn net_port_ranges_are_inclusive() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: r, op: net.connect, action: deny, cidrs: [127.0.0.0/8], ports: 5000-5999}\n",
+        );
+        for (port, denied) in [(4999, false), (5000, true), (5432, true), (5999, true), (6000, false)] {
+            let e = eval(&c, &format!("net.connect 127.0.0.1:{port}"));
+            assert_eq!(e.enforced(), denied, "port {port}");
+            if !denied {
+                let Considered::NetRule { mismatches, .. } = &e.decision.considered[0] else { panic!() };
+                assert_eq!(mismatches, &[NetMismatch::Port { port, lo: 5000, hi: 5999 }]);
+            }
+        }
+    }
+
+    #[test]
+    fn net_families_and_mapped_addresses() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: v4-all, ops: [net.connect, net.sendto], action: deny, cidrs: [0.0.0.0/0], ports: 53}\n    - {name: anywhere, op: net.bind, action: deny, ports: 22}\n    - {name: v6-lo, op: net.connect, action: deny, cidrs: [\"::1/128\"], ports: 80}\n",
+        );
+        is(&eval(&c, "net.connect 8.8.8.8:53"), DENIED, FIRST);
+        let e = eval(&c, "net.connect [::1]:53");
+        allowed(&e, 0);
+        assert!(e.decision.considered.iter().any(|x| matches!(
+            x,
+            Considered::NetRule { mismatches, .. }
+                if mismatches.contains(&NetMismatch::Family { rule: "IPv4", operation: "IPv6" })
+        )));
+        // A rule without CIDRs covers both families.
+        is(&eval(&c, "net.bind 127.0.0.1:22"), DENIED, FIRST + 1);
+        is(&eval(&c, "net.bind [::1]:22"), DENIED, FIRST + 1);
+        assert_eq!(eval(&c, "net.bind [::1]:22").decision.hook, Some(Hook::CgroupBind6));
+        is(&eval(&c, "net.connect [::1]:80"), DENIED, FIRST + 2);
+        allowed(&eval(&c, "net.connect [::2]:80"), 0);
+        // An IPv4-mapped destination: connect sees IPv6, a UDP send the IPv4 path.
+        let e = eval(&c, "net.connect [::ffff:8.8.8.8]:53");
+        allowed(&e, 0);
+        assert_eq!(e.decision.hook, Some(Hook::CgroupConnect6));
+        assert!(e.notes.iter().any(|n| n.contains("IPv4-mapped")));
+        let e = eval(&c, "net.sendto [::ffff:8.8.8.8]:53");
+        is(&e, DENIED, FIRST);
+        assert_eq!(e.decision.hook, Some(Hook::CgroupSendmsg4));
+    }
+
+    #[test]
+    fn net_defaults_and_ops_mismatch() {
+        let c = with_rules(
+            "  defaults: {net.connect: deny, net.bind: allow, net.sendto: deny, exec: allow, file.read: allow, file.write: allow, syscall: allow}\n",
+            "    - {name: dns, op: net.sendto, action: allow, cidrs: [127.0.0.53/32], ports: 53}\n",
+        );
+        let e = eval(&c, "net.connect 127.0.0.53:53");
+        is(&e, DENIED, 0);
+        let Considered::NetRule { mismatches, .. } = &e.decision.considered[0] else { panic!() };
+        assert_eq!(mismatches, &[NetMismatch::Op { covers: vec![Op::NetSendto] }]);
+        allowed(&eval(&c, "net.sendto 127.0.0.53:53"), FIRST);
+        is(&eval(&c, "net.sendto 127.0.0.53:54"), DENIED, 0);
+        allowed(&eval(&c, "net.bind 0.0.0.0:80"), 0);
+    }
+
+    #[test]
+    fn monitor_mode_overrides_rule_modes() {
+        let rules = "    - {name: r, op: net.connect, action: deny, mode: enforce, cidrs: [127.0.0.1/32]}\n    - {name: s, op: syscall, action: deny, syscalls: [unshare]}\n";
+        let c = with_rules(&format!("  mode: monitor\n{OPEN}"), rules);
+        let e = eval(&c, "net.connect 127.0.0.1:80");
+        is(&e, (Verdict::Deny, Mode::Monitor, false), FIRST);
+        assert!(e.decision.reported, "a monitored deny is reported");
+        is(&eval(&c, "syscall unshare"), (Verdict::Kill, Mode::Monitor, false), FIRST + 1);
+        // A monitor-mode default in a monitor record.
+        let c = with_rules("  mode: monitor\n  defaults: {net.bind: deny}\n", rules);
+        is(&eval(&c, "net.bind 127.0.0.1:80"), (Verdict::Deny, Mode::Monitor, false), 0);
+        // A rule in monitor mode inside an enforcing record stays monitor; the rest enforce.
+        let c = with_rules(
+            OPEN,
+            "    - {name: watch, op: net.connect, action: deny, mode: monitor, cidrs: [127.0.0.1/32]}\n    - {name: s, op: syscall, action: deny, mode: monitor, syscalls: [unshare]}\n    - {name: k, op: syscall, action: deny, syscalls: [setns]}\n",
+        );
+        is(&eval(&c, "net.connect 127.0.0.1:80"), (Verdict::Deny, Mode::Monitor, false), FIRST);
+        is(&eval(&c, "syscall unshare"), (Verdict::Kill, Mode::Monitor, false), FIRST + 1);
+        is(&eval(&c, "syscall setns"), (Verdict::Kill, Mode::Enforce, true), FIRST + 2);
+    }
+
+    #[test]
+    fn paths_longest_prefix_and_exact_files() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-etc, op: file.read, action: deny, paths: [/etc/]}\n    - {name: ssl-ok, op: file.read, action: allow, paths: [/etc/ssl/]}\n    - {name: no-key, op: file.read, action: deny, paths: [/etc/ssl/private.key]}\n    - {name: no-etc-file, op: file.write, action: deny, paths: [/etc]}\n",
+        );
+        is(&eval(&c, "file.read /etc/shadow"), DENIED, FIRST);
+        allowed(&eval(&c, "file.read /etc/ssl/cert.pem"), FIRST + 1);
+        is(&eval(&c, "file.read /etc/ssl/private.key"), DENIED, FIRST + 2);
+        // An exact file matches that file only, not a longer name.
+        allowed(&eval(&c, "file.read /etc/ssl/private.key2"), FIRST + 1);
+        // `/etc/` does not cover `/etcfoo`, nor the directory `/etc` itself.
+        allowed(&eval(&c, "file.read /etcfoo/x"), 0);
+        allowed(&eval(&c, "file.read /etc"), 0);
+        // The exact pattern `/etc` is the directory itself, not `/etcfoo` or what is below.
+        is(&eval(&c, "file.write /etc"), DENIED, FIRST + 3);
+        allowed(&eval(&c, "file.write /etcfoo"), 0);
+        allowed(&eval(&c, "file.write /etc/passwd"), 0);
+        let e = eval(&c, "file.read /etc/ssl/cert.pem");
+        assert_eq!(e.decision.hook, Some(Hook::LsmFileOpen));
+        let matched: Vec<(&str, bool)> = e
+            .decision
+            .considered
+            .iter()
+            .filter_map(|x| match x {
+                Considered::Path { pattern, matched: true, longest, .. } => {
+                    Some((pattern.as_str(), *longest))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(matched, vec![("/etc/", false), ("/etc/ssl/", true)]);
+    }
+
+    #[test]
+    fn exec_under_lsm_passes_a_read_check_first() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-read-tmp, op: file.read, action: deny, paths: [/tmp/]}\n    - {name: no-curl, op: exec, action: deny, paths: [/usr/bin/curl]}\n    - {name: watch-read, op: file.read, action: deny, mode: monitor, paths: [/usr/bin/wget]}\n",
+        );
+        let e = eval(&c, "exec /tmp/tool");
+        is(&e, DENIED, FIRST);
+        assert_eq!((e.decision.class, e.decision.hook), (Op::FileRead, Some(Hook::LsmFileOpen)));
+        assert!(e.prior.is_empty());
+        let e = eval(&c, "exec /usr/bin/curl");
+        is(&e, DENIED, FIRST + 1);
+        assert_eq!((e.decision.class, e.decision.hook), (Op::Exec, Some(Hook::LsmBprmCheck)));
+        assert_eq!(e.prior.len(), 1);
+        assert_eq!(e.reported().count(), 1);
+        // A monitored read deny is reported and the exec check still runs.
+        let e = eval(&c, "exec /usr/bin/wget");
+        allowed(&e, 0);
+        let reported: Vec<(Op, Mode, u32)> = e.reported().map(|c| (c.class, c.mode, c.rule_id)).collect();
+        assert_eq!(reported, vec![(Op::FileRead, Mode::Monitor, FIRST + 2)]);
+    }
+
+    #[test]
+    fn exec_via_tracepoint_kills_and_files_are_undecided() {
+        let mut c = with_rules(
+            OPEN,
+            "    - {name: no-bin, op: exec, action: deny, paths: [/opt/bin/]}\n    - {name: no-read, op: file.read, action: deny, paths: [/opt/]}\n",
+        );
+        c.record.flags |= flags::EXEC_VIA_TRACEPOINT;
+        let e = eval(&c, "exec /opt/bin/tool");
+        is(&e, (Verdict::Kill, Mode::Enforce, true), FIRST);
+        assert_eq!(e.decision.hook, Some(Hook::ExecTracepoint));
+        assert!(e.prior.is_empty());
+        let e = eval(&c, "file.read /opt/secret");
+        allowed(&e, 0);
+        assert_eq!(e.decision.hook, None);
+        // The tracepoint truncates an over-long path; a prefix still matches it.
+        let long = format!("/opt/bin/{}", "x".repeat(300));
+        is(&eval(&c, &format!("exec {long}")), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        c.record.flags &= !flags::EXEC_VIA_TRACEPOINT;
+        // The LSM cannot resolve it into the key: the default decides.
+        let e = eval(&c, &format!("file.read {long}"));
+        allowed(&e, 0);
+        assert!(matches!(e.decision.considered[0], Considered::PathTooLong { .. }));
+    }
+
+    #[test]
+    fn path_key_limit_is_250_bytes_plus_nul() {
+        let c = with_rules(OPEN, "    - {name: no-a, op: file.read, action: deny, paths: [/a/]}\n");
+        let fits = format!("/a/{}", "x".repeat(247));
+        assert_eq!(fits.len(), 250);
+        is(&eval(&c, &format!("file.read {fits}")), DENIED, FIRST);
+        allowed(&eval(&c, &format!("file.read {fits}y")), 0);
+    }
+
+    #[test]
+    fn paths_are_only_decided_with_path_rules() {
+        let c = with_rules(OPEN, "    - {name: r, op: net.bind, action: deny, ports: 1}\n");
+        assert_eq!(c.record.flags & flags::HAS_PATH_RULES, 0);
+        let e = eval(&c, "exec /usr/bin/anything");
+        allowed(&e, 0);
+        assert!(e.decision.hook.is_none() && e.decision.undecided.is_some());
+        // A deny default for a path class is enough.
+        let c = compiled("  defaults: {exec: deny, file.read: allow, file.write: allow}\n");
+        let e = eval(&c, "exec /usr/bin/anything");
+        is(&e, DENIED, 0);
+        assert_eq!(e.prior.len(), 1, "the read check allowed it first");
+        allowed(&eval(&c, "file.write /tmp/x"), 0);
+    }
+
+    #[test]
+    fn syscalls_by_bitmap() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-ptrace, op: syscall, action: deny, syscalls: [ptrace, setns]}\n    - {name: watch-unshare, op: syscall, action: deny, mode: monitor, syscalls: [unshare]}\n",
+        );
+        let e = eval(&c, "syscall ptrace");
+        is(&e, (Verdict::Kill, Mode::Enforce, true), FIRST);
+        assert_eq!(e.decision.hook, Some(Hook::SysEnter));
+        is(&eval(&c, "syscall 308"), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        is(&eval(&c, "syscall unshare"), (Verdict::Kill, Mode::Monitor, false), FIRST + 1);
+        allowed(&eval(&c, "syscall getppid"), 0);
+        allowed(&eval(&c, "syscall 600"), 0);
+        // Default deny: everything but the allowed ones, with the default's rule id.
+        let c = compiled(
+            "  defaults: {syscall: deny}\n  rules:\n    - {name: basics, op: syscall, action: allow, syscalls: [read, write]}\n",
+        );
+        allowed(&eval(&c, "syscall read"), 0);
+        is(&eval(&c, "syscall openat"), (Verdict::Kill, Mode::Enforce, true), 0);
+        // No syscall rules at all: nothing decides.
+        let c = with_rules(OPEN, "    - {name: r, op: net.bind, action: deny, ports: 1}\n");
+        assert!(eval(&c, "syscall ptrace").decision.undecided.is_some());
+    }
+
+    #[test]
+    fn backends_choose_the_hook() {
+        let mut c = with_rules(
+            OPEN,
+            "    - {name: r, ops: [net.connect, net.sendto, net.bind], action: deny, cidrs: [127.0.0.0/8]}\n",
+        );
+        let lsm_only = Active { lsm: true, cgroup: false, tracepoint: false };
+        c.record.flags |= backend_flags(&lsm_only);
+        let e = eval(&c, "net.connect 127.0.0.1:80");
+        is(&e, DENIED, FIRST);
+        assert_eq!(e.decision.hook, Some(Hook::LsmSocketConnect));
+        assert_eq!(eval(&c, "net.bind 127.0.0.1:80").decision.hook, Some(Hook::LsmSocketBind));
+        let e = eval(&c, "net.sendto 127.0.0.1:53");
+        allowed(&e, 0);
+        assert!(e.decision.undecided.is_some());
+        let all = Active { lsm: true, cgroup: true, tracepoint: true };
+        assert_eq!(backend_flags(&all), 0);
+        let tp = Active { lsm: false, cgroup: true, tracepoint: true };
+        assert_eq!(backend_flags(&tp), flags::EXEC_VIA_TRACEPOINT);
+    }
+
+    #[test]
+    fn observed_records_report_allowed_connects_and_sends() {
+        let mut c = with_rules(OPEN, "    - {name: r, op: net.connect, action: deny, cidrs: [10.0.0.0/8]}\n");
+        assert!(!eval(&c, "net.connect 127.0.0.1:80").decision.reported);
+        c.record.flags |= flags::OBSERVE_NET;
+        let e = eval(&c, "net.connect 127.0.0.1:80");
+        assert_eq!((e.verdict(), e.decision.reported), (Verdict::Allow, true));
+        assert!(eval(&c, "net.sendto 127.0.0.1:53").decision.reported);
+        assert!(!eval(&c, "net.bind 127.0.0.1:80").decision.reported, "binds are not observed");
+        assert!(eval(&c, "net.connect 10.0.0.1:80").decision.reported);
+        // The LSM socket hooks do not observe.
+        c.record.flags |= flags::NET_VIA_LSM;
+        assert!(!eval(&c, "net.connect 127.0.0.1:80").decision.reported);
+    }
+
+    #[test]
+    fn evaluations_serialize_for_json() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-db, op: net.connect, action: deny, cidrs: [10.0.0.0/24], ports: 5432}\n",
+        );
+        let v = serde_json::to_value(eval(&c, "net.connect 10.0.0.5:5432")).unwrap();
+        assert_eq!(v["operation"], "net.connect 10.0.0.5:5432");
+        assert_eq!(v["verdict"], "deny");
+        assert_eq!(v["mode"], "enforce");
+        assert_eq!(v["rule_id"], FIRST);
+        assert_eq!(v["rule"]["name"], "no-db");
+        assert_eq!(v["enforced"], true);
+        assert_eq!(v["hook"], "cgroup_connect4");
+        assert_eq!(v["considered"][0]["kind"], "net_rule");
+        assert_eq!(v["considered"][0]["matched"], true);
+        assert!(v.get("prior").is_none());
+        let v = serde_json::to_value(eval(&c, "net.connect 10.0.1.5:5432")).unwrap();
+        assert_eq!(v["considered"][0]["mismatches"][0]["kind"], "address");
+        assert_eq!(v["considered"][1]["kind"], "default");
+    }
+}
