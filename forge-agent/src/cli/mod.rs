@@ -3,6 +3,7 @@
 
 mod demo;
 mod doctor;
+mod explain;
 mod policy;
 mod run;
 mod sign;

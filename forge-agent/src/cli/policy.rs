@@ -1,4 +1,4 @@
-//! `forge policy check|compile|diff`.
+//! `forge policy check|compile|explain|diff`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -24,6 +24,9 @@ pub(crate) enum PolicyCommand {
     },
     /// Show what a workload's record would be: what would be written to the maps.
     Compile(CompileArgs),
+    /// Would an operation be allowed under a policy set, and by which rule?
+    /// Evaluated with the kernel's semantics; lists the rules considered.
+    Explain(super::explain::ExplainArgs),
     /// Replace the running agent's policy set atomically (all governed workloads
     /// are recompiled and swapped, or nothing changes).
     Apply {
@@ -72,6 +75,7 @@ pub(crate) fn run(cmd: &PolicyCommand) -> anyhow::Result<ExitCode> {
             let documents = super::run::read_documents(paths)?;
             super::call(socket, &forge_agent::api::Request::PolicyApply { documents }, true)
         }
+        PolicyCommand::Explain(a) => super::explain::run(a),
         PolicyCommand::Compile(a) => {
             let set = PolicySet::load(&a.paths)?;
             let c = compile_target(&set, &a.target)?;
