@@ -7,6 +7,7 @@
 
 mod agent_restart;
 mod api;
+mod differential;
 mod hotswap;
 mod lsm;
 mod net;
@@ -46,6 +47,8 @@ fn main() {
         trial("pinned_state_survives_agent_sigkill", &["cgroup"], agent_restart::survives_sigkill),
         trial("hot_swap_never_mixes_generations_or_opens_a_gap", &["cgroup"], hotswap::hot_swap),
         trial("policy_apply_through_the_api", &["cgroup"], api::apply_through_api),
+        trial("differential_evaluator_vs_kernel_cgroup_tracepoint", &["cgroup", "tracepoint"], differential::host),
+        trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),
         trial("lsm_file_open_deny_resolves_paths", &["lsm"], lsm::file_open),
         trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),
