@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod cgroup;
+pub mod dna;
 pub mod doctor;
 pub mod ebpf;
 pub mod events;
