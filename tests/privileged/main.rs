@@ -12,6 +12,8 @@ mod hotswap;
 mod lsm;
 mod net;
 mod process;
+mod quarantine;
+mod shipped;
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -47,7 +49,21 @@ fn main() {
         trial("pinned_state_survives_agent_sigkill", &["cgroup"], agent_restart::survives_sigkill),
         trial("hot_swap_never_mixes_generations_or_opens_a_gap", &["cgroup"], hotswap::hot_swap),
         trial("policy_apply_through_the_api", &["cgroup"], api::apply_through_api),
-        trial("differential_evaluator_vs_kernel_cgroup_tracepoint", &["cgroup", "tracepoint"], differential::host),
+        trial(
+            "quarantine_after_learning_scoring_and_release",
+            &["cgroup", "tracepoint"],
+            quarantine::learn_score_quarantine_release,
+        ),
+        trial(
+            "shipped_policies_govern_their_workloads",
+            &["cgroup", "tracepoint"],
+            shipped::shipped_profiles,
+        ),
+        trial(
+            "differential_evaluator_vs_kernel_cgroup_tracepoint",
+            &["cgroup", "tracepoint"],
+            differential::host,
+        ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),
         trial("lsm_file_open_deny_resolves_paths", &["lsm"], lsm::file_open),

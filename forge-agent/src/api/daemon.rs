@@ -9,7 +9,8 @@ use super::protocol::{ApiError, Document, ErrorCode, Request};
 use crate::{
     agent::Agent,
     cgroup::{Cgroup, cgroup2_mount},
-    policy::{CompiledRecord, Diagnostics, Policy, PolicyError, PolicySet, Severity, Workload},
+    policy::{CompiledRecord, Diagnostics, Policy, PolicyError, PolicySet, Severity, Tier, Workload},
+    trust::{Action, ScoreConfig, Scorer, TrustController, quarantine},
 };
 
 struct Governed {
@@ -17,6 +18,9 @@ struct Governed {
     workload: Workload,
     compiled: CompiledRecord,
     generation: u64,
+    /// The record before the first trust drop or quarantine (restored on release).
+    before_escalation: Option<CompiledRecord>,
+    frozen: bool,
 }
 
 pub struct Daemon {
@@ -24,6 +28,10 @@ pub struct Daemon {
     set: PolicySet,
     documents: Vec<Document>,
     governed: BTreeMap<u64, Governed>,
+    pub scorer: Scorer,
+    pub trust: TrustController,
+    /// Trust changes, quarantines and releases, in order.
+    pub audit: Vec<Value>,
 }
 
 fn invalid(d: Diagnostics) -> ApiError {
@@ -60,9 +68,119 @@ pub fn build_set(docs: &[Document]) -> Result<PolicySet, ApiError> {
 }
 
 impl Daemon {
-    pub fn new(agent: Agent, documents: Vec<Document>) -> Result<Self, ApiError> {
+    pub fn new(mut agent: Agent, documents: Vec<Document>) -> Result<Self, ApiError> {
         let set = build_set(&documents)?;
-        Ok(Self { agent, set, documents, governed: BTreeMap::new() })
+        // The scorer learns destinations from allowed connects too.
+        agent.writer.set_observe_net(true);
+        Ok(Self {
+            agent,
+            set,
+            documents,
+            governed: BTreeMap::new(),
+            scorer: Scorer::new(ScoreConfig::default()),
+            trust: TrustController::default(),
+            audit: Vec::new(),
+        })
+    }
+
+    /// Scores an event and carries out what the trust controller decides.
+    /// Returns the actions taken (also appended to the audit log).
+    pub fn observe(&mut self, ev: &crate::events::DecisionEvent) -> Vec<Value> {
+        if !self.governed.contains_key(&ev.cgroup_id) {
+            return Vec::new();
+        }
+        let started = std::time::Instant::now();
+        let Some(score) = self.scorer.observe(ev) else { return Vec::new() };
+        let set = &self.set;
+        let workload = self.governed[&ev.cgroup_id].workload.clone();
+        let quarantine_at = |t: Tier| set.compile_for(&workload, t, 1).is_ok_and(|c| c.quarantine);
+        let actions = self.trust.on_score(&score, quarantine_at);
+        let mut done = Vec::new();
+        for a in actions {
+            match self.act(&a) {
+                Ok(mut v) => {
+                    v["latency_us"] = json!(started.elapsed().as_micros() as u64);
+                    v["score"] = json!(score.value);
+                    if let Some(last) = self.audit.last_mut() {
+                        *last = v.clone();
+                    }
+                    done.push(v);
+                }
+                Err(e) => tracing::error!(error = %e.message, action = ?a, "trust action failed"),
+            }
+        }
+        done
+    }
+
+    /// Carries out one trust action and audits it.
+    fn act(&mut self, a: &Action) -> Result<Value, ApiError> {
+        let entry = match a {
+            Action::SetTier { cgroup_id, from, to, reason, actor, .. } => {
+                let g = self.governed.get_mut(cgroup_id).ok_or_else(|| {
+                    ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
+                })?;
+                let compiled = self.set.compile_for(&g.workload, *to, 1).map_err(|e| invalid(e.0))?;
+                let generation = self.agent.writer.govern(&g.cgroup, &compiled).map_err(kernel)?;
+                if g.before_escalation.is_none() && to > from {
+                    g.before_escalation = Some(g.compiled.clone());
+                }
+                g.compiled = compiled;
+                g.generation = generation;
+                json!({"action": "set_tier", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "from": from, "to": to, "reason": reason, "actor": actor, "generation": generation})
+            }
+            Action::Quarantine { cgroup_id, reason } => self.quarantine(*cgroup_id, "scorer", reason)?,
+            Action::Release { cgroup_id, actor } => self.release(*cgroup_id, actor)?,
+        };
+        tracing::warn!(entry = %entry, "trust action");
+        self.audit.push(entry.clone());
+        Ok(entry)
+    }
+
+    fn quarantine(&mut self, cgroup_id: u64, actor: &str, reason: &[String]) -> Result<Value, ApiError> {
+        let g = self.governed.get_mut(&cgroup_id).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
+        })?;
+        // Redzone first (the compromised-tier record), then freeze.
+        if g.compiled.tier != Tier::Compromised {
+            let compiled =
+                self.set.compile_for(&g.workload, Tier::Compromised, 1).map_err(|e| invalid(e.0))?;
+            let generation = self.agent.writer.govern(&g.cgroup, &compiled).map_err(kernel)?;
+            g.before_escalation.get_or_insert_with(|| g.compiled.clone());
+            g.compiled = compiled;
+            g.generation = generation;
+            self.trust.track(cgroup_id, Tier::Compromised);
+        }
+        let snapshot = quarantine::snapshot(&g.cgroup);
+        let freeze = g.compiled.quarantine;
+        if freeze {
+            quarantine::freeze(&g.cgroup, std::time::Duration::from_secs(2)).map_err(kernel)?;
+            g.frozen = true;
+        }
+        Ok(
+            json!({"action": "quarantine", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "frozen": freeze, "generation": g.generation, "actor": actor, "reason": reason, "snapshot": snapshot}),
+        )
+    }
+
+    fn release(&mut self, cgroup_id: u64, actor: &str) -> Result<Value, ApiError> {
+        let g = self.governed.get_mut(&cgroup_id).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
+        })?;
+        let previous = g.before_escalation.take().ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, "the workload is not quarantined or escalated")
+        })?;
+        let generation = self.agent.writer.govern(&g.cgroup, &previous).map_err(kernel)?;
+        if g.frozen {
+            quarantine::thaw(&g.cgroup).map_err(kernel)?;
+            g.frozen = false;
+        }
+        let tier = previous.tier;
+        g.compiled = previous;
+        g.generation = generation;
+        self.trust.track(cgroup_id, tier);
+        self.scorer.reset(cgroup_id);
+        Ok(
+            json!({"action": "release", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "tier": tier, "generation": generation, "actor": actor}),
+        )
     }
 
     /// The record governing `cgroup_id`, for explaining its events.
@@ -79,6 +197,25 @@ impl Daemon {
             })),
             Request::PolicyApply { documents } => self.apply(documents),
             Request::Govern { cgroup } => self.govern(&cgroup),
+            Request::TrustSet { cgroup, tier, actor, reason } => {
+                let id = self.known(&cgroup)?;
+                let a = self
+                    .trust
+                    .set(id, tier, &actor, &reason)
+                    .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not tracked"))?;
+                self.act(&a)
+            }
+            Request::Quarantine { cgroup, actor, reason } => {
+                let id = self.known(&cgroup)?;
+                let entry = self.quarantine(id, &actor, &[reason])?;
+                self.audit.push(entry.clone());
+                Ok(entry)
+            }
+            Request::Release { cgroup, actor } => {
+                let id = self.known(&cgroup)?;
+                self.act(&Action::Release { cgroup_id: id, actor })
+            }
+            Request::Audit => Ok(json!(self.audit)),
             Request::Ungovern { cgroup } => {
                 let cg = Cgroup::resolve(&cgroup)
                     .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
@@ -92,6 +229,15 @@ impl Daemon {
         }
     }
 
+    fn known(&self, spec: &str) -> Result<u64, ApiError> {
+        let cg = Cgroup::resolve(spec).map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
+        if self.governed.contains_key(&cg.id) {
+            Ok(cg.id)
+        } else {
+            Err(ApiError::new(ErrorCode::NotFound, format!("{} is not governed", cg.path.display())))
+        }
+    }
+
     /// Governs a cgroup with what the current set says for it.
     pub fn govern(&mut self, spec: &str) -> Result<Value, ApiError> {
         let cgroup = Cgroup::resolve(spec)
@@ -102,7 +248,11 @@ impl Daemon {
         let compiled = self.set.compile_for(&workload, tier, 1).map_err(|e| invalid(e.0))?;
         let generation = self.agent.writer.govern(&cgroup, &compiled).map_err(kernel)?;
         let out = json!({"cgroup": cgroup.path, "id": cgroup.id, "policies": compiled.policy_name, "tier": compiled.tier, "generation": generation});
-        self.governed.insert(cgroup.id, Governed { cgroup, workload, compiled, generation });
+        self.trust.track(cgroup.id, tier);
+        self.governed.insert(
+            cgroup.id,
+            Governed { cgroup, workload, compiled, generation, before_escalation: None, frozen: false },
+        );
         Ok(out)
     }
 
@@ -153,7 +303,7 @@ impl Daemon {
         let known: Vec<Value> = self
             .governed
             .values()
-            .map(|g| json!({"cgroup": g.cgroup.path, "id": g.cgroup.id, "policies": g.compiled.policy_name, "tier": g.compiled.tier, "generation": g.generation, "quarantine": g.compiled.quarantine}))
+            .map(|g| json!({"cgroup": g.cgroup.path, "id": g.cgroup.id, "policies": g.compiled.policy_name, "tier": g.compiled.tier, "generation": g.generation, "frozen": g.frozen}))
             .collect();
         let adopted_only: Vec<u64> = self
             .agent
@@ -214,6 +364,7 @@ pub async fn run(
                     break Err(e);
                 }
                 for ev in batch.drain(..) {
+                    daemon.observe(&ev);
                     on_event(daemon, ev);
                 }
             }

@@ -19,6 +19,14 @@ pub enum Request {
     Govern { cgroup: String },
     /// Stop governing a cgroup.
     Ungovern { cgroup: String },
+    /// Set a workload's trust tier (an audited operator action).
+    TrustSet { cgroup: String, tier: crate::policy::Tier, actor: String, reason: String },
+    /// Quarantine a workload now (an audited operator action).
+    Quarantine { cgroup: String, actor: String, reason: String },
+    /// Release a quarantine: thaw, restore the policy from before it.
+    Release { cgroup: String, actor: String },
+    /// The audit log: trust changes, quarantines, releases, with their reasons.
+    Audit,
 }
 
 /// A policy document as text, with the name errors should cite.

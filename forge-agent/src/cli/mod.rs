@@ -7,6 +7,7 @@ mod explain;
 mod policy;
 mod run;
 mod sign;
+mod trace;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -65,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: sign::KeyCommand,
     },
+    /// Show, verify and export a workload's execution trace (hash-chained, signed).
+    Trace {
+        #[command(subcommand)]
+        command: trace::TraceCommand,
+    },
     /// Remove all pinned ForgeOne state: enforcement ends for every cgroup.
     Reset(PinArgs),
     /// Ask the running agent for its state: backends, governed workloads, counters.
@@ -83,6 +89,40 @@ enum Command {
     /// Ask the running agent to stop governing a cgroup.
     Ungovern {
         cgroup: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Set a workload's trust tier (audited; the only way trust goes back up).
+    TrustSet {
+        cgroup: String,
+        tier: forge_agent::policy::Tier,
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+        #[arg(long, default_value = "operator decision")]
+        reason: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Quarantine a workload now: redzone policy, frozen if its policy says so.
+    Quarantine {
+        cgroup: String,
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+        #[arg(long, default_value = "operator decision")]
+        reason: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Release a quarantined or escalated workload: thaw it, restore its previous policy.
+    Release {
+        cgroup: String,
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Show the audit log: trust changes, quarantines, releases and why.
+    Audit {
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -161,10 +201,21 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Policy { command: PolicyCommand::Check(c) } => policy::run(&c),
         Command::Policy { command: PolicyCommand::Bundle(c) } => sign::run_bundle(&c),
         Command::Key { command } => sign::run_key(&command),
+        Command::Trace { command } => trace::run(&command),
         Command::Reset(a) => reset(&a),
         Command::Status { socket, json } => call(&socket, &Request::Status, json),
         Command::Govern { cgroup, socket } => call(&socket, &Request::Govern { cgroup }, true),
         Command::Ungovern { cgroup, socket } => call(&socket, &Request::Ungovern { cgroup }, true),
+        Command::TrustSet { cgroup, tier, actor, reason, socket } => {
+            call(&socket, &Request::TrustSet { cgroup, tier, actor, reason }, true)
+        }
+        Command::Quarantine { cgroup, actor, reason, socket } => {
+            call(&socket, &Request::Quarantine { cgroup, actor, reason }, true)
+        }
+        Command::Release { cgroup, actor, socket } => {
+            call(&socket, &Request::Release { cgroup, actor }, true)
+        }
+        Command::Audit { socket } => call(&socket, &Request::Audit, true),
     };
     match result {
         Ok(code) => code,

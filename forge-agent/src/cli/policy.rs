@@ -66,6 +66,9 @@ pub(crate) struct CompileArgs {
     /// Print the full record (every denied syscall, every path entry).
     #[arg(long)]
     dump: bool,
+    /// Print the OCI `linux.seccomp` profile for launched workloads instead.
+    #[arg(long)]
+    seccomp: bool,
 }
 
 pub(crate) fn run(cmd: &PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -79,7 +82,11 @@ pub(crate) fn run(cmd: &PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Compile(a) => {
             let set = PolicySet::load(&a.paths)?;
             let c = compile_target(&set, &a.target)?;
-            super::print_json(&dump(&c, a.dump))?;
+            if a.seccomp {
+                super::print_json(&forge_agent::policy::seccomp::profile(&c))?;
+            } else {
+                super::print_json(&dump(&c, a.dump))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Diff { old, new, target, json } => {

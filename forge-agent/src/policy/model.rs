@@ -245,7 +245,7 @@ fn load_error_marker(e: &LoadError) -> Option<marked_yaml::Marker> {
 
 /// marked-yaml reports unknown fields without a place; find the key in the text.
 fn locate_unknown_field(chunk: &str, message: &str) -> Option<marked_yaml::Marker> {
-    let field = message.split('`').nth(1)?;
+    let field = message.split('`').nth(1).filter(|f| !f.is_empty())?;
     for (i, line) in chunk.lines().enumerate() {
         let mut from = 0;
         while let Some(pos) = line[from..].find(field) {
@@ -315,6 +315,13 @@ mod tests {
         let err = Policy::from_yaml("apiVersion: [\n", "broken.yaml").unwrap_err().0;
         assert!(err.0[0].line >= 1, "{}", err);
         assert!(err.to_string().starts_with("broken.yaml:"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_unknown_field_name_is_an_error_not_a_hang() {
+        let text = "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: x}\nspec:\n  \"\": 1\n";
+        let err = Policy::from_yaml(text, "e.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("e.yaml"), "{err}");
     }
 
     #[test]

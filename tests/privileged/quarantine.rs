@@ -1,0 +1,161 @@
+//! Events to action on a real cgroup: a workload learns, stays untouched
+//! while it behaves like itself, then does something reverse-shell-like (a
+//! connect to a never-seen network and the exec of a shell copied into /tmp);
+//! the agent scores it, drops it to `compromised` and quarantines it live.
+//! Release thaws it and restores its previous policy; the audit names who.
+
+use std::{path::PathBuf, time::Duration};
+
+use forge_agent::{
+    agent::{Agent, AgentOptions},
+    api::{
+        Request,
+        client::call,
+        daemon::{self, Daemon},
+        protocol::Document,
+        server,
+    },
+    cgroup::Cgroup,
+    ebpf::{Pins, Want},
+    trust::quarantine::is_frozen,
+    workload::{Action, Outcome, run_action_in},
+};
+use forge_tests::{check, expect, fail};
+use libtest_mimic::Failed;
+
+use crate::{listener, process::exe_copy};
+
+const POLICY: &str = "apiVersion: forgeone.dev/v1alpha1
+kind: Policy
+metadata: {name: quarantine-test}
+spec:
+  selector: {cgroups: [forge-test/*]}
+  trust: verified
+  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}
+  escalation:
+    suspicious:
+      defaults: {net.connect: deny}
+    compromised:
+      quarantine: true
+";
+
+pub(crate) fn learn_score_quarantine_release() -> Result<(), Failed> {
+    let id = std::process::id();
+    let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{id}-quarantine"));
+    let socket = PathBuf::from(format!("/tmp/forge-test-{id}-quarantine/agent.sock"));
+    let cg_name = format!("forge-test/{id}-quarantine");
+    let cgroup = Cgroup::create(&cg_name).map_err(fail)?;
+    let service = listener("127.0.0.1:0")?;
+    // 127.0.1.0/24 is loopback too, but a network the workload never used.
+    let elsewhere = listener("127.0.1.1:0")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (pins, sock, cg) = (pin_root.clone(), socket.clone(), cg_name.clone());
+    let daemon_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let started = (|| {
+                let agent = Agent::start(&AgentOptions {
+                    pin_root: pins,
+                    want: Want { cgroup: Some(true), tracepoint: Some(true), ..Want::default() },
+                })
+                .map_err(|e| e.to_string())?;
+                let mut d = Daemon::new(agent, vec![Document { name: "q.yaml".into(), text: POLICY.into() }])
+                    .map_err(|e| e.message)?;
+                d.scorer.config.learning_ns = 2_000_000_000;
+                d.govern(&cg).map_err(|e| e.message)?;
+                let l = server::bind(&sock).map_err(|e| e.to_string())?;
+                Ok::<_, String>((d, l))
+            })();
+            match started {
+                Ok((mut d, l)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = daemon::run(&mut d, l, async { drop(stop_rx.await) }, |_, _| {}).await;
+                    let _ = d.agent.remove_pins();
+                }
+                Err(e) => drop(ready_tx.send(Err(e))),
+            }
+        });
+    });
+    let result = (|| {
+        ready_rx.recv().map_err(fail)?.map_err(Failed::from)?;
+        scenario(&socket, &cgroup, service, elsewhere)
+    })();
+    let _ = std::fs::write(cgroup.path.join("cgroup.freeze"), "0");
+    let _ = stop_tx.send(());
+    let _ = daemon_thread.join();
+    let _ = Pins::new(&pin_root).remove_all();
+    let _ = std::fs::remove_dir_all(socket.parent().expect("socket dir"));
+    let _ = cgroup.destroy();
+    result
+}
+
+fn tier_of(socket: &std::path::Path) -> Result<String, Failed> {
+    let s = call(socket, &Request::Status).map_err(fail)?;
+    Ok(s["governed"][0]["tier"].as_str().unwrap_or("?").to_string())
+}
+
+fn scenario(
+    socket: &std::path::Path,
+    cgroup: &Cgroup,
+    service: std::net::SocketAddr,
+    elsewhere: std::net::SocketAddr,
+) -> Result<(), Failed> {
+    let exe = std::env::current_exe().map_err(fail)?;
+    let run = |a: Action| run_action_in(cgroup, &exe, &a).map_err(fail);
+    // Learning (2 s): the workload's own binary, its own service.
+    let learn_until = std::time::Instant::now() + Duration::from_millis(2300);
+    while std::time::Instant::now() < learn_until {
+        expect("benign connect while learning", run(Action::Connect(service))?, Outcome::Ok)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Scoring: the same behaviour for a while is not escalated.
+    for _ in 0..20 {
+        expect("benign connect while scored", run(Action::Connect(service))?, Outcome::Ok)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    check!(tier_of(socket)? == "verified", "a benign workload was escalated to {}", tier_of(socket)?);
+
+    // The attack: a never-seen network, then a shell dropped into /tmp.
+    let dir = PathBuf::from(format!("/tmp/forge-q-{}", std::process::id()));
+    let shell = exe_copy(&dir, "sh")?;
+    expect("connect to a new network", run(Action::Connect(elsewhere))?, Outcome::Ok)?;
+    // The dropped shell is frozen with its cgroup: do not wait for it here.
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.env(forge_agent::workload::ACTION_ENV, Action::Exec(shell.clone()).to_string());
+    let mut dropped = forge_agent::workload::spawn_in(cgroup, &mut cmd).map_err(fail)?;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !is_frozen(cgroup).map_err(fail)? && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check!(is_frozen(cgroup).map_err(fail)?, "the cgroup was not frozen; tier {}", tier_of(socket)?);
+    check!(tier_of(socket)? == "compromised", "tier {}", tier_of(socket)?);
+    let audit = call(socket, &Request::Audit).map_err(fail)?;
+    let text = audit.to_string();
+    check!(
+        text.contains("never-seen 127.0.1.0/24")
+            && text.contains(&format!("exec from a writable dir: {shell}")),
+        "audit lacks the reasons: {text}"
+    );
+    check!(text.contains("\"action\":\"quarantine\""), "audit lacks the quarantine: {text}");
+    let latency =
+        audit.as_array().into_iter().flatten().filter_map(|e| e["latency_us"].as_u64()).max().unwrap_or(0);
+    eprintln!("quarantine: event read to frozen + policy switched in {latency} µs");
+
+    // Release: thawed, previous policy back, who did it recorded.
+    let r = call(
+        socket,
+        &Request::Release { cgroup: cgroup.path.display().to_string(), actor: "test-operator".into() },
+    )
+    .map_err(fail)?;
+    check!(r["tier"] == "verified", "release result {r}");
+    check!(!is_frozen(cgroup).map_err(fail)?, "still frozen after release");
+    dropped.wait().map_err(fail)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    expect("connect after release", run(Action::Connect(service))?, Outcome::Ok)?;
+    let audit = call(socket, &Request::Audit).map_err(fail)?.to_string();
+    check!(audit.contains("\"actor\":\"test-operator\""), "release not audited: {audit}");
+    Ok(())
+}
