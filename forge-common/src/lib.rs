@@ -27,7 +27,7 @@ pub mod policy;
 pub use event::{Event, PATH_BUF_LEN};
 pub use policy::{
     Config, CounterKey, MAX_NET_RULES, MAX_SYSCALLS, NetRule, PATH_KEY_PATH_LEN, PathKey, PathRule,
-    PolicyRecord, SYSCALL_WORDS,
+    PolicyRecord, SYSCALL_WORDS, unmap_v4,
 };
 
 /// Names of the maps in the eBPF object, used by the agent to find them.

@@ -68,6 +68,22 @@ impl NetRule {
     }
 }
 
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is decided as the IPv4
+/// address it stands for, so IPv4 rules cannot be bypassed from a
+/// dual-stack socket. Other addresses are returned unchanged.
+#[inline(always)]
+pub fn unmap_v4(family: u8, ip: &[u32; 4]) -> (u8, [u32; 4]) {
+    if family == crate::family::INET6
+        && ip[0] == 0
+        && ip[1] == 0
+        && ip[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    {
+        (crate::family::INET, [ip[3], 0, 0, 0])
+    } else {
+        (family, *ip)
+    }
+}
+
 /// The per-cgroup record. Written whole by the agent's map writer into a
 /// free slot, then published by pointing the cgroup at the slot.
 #[repr(C)]
@@ -265,6 +281,15 @@ mod tests {
         assert!(!r.matches(op::NET_CONNECT, family::INET, &[v4(10, 1, 0, 1), 0, 0, 0], 6000));
         assert!(!r.matches(op::NET_BIND, family::INET, &[v4(10, 1, 0, 1), 0, 0, 0], 5432));
         assert!(!r.matches(op::NET_CONNECT, family::INET6, &[v4(10, 1, 0, 1), 0, 0, 0], 5432));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_decided_as_ipv4() {
+        let mapped = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4(169, 254, 169, 254)];
+        assert_eq!(unmap_v4(family::INET6, &mapped), (family::INET, [v4(169, 254, 169, 254), 0, 0, 0]));
+        let plain6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        assert_eq!(unmap_v4(family::INET6, &plain6), (family::INET6, plain6));
+        assert_eq!(unmap_v4(family::INET, &[1, 0, 0, 0]), (family::INET, [1, 0, 0, 0]));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub(crate) fn decide_net(
     ip: &[u32; 4],
     port: u16,
 ) -> Decision {
+    let (family, mapped) = forge_common::unmap_v4(family, ip);
+    let ip = &mapped;
     let count = record.net_count as usize;
     let mut i = 0;
     while i < forge_common::MAX_NET_RULES {

@@ -50,6 +50,18 @@ pub(crate) fn connect4() -> Result<(), Failed> {
     check!(ev.target == Target::Addr { addr: denied.ip(), port: denied.port() }, "target {}", ev.target);
     check!(ev.rule_id == rule_id::FIRST, "rule id {}", ev.rule_id);
     check!(ev.generation >= 1, "generation {}", ev.generation);
+
+    // The same address written IPv4-mapped, from a dual-stack socket.
+    let mapped = format!("[::ffff:127.0.0.1]:{}", denied.port());
+    expect("IPv4-mapped connect inside", f.inside(&format!("connect {mapped}"))?, EPERM)?;
+    let events = f.decisions(1);
+    let ev = find(&events, "the mapped connect", |e| e.op == Op::NetConnect)?;
+    check!(
+        ev.hook == Hook::CgroupConnect6 && ev.rule_id == rule_id::FIRST,
+        "mapped connect decided at {} by rule {}",
+        ev.hook,
+        ev.rule_id
+    );
     Ok(())
 }
 

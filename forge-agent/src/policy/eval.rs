@@ -522,7 +522,7 @@ fn kernel_view(class: u8, addr: &SocketAddr, via_lsm: bool, notes: &mut Vec<Stri
                     return (family::INET, [u32::from_ne_bytes(v4.octets()), 0, 0, 0], port);
                 }
                 notes.push(format!(
-                    "{v6} is IPv4-mapped, but this hook sees an IPv6 address: IPv4 rules (e.g. one for {v4}) do not match it"
+                    "{v6} is IPv4-mapped: this hook sees an IPv6 address, and ForgeOne decides it by the IPv4 rules, as {v4}"
                 ));
             }
             let b = v6.octets();
@@ -608,6 +608,7 @@ fn net(c: &CompiledRecord, class: u8, addr: &SocketAddr, notes: &mut Vec<String>
     }
     let (fam, ip, port) = kernel_view(class, addr, via_lsm, notes);
     let hook = net_hook(class, fam, via_lsm);
+    let (fam, ip) = forge_common::unmap_v4(fam, &ip);
     let mut considered = Vec::new();
     let count = (r.net_count as usize).min(MAX_NET_RULES);
     for (index, rule) in r.net[..count].iter().enumerate() {
@@ -940,9 +941,9 @@ mod tests {
         assert_eq!(eval(&c, "net.bind [::1]:22").decision.hook, Some(Hook::CgroupBind6));
         is(&eval(&c, "net.connect [::1]:80"), DENIED, FIRST + 2);
         allowed(&eval(&c, "net.connect [::2]:80"), 0);
-        // An IPv4-mapped destination: connect sees IPv6, a UDP send the IPv4 path.
+        // An IPv4-mapped destination is decided by the IPv4 rules, whichever hook sees it.
         let e = eval(&c, "net.connect [::ffff:8.8.8.8]:53");
-        allowed(&e, 0);
+        is(&e, DENIED, FIRST);
         assert_eq!(e.decision.hook, Some(Hook::CgroupConnect6));
         assert!(e.notes.iter().any(|n| n.contains("IPv4-mapped")));
         let e = eval(&c, "net.sendto [::ffff:8.8.8.8]:53");
