@@ -49,6 +49,7 @@ fn main() {
         trial("pinned_state_survives_agent_sigkill", &["cgroup"], agent_restart::survives_sigkill),
         trial("hot_swap_never_mixes_generations_or_opens_a_gap", &["cgroup"], hotswap::hot_swap),
         trial("policy_apply_through_the_api", &["cgroup"], api::apply_through_api),
+        trial("signed_bundles_only_in_strict_mode", &["cgroup"], api::signed_apply_in_strict_mode),
         trial(
             "quarantine_after_learning_scoring_and_release",
             &["cgroup", "tracepoint"],

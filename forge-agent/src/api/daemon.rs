@@ -32,6 +32,17 @@ pub struct Daemon {
     pub trust: TrustController,
     /// Trust changes, quarantines and releases, in order.
     pub audit: Vec<Value>,
+    /// Strict mode: only signed bundles are applied.
+    pub signing: Option<Signing>,
+}
+
+/// The agent's signing rules for policy bundles.
+pub struct Signing {
+    pub trust: crate::sign::trust::TrustConfig,
+    /// Where the last applied version of each bundle name is kept.
+    pub state: std::path::PathBuf,
+    /// Also refuse rules no available backend can enforce.
+    pub require_enforceable: bool,
 }
 
 fn invalid(d: Diagnostics) -> ApiError {
@@ -80,6 +91,7 @@ impl Daemon {
             scorer: Scorer::new(ScoreConfig::default()),
             trust: TrustController::default(),
             audit: Vec::new(),
+            signing: None,
         })
     }
 
@@ -195,7 +207,16 @@ impl Daemon {
                 "documents": self.documents.iter().map(|d| json!({"name": d.name, "bytes": d.text.len()})).collect::<Vec<_>>(),
                 "policies": self.set.docs.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
             })),
-            Request::PolicyApply { documents } => self.apply(documents),
+            Request::PolicyApply { documents } => {
+                if self.signing.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::Refused,
+                        "strict mode: this agent applies only signed bundles (policy_apply_bundle); nothing was changed",
+                    ));
+                }
+                self.apply(documents)
+            }
+            Request::PolicyApplyBundle { path } => self.apply_bundle(std::path::Path::new(&path)),
             Request::Govern { cgroup } => self.govern(&cgroup),
             Request::TrustSet { cgroup, tier, actor, reason } => {
                 let id = self.known(&cgroup)?;
@@ -254,6 +275,44 @@ impl Daemon {
             Governed { cgroup, workload, compiled, generation, before_escalation: None, frozen: false },
         );
         Ok(out)
+    }
+
+    fn apply_bundle(&mut self, path: &std::path::Path) -> Result<Value, ApiError> {
+        use crate::sign::{bundle::Bundle, state::AppliedVersions};
+        let Some(signing) = &self.signing else {
+            return Err(ApiError::new(
+                ErrorCode::Refused,
+                "this agent has no trust config (start it with --trust) to verify bundles against",
+            ));
+        };
+        let refused = |e: &dyn std::fmt::Display| {
+            ApiError::new(ErrorCode::Refused, format!("{e}; nothing was changed"))
+        };
+        let bundle = Bundle::load(path).map_err(|e| refused(&e))?;
+        let mut state = AppliedVersions::load(&signing.state).map_err(|e| refused(&e))?;
+        let verified =
+            bundle.verify(&signing.trust, state.last(bundle.manifest().name())).map_err(|e| refused(&e))?;
+        let mut documents = Vec::new();
+        for d in &verified.documents {
+            let text = d.text().map_err(|e| refused(&format!("{}: not UTF-8: {e}", d.name)))?;
+            documents
+                .push(Document { name: format!("{}:{}", verified.name, d.name), text: text.to_string() });
+        }
+        if signing.require_enforceable {
+            let set = build_set(&documents)?;
+            let findings = set.check_backends(&self.agent.writer.handles().active, true);
+            if !findings.is_empty() {
+                return Err(invalid(Diagnostics(findings)));
+            }
+        }
+        let state_path = signing.state.clone();
+        let mut result = self.apply(documents)?;
+        state
+            .record(&state_path, &verified.name, verified.version)
+            .map_err(|e| kernel(format!("applied, but recording the version failed: {e}")))?;
+        result["bundle"] = json!({"name": verified.name, "version": verified.version, "signers": verified.signer_ids().iter().map(ToString::to_string).collect::<Vec<_>>()});
+        self.audit.push(json!({"action": "policy_apply_bundle", "bundle": result["bundle"]}));
+        Ok(result)
     }
 
     /// Replaces the set: validate, compile for every governed workload, then

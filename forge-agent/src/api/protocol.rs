@@ -13,6 +13,10 @@ pub enum Request {
     /// Replace the policy set atomically: every governed workload is
     /// recompiled and swapped, or nothing changes.
     PolicyApply { documents: Vec<Document> },
+    /// Apply a signed policy bundle (a directory on this host): verified
+    /// k-of-n against the agent's trust config, newer than the last applied
+    /// version of its name, then applied like `policy_apply`.
+    PolicyApplyBundle { path: String },
     /// The policy documents in force.
     PolicyGet,
     /// Start governing a cgroup (relative to the cgroup v2 mount, or absolute).
@@ -46,6 +50,9 @@ pub enum ErrorCode {
     NotFound,
     /// The kernel refused an update; the previous state is kept.
     Kernel,
+    /// Refused by the agent's signing rules (unsigned in strict mode, too few
+    /// signers, modified bytes, a replayed version); nothing changed.
+    Refused,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, thiserror::Error)]

@@ -28,7 +28,8 @@ pub(crate) enum PolicyCommand {
     /// Evaluated with the kernel's semantics; lists the rules considered.
     Explain(super::explain::ExplainArgs),
     /// Replace the running agent's policy set atomically (all governed workloads
-    /// are recompiled and swapped, or nothing changes).
+    /// are recompiled and swapped, or nothing changes). A signed bundle
+    /// directory is verified by the agent first (required in strict mode).
     Apply {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -75,6 +76,12 @@ pub(crate) fn run(cmd: &PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { paths, host, strict, json } => check(paths, *host, *strict, *json),
         PolicyCommand::Apply { paths, socket } => {
+            if let [dir] = paths.as_slice()
+                && dir.join("MANIFEST").exists()
+            {
+                let path = std::fs::canonicalize(dir)?.display().to_string();
+                return super::call(socket, &forge_agent::api::Request::PolicyApplyBundle { path }, true);
+            }
             let documents = super::run::read_documents(paths)?;
             super::call(socket, &forge_agent::api::Request::PolicyApply { documents }, true)
         }

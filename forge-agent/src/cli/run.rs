@@ -31,6 +31,16 @@ pub(crate) struct RunArgs {
     /// with what the policy set says for it. Repeatable.
     #[arg(long, value_name = "CGROUP")]
     govern: Vec<String>,
+    /// Trust config (`trust.toml`: keys and threshold). With it the agent is in
+    /// strict mode: policy changes are applied only from signed bundles.
+    #[arg(long, value_name = "FILE")]
+    trust: Option<PathBuf>,
+    /// Where the last applied version of each bundle is kept (replay protection).
+    #[arg(long, default_value = "/var/lib/forge/applied.json")]
+    state: PathBuf,
+    /// With --trust: also refuse bundles with rules no backend here can enforce.
+    #[arg(long)]
+    strict: bool,
     /// The API socket.
     #[arg(long, default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -84,6 +94,11 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut daemon = Daemon::new(agent, documents).map_err(|e| {
         anyhow::anyhow!("{}\n{}", e.message, e.details.map(|d| d.to_string()).unwrap_or_default())
     })?;
+    if let Some(trust) = &a.trust {
+        let trust = forge_agent::sign::trust::TrustConfig::load(trust)?;
+        daemon.signing =
+            Some(daemon::Signing { trust, state: a.state.clone(), require_enforceable: a.strict });
+    }
     for cg in &a.govern {
         daemon.govern(cg).map_err(|e| anyhow::anyhow!("--govern {cg}: {}", e.message))?;
     }

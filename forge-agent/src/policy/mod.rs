@@ -7,6 +7,7 @@ pub mod diag;
 pub mod eval;
 pub mod model;
 pub mod net;
+pub mod seccomp;
 pub mod set;
 pub mod syscalls;
 pub mod tier;
