@@ -1,7 +1,12 @@
 //! `cargo xtask`: install the toolchain, build, test, demo, VM tests, benchmarks.
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "xtask is a command-line tool: its output is the interface")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "xtask is a command-line tool: its output is the interface"
+)]
 
 mod bench;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -29,6 +34,8 @@ enum Cmd {
     VmTest(vm::VmTestArgs),
     /// Run every benchmark and write target/bench/report.md (root, for the kernel overhead).
     Bench(bench::BenchArgs),
+    /// Run each fuzz target briefly (cargo-fuzz, installed on demand).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +46,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

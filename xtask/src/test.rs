@@ -53,6 +53,9 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     run_counting(&mut test, &mut tally)?;
 
+    println!("== fuzz targets, briefly");
+    crate::fuzz::run(&crate::fuzz::FuzzArgs { seconds: 20 })?;
+
     if args.no_vm {
         println!("== VM tests NOT RUN (--no-vm): the BPF-LSM paths were not proven by this run");
         tally.print();
