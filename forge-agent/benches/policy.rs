@@ -69,5 +69,32 @@ fn decode_event(c: &mut Criterion) {
     c.bench_function("event_decode", |b| b.iter(|| black_box(DecisionEvent::from_bytes(black_box(&bytes)))));
 }
 
-criterion_group!(benches, compile_rules, decode_event);
+fn evaluate_ops(c: &mut Criterion) {
+    use forge_agent::policy::eval::{Operation, evaluate};
+    let p = Policy::from_yaml(&policy_text(1_000), "bench.yaml").expect("bench policy parses");
+    let compiled = compile(&p, "bench.yaml", 1).expect("bench policy compiles");
+    let ops: Vec<Operation> = [
+        "net.connect 10.3.1.1:1003",
+        "net.connect 192.0.2.1:443",
+        "exec /opt/app99/bin/tool",
+        "file.read /srv/data100/x",
+        "syscall ptrace",
+        "syscall read",
+    ]
+    .iter()
+    .map(|o| o.parse().expect("bench operation parses"))
+    .collect();
+    let mut g = c.benchmark_group("evaluator");
+    g.throughput(criterion::Throughput::Elements(ops.len() as u64));
+    g.bench_function("decisions_1k_rules", |b| {
+        b.iter(|| {
+            for op in &ops {
+                black_box(evaluate(black_box(&compiled), op));
+            }
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, compile_rules, decode_event, evaluate_ops);
 criterion_main!(benches);

@@ -31,13 +31,20 @@ pub(crate) struct ExplainArgs {
     /// LSM, whether file opens are decided at all).
     #[arg(long, value_delimiter = ',', default_value = "lsm,cgroup,tracepoint")]
     backends: Vec<Backend>,
+    /// The workload: its cgroup (relative to the cgroup v2 mount). Only the
+    /// policies selecting it apply. Default: every policy of the set.
+    #[arg(long = "workload", value_name = "CGROUP")]
+    workload: Option<String>,
+    /// Trust tier to evaluate at (default: the workload's initial tier).
+    #[arg(long)]
+    tier: Option<forge_agent::policy::Tier>,
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(a: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let set = PolicySet::load(&a.policies)?;
-    let mut c = record_for(&set)?;
+    let mut c = record_for(&set, a.workload.as_deref(), a.tier)?;
     let has = |b| a.backends.contains(&b);
     let active =
         Active { lsm: has(Backend::Lsm), cgroup: has(Backend::Cgroup), tracepoint: has(Backend::Tracepoint) };
@@ -57,12 +64,19 @@ pub(crate) fn run(a: &ExplainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The record the operation is evaluated against. A `--workload` selector
-/// (cgroup, executable, digest, signer; and a tier) chooses it here; until
-/// then every policy of the set applies, at the set's initial tier.
-fn record_for(set: &PolicySet) -> anyhow::Result<CompiledRecord> {
-    let w = Workload::any();
-    let tier = set.initial_tier(&w)?;
+/// The record the operation is evaluated against: the policies selecting the
+/// workload's cgroup (all of them without `--workload`), at `tier` or the
+/// workload's initial tier.
+fn record_for(
+    set: &PolicySet,
+    cgroup: Option<&str>,
+    tier: Option<forge_agent::policy::Tier>,
+) -> anyhow::Result<CompiledRecord> {
+    let w = cgroup.map_or_else(Workload::any, Workload::cgroup);
+    let tier = match tier {
+        Some(t) => t,
+        None => set.initial_tier(&w)?,
+    };
     Ok(set.compile_for(&w, tier, 1)?)
 }
 
