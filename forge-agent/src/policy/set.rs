@@ -269,6 +269,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn selectors_combine_categories_with_and_items_with_or() {
+        let text = "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: s}\nspec:\n  selector:\n    executables: [/usr/sbin/nginx, /usr/bin/nginx]\n    digests: [\"sha3-256:ab\"]\n    signers: [k1]\n";
+        let doc = Policy::from_yaml(text, "s.yaml").unwrap();
+        let w = |exe: &str, digest: &str, signer: &str| Workload {
+            exe: Some(exe.into()),
+            digest: Some(digest.into()),
+            signer: Some(signer.into()),
+            ..Workload::default()
+        };
+        assert!(PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:ab", "k1")));
+        assert!(!PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:cd", "k1")), "digest must match too");
+        assert!(!PolicySet::selects(&doc, &w("/bin/sh", "sha3-256:ab", "k1")));
+        assert!(!PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:ab", "k2")));
+        assert!(!PolicySet::selects(&doc, &Workload::cgroup("web/x")), "an unknown identity is not selected");
+        assert!(PolicySet::selects(&doc, &Workload::any()));
+    }
+
+    #[test]
     fn cgroup_patterns() {
         assert!(cgroup_matches("system.slice/nginx.service", "system.slice/nginx.service"));
         assert!(cgroup_matches("/kubepods/*", "kubepods/pod1"));
