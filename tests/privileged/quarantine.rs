@@ -63,7 +63,7 @@ pub(crate) fn learn_score_quarantine_release() -> Result<(), Failed> {
                 .map_err(|e| e.to_string())?;
                 let mut d = Daemon::new(agent, vec![Document { name: "q.yaml".into(), text: POLICY.into() }])
                     .map_err(|e| e.message)?;
-                d.scorer.config.learning_ns = 2_000_000_000;
+                d.scorer.config.learning_ns = 3_000_000_000;
                 d.govern(&cg).map_err(|e| e.message)?;
                 let l = server::bind(&sock).map_err(|e| e.to_string())?;
                 Ok::<_, String>((d, l))
@@ -104,15 +104,25 @@ fn scenario(
 ) -> Result<(), Failed> {
     let exe = std::env::current_exe().map_err(fail)?;
     let run = |a: Action| run_action_in(cgroup, &exe, &a).map_err(fail);
-    // Learning (2 s): the workload's own binary, its own service.
-    let learn_until = std::time::Instant::now() + Duration::from_millis(2300);
-    while std::time::Instant::now() < learn_until {
-        expect("benign connect while learning", run(Action::Connect(service))?, Outcome::Ok)?;
+    // On a surprise, say what the agent did and why.
+    let benign = |what: &str| -> Result<(), Failed> {
+        expect(what, run(Action::Connect(service))?, Outcome::Ok).map_err(|e| {
+            let audit = call(socket, &Request::Audit).map(|a| a.to_string()).unwrap_or_default();
+            Failed::from(format!("{}; agent audit: {audit}", e.message().unwrap_or("")))
+        })
+    };
+    // Learning (3 s): the workload's own binary, its own service.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2000) {
+        benign("benign connect while learning")?;
         std::thread::sleep(Duration::from_millis(100));
+    }
+    while start.elapsed() < Duration::from_millis(3300) {
+        std::thread::sleep(Duration::from_millis(50));
     }
     // Scoring: the same behaviour for a while is not escalated.
     for _ in 0..20 {
-        expect("benign connect while scored", run(Action::Connect(service))?, Outcome::Ok)?;
+        benign("benign connect while scored")?;
     }
     std::thread::sleep(Duration::from_millis(300));
     check!(tier_of(socket)? == "verified", "a benign workload was escalated to {}", tier_of(socket)?);
