@@ -147,12 +147,15 @@ impl Scorer {
         if ev.hook == Hook::ProcExec
             && let Target::Path { path } = &ev.target
         {
+            // A binary the workload ran while learning is part of its normal
+            // behaviour, wherever it lives; a new one is a feature, and more
+            // so when it comes from a world-writable directory.
             if !m.binaries.contains(path) {
                 raise(FeatureKind::NewBinary, format!("new binary {path} executed"));
+                if WRITABLE_DIRS.iter().any(|d| path.starts_with(d)) {
+                    raise(FeatureKind::ExecFromWritableDir, format!("exec from a writable dir: {path}"));
+                }
                 m.binaries.insert(path.clone());
-            }
-            if WRITABLE_DIRS.iter().any(|d| path.starts_with(d)) {
-                raise(FeatureKind::ExecFromWritableDir, format!("exec from a writable dir: {path}"));
             }
         }
         if matches!(ev.op, Op::NetConnect | Op::NetSendto)
@@ -279,6 +282,15 @@ mod tests {
                 .iter()
                 .any(|f| f.kind == FeatureKind::DeniedSyscall && f.detail == "denied syscall ptrace(101)")
         );
+    }
+
+    #[test]
+    fn a_learned_binary_in_tmp_is_not_a_feature() {
+        let mut s = Scorer::new(ScoreConfig::default());
+        s.observe(&exec(0, "/tmp/build/tool"));
+        assert_eq!(s.observe(&exec(40, "/tmp/build/tool")), None);
+        let sc = s.observe(&exec(41, "/tmp/other")).unwrap();
+        assert_eq!(sc.value, 25 + 40);
     }
 
     #[test]
