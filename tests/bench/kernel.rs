@@ -191,4 +191,12 @@ fn main() {
             c.1 / a.1
         );
     }
+    let (lo, med, hi) = stats(&mut swaps);
+    println!(
+        "\nApply (hot-swap of the 100-rule record, {} swaps): median {:.1} µs [{:.1}-{:.1}]",
+        swaps.len(),
+        med / 1e3,
+        lo / 1e3,
+        hi / 1e3
+    );
 }
