@@ -10,6 +10,6 @@ pub mod ebpf;
 pub mod events;
 pub mod explain;
 pub mod policy;
-pub mod trust;
 pub mod sign;
+pub mod trust;
 pub mod workload;

@@ -66,7 +66,8 @@ mod tests {
     use crate::policy::{Policy, compile};
 
     fn compiled(spec: &str) -> CompiledRecord {
-        let text = format!("apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: s}}\nspec:\n{spec}");
+        let text =
+            format!("apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: s}}\nspec:\n{spec}");
         compile(&Policy::from_yaml(&text, "s.yaml").unwrap(), "s.yaml", 1).unwrap()
     }
 
@@ -76,14 +77,23 @@ mod tests {
             "  defaults: {syscall: allow}\n  rules:\n    - {op: syscall, action: deny, syscalls: [ptrace, unshare]}\n    - {op: syscall, action: deny, mode: monitor, syscalls: [setns]}\n",
         ));
         assert_eq!(p.default_action, "SCMP_ACT_ALLOW");
-        assert_eq!(p.syscalls[0], SyscallGroup { names: vec!["ptrace", "unshare"], action: "SCMP_ACT_KILL_PROCESS", errno_ret: None });
+        assert_eq!(
+            p.syscalls[0],
+            SyscallGroup {
+                names: vec!["ptrace", "unshare"],
+                action: "SCMP_ACT_KILL_PROCESS",
+                errno_ret: None
+            }
+        );
         assert_eq!(p.syscalls[1].names, vec!["setns"]);
         assert_eq!(p.syscalls[1].action, "SCMP_ACT_LOG");
     }
 
     #[test]
     fn allow_list_becomes_default_kill() {
-        let p = profile(&compiled("  rules:\n    - {op: syscall, action: allow, syscalls: [read, write, exit_group]}\n"));
+        let p = profile(&compiled(
+            "  rules:\n    - {op: syscall, action: allow, syscalls: [read, write, exit_group]}\n",
+        ));
         assert_eq!(p.default_action, "SCMP_ACT_KILL_PROCESS");
         assert_eq!(p.syscalls[0].names, vec!["read", "write", "exit_group"]);
         assert_eq!(p.syscalls[0].action, "SCMP_ACT_ALLOW");

@@ -279,7 +279,10 @@ mod tests {
             ..Workload::default()
         };
         assert!(PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:ab", "k1")));
-        assert!(!PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:cd", "k1")), "digest must match too");
+        assert!(
+            !PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:cd", "k1")),
+            "digest must match too"
+        );
         assert!(!PolicySet::selects(&doc, &w("/bin/sh", "sha3-256:ab", "k1")));
         assert!(!PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:ab", "k2")));
         assert!(!PolicySet::selects(&doc, &Workload::cgroup("web/x")), "an unknown identity is not selected");
