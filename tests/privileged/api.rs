@@ -5,19 +5,17 @@
 use std::{io::Write as _, path::PathBuf};
 
 use forge_agent::{
-    agent::{Agent, AgentOptions},
     api::{
         ErrorCode, Request,
         client::{ClientError, call},
-        daemon::{self, Daemon},
+        daemon,
         protocol::Document,
-        server,
     },
     cgroup::Cgroup,
-    ebpf::{Pins, Want},
+    ebpf::Want,
     workload::{Action, Outcome, run_action_in},
 };
-use forge_tests::{EPERM, check, expect, fail};
+use forge_tests::{DaemonFixture, EPERM, check, expect, fail};
 use libtest_mimic::Failed;
 
 use crate::listener;
@@ -42,49 +40,13 @@ spec:
 pub(crate) fn apply_through_api() -> Result<(), Failed> {
     let p = listener("127.0.0.1:0")?;
     let q = listener("127.0.0.1:0")?;
-    let id = std::process::id();
-    let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{id}-api"));
-    let socket = PathBuf::from(format!("/tmp/forge-test-{id}-api/agent.sock"));
-    let cg_name = format!("forge-test/{id}-api");
-    let cgroup = Cgroup::create(&cg_name).map_err(fail)?;
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let (pins, sock, cg) = (pin_root.clone(), socket.clone(), cg_name.clone());
-    let daemon_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let started = (|| {
-                let agent = Agent::start(&AgentOptions {
-                    pin_root: pins,
-                    want: Want { cgroup: Some(true), ..Want::default() },
-                })
-                .map_err(|e| e.to_string())?;
-                let mut d = Daemon::new(agent, vec![doc("api-a", p.port())]).map_err(|e| e.message)?;
-                d.govern(&cg).map_err(|e| e.message)?;
-                let l = server::bind(&sock).map_err(|e| e.to_string())?;
-                Ok::<_, String>((d, l))
-            })();
-            match started {
-                Ok((mut d, l)) => {
-                    let _ = ready_tx.send(Ok(()));
-                    let _ = daemon::run(&mut d, l, async { drop(stop_rx.await) }, |_, _| {}).await;
-                    let _ = d.agent.remove_pins();
-                }
-                Err(e) => drop(ready_tx.send(Err(e))),
-            }
-        });
-    });
-    let result = (|| {
-        ready_rx.recv().map_err(fail)?.map_err(Failed::from)?;
-        scenario(&socket, &cgroup, p, q)
-    })();
-    let _ = stop_tx.send(());
-    let _ = daemon_thread.join();
-    let _ = Pins::new(&pin_root).remove_all();
-    let _ = std::fs::remove_dir_all(socket.parent().expect("socket dir"));
-    let _ = cgroup.destroy();
-    result
+    let d = DaemonFixture::start(
+        "api",
+        vec![doc("api-a", p.port())],
+        Want { cgroup: Some(true), ..Want::default() },
+        |_| {},
+    )?;
+    scenario(&d.socket, &d.cgroup, p, q)
 }
 
 fn scenario(
@@ -148,11 +110,7 @@ pub(crate) fn signed_apply_in_strict_mode() -> Result<(), Failed> {
     let q = listener("127.0.0.1:0")?;
     let id = std::process::id();
     let work = PathBuf::from(format!("/tmp/forge-test-{id}-strict"));
-    let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{id}-strict"));
-    let socket = work.join("agent.sock");
-    let cg_name = format!("forge-test/{id}-strict");
     std::fs::create_dir_all(work.join("keys")).map_err(fail)?;
-    let cgroup = Cgroup::create(&cg_name).map_err(fail)?;
     for n in ["alice", "bob", "mallory"] {
         generate_files(&work.join("keys"), n).map_err(fail)?;
     }
@@ -181,41 +139,21 @@ pub(crate) fn signed_apply_in_strict_mode() -> Result<(), Failed> {
     let one_signer = make("b-one", 1, &["alice", "mallory"])?;
     let good = make("b-good", 1, &["alice", "bob"])?;
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let (pins, sock, cg, state) =
-        (pin_root.clone(), socket.clone(), cg_name.clone(), work.join("applied.json"));
-    let daemon_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let started = (|| {
-                let agent = Agent::start(&AgentOptions {
-                    pin_root: pins,
-                    want: Want { cgroup: Some(true), ..Want::default() },
-                })
-                .map_err(|e| e.to_string())?;
-                let mut d = Daemon::new(agent, vec![doc("strict-a", p.port())]).map_err(|e| e.message)?;
-                d.signing = Some(daemon::Signing { trust, state, require_enforceable: true });
-                d.govern(&cg).map_err(|e| e.message)?;
-                let l = server::bind(&sock).map_err(|e| e.to_string())?;
-                Ok::<_, String>((d, l))
-            })();
-            match started {
-                Ok((mut d, l)) => {
-                    let _ = ready_tx.send(Ok(()));
-                    let _ = daemon::run(&mut d, l, async { drop(stop_rx.await) }, |_, _| {}).await;
-                    let _ = d.agent.remove_pins();
-                }
-                Err(e) => drop(ready_tx.send(Err(e))),
-            }
-        });
-    });
+    let state = work.join("applied.json");
+    let d = DaemonFixture::start(
+        "strict",
+        vec![doc("strict-a", p.port())],
+        Want { cgroup: Some(true), ..Want::default() },
+        move |d| {
+            d.signing = Some(daemon::Signing { trust, state, require_enforceable: true });
+        },
+    )?;
+    let (socket, cgroup) = (&d.socket, &d.cgroup);
     let result = (|| {
-        ready_rx.recv().map_err(fail)?.map_err(Failed::from)?;
         let exe = std::env::current_exe().map_err(fail)?;
-        let connect = |a| run_action_in(&cgroup, &exe, &Action::Connect(a)).map_err(fail);
+        let connect = |a| run_action_in(cgroup, &exe, &Action::Connect(a)).map_err(fail);
         let refused = |req: Request, needle: &str| -> Result<(), Failed> {
-            match call(&socket, &req) {
+            match call(socket, &req) {
                 Err(ClientError::Api(e)) if e.code == ErrorCode::Refused && e.message.contains(needle) => {
                     Ok(())
                 }
@@ -227,17 +165,14 @@ pub(crate) fn signed_apply_in_strict_mode() -> Result<(), Failed> {
         refused(Request::PolicyApplyBundle { path: one_signer.display().to_string() }, "2 required")?;
         expect("connect to P after the refusals", connect(p)?, EPERM)?;
         let r =
-            call(&socket, &Request::PolicyApplyBundle { path: good.display().to_string() }).map_err(fail)?;
+            call(socket, &Request::PolicyApplyBundle { path: good.display().to_string() }).map_err(fail)?;
         check!(r["bundle"]["version"] == 1, "apply result {r}");
         expect("connect to P under the signed bundle", connect(p)?, Outcome::Ok)?;
         expect("connect to Q under the signed bundle", connect(q)?, EPERM)?;
         refused(Request::PolicyApplyBundle { path: good.display().to_string() }, "version")?;
         Ok(())
     })();
-    let _ = stop_tx.send(());
-    let _ = daemon_thread.join();
-    let _ = Pins::new(&pin_root).remove_all();
+    drop(d);
     let _ = std::fs::remove_dir_all(&work);
-    let _ = cgroup.destroy();
     result
 }

@@ -7,20 +7,13 @@
 use std::{path::PathBuf, time::Duration};
 
 use forge_agent::{
-    agent::{Agent, AgentOptions},
-    api::{
-        Request,
-        client::call,
-        daemon::{self, Daemon},
-        protocol::Document,
-        server,
-    },
+    api::{Request, client::call, protocol::Document},
     cgroup::Cgroup,
-    ebpf::{Pins, Want},
+    ebpf::Want,
     trust::quarantine::is_frozen,
     workload::{Action, Outcome, run_action_in},
 };
-use forge_tests::{check, expect, fail};
+use forge_tests::{DaemonFixture, check, expect, fail};
 use libtest_mimic::Failed;
 
 use crate::{listener, process::exe_copy};
@@ -40,55 +33,16 @@ spec:
 ";
 
 pub(crate) fn learn_score_quarantine_release() -> Result<(), Failed> {
-    let id = std::process::id();
-    let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{id}-quarantine"));
-    let socket = PathBuf::from(format!("/tmp/forge-test-{id}-quarantine/agent.sock"));
-    let cg_name = format!("forge-test/{id}-quarantine");
-    let cgroup = Cgroup::create(&cg_name).map_err(fail)?;
     let service = listener("127.0.0.1:0")?;
     // 127.0.1.0/24 is loopback too, but a network the workload never used.
     let elsewhere = listener("127.0.1.1:0")?;
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let (pins, sock, cg) = (pin_root.clone(), socket.clone(), cg_name.clone());
-    let daemon_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let started = (|| {
-                let agent = Agent::start(&AgentOptions {
-                    pin_root: pins,
-                    want: Want { cgroup: Some(true), tracepoint: Some(true), ..Want::default() },
-                })
-                .map_err(|e| e.to_string())?;
-                let mut d = Daemon::new(agent, vec![Document { name: "q.yaml".into(), text: POLICY.into() }])
-                    .map_err(|e| e.message)?;
-                d.scorer.config.learning_ns = 3_000_000_000;
-                d.govern(&cg).map_err(|e| e.message)?;
-                let l = server::bind(&sock).map_err(|e| e.to_string())?;
-                Ok::<_, String>((d, l))
-            })();
-            match started {
-                Ok((mut d, l)) => {
-                    let _ = ready_tx.send(Ok(()));
-                    let _ = daemon::run(&mut d, l, async { drop(stop_rx.await) }, |_, _| {}).await;
-                    let _ = d.agent.remove_pins();
-                }
-                Err(e) => drop(ready_tx.send(Err(e))),
-            }
-        });
-    });
-    let result = (|| {
-        ready_rx.recv().map_err(fail)?.map_err(Failed::from)?;
-        scenario(&socket, &cgroup, service, elsewhere)
-    })();
-    let _ = std::fs::write(cgroup.path.join("cgroup.freeze"), "0");
-    let _ = stop_tx.send(());
-    let _ = daemon_thread.join();
-    let _ = Pins::new(&pin_root).remove_all();
-    let _ = std::fs::remove_dir_all(socket.parent().expect("socket dir"));
-    let _ = cgroup.destroy();
-    result
+    let d = DaemonFixture::start(
+        "quarantine",
+        vec![Document { name: "q.yaml".into(), text: POLICY.into() }],
+        Want { cgroup: Some(true), tracepoint: Some(true), ..Want::default() },
+        |d| d.scorer.config.learning_ns = 3_000_000_000,
+    )?;
+    scenario(&d.socket, &d.cgroup, service, elsewhere)
 }
 
 fn tier_of(socket: &std::path::Path) -> Result<String, Failed> {

@@ -223,3 +223,77 @@ pub fn expect(what: &str, got: Outcome, want: Outcome) -> Result<(), Failed> {
 
 pub const EPERM: Outcome = Outcome::Errno(libc::EPERM);
 pub const SIGKILL: Outcome = Outcome::Signal(libc::SIGKILL);
+
+/// A daemon (agent + local API) on its own thread, governing one fresh
+/// cgroup `forge-test/<pid>-<name>`, serving `socket`. Stopped and cleaned up
+/// on drop.
+pub struct DaemonFixture {
+    pub socket: PathBuf,
+    pub cgroup: Cgroup,
+    pin_root: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DaemonFixture {
+    /// Starts the daemon with `documents`; `configure` runs on it before it
+    /// governs the cgroup.
+    pub fn start(
+        name: &str,
+        documents: Vec<forge_agent::api::protocol::Document>,
+        want: Want,
+        configure: impl FnOnce(&mut forge_agent::api::daemon::Daemon) + Send + 'static,
+    ) -> Result<Self, Failed> {
+        use forge_agent::api::{daemon, server};
+        let id = std::process::id();
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{id}-{name}"));
+        let socket = PathBuf::from(format!("/tmp/forge-test-{id}-{name}/agent.sock"));
+        let cg_name = format!("forge-test/{id}-{name}");
+        let cgroup = Cgroup::create(&cg_name).map_err(fail)?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (pins, sock) = (pin_root.clone(), socket.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let started = (|| {
+                    let agent =
+                        Agent::start(&AgentOptions { pin_root: pins, want }).map_err(|e| e.to_string())?;
+                    let mut d = daemon::Daemon::new(agent, documents).map_err(|e| e.message)?;
+                    configure(&mut d);
+                    d.govern(&cg_name).map_err(|e| e.message)?;
+                    let l = server::bind(&sock).map_err(|e| e.to_string())?;
+                    Ok::<_, String>((d, l))
+                })();
+                match started {
+                    Ok((mut d, l)) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let _ = daemon::run(&mut d, l, async { drop(stop_rx.await) }, |_, _| {}).await;
+                        let _ = d.agent.remove_pins();
+                    }
+                    Err(e) => drop(ready_tx.send(Err(e))),
+                }
+            });
+        });
+        let f = Self { socket, cgroup, pin_root, stop: Some(stop_tx), thread: Some(thread) };
+        ready_rx.recv().map_err(fail)?.map_err(Failed::from)?;
+        Ok(f)
+    }
+}
+
+impl Drop for DaemonFixture {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.cgroup.path.join("cgroup.freeze"), "0");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = forge_agent::ebpf::Pins::new(&self.pin_root).remove_all();
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let _ = self.cgroup.destroy();
+    }
+}
