@@ -24,11 +24,25 @@ pub struct AgentOptions {
     /// bpffs directory holding the pins.
     pub pin_root: PathBuf,
     pub want: Want,
+    /// Size in bytes of the event ring buffer; `None` keeps the object's
+    /// default ([`forge_common::capacity::EVENT_RING_BYTES`], 1 MiB). Must be
+    /// a power-of-two multiple of the page size (4096 is the smallest on most
+    /// hosts), else the start fails with [`LoadError::RingBytes`]. It applies
+    /// to a fresh load only: an agent that adopts pinned state keeps the ring
+    /// that state was loaded with (and logs its size), since the programs in
+    /// force write to that map. A small ring loses events sooner, never
+    /// decisions: losses are counted globally and per cgroup
+    /// ([`crate::ebpf::MapWriter::drops`], [`crate::ebpf::MapWriter::drops_by_cgroup`]).
+    pub ring_bytes: Option<u32>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { pin_root: PathBuf::from(crate::ebpf::pins::DEFAULT_ROOT), want: Want::default() }
+        Self {
+            pin_root: PathBuf::from(crate::ebpf::pins::DEFAULT_ROOT),
+            want: Want::default(),
+            ring_bytes: None,
+        }
     }
 }
 
@@ -40,7 +54,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(opts: &AgentOptions) -> Result<Self, AgentError> {
-        let handles = loader::start(Pins::new(&opts.pin_root), opts.want)?;
+        let handles = loader::start(Pins::new(&opts.pin_root), opts.want, opts.ring_bytes)?;
         for s in &handles.statuses {
             match &s.error {
                 None => tracing::info!(backend = s.backend, "backend loaded"),

@@ -36,6 +36,11 @@ pub enum Action {
     /// `n` connects to an address that must be denied: succeeds only if
     /// every one failed with EPERM (a hot-swap must never open a gap).
     ConnectDeniedLoop(SocketAddr, u32),
+    /// `n` connect(2) calls as fast as possible on one socket (a denied
+    /// connect leaves it unconnected): an event storm. Prints `denied D of N`
+    /// on stdout, D counting the calls that failed with EPERM or EACCES, and
+    /// succeeds only if every call was denied.
+    ConnectStorm(SocketAddr, u32),
 }
 
 impl fmt::Display for Action {
@@ -52,6 +57,7 @@ impl fmt::Display for Action {
             Self::Kill(pid, sig) => write!(f, "kill {pid} {sig}"),
             Self::PtraceAttach(pid) => write!(f, "ptrace {pid}"),
             Self::ConnectDeniedLoop(a, n) => write!(f, "connect-denied-loop {a} {n}"),
+            Self::ConnectStorm(a, n) => write!(f, "connect-storm {a} {n}"),
         }
     }
 }
@@ -87,14 +93,14 @@ impl FromStr for Action {
                 Self::Kill(p, sig)
             }
             "ptrace" => Self::PtraceAttach(pid(arg)?),
-            "connect-denied-loop" => {
+            "connect-denied-loop" | "connect-storm" => {
                 let a = addr(arg)?;
                 let n = it
                     .next()
-                    .ok_or("connect-denied-loop needs a count")?
+                    .ok_or_else(|| format!("{verb} needs a count"))?
                     .parse()
                     .map_err(|e| format!("bad count: {e}"))?;
-                Self::ConnectDeniedLoop(a, n)
+                if verb == "connect-storm" { Self::ConnectStorm(a, n) } else { Self::ConnectDeniedLoop(a, n) }
             }
             other => return Err(format!("unknown action {other:?}")),
         })
@@ -142,6 +148,7 @@ pub fn perform(action: &Action) -> io::Result<()> {
             }
             Ok(())
         }
+        Action::ConnectStorm(a, n) => connect_storm(a, *n),
         Action::PtraceAttach(pid) => {
             // SAFETY: ptrace(2) attach/detach with null addr/data.
             let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, *pid as libc::pid_t, 0usize, 0usize) };
@@ -150,6 +157,60 @@ pub fn perform(action: &Action) -> io::Result<()> {
             unsafe { libc::ptrace(libc::PTRACE_DETACH, *pid as libc::pid_t, 0usize, 0usize) };
             Ok(())
         }
+    }
+}
+
+fn connect_storm(addr: &SocketAddr, n: u32) -> io::Result<()> {
+    use std::io::Write as _;
+    // sockaddr_in or sockaddr_in6 for `addr`, in network byte order.
+    // SAFETY: both are plain C structs for which all-zero bytes are valid.
+    let mut v4: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut v6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let (domain, sa, len) = match addr {
+        SocketAddr::V4(a) => {
+            v4.sin_family = libc::AF_INET as libc::sa_family_t;
+            v4.sin_port = a.port().to_be();
+            v4.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            let p: *const libc::sockaddr = (&raw const v4).cast();
+            (libc::AF_INET, p, size_of::<libc::sockaddr_in>())
+        }
+        SocketAddr::V6(a) => {
+            v6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            v6.sin6_port = a.port().to_be();
+            v6.sin6_addr.s6_addr = a.ip().octets();
+            let p: *const libc::sockaddr = (&raw const v6).cast();
+            (libc::AF_INET6, p, size_of::<libc::sockaddr_in6>())
+        }
+    };
+    // SAFETY: socket(2) has no memory arguments.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut denied = 0u32;
+    let mut other = None;
+    for i in 0..n {
+        // SAFETY: `sa` points at the live sockaddr above, of `len` bytes.
+        let r = unsafe { libc::connect(fd, sa, len as libc::socklen_t) };
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) if r < 0 => denied += 1,
+            _ => {
+                let what = if r == 0 { "succeeded".to_string() } else { err.to_string() };
+                other = Some(format!("connect {i} of {n} to {addr} was not denied: {what}"));
+                break;
+            }
+        }
+    }
+    // SAFETY: `fd` is the socket opened above, closed once.
+    unsafe { libc::close(fd) };
+    let mut out = io::stdout().lock();
+    writeln!(out, "denied {denied} of {n}")?;
+    out.flush()?;
+    match other {
+        None => Ok(()),
+        Some(msg) => Err(io::Error::other(msg)),
     }
 }
 
@@ -338,6 +399,8 @@ mod tests {
             "kill 1 15",
             "ptrace 42",
             "connect-denied-loop 127.0.0.1:80 100",
+            "connect-storm 127.0.0.1:80 200000",
+            "connect-storm [::1]:443 5",
         ] {
             let a: Action = s.parse().unwrap();
             assert_eq!(a.to_string(), s);

@@ -13,9 +13,20 @@
 //! PATHS     lpm     PathKey{slot,op,path} -> PathRule     longest prefix wins
 //! EVENTS    ringbuf Event                                 decisions other than plain allow
 //! DROPS     percpu  [u64; 1]                              ring reservations that failed
-//! COUNTERS  percpu hash CounterKey -> u64                 per cgroup, hook, verdict, mode
+//! COUNTERS  percpu hash CounterKey -> u64                 per cgroup, hook, verdict (or DROPPED), mode
 //! CONFIG    array   [Config; 1]                           agent tgid, flags
 //! ```
+//!
+//! `COUNTERS` counts every decision other than `INFO` under its verdict, and
+//! every event the ring had no room for (decisions and `INFO` alike) under
+//! [`verdict::DROPPED`] with the lost event's cgroup, hook and mode. So, per
+//! cgroup and hook, the decisions counted equal the events read plus those
+//! counted as dropped. `DROPS` is the global total of lost events; it stays
+//! exact when a counter cannot be keyed (`COUNTERS` full, or two CPUs
+//! creating the same counter at once: one count lost).
+//!
+//! `EVENTS` is [`capacity::EVENT_RING_BYTES`] unless the agent sets another
+//! size (a power-of-two multiple of the page size) when it loads the object.
 //!
 //! A policy swap writes a new record into a free slot (and its path rules
 //! under that slot), then flips the cgroup's slot in one map update.
@@ -53,7 +64,8 @@ pub mod capacity {
     pub const PATH_RULES: u32 = 16_384;
     /// Counter entries (cgroup x hook x verdict x mode).
     pub const COUNTERS: u32 = 16_384;
-    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    /// Default ring buffer size in bytes (power of two, multiple of the page
+    /// size); the agent may load the object with another size.
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
 }
 
@@ -106,6 +118,10 @@ pub mod verdict {
     pub const KILL: u8 = 2;
     /// Not a decision: process tracking.
     pub const INFO: u8 = 3;
+    /// Counter tag only, never an event's verdict: an event of the counter's
+    /// cgroup and hook that was lost because the ring buffer was full. Kept
+    /// apart from the event verdicts so that new verdicts never collide.
+    pub const DROPPED: u8 = 0x80;
 }
 
 /// Whether a deny is applied (`ENFORCE`) or only reported (`MONITOR`).

@@ -217,6 +217,8 @@ const _: () = assert!(size_of::<PathRule>() == 8);
 pub struct CounterKey {
     pub cgroup_id: u64,
     pub hook: u16,
+    /// [`crate::verdict`]: a decision's verdict, or `DROPPED` for events of
+    /// this cgroup and hook lost to a full ring buffer.
     pub verdict: u8,
     pub mode: u8,
     pub _pad: u32,

@@ -46,7 +46,8 @@ impl Report {
     }
 }
 
-/// Adds one to the per-CPU counter for `(cgroup, hook, verdict, mode)`.
+/// Adds one to the per-CPU counter for `(cgroup, hook, verdict, mode)`;
+/// `verdict` may also be `verdict::DROPPED`.
 #[inline(always)]
 pub(crate) fn count(cgroup_id: u64, hook: u16, verdict: u8, mode: u8) {
     let key = CounterKey { cgroup_id, hook, verdict, mode, _pad: 0 };
@@ -62,7 +63,11 @@ pub(crate) fn count(cgroup_id: u64, hook: u16, verdict: u8, mode: u8) {
 }
 
 /// Counts the decision and sends the event. `path` is the scratch area when
-/// the event carries a resolved path. A full ring is counted in `DROPS`.
+/// the event carries a resolved path. An event the full ring has no room for
+/// is counted twice: in the global `DROPS`, and per cgroup and hook under
+/// `verdict::DROPPED` in `COUNTERS` (process tracking included), so that a
+/// storm in one workload is attributed to it. The decision itself was taken
+/// before this point and does not depend on the ring.
 #[inline(always)]
 pub(crate) fn report(record: Option<&PolicyRecord>, r: &Report, path: Option<&Scratch>) {
     if r.verdict != forge_common::verdict::INFO {
@@ -73,6 +78,7 @@ pub(crate) fn report(record: Option<&PolicyRecord>, r: &Report, path: Option<&Sc
             // SAFETY: per-CPU value: no other CPU writes it.
             unsafe { *d += 1 };
         }
+        count(r.cgroup_id, r.hook, forge_common::verdict::DROPPED, r.mode);
         return;
     };
     let ev = entry.as_mut_ptr();

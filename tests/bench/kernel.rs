@@ -134,9 +134,12 @@ fn main() {
     for rep in 0..REPEATS {
         for config in [(rep) % 3, (rep + 1) % 3, (rep + 2) % 3] {
             let agent = (config > 0).then(|| {
-                let mut a =
-                    Agent::start(&AgentOptions { pin_root: pin_root.clone().into(), want: Want::default() })
-                        .expect("agent");
+                let mut a = Agent::start(&AgentOptions {
+                    pin_root: pin_root.clone().into(),
+                    want: Want::default(),
+                    ring_bytes: None,
+                })
+                .expect("agent");
                 a.writer.govern(&governed, &compiled).expect("govern");
                 if config == 1 {
                     // Ungoverned run: the policy governs another cgroup.

@@ -48,6 +48,7 @@ pub(crate) fn maybe_run_agent_child() {
     let mut agent = Agent::start(&AgentOptions {
         pin_root: pin.into(),
         want: Want { cgroup: Some(true), ..Want::default() },
+        ring_bytes: None,
     })
     .expect("agent start");
     let cgroup = Cgroup::open(cg).expect("cgroup");
@@ -101,7 +102,8 @@ fn run(pin_root: &str, cgroup: &Cgroup, target: std::net::SocketAddr) -> Result<
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
     let _guard = rt.enter();
     let mut agent =
-        Agent::start(&AgentOptions { pin_root: pin_root.into(), want: Want::default() }).map_err(fail)?;
+        Agent::start(&AgentOptions { pin_root: pin_root.into(), want: Want::default(), ring_bytes: None })
+            .map_err(fail)?;
     check!(agent.writer.handles().adopted, "the new agent loaded afresh instead of adopting");
     let governed = agent.writer.governed();
     check!(governed.iter().any(|(id, _)| *id == cgroup.id), "adopted state lost the cgroup: {governed:?}");

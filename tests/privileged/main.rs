@@ -14,6 +14,7 @@ mod net;
 mod process;
 mod quarantine;
 mod shipped;
+mod storm;
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -64,6 +65,11 @@ fn main() {
             "differential_evaluator_vs_kernel_cgroup_tracepoint",
             &["cgroup", "tracepoint"],
             differential::host,
+        ),
+        trial(
+            "event_storm_drops_counted_per_cgroup_enforcement_intact",
+            &["cgroup", "tracepoint"],
+            storm::storm,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

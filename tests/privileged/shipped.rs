@@ -30,8 +30,12 @@ pub(crate) fn shipped_profiles() -> Result<(), Failed> {
     let _guard = rt.enter();
     let docs =
         SHIPPED.iter().map(|(n, t)| Document { name: (*n).to_string(), text: (*t).to_string() }).collect();
-    let agent = Agent::start(&AgentOptions { pin_root: pin_root.clone().into(), want: Want::default() })
-        .map_err(fail)?;
+    let agent = Agent::start(&AgentOptions {
+        pin_root: pin_root.clone().into(),
+        want: Want::default(),
+        ring_bytes: None,
+    })
+    .map_err(fail)?;
     let mut daemon = Daemon::new(agent, docs).map_err(|e| Failed::from(format!("{e:?}")))?;
     let result = (|| {
         let mut cgroups = Vec::new();

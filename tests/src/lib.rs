@@ -102,11 +102,16 @@ impl Fixture {
     /// Starts an agent with `want`, creates `forge-test/<name>` and governs it
     /// with the policy in `yaml`.
     pub fn new(name: &str, yaml: &str, want: Want) -> Result<Self, Failed> {
+        Self::with_ring(name, yaml, want, None)
+    }
+
+    /// Like [`Self::new`], with an event ring of `ring_bytes` (`None`: the default).
+    pub fn with_ring(name: &str, yaml: &str, want: Want, ring_bytes: Option<u32>) -> Result<Self, Failed> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{}-{name}", std::process::id()));
         let agent = {
             let _guard = rt.enter();
-            Agent::start(&AgentOptions { pin_root: pin_root.clone(), want }).map_err(fail)?
+            Agent::start(&AgentOptions { pin_root: pin_root.clone(), want, ring_bytes }).map_err(fail)?
         };
         let cgroup = Cgroup::create(&format!("forge-test/{}-{name}", std::process::id())).map_err(fail)?;
         let policy = Policy::from_yaml(yaml, name).map_err(fail)?;
@@ -257,8 +262,8 @@ impl DaemonFixture {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let started = (|| {
-                    let agent =
-                        Agent::start(&AgentOptions { pin_root: pins, want }).map_err(|e| e.to_string())?;
+                    let agent = Agent::start(&AgentOptions { pin_root: pins, want, ring_bytes: None })
+                        .map_err(|e| e.to_string())?;
                     let mut d = daemon::Daemon::new(agent, documents).map_err(|e| e.message)?;
                     configure(&mut d);
                     d.govern(&cg_name).map_err(|e| e.message)?;

@@ -54,7 +54,11 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
     let policy = Policy::from_yaml(DEFAULT_POLICY, DEFAULT_POLICY_NAME)?;
     let compiled = compile(&policy, DEFAULT_POLICY_NAME, 1)?;
     forge_agent::ebpf::Pins::new(&a.pin_root).remove_all().context("clearing the demo pin root")?;
-    let mut agent = Agent::start(&AgentOptions { pin_root: a.pin_root.clone(), want: a.backends.want() })?;
+    let mut agent = Agent::start(&AgentOptions {
+        pin_root: a.pin_root.clone(),
+        want: a.backends.want(),
+        ring_bytes: None,
+    })?;
     let active = agent.writer.handles().active;
     let statuses = agent.writer.handles().statuses.clone();
     let cgroup = Cgroup::create(&a.cgroup)?;

@@ -82,7 +82,11 @@ pub(crate) fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>>
 
 async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let documents = read_documents(&a.policies)?;
-    let agent = Agent::start(&AgentOptions { pin_root: a.pins.pin_root.clone(), want: a.backends.want() })?;
+    let agent = Agent::start(&AgentOptions {
+        pin_root: a.pins.pin_root.clone(),
+        want: a.backends.want(),
+        ring_bytes: None,
+    })?;
     let h = agent.writer.handles();
     tracing::info!(
         adopted = h.adopted,

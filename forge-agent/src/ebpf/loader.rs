@@ -40,6 +40,10 @@ pub enum LoadError {
     Map { name: String, path: PathBuf, message: String },
     #[error("no backend could be loaded: {0}")]
     NothingLoaded(String),
+    #[error(
+        "event ring size of {bytes} bytes is not a power-of-two multiple of the {page_size}-byte page size"
+    )]
+    RingBytes { bytes: u32, page_size: u64 },
 }
 
 /// Which backends to use. `None` = whatever this kernel accepts.
@@ -89,22 +93,61 @@ pub struct Handles {
     pub adopted: bool,
     /// Per-backend results of this start's load (empty when adopted).
     pub statuses: Vec<BackendStatus>,
+    /// Size in bytes of the event ring buffer in force (as the kernel reports
+    /// it for the pinned map).
+    pub ring_bytes: u32,
 }
 
-/// Loads or adopts ForgeOne's kernel state under `pins`.
-pub fn start(pins: Pins, want: Want) -> Result<Handles, LoadError> {
+/// The size of a memory page here.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf(3) only reads a system setting.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
+}
+
+/// Checks an event ring size: the kernel wants a power-of-two multiple of
+/// the page size.
+pub fn check_ring_bytes(bytes: u32, page_size: u64) -> Result<(), LoadError> {
+    let b = u64::from(bytes);
+    if page_size > 0 && b >= page_size && b % page_size == 0 && (b / page_size).is_power_of_two() {
+        Ok(())
+    } else {
+        Err(LoadError::RingBytes { bytes, page_size })
+    }
+}
+
+/// Loads or adopts ForgeOne's kernel state under `pins`. `ring_bytes` sizes
+/// the event ring buffer of a fresh load (default
+/// [`forge_common::capacity::EVENT_RING_BYTES`]); an adopted state keeps the
+/// size it was loaded with.
+pub fn start(pins: Pins, want: Want, ring_bytes: Option<u32>) -> Result<Handles, LoadError> {
+    if let Some(bytes) = ring_bytes {
+        check_ring_bytes(bytes, page_size())?;
+    }
     ensure_bpffs(pins.root())
         .map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
     if pins.map(map_name::CONFIG).exists() {
         let mut h = adopt(pins)?;
         h.adopted = true;
-        tracing::info!(root = %h.pins.root().display(), "adopted pinned ForgeOne state");
+        match ring_bytes {
+            Some(asked) if asked != h.ring_bytes => tracing::warn!(
+                root = %h.pins.root().display(),
+                ring_bytes = h.ring_bytes,
+                asked,
+                "adopted pinned ForgeOne state; its event ring keeps its size (a new size takes effect after the pins are removed)"
+            ),
+            _ => tracing::info!(
+                root = %h.pins.root().display(),
+                ring_bytes = h.ring_bytes,
+                "adopted pinned ForgeOne state"
+            ),
+        }
         return Ok(h);
     }
     // A partial state (an agent died mid-load) is cleared before loading.
     pins.remove_all().map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
     pins.create_dirs().map_err(|source| LoadError::Pins { path: pins.root().to_path_buf(), source })?;
-    let statuses = match load_and_pin(&pins, want) {
+    let statuses = match load_and_pin(&pins, want, ring_bytes) {
         Ok(s) => s,
         Err(e) => {
             let _ = pins.remove_all();
@@ -113,6 +156,7 @@ pub fn start(pins: Pins, want: Want) -> Result<Handles, LoadError> {
     };
     let mut h = adopt(pins)?;
     h.statuses = statuses;
+    tracing::info!(ring_bytes = h.ring_bytes, "event ring buffer");
     Ok(h)
 }
 
@@ -120,7 +164,7 @@ pub fn start(pins: Pins, want: Want) -> Result<Handles, LoadError> {
 /// pinning anything, and reports what the kernel accepted: the probe behind
 /// `forge doctor`.
 pub fn probe() -> Result<Vec<BackendStatus>, LoadError> {
-    let mut ebpf = load_object()?;
+    let mut ebpf = load_object(None)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
     let mut out = Vec::new();
     let lsm = LSM_PROGRAMS.iter().try_for_each(|name| {
@@ -154,12 +198,16 @@ fn status(backend: &'static str, r: Result<(), LoadError>) -> BackendStatus {
     }
 }
 
-fn load_object() -> Result<aya::Ebpf, LoadError> {
+fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
     let offsets = KernelOffsets::from_btf(&Btf::from_running_kernel()?)?;
     let globals = offsets.globals();
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
         loader.override_global(name, value, true);
+    }
+    if let Some(bytes) = ring_bytes {
+        // For a ring buffer, max_entries is its size in bytes.
+        loader.map_max_entries(map_name::EVENTS, bytes);
     }
     loader.load(OBJECT).map_err(|e| LoadError::Object(chain(&e)))
 }
@@ -207,8 +255,8 @@ fn pin_err(path: PathBuf, e: &dyn std::error::Error) -> LoadError {
     LoadError::Pins { path, source: io::Error::other(chain(e)) }
 }
 
-fn load_and_pin(pins: &Pins, want: Want) -> Result<Vec<BackendStatus>, LoadError> {
-    let mut ebpf = load_object()?;
+fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<BackendStatus>, LoadError> {
+    let mut ebpf = load_object(ring_bytes)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
     let mut statuses = Vec::new();
 
@@ -312,7 +360,8 @@ fn required(want: Option<bool>, backend: &str, r: &Result<(), LoadError>) -> Res
     }
 }
 
-fn open_map(pins: &Pins, name: &str) -> Result<Map, LoadError> {
+/// Opens a pinned map; also returns its `max_entries` as the kernel reports it.
+fn open_map(pins: &Pins, name: &str) -> Result<(Map, u32), LoadError> {
     let path = pins.map(name);
     let err = |m: &dyn std::error::Error| LoadError::Map {
         name: name.into(),
@@ -320,24 +369,31 @@ fn open_map(pins: &Pins, name: &str) -> Result<Map, LoadError> {
         message: chain(m),
     };
     let data = MapData::from_pin(&path).map_err(|e| err(&e))?;
-    Map::from_map_data(data).map_err(|e| err(&e))
+    let max_entries = data.info().map_err(|e| err(&e))?.max_entries();
+    Ok((Map::from_map_data(data).map_err(|e| err(&e))?, max_entries))
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(pins: &Pins, name: &str) -> Result<T, LoadError> {
-    let map = open_map(pins, name)?;
-    T::try_from(map).map_err(|e| LoadError::Map {
+fn typed_sized<T: TryFrom<Map, Error = MapError>>(pins: &Pins, name: &str) -> Result<(T, u32), LoadError> {
+    let (map, max_entries) = open_map(pins, name)?;
+    let typed = T::try_from(map).map_err(|e| LoadError::Map {
         name: name.into(),
         path: pins.map(name),
         message: chain(&e),
-    })
+    })?;
+    Ok((typed, max_entries))
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(pins: &Pins, name: &str) -> Result<T, LoadError> {
+    typed_sized(pins, name).map(|(t, _)| t)
 }
 
 fn adopt(pins: Pins) -> Result<Handles, LoadError> {
+    let (events, ring_bytes) = typed_sized(&pins, map_name::EVENTS)?;
     let maps = Maps {
         cgroups: typed(&pins, map_name::CGROUPS)?,
         policies: typed(&pins, map_name::POLICIES)?,
         paths: typed(&pins, map_name::PATHS)?,
-        events: Some(typed(&pins, map_name::EVENTS)?),
+        events: Some(events),
         drops: typed(&pins, map_name::DROPS)?,
         counters: typed(&pins, map_name::COUNTERS)?,
         config: typed(&pins, map_name::CONFIG)?,
@@ -362,7 +418,16 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
         cgroup: cgroup_progs.len() == CGROUP_PROGRAMS.len(),
         tracepoint: pins.link(TRACEPOINTS[0].0).exists(),
     };
-    Ok(Handles { pins, maps, cgroup_progs, sys_enter, active, adopted: false, statuses: Vec::new() })
+    Ok(Handles {
+        pins,
+        maps,
+        cgroup_progs,
+        sys_enter,
+        active,
+        adopted: false,
+        statuses: Vec::new(),
+        ring_bytes,
+    })
 }
 
 fn attach_type(name: &str) -> CgroupSockAddrAttachType {
@@ -373,5 +438,29 @@ fn attach_type(name: &str) -> CgroupSockAddrAttachType {
         "bind6" => CgroupSockAddrAttachType::Bind6,
         "sendmsg4" => CgroupSockAddrAttachType::UDPSendMsg4,
         _ => CgroupSockAddrAttachType::UDPSendMsg6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_are_power_of_two_multiples_of_the_page() {
+        for (bytes, page) in [(4096, 4096), (8192, 4096), (1 << 20, 4096), (1 << 31, 4096), (16384, 16384)] {
+            assert!(check_ring_bytes(bytes, page).is_ok(), "{bytes} with {page}-byte pages");
+        }
+        for (bytes, page) in [(0, 4096), (2048, 4096), (4095, 4096), (12288, 4096), (8192, 16384), (4096, 0)]
+        {
+            match check_ring_bytes(bytes, page) {
+                Err(LoadError::RingBytes { bytes: b, page_size }) => {
+                    assert_eq!((b, page_size), (bytes, page))
+                }
+                other => panic!("{bytes} with {page}-byte pages: {other:?}"),
+            }
+        }
+        let msg = check_ring_bytes(12288, 4096).unwrap_err().to_string();
+        assert!(msg.contains("12288") && msg.contains("4096"), "{msg}");
+        assert!(check_ring_bytes(forge_common::capacity::EVENT_RING_BYTES, page_size()).is_ok());
     }
 }

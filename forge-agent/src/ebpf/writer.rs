@@ -12,7 +12,7 @@ use aya::{
     maps::{MapData, RingBuf, lpm_trie::Key},
     programs::links::{CgroupAttachMode, FdLink},
 };
-use forge_common::{Config, CounterKey, PATH_KEY_PATH_LEN, PathKey, PolicyRecord, capacity, flags};
+use forge_common::{Config, CounterKey, PATH_KEY_PATH_LEN, PathKey, PolicyRecord, capacity, flags, verdict};
 
 use super::{loader::Handles, loader::chain, object::SYS_ENTER};
 use crate::{cgroup::Cgroup, policy::CompiledRecord};
@@ -171,6 +171,15 @@ impl MapWriter {
         Ok(v.iter().sum())
     }
 
+    /// Events lost to a full ring buffer per cgroup id, over all hooks and
+    /// CPUs (the `verdict::DROPPED` counters). Cgroups without a loss are
+    /// absent. The sum can fall short of [`Self::drops`] only when a loss
+    /// could not be keyed: `COUNTERS` was full, or two CPUs created the same
+    /// counter at the same moment (one count lost).
+    pub fn drops_by_cgroup(&self) -> Result<BTreeMap<u64, u64>, WriterError> {
+        Ok(sum_dropped(self.counters()?))
+    }
+
     fn free_pair(&self) -> Result<u32, WriterError> {
         let used: Vec<u32> = self.governed.values().map(|g| g.slot / 2).collect();
         (0..capacity::MAX_GOVERNED)
@@ -251,6 +260,18 @@ impl MapWriter {
     }
 }
 
+/// Sums the `verdict::DROPPED` counters per cgroup id; other verdicts are
+/// decisions, not losses, and are left out.
+pub fn sum_dropped(counters: impl IntoIterator<Item = (CounterKey, u64)>) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    for (k, n) in counters {
+        if k.verdict == verdict::DROPPED && n > 0 {
+            *out.entry(k.cgroup_id).or_default() += n;
+        }
+    }
+    out
+}
+
 /// The LPM key for `pattern` (already encoded with its trailing `/` or NUL).
 pub fn path_key(slot: u32, op: u8, pattern: &[u8]) -> Result<Key<PathKey>, WriterError> {
     if pattern.len() > PATH_KEY_PATH_LEN {
@@ -264,7 +285,27 @@ pub fn path_key(slot: u32, op: u8, pattern: &[u8]) -> Result<Key<PathKey>, Write
 
 #[cfg(test)]
 mod tests {
+    use forge_common::{hook, mode};
+
     use super::*;
+
+    #[test]
+    fn dropped_counters_sum_per_cgroup_over_hooks_and_modes() {
+        let key = |cgroup_id, hook, verdict, mode| CounterKey { cgroup_id, hook, verdict, mode, _pad: 0 };
+        let counters = vec![
+            (key(7, hook::CGROUP_CONNECT4, verdict::DENY, mode::ENFORCE), 1000),
+            (key(7, hook::CGROUP_CONNECT4, verdict::DROPPED, mode::ENFORCE), 990),
+            (key(7, hook::PROC_EXIT, verdict::DROPPED, mode::ENFORCE), 1),
+            (key(7, hook::SYS_ENTER, verdict::DROPPED, mode::MONITOR), 4),
+            (key(9, hook::LSM_FILE_OPEN, verdict::DENY, mode::ENFORCE), 3),
+            (key(9, hook::LSM_FILE_OPEN, verdict::KILL, mode::ENFORCE), 2),
+            (key(11, hook::CGROUP_BIND6, verdict::DROPPED, mode::ENFORCE), 0),
+            (key(12, hook::PROC_EXEC, verdict::DROPPED, mode::MONITOR), 5),
+        ];
+        let sums = sum_dropped(counters);
+        assert_eq!(sums, BTreeMap::from([(7, 995), (12, 5)]));
+        assert!(sum_dropped(Vec::new()).is_empty());
+    }
 
     #[test]
     fn path_keys_count_header_and_pattern_bits() {

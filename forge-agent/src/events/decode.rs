@@ -90,13 +90,36 @@ tagged!(
 });
 
 tagged!(
-    /// What the kernel decided.
+    /// What the kernel decided. The verdict of an event: `verdict::DROPPED`
+    /// only ever tags a counter (see [`CounterVerdict`]) and is rejected here.
     Verdict: u8, "verdict" {
     Allow = verdict::ALLOW => "allow",
     Deny = verdict::DENY => "deny",
     Kill = verdict::KILL => "kill",
     Info = verdict::INFO => "info",
 });
+
+tagged!(
+    /// The verdict tag of a `COUNTERS` key: every event [`Verdict`], plus
+    /// `Dropped` for events of the cgroup and hook lost to a full ring buffer.
+    CounterVerdict: u8, "counter verdict" {
+    Allow = verdict::ALLOW => "allow",
+    Deny = verdict::DENY => "deny",
+    Kill = verdict::KILL => "kill",
+    Info = verdict::INFO => "info",
+    Dropped = verdict::DROPPED => "dropped",
+});
+
+impl From<Verdict> for CounterVerdict {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Allow => Self::Allow,
+            Verdict::Deny => Self::Deny,
+            Verdict::Kill => Self::Kill,
+            Verdict::Info => Self::Info,
+        }
+    }
+}
 
 tagged!(
     /// Whether a deny was applied or only reported.
@@ -363,6 +386,25 @@ mod tests {
         let mut ev = connect_event();
         ev.family = 3;
         assert_eq!(DecisionEvent::from_raw(&ev), Err(DecodeError::Tag { field: "family", value: 3 }));
+    }
+
+    #[test]
+    fn dropped_tags_counters_but_never_an_event() {
+        assert_eq!(
+            Verdict::from_tag(verdict::DROPPED),
+            Err(DecodeError::Tag { field: "verdict", value: u32::from(verdict::DROPPED) })
+        );
+        let mut ev = connect_event();
+        ev.verdict = verdict::DROPPED;
+        assert!(matches!(DecisionEvent::from_raw(&ev), Err(DecodeError::Tag { field: "verdict", .. })));
+        assert_eq!(CounterVerdict::from_tag(verdict::DROPPED), Ok(CounterVerdict::Dropped));
+        assert_eq!(CounterVerdict::Dropped.to_string(), "dropped");
+        for &v in Verdict::ALL {
+            let c = CounterVerdict::from_tag(v.tag()).expect("every event verdict tags a counter");
+            assert_eq!((c, c.as_str()), (CounterVerdict::from(v), v.as_str()));
+        }
+        assert_eq!(CounterVerdict::ALL.len(), Verdict::ALL.len() + 1);
+        assert!(CounterVerdict::from_tag(9).is_err());
     }
 
     #[test]

@@ -2,4 +2,4 @@
 
 pub mod decode;
 
-pub use decode::{DecisionEvent, DecodeError, Hook, Mode, Op, Target, Verdict};
+pub use decode::{CounterVerdict, DecisionEvent, DecodeError, Hook, Mode, Op, Target, Verdict};
