@@ -172,6 +172,7 @@ fn dump(c: &CompiledRecord, full: bool) -> serde_json::Value {
         "policies": c.policy_name,
         "tier": c.tier,
         "quarantine": c.quarantine,
+        "freeze": c.freeze,
         "mode": if r.mode == forge_common::mode::MONITOR { "monitor" } else { "enforce" },
         "self_protect": r.flags & forge_common::flags::SELF_PROTECT != 0,
         "defaults": CLASSES.iter().map(|(n, i)| ((*n).to_string(), serde_json::json!(word(r.defaults[*i as usize])))).collect::<serde_json::Map<_, _>>(),

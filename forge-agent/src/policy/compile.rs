@@ -69,8 +69,12 @@ pub struct CompiledRecord {
     /// Names of the policies that selected the workload, joined with `+`.
     pub policy_name: String,
     pub tier: Tier,
-    /// An escalation at this tier asks for quarantine.
+    /// An escalation at this tier asks for quarantine: the record is the
+    /// redzone (no exec, no network, no writes; reads as the policy says).
     pub quarantine: bool,
+    /// The quarantine also freezes the cgroup (`quarantine: true` or
+    /// `freeze`); `quarantine: redzone` lets it run inside the redzone.
+    pub freeze: bool,
     pub record: PolicyRecord,
     pub paths: Vec<PathEntry>,
     /// Every rule of the set (ids are stable across workloads and tiers).
@@ -252,11 +256,32 @@ pub(crate) fn parse_bool(doc: &Policy, s: &Spanned<String>) -> Result<bool, Diag
     }
 }
 
+/// `quarantine:` — `true`/`freeze` (redzone and frozen), `redzone`
+/// (redzone, keeps running), `false`. Returns (redzone, freeze).
+fn parse_quarantine(doc: &Policy, s: &Spanned<String>) -> Result<(bool, bool), Diagnostic> {
+    match s.as_str() {
+        "true" | "yes" | "freeze" => Ok((true, true)),
+        "redzone" => Ok((true, false)),
+        "false" | "no" => Ok((false, false)),
+        other => Err(doc.place(s).error(format!("expected freeze, redzone, true or false, found {other:?}"))),
+    }
+}
+
 fn doc_mode(doc: &Policy) -> Result<u8, Diagnostic> {
     doc.spec.mode.as_ref().map_or(Ok(mode::ENFORCE), |m| parse_mode(doc, m))
 }
 
 impl Builder {
+    /// The quarantine record: exec, network and writes are denied whatever
+    /// the rules said; reads and syscalls stay as compiled.
+    fn redzone(&mut self, place: &Place) {
+        for c in [op::EXEC, op::FILE_WRITE, op::NET_CONNECT, op::NET_BIND, op::NET_SENDTO] {
+            self.defaults[c as usize] = Some((verdict::DENY, place.clone()));
+        }
+        self.net.clear();
+        self.paths.retain(|(op, _), _| *op != op::EXEC && *op != op::FILE_WRITE);
+    }
+
     fn merge_defaults(&mut self, doc: &Policy, defaults: &BTreeMap<String, Spanned<String>>) {
         for (name, action) in defaults {
             let Some(c) = class(name) else {
@@ -458,6 +483,8 @@ impl PolicySet {
         let (mut clock, mut random): (Option<bool>, Option<bool>) = (None, None);
         let mut self_protect = true;
         let mut quarantine = false;
+        let mut freeze = false;
+        let mut quarantine_place = None;
         for doc in &selected {
             match doc_mode(doc) {
                 Ok(m) => modes.push(m),
@@ -487,8 +514,14 @@ impl PolicySet {
                 if tier.at_or_below(t) {
                     b.merge_defaults(doc, &esc.defaults);
                     if let Some(q) = &esc.quarantine {
-                        match parse_bool(doc, q) {
-                            Ok(v) => quarantine |= v,
+                        match parse_quarantine(doc, q) {
+                            Ok((isolate, frozen)) => {
+                                if isolate {
+                                    quarantine_place.get_or_insert_with(|| doc.place(q));
+                                }
+                                quarantine |= isolate;
+                                freeze |= frozen;
+                            }
                             Err(d) => b.diags.push(d),
                         }
                     }
@@ -513,6 +546,9 @@ impl PolicySet {
             }
         }
 
+        if let Some(place) = &quarantine_place {
+            b.redzone(place);
+        }
         let mut record = b.record;
         record.mode = if !modes.is_empty() && modes.iter().all(|m| *m == mode::MONITOR) {
             mode::MONITOR
@@ -594,6 +630,7 @@ impl PolicySet {
             policy_name: selected.iter().map(|d| d.name()).collect::<Vec<_>>().join("+"),
             tier,
             quarantine,
+            freeze,
             record,
             paths,
             rules,
@@ -770,10 +807,32 @@ mod tests {
         assert_eq!(suspicious.paths.len(), 1);
         assert!(!suspicious.quarantine);
         let compromised = s.compile_for(&w, Tier::Compromised, 1).unwrap();
-        assert!(compromised.quarantine);
-        assert_eq!(compromised.paths.len(), 1, "suspicious restrictions also apply below");
-        // Rule ids do not depend on the tier.
-        assert_eq!(suspicious.paths[0].rule.rule_id, compromised.paths[0].rule.rule_id);
+        assert!(compromised.quarantine && compromised.freeze);
+        // The redzone: no exec, no network, no writes, whatever the rules said.
+        for c in [op::EXEC, op::FILE_WRITE, op::NET_CONNECT, op::NET_BIND, op::NET_SENDTO] {
+            assert_eq!(compromised.record.defaults[c as usize], verdict::DENY, "class {c}");
+        }
+        assert_eq!(compromised.record.net_count, 0);
+        assert!(compromised.paths.is_empty(), "the exec deny rule is subsumed by the default");
+        assert_ne!(compromised.record.flags & flags::HAS_PATH_RULES, 0);
+    }
+
+    #[test]
+    fn quarantine_redzone_keeps_running_and_bad_values_are_named() {
+        let spec = |q: &str| {
+            format!(
+                "  defaults: {{exec: allow, file.read: allow}}\n  escalation:\n    compromised:\n      quarantine: {q}\n"
+            )
+        };
+        let s = set(&[("svc", &spec("redzone"))]);
+        let c = s.compile_for(&Workload::any(), Tier::Compromised, 1).unwrap();
+        assert!(c.quarantine && !c.freeze);
+        assert_eq!(c.record.defaults[op::EXEC as usize], verdict::DENY);
+        assert_eq!(c.record.defaults[op::FILE_READ as usize], verdict::ALLOW, "reads stay as compiled");
+        let s = set(&[("svc", &spec("maybe"))]);
+        let e = s.compile_for(&Workload::any(), Tier::Compromised, 1).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("expected freeze, redzone, true or false, found \"maybe\""), "{text}");
     }
 
     #[test]
