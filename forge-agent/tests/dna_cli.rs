@@ -206,3 +206,88 @@ fn export_writes_a_document_or_json_lines() {
         stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines, doc["records"].as_array().unwrap().clone());
 }
+
+/// A trace the agent could have written: governed (learning 0 s), three
+/// connects scored by the real scorer, its scores and tier change recorded.
+fn scored_trace(dir: &Path, tamper_score: bool) -> PathBuf {
+    use forge_agent::{
+        dna::{Governed, ScoreRecord, TrustChange},
+        policy::Tier,
+        trust::{Observed, ScoreConfig, Scorer, TrustController, controller::Thresholds},
+    };
+    let key = Arc::new(SigningKey::generate().unwrap());
+    let store = TraceStore::new(dir);
+    let identity = Identity::cgroup("/sys/fs/cgroup/demo", 4242, 1_700_000_000_000_000_000);
+    let (mut w, _) = store.open_or_create(&identity, key, WriterConfig::default()).unwrap();
+    let scoring = ScoreConfig { learning_ns: 0, ..ScoreConfig::default() };
+    w.append(&Record::Governed(Governed {
+        ts_ns: 0,
+        fresh: true,
+        tier: Tier::Verified,
+        policies: "demo".into(),
+        generation: 1,
+        quarantine_at: vec![Tier::Compromised],
+        scoring: scoring.clone(),
+        thresholds: Thresholds::default(),
+    }))
+    .unwrap();
+    let mut scorer = Scorer::new(scoring);
+    let mut trust = TrustController::default();
+    trust.track(4242, Tier::Verified);
+    for (i, addr) in ["10.1.2.3", "10.9.9.9", "192.0.2.1"].into_iter().enumerate() {
+        let ev = DecisionEvent {
+            verdict: Verdict::Allow,
+            target: Target::Addr { addr: addr.parse().unwrap(), port: 443 },
+            ts_ns: 1_000 + i as u64,
+            ..event(i as u32)
+        };
+        w.sampled_allowed(&ev).unwrap();
+        let Observed::Scored(score) = scorer.observe(&ev) else { panic!("a new destination scores") };
+        let value = if tamper_score && i == 1 { score.value + 1 } else { score.value };
+        w.append(&Record::Score(ScoreRecord { ts_ns: score.ts_ns, value, features: score.features.clone() }))
+            .unwrap();
+        for a in trust.on_score(&score, |_| false) {
+            if let forge_agent::trust::Action::SetTier { from, to, reason, actor, score, .. } = a {
+                let change = TrustChange { ts_ns: ev.ts_ns, from, to, reason, actor, score };
+                w.append(&Record::TrustChange(change)).unwrap();
+            }
+        }
+    }
+    w.close().unwrap();
+    store.path("cgroup-4242").unwrap()
+}
+
+#[test]
+fn replay_reproduces_scores_and_names_the_first_divergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = scored_trace(dir.path(), false);
+    let o = forge(&["trace", "replay", s(&good)]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o)
+            .contains("ok: 3 events and 0 elided events replayed; 3 scores, 1 tier changes, 0 quarantines"),
+        "{}",
+        stdout(&o)
+    );
+    let json = forge(&["trace", "replay", s(&good), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!((v["scores"].as_u64(), v["divergence"].is_null()), (Some(3), true), "{v}");
+
+    let other = tempfile::tempdir().unwrap();
+    let bad = scored_trace(other.path(), true);
+    let o = forge(&["trace", "replay", s(&bad)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    // identity 0, checkpoint 1, governed 2, event 3, score 4, event 5, score 6 (tampered).
+    assert!(stdout(&o).contains("DIVERGES at record 6: the trace has score 41"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("replay produced score 40"), "{}", stdout(&o));
+
+    // A trace whose tier change has no governed record to score from.
+    let f = fixture();
+    let o = forge(&["trace", "replay", s(&f.trace)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("the trace has tier unknown -> suspicious at score 80, replay produced nothing"),
+        "{}",
+        stdout(&o)
+    );
+}

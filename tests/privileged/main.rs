@@ -9,6 +9,7 @@ mod agent_restart;
 mod api;
 mod differential;
 mod hotswap;
+mod lost;
 mod lsm;
 mod net;
 mod process;
@@ -57,6 +58,16 @@ fn main() {
             quarantine::learn_score_quarantine_release,
         ),
         trial(
+            "quarantine_redzone_keeps_running_without_network",
+            &["cgroup", "tracepoint"],
+            quarantine::redzone_keeps_running_without_network,
+        ),
+        trial(
+            "benign_long_run_is_not_escalated",
+            &["cgroup", "tracepoint"],
+            quarantine::benign_long_run_is_not_escalated,
+        ),
+        trial(
             "shipped_policies_govern_their_workloads",
             &["cgroup", "tracepoint"],
             shipped::shipped_profiles,
@@ -70,6 +81,11 @@ fn main() {
             "event_storm_drops_counted_per_cgroup_enforcement_intact",
             &["cgroup", "tracepoint"],
             storm::storm,
+        ),
+        trial(
+            "event_storm_lost_events_in_status_and_trace",
+            &["cgroup", "tracepoint"],
+            lost::daemon_reports_lost_events,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

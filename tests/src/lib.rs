@@ -230,11 +230,15 @@ pub const EPERM: Outcome = Outcome::Errno(libc::EPERM);
 pub const SIGKILL: Outcome = Outcome::Signal(libc::SIGKILL);
 
 /// A daemon (agent + local API) on its own thread, governing one fresh
-/// cgroup `forge-test/<pid>-<name>`, serving `socket`. Stopped and cleaned up
-/// on drop.
+/// cgroup `forge-test/<pid>-<name>`, serving `socket`, keeping execution
+/// traces under `data_dir` signed with a fresh agent key. Stopped and
+/// cleaned up on drop.
 pub struct DaemonFixture {
     pub socket: PathBuf,
     pub cgroup: Cgroup,
+    pub data_dir: PathBuf,
+    /// The agent key's public half (trace checkpoints are signed with it).
+    pub agent_key: forge_agent::sign::PublicKey,
     pin_root: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -249,12 +253,27 @@ impl DaemonFixture {
         want: Want,
         configure: impl FnOnce(&mut forge_agent::api::daemon::Daemon) + Send + 'static,
     ) -> Result<Self, Failed> {
+        Self::start_with_ring(name, documents, want, None, configure)
+    }
+
+    /// Like [`Self::start`], with an event ring of `ring_bytes`.
+    pub fn start_with_ring(
+        name: &str,
+        documents: Vec<forge_agent::api::protocol::Document>,
+        want: Want,
+        ring_bytes: Option<u32>,
+        configure: impl FnOnce(&mut forge_agent::api::daemon::Daemon) + Send + 'static,
+    ) -> Result<Self, Failed> {
         use forge_agent::api::{daemon, server};
         let id = std::process::id();
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{id}-{name}"));
         let socket = PathBuf::from(format!("/tmp/forge-test-{id}-{name}/agent.sock"));
         let cg_name = format!("forge-test/{id}-{name}");
         let cgroup = Cgroup::create(&cg_name).map_err(fail)?;
+        let data_dir = socket.parent().map(|d| d.join("data")).unwrap_or_default();
+        let key = std::sync::Arc::new(forge_agent::sign::SigningKey::generate().map_err(fail)?);
+        let agent_key = key.public_key();
+        let traces = forge_agent::api::traces::TraceSettings::new(&data_dir, key);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let (pins, sock) = (pin_root.clone(), socket.clone());
@@ -262,9 +281,10 @@ impl DaemonFixture {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let started = (|| {
-                    let agent = Agent::start(&AgentOptions { pin_root: pins, want, ring_bytes: None })
+                    let agent = Agent::start(&AgentOptions { pin_root: pins, want, ring_bytes })
                         .map_err(|e| e.to_string())?;
                     let mut d = daemon::Daemon::new(agent, documents).map_err(|e| e.message)?;
+                    d.traces = Some(forge_agent::api::traces::Traces::new(traces));
                     configure(&mut d);
                     d.govern(&cg_name).map_err(|e| e.message)?;
                     let l = server::bind(&sock).map_err(|e| e.to_string())?;
@@ -280,14 +300,17 @@ impl DaemonFixture {
                 }
             });
         });
-        let f = Self { socket, cgroup, pin_root, stop: Some(stop_tx), thread: Some(thread) };
+        let f =
+            Self { socket, cgroup, data_dir, agent_key, pin_root, stop: Some(stop_tx), thread: Some(thread) };
         ready_rx.recv().map_err(fail)?.map_err(Failed::from)?;
         Ok(f)
     }
 }
 
-impl Drop for DaemonFixture {
-    fn drop(&mut self) {
+impl DaemonFixture {
+    /// Stops the daemon (its traces are signed and closed); the files stay
+    /// until drop.
+    pub fn stop(&mut self) {
         let _ = std::fs::write(self.cgroup.path.join("cgroup.freeze"), "0");
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -295,6 +318,17 @@ impl Drop for DaemonFixture {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// The governed cgroup's trace file.
+    pub fn trace_path(&self) -> PathBuf {
+        self.data_dir.join("traces").join(format!("cgroup-{}.dna", self.cgroup.id))
+    }
+}
+
+impl Drop for DaemonFixture {
+    fn drop(&mut self) {
+        self.stop();
         let _ = forge_agent::ebpf::Pins::new(&self.pin_root).remove_all();
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(dir);

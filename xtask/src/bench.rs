@@ -46,7 +46,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "Each figure comes from this run; ratios compare configurations measured in the same run.\n"
     );
 
-    println!("== criterion: policy compile, event decode, evaluator");
+    println!("== criterion: policy compile, event decode, evaluator, scoring, traces");
     let secs = args.seconds.to_string();
     let crit = capture(cargo().args([
         "bench",
@@ -68,6 +68,12 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     print!("{kernel}");
     report.push('\n');
     report.push_str(&kernel);
+
+    println!("== quarantine latency (root)");
+    let quarantine = capture(cargo().args(["bench", "-p", "forge-tests", "--bench", "quarantine"]))?;
+    print!("{quarantine}");
+    report.push('\n');
+    report.push_str(&quarantine);
 
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;

@@ -9,9 +9,12 @@ use super::protocol::{ApiError, Document, ErrorCode, Request};
 use crate::{
     agent::Agent,
     cgroup::{Cgroup, cgroup2_mount},
+    dna::{self, QuarantineOp, Record},
     policy::{CompiledRecord, Diagnostics, Policy, PolicyError, PolicySet, Severity, Tier, Workload},
-    trust::{Action, ScoreConfig, Scorer, TrustController, quarantine},
+    trust::{Action, Observed, ScoreConfig, Scorer, TrustController, quarantine},
 };
+
+use super::traces::{Traces, kernel_now_ns};
 
 struct Governed {
     cgroup: Cgroup,
@@ -21,6 +24,8 @@ struct Governed {
     /// The record before the first trust drop or quarantine (restored on release).
     before_escalation: Option<CompiledRecord>,
     frozen: bool,
+    /// The tiers at which its policy asks for quarantine.
+    quarantine_at: Vec<Tier>,
 }
 
 pub struct Daemon {
@@ -34,6 +39,8 @@ pub struct Daemon {
     pub audit: Vec<Value>,
     /// Strict mode: only signed bundles are applied.
     pub signing: Option<Signing>,
+    /// Execution traces (none: not kept).
+    pub traces: Option<Traces>,
 }
 
 /// The agent's signing rules for policy bundles.
@@ -92,6 +99,7 @@ impl Daemon {
             trust: TrustController::default(),
             audit: Vec::new(),
             signing: None,
+            traces: None,
         })
     }
 
@@ -102,14 +110,19 @@ impl Daemon {
             return Vec::new();
         }
         let started = std::time::Instant::now();
-        let Some(score) = self.scorer.observe(ev) else { return Vec::new() };
-        let set = &self.set;
-        let workload = self.governed[&ev.cgroup_id].workload.clone();
-        let quarantine_at = |t: Tier| set.compile_for(&workload, t, 1).is_ok_and(|c| c.quarantine);
-        let actions = self.trust.on_score(&score, quarantine_at);
+        let observed = self.scorer.observe(ev);
+        if let Some(t) = &mut self.traces {
+            t.event(ev, &observed);
+        }
+        let Observed::Scored(score) = observed else { return Vec::new() };
+        if let Some(t) = &mut self.traces {
+            t.score(&score);
+        }
+        let q = &self.governed[&ev.cgroup_id].quarantine_at;
+        let actions = self.trust.on_score(&score, |t| q.contains(&t));
         let mut done = Vec::new();
         for a in actions {
-            match self.act(&a) {
+            match self.act(&a, started) {
                 Ok(mut v) => {
                     v["latency_us"] = json!(started.elapsed().as_micros() as u64);
                     v["score"] = json!(score.value);
@@ -124,10 +137,17 @@ impl Daemon {
         done
     }
 
-    /// Carries out one trust action and audits it.
-    fn act(&mut self, a: &Action) -> Result<Value, ApiError> {
+    fn trace(&mut self, cgroup_id: u64, record: Record) {
+        if let Some(t) = &mut self.traces {
+            t.record(cgroup_id, &record);
+        }
+    }
+
+    /// Carries out one trust action, audits it and records it in the trace.
+    /// `since`: when the event that called for it was read (for latency).
+    fn act(&mut self, a: &Action, since: std::time::Instant) -> Result<Value, ApiError> {
         let entry = match a {
-            Action::SetTier { cgroup_id, from, to, reason, actor, .. } => {
+            Action::SetTier { cgroup_id, from, to, reason, actor, score } => {
                 let g = self.governed.get_mut(cgroup_id).ok_or_else(|| {
                     ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
                 })?;
@@ -138,9 +158,21 @@ impl Daemon {
                 }
                 g.compiled = compiled;
                 g.generation = generation;
-                json!({"action": "set_tier", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "from": from, "to": to, "reason": reason, "actor": actor, "generation": generation})
+                let entry = json!({"action": "set_tier", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "from": from, "to": to, "reason": reason, "actor": actor, "generation": generation});
+                let change = dna::TrustChange {
+                    ts_ns: kernel_now_ns(),
+                    from: *from,
+                    to: *to,
+                    reason: reason.clone(),
+                    actor: actor.clone(),
+                    score: *score,
+                };
+                self.trace(*cgroup_id, Record::TrustChange(change));
+                entry
             }
-            Action::Quarantine { cgroup_id, reason } => self.quarantine(*cgroup_id, "scorer", reason)?,
+            Action::Quarantine { cgroup_id, reason } => {
+                self.quarantine(*cgroup_id, "scorer", reason, since)?
+            }
             Action::Release { cgroup_id, actor } => self.release(*cgroup_id, actor)?,
         };
         tracing::warn!(entry = %entry, "trust action");
@@ -148,29 +180,59 @@ impl Daemon {
         Ok(entry)
     }
 
-    fn quarantine(&mut self, cgroup_id: u64, actor: &str, reason: &[String]) -> Result<Value, ApiError> {
+    /// Redzone, then freeze (if the policy says so), then the snapshot and
+    /// the records. `contained_us` in the result: from `since` until the
+    /// redzone was in place and the cgroup frozen.
+    fn quarantine(
+        &mut self,
+        cgroup_id: u64,
+        actor: &str,
+        reason: &[String],
+        since: std::time::Instant,
+    ) -> Result<Value, ApiError> {
         let g = self.governed.get_mut(&cgroup_id).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
         })?;
         // Redzone first (the compromised-tier record), then freeze.
+        let mut change = None;
         if g.compiled.tier != Tier::Compromised {
             let compiled =
                 self.set.compile_for(&g.workload, Tier::Compromised, 1).map_err(|e| invalid(e.0))?;
             let generation = self.agent.writer.govern(&g.cgroup, &compiled).map_err(kernel)?;
             g.before_escalation.get_or_insert_with(|| g.compiled.clone());
+            change = Some(dna::TrustChange {
+                ts_ns: kernel_now_ns(),
+                from: g.compiled.tier,
+                to: Tier::Compromised,
+                reason: reason.to_vec(),
+                actor: actor.to_string(),
+                score: None,
+            });
             g.compiled = compiled;
             g.generation = generation;
             self.trust.track(cgroup_id, Tier::Compromised);
         }
-        let snapshot = quarantine::snapshot(&g.cgroup);
-        let freeze = g.compiled.quarantine;
+        let freeze = g.compiled.freeze;
         if freeze {
             quarantine::freeze(&g.cgroup, std::time::Duration::from_secs(2)).map_err(kernel)?;
             g.frozen = true;
         }
-        Ok(
-            json!({"action": "quarantine", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "frozen": freeze, "generation": g.generation, "actor": actor, "reason": reason, "snapshot": snapshot}),
-        )
+        let contained_us = since.elapsed().as_micros() as u64;
+        // Frozen processes hold still for the snapshot.
+        let snapshot = quarantine::snapshot(&g.cgroup);
+        let entry = json!({"action": "quarantine", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "frozen": freeze, "generation": g.generation, "actor": actor, "reason": reason, "snapshot": snapshot, "contained_us": contained_us});
+        if let Some(c) = change {
+            self.trace(cgroup_id, Record::TrustChange(c));
+        }
+        let q = dna::QuarantineAction {
+            ts_ns: kernel_now_ns(),
+            op: QuarantineOp::Freeze,
+            actor: actor.to_string(),
+            reason: reason.to_vec(),
+            snapshot: json!({"frozen": freeze, "generation": entry["generation"], "processes": entry["snapshot"]["processes"]}),
+        };
+        self.trace(cgroup_id, Record::Quarantine(q));
+        Ok(entry)
     }
 
     fn release(&mut self, cgroup_id: u64, actor: &str) -> Result<Value, ApiError> {
@@ -186,13 +248,26 @@ impl Daemon {
             g.frozen = false;
         }
         let tier = previous.tier;
+        let from = g.compiled.tier;
         g.compiled = previous;
         g.generation = generation;
         self.trust.track(cgroup_id, tier);
         self.scorer.reset(cgroup_id);
-        Ok(
-            json!({"action": "release", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "tier": tier, "generation": generation, "actor": actor}),
-        )
+        let entry = json!({"action": "release", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "tier": tier, "generation": generation, "actor": actor});
+        let why = vec![format!("released; policy generation {generation} at tier {}", tier.as_str())];
+        let ts_ns = kernel_now_ns();
+        let q = dna::QuarantineAction {
+            ts_ns,
+            op: QuarantineOp::Release,
+            actor: actor.to_string(),
+            reason: why.clone(),
+            snapshot: Value::Null,
+        };
+        self.trace(cgroup_id, Record::Quarantine(q));
+        let change =
+            dna::TrustChange { ts_ns, from, to: tier, reason: why, actor: actor.to_string(), score: None };
+        self.trace(cgroup_id, Record::TrustChange(change));
+        Ok(entry)
     }
 
     /// The record governing `cgroup_id`, for explaining its events.
@@ -224,17 +299,17 @@ impl Daemon {
                     .trust
                     .set(id, tier, &actor, &reason)
                     .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not tracked"))?;
-                self.act(&a)
+                self.act(&a, std::time::Instant::now())
             }
             Request::Quarantine { cgroup, actor, reason } => {
                 let id = self.known(&cgroup)?;
-                let entry = self.quarantine(id, &actor, &[reason])?;
+                let entry = self.quarantine(id, &actor, &[reason], std::time::Instant::now())?;
                 self.audit.push(entry.clone());
                 Ok(entry)
             }
             Request::Release { cgroup, actor } => {
                 let id = self.known(&cgroup)?;
-                self.act(&Action::Release { cgroup_id: id, actor })
+                self.act(&Action::Release { cgroup_id: id, actor }, std::time::Instant::now())
             }
             Request::Audit => Ok(json!(self.audit)),
             Request::Ungovern { cgroup } => {
@@ -245,6 +320,9 @@ impl Daemon {
                     .ungovern(cg.id)
                     .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
                 self.governed.remove(&cg.id);
+                if let Some(t) = &mut self.traces {
+                    t.close(cg.id);
+                }
                 Ok(json!({"cgroup": cg.path, "id": cg.id, "governed": false}))
             }
         }
@@ -270,11 +348,58 @@ impl Daemon {
         let generation = self.agent.writer.govern(&cgroup, &compiled).map_err(kernel)?;
         let out = json!({"cgroup": cgroup.path, "id": cgroup.id, "policies": compiled.policy_name, "tier": compiled.tier, "generation": generation});
         self.trust.track(cgroup.id, tier);
-        self.governed.insert(
-            cgroup.id,
-            Governed { cgroup, workload, compiled, generation, before_escalation: None, frozen: false },
-        );
+        self.scorer.reset(cgroup.id);
+        let quarantine_at = quarantine_tiers(&self.set, &workload);
+        let g = Governed {
+            cgroup,
+            workload,
+            compiled,
+            generation,
+            before_escalation: None,
+            frozen: false,
+            quarantine_at,
+        };
+        let record = self.governed_record(&g, true);
+        if let Some(t) = &mut self.traces {
+            t.govern(&g.cgroup, record);
+        }
+        self.governed.insert(g.cgroup.id, g);
         Ok(out)
+    }
+
+    /// What a trace needs to know to replay this workload's scoring.
+    fn governed_record(&self, g: &Governed, fresh: bool) -> dna::Governed {
+        dna::Governed {
+            ts_ns: kernel_now_ns(),
+            fresh,
+            tier: self.trust.tier(g.cgroup.id).unwrap_or(g.compiled.tier),
+            policies: g.compiled.policy_name.clone(),
+            generation: g.generation,
+            quarantine_at: g.quarantine_at.clone(),
+            scoring: self.scorer.config.clone(),
+            thresholds: self.trust.thresholds.clone(),
+        }
+    }
+
+    /// The timer (about once a second): traces are flushed and signed, and
+    /// events the kernel lost for a workload are recorded in its trace.
+    pub fn tick(&mut self) {
+        let Some(traces) = &mut self.traces else { return };
+        if let Ok(lost) = self.agent.writer.drops_by_cgroup() {
+            for (id, total) in lost {
+                if self.governed.contains_key(&id) {
+                    traces.lost(id, total);
+                }
+            }
+        }
+        traces.tick();
+    }
+
+    /// A clean stop: every trace is signed, synced and closed.
+    pub fn close(&mut self) {
+        if let Some(t) = &mut self.traces {
+            t.close_all();
+        }
     }
 
     fn apply_bundle(&mut self, path: &std::path::Path) -> Result<Value, ApiError> {
@@ -346,9 +471,15 @@ impl Daemon {
             if let Some(g) = self.governed.get_mut(&id) {
                 g.compiled = compiled;
                 g.generation = *generation;
+                g.quarantine_at = quarantine_tiers(&set, &g.workload);
             }
         }
         self.set = set;
+        let records: Vec<(u64, dna::Governed)> =
+            self.governed.values().map(|g| (g.cgroup.id, self.governed_record(g, false))).collect();
+        for (id, r) in records {
+            self.trace(id, Record::Governed(r));
+        }
         self.documents = documents;
         tracing::info!(policies = self.set.docs.len(), workloads = done.len(), "policy set applied");
         Ok(json!({
@@ -359,10 +490,11 @@ impl Daemon {
 
     fn status(&self) -> Value {
         let h = self.agent.writer.handles();
+        let lost = self.agent.writer.drops_by_cgroup().unwrap_or_default();
         let known: Vec<Value> = self
             .governed
             .values()
-            .map(|g| json!({"cgroup": g.cgroup.path, "id": g.cgroup.id, "policies": g.compiled.policy_name, "tier": g.compiled.tier, "generation": g.generation, "frozen": g.frozen}))
+            .map(|g| json!({"cgroup": g.cgroup.path, "id": g.cgroup.id, "policies": g.compiled.policy_name, "tier": g.compiled.tier, "generation": g.generation, "frozen": g.frozen, "lost_events": lost.get(&g.cgroup.id).copied().unwrap_or(0), "trace": self.traces.as_ref().map(|t| t.status(g.cgroup.id))}))
             .collect();
         let adopted_only: Vec<u64> = self
             .agent
@@ -378,7 +510,15 @@ impl Daemon {
             .counters()
             .unwrap_or_default()
             .into_iter()
-            .map(|(k, n)| json!({"cgroup_id": k.cgroup_id, "hook": k.hook, "verdict": k.verdict, "mode": k.mode, "count": n}))
+            .map(|(k, n)| {
+                let verdict = crate::events::CounterVerdict::from_tag(k.verdict)
+                    .map_or_else(|_| json!(k.verdict), |v| json!(v.as_str()));
+                let hook = crate::events::Hook::from_tag(k.hook)
+                    .map_or_else(|_| json!(k.hook), |h| json!(h.as_str()));
+                let mode = crate::events::Mode::from_tag(k.mode)
+                    .map_or_else(|_| json!(k.mode), |m| json!(m.as_str()));
+                json!({"cgroup_id": k.cgroup_id, "hook": hook, "verdict": verdict, "mode": mode, "count": n})
+            })
             .collect();
         json!({
             "pid": std::process::id(),
@@ -388,10 +528,16 @@ impl Daemon {
             "governed_from_pins_only": adopted_only,
             "counters": counters,
             "ring_drops": self.agent.writer.drops().unwrap_or(0),
+            "traces": self.traces.as_ref().map(|t| json!({"dir": t.store().dir(), "errors": t.errors, "last_error": t.last_error})),
             "decode_errors": self.agent.events.decode_errors,
             "events_by_hook": self.agent.events.per_hook.iter().map(|(h, n)| (h.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
+}
+
+/// The tiers at which the set's policy for `workload` asks for quarantine.
+fn quarantine_tiers(set: &PolicySet, workload: &Workload) -> Vec<Tier> {
+    Tier::ALL.into_iter().filter(|t| set.compile_for(workload, *t, 1).is_ok_and(|c| c.quarantine)).collect()
 }
 
 /// The workload identity of a cgroup: its path relative to the v2 mount.
@@ -416,8 +562,11 @@ pub async fn run(
     let server = tokio::spawn(super::server::serve(listener, calls_tx));
     tokio::pin!(shutdown);
     let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
+            _ = tick.tick() => daemon.tick(),
             r = daemon.agent.events.read_batch(&mut batch) => {
                 if let Err(e) = r {
                     break Err(e);
@@ -438,5 +587,6 @@ pub async fn run(
         }
     };
     server.abort();
+    daemon.close();
     result
 }

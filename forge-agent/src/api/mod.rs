@@ -5,6 +5,7 @@ pub mod client;
 pub mod daemon;
 pub mod protocol;
 pub mod server;
+pub mod traces;
 
 pub use protocol::{ApiError, ErrorCode, Request, Response};
 

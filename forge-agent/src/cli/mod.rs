@@ -66,7 +66,7 @@ enum Command {
         #[command(subcommand)]
         command: sign::KeyCommand,
     },
-    /// Show, verify and export a workload's execution trace (hash-chained, signed).
+    /// Show, verify, export and replay a workload's execution trace (hash-chained, signed).
     Trace {
         #[command(subcommand)]
         command: trace::TraceCommand,

@@ -47,6 +47,38 @@ pub(crate) struct RunArgs {
     /// Print decision events as JSON lines on stdout.
     #[arg(long)]
     json: bool,
+    /// The data directory: execution traces go to `<DIR>/traces/cgroup-<id>.dna`.
+    #[arg(long, env = "FORGE_DATA_DIR", default_value = forge_agent::dna::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// The agent's ed25519 key, which signs trace checkpoints. Created (with
+    /// its `.pub`) if missing. Default: `<data-dir>/agent.key`.
+    #[arg(long, value_name = "FILE")]
+    agent_key: Option<PathBuf>,
+    /// Keep no execution traces.
+    #[arg(long)]
+    no_traces: bool,
+    /// Routine allowed events recorded in full per workload per second (the
+    /// rest are counted; decisions are always recorded).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    trace_sample: u32,
+}
+
+/// Loads the agent key, creating it on first start.
+fn agent_key(a: &RunArgs) -> anyhow::Result<forge_agent::sign::SigningKey> {
+    use forge_agent::sign::{SigningKey, keys};
+    let path = a.agent_key.clone().unwrap_or_else(|| a.data_dir.join("agent.key"));
+    if !path.exists() {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|_| path.extension().is_some_and(|e| e == "key"))
+            .with_context(|| format!("--agent-key {}: the file name must end in .key", path.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let made = keys::generate_files(dir, name)?;
+        tracing::info!(key = %made.private_path.display(), id = %made.key_id, "created the agent key");
+    }
+    Ok(SigningKey::load(&path)?)
 }
 
 pub(crate) fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -102,6 +134,12 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let trust = forge_agent::sign::trust::TrustConfig::load(trust)?;
         daemon.signing =
             Some(daemon::Signing { trust, state: a.state.clone(), require_enforceable: a.strict });
+    }
+    if !a.no_traces {
+        let key = std::sync::Arc::new(agent_key(a)?);
+        let mut settings = api::traces::TraceSettings::new(&a.data_dir, key);
+        settings.sample_per_sec = a.trace_sample;
+        daemon.traces = Some(api::traces::Traces::new(settings));
     }
     for cg in &a.govern {
         daemon.govern(cg).map_err(|e| anyhow::anyhow!("--govern {cg}: {}", e.message))?;

@@ -1,4 +1,4 @@
-//! `forge trace show|verify|export`: read a workload's execution trace.
+//! `forge trace show|verify|export|replay`: read a workload's execution trace.
 
 use std::{
     io::{BufWriter, Write as _},
@@ -40,6 +40,18 @@ pub(crate) enum TraceCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Replay a cgroup trace: feed its recorded events through a fresh scorer
+    /// and trust controller, configured as the trace says, and check that
+    /// they reproduce every recorded score, tier change and quarantine.
+    /// Exits 1 naming the first record where they differ.
+    Replay {
+        /// A trace file, or a workload id.
+        trace: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Export a trace as JSON: one document, or JSON lines with `--jsonl`.
     Export {
         /// A trace file, or a workload id.
@@ -66,6 +78,7 @@ pub(crate) fn run(cmd: &TraceCommand) -> anyhow::Result<ExitCode> {
             verify(&resolve(trace, store)?, &VerifyOptions { trusted_key }, *json)
         }
         TraceCommand::Export { trace, jsonl, store } => export(&resolve(trace, store)?, *jsonl),
+        TraceCommand::Replay { trace, json, store } => replay(&resolve(trace, store)?, *json),
     }
 }
 
@@ -161,6 +174,28 @@ fn print_report(r: &VerifyReport) {
     if let Some(t) = r.torn_tail {
         println!("  note: {t}; the writer cuts it off when it reopens the trace");
     }
+}
+
+fn replay(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let trace = Trace::open(path)?;
+    let r = dna::replay(&trace)?;
+    if json {
+        super::print_json(&r)?;
+    } else {
+        let what = format!(
+            "{} events and {} elided events replayed; {} scores, {} tier changes, {} quarantines reproduced; {} operator actions applied",
+            r.events, r.elided, r.scores, r.tier_changes, r.quarantines, r.operator_actions
+        );
+        match &r.divergence {
+            None => println!("{}: ok: {what}", path.display()),
+            Some(d) => println!(
+                "{}: DIVERGES at {d}
+  before it: {what}",
+                path.display()
+            ),
+        }
+    }
+    Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn export(path: &Path, jsonl: bool) -> anyhow::Result<ExitCode> {

@@ -27,6 +27,8 @@ pub enum DnaError {
     WrongWorkload { path: PathBuf, expected: String, found: String },
     #[error("{path}: a {kind} record is {size} bytes, more than the {max}-byte limit")]
     TooLarge { path: PathBuf, kind: &'static str, size: usize, max: usize },
+    #[error("{path}: cannot replay: {reason}")]
+    NotReplayable { path: PathBuf, reason: &'static str },
     #[error("{path}: a {kind} record cannot be appended (the writer makes those itself)")]
     NotAppendable { path: PathBuf, kind: &'static str },
     #[error("{path}: could not encode a {kind} record: {source}")]

@@ -2,10 +2,12 @@
 //! workload (a cgroup, or one run of a Wasm capsule).
 //!
 //! A trace starts with an **identity** record, then holds, in the order they
-//! happened: **decision** events, **sampled allowed** events, **trust
+//! happened: **governed** records (the settings the agent scores with),
+//! **decision** events, **sampled allowed** events and the counts of the
+//! **elided** routine ones, **scores** with their features, **trust
 //! changes**, **quarantine** actions (with a snapshot of what was running),
-//! capsule **host calls**, the **outcome**, and the writer's own
-//! **checkpoint** and **reopen** records. Every record carries the SHA3-256
+//! events **lost** to a full ring buffer, capsule **host calls**, the
+//! **outcome**, and the writer's own **checkpoint** and **reopen** records. Every record carries the SHA3-256
 //! hash of the one before it; record 0 links to a genesis value derived from
 //! the identity. Every `checkpoint_every` records (and on a timer, and on
 //! close) the writer signs a checkpoint with the agent's ed25519 key.
@@ -19,6 +21,7 @@
 //! | [`writer`] | buffered appends, checkpoints, the fsync policy, recovery on open |
 //! | [`reader`] | records in order, checked as they are read; the replay API |
 //! | [`verify`] | the whole trace, signatures included; the first bad record |
+//! | [`replay`] | the event stream through a fresh scorer and trust controller |
 //! | [`store`] | `<data_dir>/traces/<workload-id>.dna` |
 //!
 //! # On disk
@@ -95,6 +98,7 @@ mod event;
 pub mod frame;
 pub mod reader;
 pub mod record;
+pub mod replay;
 pub mod store;
 pub mod verify;
 pub mod writer;
@@ -106,9 +110,10 @@ pub use chain::Hash;
 pub use error::{DnaError, Problem, Reason, TornTail};
 pub use reader::{Entry, Records, Trace};
 pub use record::{
-    Checkpoint, HostCall, Identity, Outcome, QuarantineAction, QuarantineOp, Record, Reopen, Subject,
-    TrustChange,
+    Checkpoint, ElidedEvents, Governed, HostCall, Identity, Lost, Outcome, QuarantineAction, QuarantineOp,
+    Record, Reopen, ScoreRecord, Subject, TrustChange,
 };
+pub use replay::{ReplayReport, replay};
 pub use store::{DEFAULT_DATA_DIR, TraceStore, check_workload_id};
 pub use verify::{VerifyOptions, VerifyReport, verify_file, verify_reader};
 pub use writer::{FsyncPolicy, OpenReport, TraceWriter, WriterConfig};

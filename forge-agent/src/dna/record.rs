@@ -7,7 +7,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::event;
-use crate::{events::DecisionEvent, policy::Tier, sign::PublicKey};
+use crate::{
+    events::DecisionEvent,
+    policy::Tier,
+    sign::PublicKey,
+    trust::{Elided, Feature, ScoreConfig, controller::Thresholds},
+};
 
 /// One record of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -29,6 +34,15 @@ pub enum Record {
     Checkpoint(Checkpoint),
     /// A writer opened the trace again (agent restart); written by the writer itself.
     Reopen(Reopen),
+    /// The agent (re)started governing the workload, or its policy changed:
+    /// what replay needs to score as the agent did.
+    Governed(Governed),
+    /// Counts of routine allowed events left out of the trace.
+    Elided(ElidedEvents),
+    /// The workload's score after an event that raised features.
+    Score(ScoreRecord),
+    /// Events of this workload the kernel could not send (full ring buffer).
+    Lost(Lost),
 }
 
 /// The one-byte kind tag of each record in the file. 0 is never a kind, so
@@ -43,6 +57,10 @@ pub(crate) mod kind {
     pub const OUTCOME: u8 = 7;
     pub const CHECKPOINT: u8 = 8;
     pub const REOPEN: u8 = 9;
+    pub const GOVERNED: u8 = 10;
+    pub const ELIDED: u8 = 11;
+    pub const SCORE: u8 = 12;
+    pub const LOST: u8 = 13;
 }
 
 /// The name of a kind tag, for messages.
@@ -57,6 +75,10 @@ pub(crate) fn kind_name(tag: u8) -> &'static str {
         kind::OUTCOME => "outcome",
         kind::CHECKPOINT => "checkpoint",
         kind::REOPEN => "reopen",
+        kind::GOVERNED => "governed",
+        kind::ELIDED => "elided",
+        kind::SCORE => "score",
+        kind::LOST => "lost",
         _ => "unknown",
     }
 }
@@ -198,6 +220,52 @@ pub struct Reopen {
     pub torn_bytes: u64,
 }
 
+/// The agent governs the workload from here on with these settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Governed {
+    /// Kernel monotonic ns (the events' clock).
+    pub ts_ns: u64,
+    /// The scorer starts this workload's baseline anew (the agent started
+    /// governing it); false for a policy change, which keeps the baseline.
+    pub fresh: bool,
+    pub tier: Tier,
+    /// The policies that apply, joined with `+`.
+    pub policies: String,
+    pub generation: u64,
+    /// The tiers at which the policy quarantines the workload.
+    pub quarantine_at: Vec<Tier>,
+    pub scoring: ScoreConfig,
+    pub thresholds: Thresholds,
+}
+
+/// Routine allowed events between the records around it, as counts (see
+/// `trust::scorer`): enough for replay to reach the same state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElidedEvents {
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+    #[serde(flatten)]
+    pub counts: Elided,
+}
+
+/// A score and its top contributing features.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreRecord {
+    pub ts_ns: u64,
+    pub value: u32,
+    pub features: Vec<Feature>,
+}
+
+/// Events lost to a full ring buffer since the last such record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// Kernel monotonic ns when the agent noticed.
+    pub ts_ns: u64,
+    pub events: u64,
+    /// All events of this workload lost since the agent loaded the programs.
+    pub total: u64,
+}
+
 impl Record {
     pub(crate) fn kind(&self) -> u8 {
         match self {
@@ -210,6 +278,10 @@ impl Record {
             Self::Outcome(_) => kind::OUTCOME,
             Self::Checkpoint(_) => kind::CHECKPOINT,
             Self::Reopen(_) => kind::REOPEN,
+            Self::Governed(_) => kind::GOVERNED,
+            Self::Elided(_) => kind::ELIDED,
+            Self::Score(_) => kind::SCORE,
+            Self::Lost(_) => kind::LOST,
         }
     }
 
@@ -237,6 +309,10 @@ impl Record {
                 Ok(())
             }
             Self::Reopen(v) => serde_json::to_writer(out, v),
+            Self::Governed(v) => serde_json::to_writer(out, v),
+            Self::Elided(v) => serde_json::to_writer(out, v),
+            Self::Score(v) => serde_json::to_writer(out, v),
+            Self::Lost(v) => serde_json::to_writer(out, v),
         }
     }
 
@@ -268,6 +344,10 @@ impl Record {
                 Self::Checkpoint(c)
             }
             kind::REOPEN => Self::Reopen(json(payload).map_err(bad)?),
+            kind::GOVERNED => Self::Governed(json(payload).map_err(bad)?),
+            kind::ELIDED => Self::Elided(json(payload).map_err(bad)?),
+            kind::SCORE => Self::Score(json(payload).map_err(bad)?),
+            kind::LOST => Self::Lost(json(payload).map_err(bad)?),
             other => return Err(super::Reason::UnknownKind { kind: other }),
         })
     }
@@ -343,6 +423,36 @@ impl fmt::Display for Record {
                 f,
                 "reopened at {} ns; a torn last record ({} bytes at byte {}) was dropped",
                 r.unix_ns, r.torn_bytes, r.torn_offset
+            ),
+            Self::Governed(g) => {
+                let start = if g.fresh { "governed" } else { "policy changed" };
+                let q: Vec<&str> = g.quarantine_at.iter().map(|t| t.as_str()).collect();
+                write!(
+                    f,
+                    "{start}: {} at tier {}, generation {}; quarantine at [{}]; learning {} s",
+                    g.policies,
+                    g.tier.as_str(),
+                    g.generation,
+                    q.join(", "),
+                    g.scoring.learning_ns / 1_000_000_000
+                )
+            }
+            Self::Elided(e) => write!(
+                f,
+                "{} routine allowed events elided ({} while learning), {} to {} ns",
+                e.counts.events(),
+                e.counts.learning,
+                e.first_ts_ns,
+                e.last_ts_ns
+            ),
+            Self::Score(s) => {
+                let why: Vec<String> = s.features.iter().map(ToString::to_string).collect();
+                write!(f, "score {}: {}", s.value, why.join("; "))
+            }
+            Self::Lost(l) => write!(
+                f,
+                "{} events lost to a full ring buffer ({} in total for this workload)",
+                l.events, l.total
             ),
         }
     }

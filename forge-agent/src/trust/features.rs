@@ -24,6 +24,17 @@ pub enum FeatureKind {
 }
 
 impl FeatureKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [Self; 7] = [
+        Self::NewBinary,
+        Self::ExecFromWritableDir,
+        Self::NewDestination,
+        Self::DeniedOperation,
+        Self::DeniedSyscall,
+        Self::SelfProtectionHit,
+        Self::RateSpike,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NewBinary => "new binary",

@@ -13,4 +13,4 @@ pub mod scorer;
 
 pub use controller::{Action, TrustController};
 pub use features::{Feature, FeatureKind};
-pub use scorer::{Score, ScoreConfig, Scorer};
+pub use scorer::{Elided, Observed, Score, ScoreConfig, Scorer};
