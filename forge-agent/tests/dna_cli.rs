@@ -108,6 +108,16 @@ fn show_prints_one_line_per_record_by_file_or_workload() {
 
     let by_id = forge(&["trace", "show", "cgroup-4242", "--data-dir", s(f.dir.path())]);
     assert_eq!(stdout(&by_id), out);
+    let list = forge(&["trace", "list", "--data-dir", s(f.dir.path())]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(
+        stdout(&list).starts_with("cgroup-4242") && stdout(&list).contains("cgroup /sys/fs/cgroup/demo"),
+        "{}",
+        stdout(&list)
+    );
+    let list = forge(&["trace", "list", "--data-dir", s(f.dir.path()), "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert_eq!(rows[0]["subject"]["id"], 4242, "{rows}");
     let missing = forge(&["trace", "show", "cgroup-1", "--data-dir", s(f.dir.path())]);
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("no trace of workload \"cgroup-1\""), "{}", stderr(&missing));

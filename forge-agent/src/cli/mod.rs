@@ -252,12 +252,21 @@ pub(crate) fn call(socket: &SocketArgs, req: &Request, json: bool) -> anyhow::Re
         println!("agent pid {} (adopted pinned state: {})", v["pid"], v["adopted"]);
         println!("backends: {}", v["backends"]);
         for g in v["governed"].as_array().into_iter().flatten() {
+            let frozen = if g["frozen"] == true { ", FROZEN" } else { "" };
             println!(
-                "governed {} (id {}): policies {}, tier {}, generation {}",
-                g["cgroup"], g["id"], g["policies"], g["tier"], g["generation"]
+                "governed {} (id {}): policies {}, tier {}{frozen}, generation {}, {} events lost",
+                g["cgroup"], g["id"], g["policies"], g["tier"], g["generation"], g["lost_events"]
             );
+            if let Some(path) = g["trace"]["path"].as_str() {
+                println!("  trace {path} ({} records)", g["trace"]["records"]);
+            }
         }
         println!("ring drops: {}, undecodable events: {}", v["ring_drops"], v["decode_errors"]);
+        if let Some(t) = v["traces"].as_object()
+            && t["errors"] != 0
+        {
+            println!("trace write errors: {} (last: {})", t["errors"], t["last_error"]);
+        }
         println!("events by hook: {}", v["events_by_hook"]);
     }
     Ok(ExitCode::SUCCESS)

@@ -57,6 +57,11 @@ pub(crate) struct RunArgs {
     /// Keep no execution traces.
     #[arg(long)]
     no_traces: bool,
+    /// Event ring buffer size in bytes: a power-of-two multiple of the page
+    /// size (default 1 MiB). Applies when the agent loads the programs; an
+    /// agent adopting pinned state keeps the ring it finds.
+    #[arg(long, value_name = "BYTES")]
+    ring_bytes: Option<u32>,
     /// Routine allowed events recorded in full per workload per second (the
     /// rest are counted; decisions are always recorded).
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -117,7 +122,7 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let agent = Agent::start(&AgentOptions {
         pin_root: a.pins.pin_root.clone(),
         want: a.backends.want(),
-        ring_bytes: None,
+        ring_bytes: a.ring_bytes,
     })?;
     let h = agent.writer.handles();
     tracing::info!(

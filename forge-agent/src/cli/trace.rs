@@ -1,4 +1,4 @@
-//! `forge trace show|verify|export|replay`: read a workload's execution trace.
+//! `forge trace list|show|verify|export|replay`: read a workload's execution trace.
 
 use std::{
     io::{BufWriter, Write as _},
@@ -15,6 +15,13 @@ use forge_agent::{
 
 #[derive(Subcommand)]
 pub(crate) enum TraceCommand {
+    /// List the traces in the data directory: workload, records, size.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Print a trace, one line per record, checking every checksum and link
     /// on the way (signatures: `forge trace verify`).
     Show {
@@ -72,6 +79,7 @@ pub(crate) struct StoreArgs {
 
 pub(crate) fn run(cmd: &TraceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        TraceCommand::List { json, store } => list(store, *json),
         TraceCommand::Show { trace, json, store } => show(&resolve(trace, store)?, *json),
         TraceCommand::Verify { trace, json, key, store } => {
             let trusted_key = key.as_deref().map(parse_key).transpose()?;
@@ -174,6 +182,35 @@ fn print_report(r: &VerifyReport) {
     if let Some(t) = r.torn_tail {
         println!("  note: {t}; the writer cuts it off when it reopens the trace");
     }
+}
+
+fn list(store: &StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let store = TraceStore::new(&store.data_dir);
+    let mut rows = Vec::new();
+    for id in store.list()? {
+        let path = store.path(&id)?;
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let (subject, problem) = match Trace::open(&path) {
+            Ok(t) => (serde_json::to_value(&t.identity().subject)?, None),
+            Err(e) => (serde_json::Value::Null, Some(e.to_string())),
+        };
+        rows.push(serde_json::json!({"workload_id": id, "path": path, "bytes": bytes, "subject": subject, "error": problem}));
+    }
+    if json {
+        super::print_json(&rows)?;
+    } else if rows.is_empty() {
+        println!("no traces in {}", store.dir().display());
+    } else {
+        for r in &rows {
+            let what = match (&r["subject"]["type"], &r["error"]) {
+                (_, serde_json::Value::String(e)) => format!("unreadable: {e}"),
+                (t, _) if t == "cgroup" => format!("cgroup {}", r["subject"]["path"].as_str().unwrap_or("?")),
+                _ => format!("capsule {}", r["subject"]["package"].as_str().unwrap_or("?")),
+            };
+            println!("{:<24} {:>10} bytes  {what}", r["workload_id"].as_str().unwrap_or(""), r["bytes"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn replay(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
