@@ -320,9 +320,8 @@ impl Daemon {
                     .ungovern(cg.id)
                     .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
                 self.governed.remove(&cg.id);
-                if let Some(t) = &mut self.traces {
-                    t.close(cg.id);
-                }
+                self.scorer.reset(cg.id);
+                self.end_trace(cg.id, "no longer governed (ungovern)");
                 Ok(json!({"cgroup": cg.path, "id": cg.id, "governed": false}))
             }
         }
@@ -381,9 +380,34 @@ impl Daemon {
         }
     }
 
-    /// The timer (about once a second): traces are flushed and signed, and
-    /// events the kernel lost for a workload are recorded in its trace.
+    /// Writes the workload's outcome and closes its trace.
+    fn end_trace(&mut self, cgroup_id: u64, summary: &str) {
+        if let Some(t) = &mut self.traces {
+            let outcome = dna::Outcome {
+                ts_ns: kernel_now_ns(),
+                exit_code: None,
+                signal: None,
+                summary: summary.to_string(),
+            };
+            t.record(cgroup_id, &Record::Outcome(outcome));
+            t.close(cgroup_id);
+        }
+    }
+
+    /// The timer (about once a second): a governed cgroup that was removed
+    /// ends (outcome in its trace, its kernel record dropped); traces are
+    /// flushed and signed; events the kernel lost for a workload are
+    /// recorded in its trace.
     pub fn tick(&mut self) {
+        let gone: Vec<u64> =
+            self.governed.values().filter(|g| !g.cgroup.path.exists()).map(|g| g.cgroup.id).collect();
+        for id in gone {
+            let _ = self.agent.writer.ungovern(id);
+            self.governed.remove(&id);
+            self.scorer.reset(id);
+            tracing::info!(cgroup_id = id, "governed cgroup removed; its trace is closed");
+            self.end_trace(id, "cgroup removed");
+        }
         let Some(traces) = &mut self.traces else { return };
         if let Ok(lost) = self.agent.writer.drops_by_cgroup() {
             for (id, total) in lost {

@@ -57,6 +57,10 @@ pub(crate) struct RunArgs {
     /// Keep no execution traces.
     #[arg(long)]
     no_traces: bool,
+    /// Anomaly scoring weights, windows and tier thresholds (TOML; see
+    /// docs/trust.md). Default: the documented defaults.
+    #[arg(long, value_name = "FILE")]
+    scoring: Option<PathBuf>,
     /// Event ring buffer size in bytes: a power-of-two multiple of the page
     /// size (default 1 MiB). Applies when the agent loads the programs; an
     /// agent adopting pinned state keeps the ring it finds.
@@ -119,6 +123,7 @@ pub(crate) fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>>
 
 async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let documents = read_documents(&a.policies)?;
+    let scoring = a.scoring.as_deref().map(forge_agent::trust::config::load).transpose()?;
     let agent = Agent::start(&AgentOptions {
         pin_root: a.pins.pin_root.clone(),
         want: a.backends.want(),
@@ -139,6 +144,10 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let trust = forge_agent::sign::trust::TrustConfig::load(trust)?;
         daemon.signing =
             Some(daemon::Signing { trust, state: a.state.clone(), require_enforceable: a.strict });
+    }
+    if let Some((config, thresholds)) = scoring {
+        daemon.scorer.set_config(config);
+        daemon.trust.thresholds = thresholds;
     }
     if !a.no_traces {
         let key = std::sync::Arc::new(agent_key(a)?);

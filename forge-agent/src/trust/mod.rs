@@ -6,6 +6,7 @@
 //! replayed through [`scorer::Scorer`] and [`controller::TrustController`]
 //! reproduces the same scores, tier changes and actions.
 
+pub mod config;
 pub mod controller;
 pub mod features;
 pub mod quarantine;
