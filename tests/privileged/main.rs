@@ -2,7 +2,8 @@
 //!
 //! Run as root with `cargo test -p forge-tests --test privileged`. Tests whose
 //! backend this kernel refuses are reported as ignored with the kernel's
-//! reason; `FORGE_REQUIRE=tracepoint,cgroup,lsm` turns those into failures.
+//! reason; `FORGE_REQUIRE=tracepoint,cgroup,lsm` turns those into failures
+//! (`prometheus` in it makes a missing /usr/bin/prometheus a failure too).
 //! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`.
 
 mod agent_restart;
@@ -11,6 +12,7 @@ mod differential;
 mod hotswap;
 mod lost;
 mod lsm;
+mod metrics;
 mod net;
 mod process;
 mod quarantine;
@@ -28,6 +30,25 @@ type TestFn = fn() -> Result<(), Failed>;
 fn trial(name: &'static str, needs: &'static [&'static str], f: TestFn) -> Trial {
     Trial::ignorable_test(name, move || {
         if let Some(ignored) = forge_tests::gate(needs)? {
+            return Ok(ignored);
+        }
+        f().map(|()| Completion::Completed)
+    })
+}
+
+/// A test with the backends it needs that also runs an installed program
+/// (`name` as FORGE_REQUIRE spells it, and its path).
+fn trial_with_program(
+    name: &'static str,
+    needs: &'static [&'static str],
+    program: (&'static str, &'static str),
+    f: TestFn,
+) -> Trial {
+    Trial::ignorable_test(name, move || {
+        if let Some(ignored) = forge_tests::gate(needs)? {
+            return Ok(ignored);
+        }
+        if let Some(ignored) = forge_tests::gate_program(program.0, std::path::Path::new(program.1))? {
             return Ok(ignored);
         }
         f().map(|()| Completion::Completed)
@@ -86,6 +107,12 @@ fn main() {
             "event_storm_lost_events_in_status_and_trace",
             &["cgroup", "tracepoint"],
             lost::daemon_reports_lost_events,
+        ),
+        trial_with_program(
+            "metrics_scraped_by_prometheus",
+            &["cgroup"],
+            ("prometheus", metrics::PROMETHEUS),
+            metrics::scraped_by_prometheus,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

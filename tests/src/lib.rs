@@ -84,6 +84,23 @@ pub fn gate(needs: &[&str]) -> Result<Option<Completion>, Failed> {
     Ok(Some(Completion::ignored_with(reason)))
 }
 
+/// Decides whether a test that runs the program at `path` can run here:
+/// `Ok(None)` if it is installed; else ignored with the reason, or `Err` when
+/// `FORGE_REQUIRE` names `name` (the host CI run does; the VM guests, which
+/// have no such program, do not).
+pub fn gate_program(name: &str, path: &std::path::Path) -> Result<Option<Completion>, Failed> {
+    if path.is_file() {
+        return Ok(None);
+    }
+    let reason = format!("{} is not installed (`cargo xtask setup` installs {name})", path.display());
+    let c = caps();
+    if c.require.contains(name) {
+        let list = c.require.iter().cloned().collect::<Vec<_>>().join(",");
+        return Err(format!("FORGE_REQUIRE={list}: {reason}").into());
+    }
+    Ok(Some(Completion::ignored_with(reason)))
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }

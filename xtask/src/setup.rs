@@ -9,7 +9,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages: the eBPF compiler (rustc-web with a prebuilt `core` for
-/// bpfel), LLVM 22 for bpf-linker, and QEMU + busybox for the VM tests.
+/// bpfel), LLVM 22 for bpf-linker, QEMU + busybox for the VM tests, and the
+/// Prometheus server that scrapes the agent's `/metrics` in a privileged test
+/// (the test runs its own instance; the packaged service is disabled).
 pub(crate) const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -21,6 +23,7 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "prometheus",
 ];
 
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -51,6 +54,9 @@ pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<()> {
             run_cmd(Command::new("apt-get").arg("update"), "apt-get update")?;
             run_cmd(&mut cmd, "apt-get install")?;
         }
+        if missing.contains(&"prometheus") {
+            disable_packaged_prometheus();
+        }
     }
 
     let bin = cargo_bin_dir();
@@ -72,6 +78,27 @@ pub(crate) fn run(args: &SetupArgs) -> anyhow::Result<()> {
         println!("setup: installed bpf-linker at {}", linker.display());
     }
     Ok(())
+}
+
+/// Debian's package enables (and, where services may start, starts) a
+/// Prometheus service on port 9090 with its own data. The tests start their
+/// own server and need none of it: stop and disable it. Best effort, said.
+fn disable_packaged_prometheus() {
+    let booted_with_systemd = Path::new("/run/systemd/system").is_dir();
+    let steps: &[&[&str]] = if booted_with_systemd {
+        &[&["systemctl", "disable", "--now", "prometheus.service"]]
+    } else {
+        &[
+            &["invoke-rc.d", "prometheus", "stop"],
+            &["update-rc.d", "prometheus", "disable"],
+            &["systemctl", "disable", "prometheus.service"],
+        ]
+    };
+    for step in steps {
+        let ok = Command::new(step[0]).args(&step[1..]).status().is_ok_and(|s| s.success());
+        let how = if ok { "done" } else { "failed (ignored)" };
+        println!("setup: packaged prometheus service: `{}` {how}", step.join(" "));
+    }
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

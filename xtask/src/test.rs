@@ -18,7 +18,8 @@ pub(crate) struct TestArgs {
     #[arg(long = "kernel")]
     pub(crate) kernels: Vec<String>,
     /// Make every backend this machine kind supports mandatory (default when CI is set):
-    /// the host run requires tracepoint and cgroup, the guests also lsm.
+    /// the host run requires tracepoint, cgroup and the Prometheus server, the guests lsm,
+    /// tracepoint and cgroup.
     #[arg(long)]
     pub(crate) strict: bool,
 }
@@ -33,9 +34,11 @@ fn cargo() -> Command {
     c
 }
 
-/// Host tests require these when strict (this host refuses BPF-LSM loads).
-const HOST_REQUIRE: &str = "tracepoint,cgroup";
-/// Guests boot with `lsm=...,bpf`: everything is required there.
+/// Host tests require these when strict (this host refuses BPF-LSM loads);
+/// `prometheus` is the server `setup` installs for the metrics test.
+const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus";
+/// Guests boot with `lsm=...,bpf`: every backend is required there. Their
+/// initramfs has no Prometheus server, so the metrics test is ignored there.
 const GUEST_REQUIRE: &str = "lsm,tracepoint,cgroup";
 
 pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {

@@ -14,7 +14,10 @@ use crate::{
     trust::{Action, Observed, ScoreConfig, Scorer, TrustController, quarantine},
 };
 
-use super::traces::{Traces, kernel_now_ns};
+use super::{
+    metrics::{self, ActionCounts},
+    traces::{Traces, kernel_now_ns},
+};
 
 struct Governed {
     cgroup: Cgroup,
@@ -41,6 +44,10 @@ pub struct Daemon {
     pub signing: Option<Signing>,
     /// Execution traces (none: not kept).
     pub traces: Option<Traces>,
+    /// Quarantines, releases and tier changes carried out (for the metrics).
+    pub counts: ActionCounts,
+    /// Where [`run`] serves `GET /metrics` (none: not served).
+    pub metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// The agent's signing rules for policy bundles.
@@ -100,6 +107,8 @@ impl Daemon {
             audit: Vec::new(),
             signing: None,
             traces: None,
+            counts: ActionCounts::default(),
+            metrics_listener: None,
         })
     }
 
@@ -158,6 +167,7 @@ impl Daemon {
                 }
                 g.compiled = compiled;
                 g.generation = generation;
+                self.counts.tier_changes += 1;
                 let entry = json!({"action": "set_tier", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "from": from, "to": to, "reason": reason, "actor": actor, "generation": generation});
                 let change = dna::TrustChange {
                     ts_ns: kernel_now_ns(),
@@ -211,6 +221,7 @@ impl Daemon {
             g.compiled = compiled;
             g.generation = generation;
             self.trust.track(cgroup_id, Tier::Compromised);
+            self.counts.tier_changes += 1;
         }
         let freeze = g.compiled.freeze;
         if freeze {
@@ -232,6 +243,7 @@ impl Daemon {
             snapshot: json!({"frozen": freeze, "generation": entry["generation"], "processes": entry["snapshot"]["processes"]}),
         };
         self.trace(cgroup_id, Record::Quarantine(q));
+        self.counts.quarantines += 1;
         Ok(entry)
     }
 
@@ -253,6 +265,8 @@ impl Daemon {
         g.generation = generation;
         self.trust.track(cgroup_id, tier);
         self.scorer.reset(cgroup_id);
+        self.counts.releases += 1;
+        self.counts.tier_changes += 1;
         let entry = json!({"action": "release", "cgroup": g.cgroup.path, "cgroup_id": cgroup_id, "tier": tier, "generation": generation, "actor": actor});
         let why = vec![format!("released; policy generation {generation} at tier {}", tier.as_str())];
         let ts_ns = kernel_now_ns();
@@ -512,6 +526,48 @@ impl Daemon {
         }))
     }
 
+    /// What a metrics scrape shows, read now from the maps, the event
+    /// reader, the governed workloads and /proc.
+    pub fn metrics_sample(&self) -> metrics::Sample {
+        let w = &self.agent.writer;
+        let decisions = w.counters().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "metrics: reading the decision counters");
+            Vec::new()
+        });
+        let lost = crate::ebpf::writer::sum_dropped(decisions.iter().copied());
+        let workloads = self
+            .governed
+            .values()
+            .map(|g| metrics::WorkloadSample {
+                cgroup_id: g.cgroup.id,
+                cgroup: g.cgroup.path.display().to_string(),
+                tier: g.compiled.tier,
+                generation: g.generation,
+                frozen: g.frozen,
+                lost_events: lost.get(&g.cgroup.id).copied().unwrap_or(0),
+            })
+            .collect();
+        metrics::Sample {
+            decisions,
+            events_by_hook: self.agent.events.per_hook.iter().map(|(h, n)| (*h, *n)).collect(),
+            undecodable_events: self.agent.events.decode_errors,
+            ring_drops: w.drops().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "metrics: reading the ring drop counter");
+                0
+            }),
+            kernel_governed: w.governed().len() as u64,
+            workloads,
+            actions: self.counts,
+            trace_write_errors: self.traces.as_ref().map_or(0, |t| t.errors),
+            process: metrics::process_sample(),
+        }
+    }
+
+    /// The OpenMetrics text a scrape of `/metrics` gets (docs/metrics.md).
+    pub fn metrics(&self) -> String {
+        metrics::render(&self.metrics_sample())
+    }
+
     fn status(&self) -> Value {
         let h = self.agent.writer.handles();
         let lost = self.agent.writer.drops_by_cgroup().unwrap_or_default();
@@ -573,9 +629,10 @@ pub fn workload_of(cgroup: &Cgroup) -> Workload {
     Workload::cgroup(&rel)
 }
 
-/// Runs the daemon: serves the API on `listener`, reads events (handing each
-/// to `on_event`), until `shutdown` completes. This task is the only one that
-/// touches the maps.
+/// Runs the daemon: serves the API on `listener` (and the metrics on
+/// [`Daemon::metrics_listener`], if set), reads events (handing each to
+/// `on_event`), until `shutdown` completes. This task is the only one that
+/// touches the maps; metrics scrapes are rendered here too.
 pub async fn run(
     daemon: &mut Daemon,
     listener: tokio::net::UnixListener,
@@ -583,6 +640,15 @@ pub async fn run(
     mut on_event: impl FnMut(&Daemon, crate::events::DecisionEvent),
 ) -> std::io::Result<()> {
     let (calls_tx, mut calls) = tokio::sync::mpsc::channel::<super::server::Call>(64);
+    let (scrapes_tx, mut scrapes) = tokio::sync::mpsc::channel::<metrics::http::Scrape>(8);
+    let metrics_server = match daemon.metrics_listener.take() {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            Some(tokio::spawn(metrics::http::serve(l, scrapes_tx)))
+        }
+        None => None,
+    };
     let server = tokio::spawn(super::server::serve(listener, calls_tx));
     tokio::pin!(shutdown);
     let mut batch = Vec::new();
@@ -607,10 +673,16 @@ pub async fn run(
                 };
                 let _ = reply.send(resp);
             }
+            Some(reply) = scrapes.recv() => {
+                let _ = reply.send(daemon.metrics());
+            }
             () = &mut shutdown => break Ok(()),
         }
     };
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     daemon.close();
     result
 }

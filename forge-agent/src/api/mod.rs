@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod traces;

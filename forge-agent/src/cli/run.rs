@@ -44,6 +44,11 @@ pub(crate) struct RunArgs {
     /// The API socket.
     #[arg(long, default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP, no
+    /// authentication: bind to loopback or a protected network; see
+    /// docs/metrics.md). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Print decision events as JSON lines on stdout.
     #[arg(long)]
     json: bool,
@@ -157,6 +162,12 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     for cg in &a.govern {
         daemon.govern(cg).map_err(|e| anyhow::anyhow!("--govern {cg}: {}", e.message))?;
+    }
+    if let Some(addr) = a.metrics_addr {
+        let l =
+            std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-addr {addr}: binding"))?;
+        tracing::info!(addr = %l.local_addr().unwrap_or(addr), "metrics at /metrics");
+        daemon.metrics_listener = Some(l);
     }
     let listener = server::bind(&a.socket).with_context(|| format!("binding {}", a.socket.display()))?;
     tracing::info!(socket = %a.socket.display(), "API listening");
