@@ -142,6 +142,7 @@ fn scoring(c: &mut Criterion) {
             quarantine_at: vec![Tier::Compromised],
             scoring: config.clone(),
             thresholds: Thresholds::default(),
+            rules: Vec::new(),
         };
         traces.govern(&cg, governed);
     }

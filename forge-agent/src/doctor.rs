@@ -17,6 +17,9 @@ pub struct Report {
     pub backends: Vec<BackendStatus>,
     /// Why probing could not run at all (e.g. not root), if it could not.
     pub probe_error: Option<String>,
+    /// The kernel tag of each embedded program that loads here.
+    #[serde(skip)]
+    pub tags: Vec<(&'static str, u64)>,
 }
 
 impl Report {
@@ -32,9 +35,9 @@ pub fn gather() -> Report {
         .map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()))
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let lsm_list = read_lsm_list();
-    let (backends, probe_error) = match loader::probe() {
-        Ok(b) => (b, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+    let (backends, tags, probe_error) = match loader::probe_with_tags() {
+        Ok((b, t)) => (b, t, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
     };
     Report {
         kernel,
@@ -46,6 +49,7 @@ pub fn gather() -> Report {
         lsm_list,
         backends,
         probe_error,
+        tags,
     }
 }
 

@@ -4,11 +4,14 @@
 pub mod agent;
 pub mod api;
 pub mod cgroup;
+pub mod config;
+pub mod digest;
 pub mod dna;
 pub mod doctor;
 pub mod ebpf;
 pub mod events;
 pub mod explain;
+pub mod integrity;
 pub mod policy;
 pub mod sign;
 pub mod trust;

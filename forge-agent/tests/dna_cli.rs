@@ -239,6 +239,7 @@ fn scored_trace(dir: &Path, tamper_score: bool) -> PathBuf {
         quarantine_at: vec![Tier::Compromised],
         scoring: scoring.clone(),
         thresholds: Thresholds::default(),
+        rules: Vec::new(),
     }))
     .unwrap();
     let mut scorer = Scorer::new(scoring);

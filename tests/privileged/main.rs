@@ -9,6 +9,7 @@
 mod agent_restart;
 mod api;
 mod differential;
+mod doctor;
 mod hotswap;
 mod lost;
 mod lsm;
@@ -17,6 +18,7 @@ mod net;
 mod process;
 mod quarantine;
 mod shipped;
+mod sigterm;
 mod storm;
 
 use std::net::{SocketAddr, TcpListener};
@@ -41,14 +43,14 @@ fn trial(name: &'static str, needs: &'static [&'static str], f: TestFn) -> Trial
 fn trial_with_program(
     name: &'static str,
     needs: &'static [&'static str],
-    program: (&'static str, &'static str),
+    program: (&'static str, fn() -> std::path::PathBuf),
     f: TestFn,
 ) -> Trial {
     Trial::ignorable_test(name, move || {
         if let Some(ignored) = forge_tests::gate(needs)? {
             return Ok(ignored);
         }
-        if let Some(ignored) = forge_tests::gate_program(program.0, std::path::Path::new(program.1))? {
+        if let Some(ignored) = forge_tests::gate_program(program.0, &(program.1)())? {
             return Ok(ignored);
         }
         f().map(|()| Completion::Completed)
@@ -111,8 +113,19 @@ fn main() {
         trial_with_program(
             "metrics_scraped_by_prometheus",
             &["cgroup"],
-            ("prometheus", metrics::PROMETHEUS),
+            ("prometheus", || std::path::PathBuf::from(metrics::PROMETHEUS)),
             metrics::scraped_by_prometheus,
+        ),
+        trial_with_program(
+            "agent_sigterm_leaves_enforcement_pinned",
+            &["cgroup", "tracepoint"],
+            ("forge", sigterm::forge_binary),
+            sigterm::sigterm_leaves_enforcement_pinned,
+        ),
+        trial(
+            "doctor_checks_pinned_programs_and_traces",
+            &["cgroup", "tracepoint"],
+            doctor::integrity_of_pins_and_traces,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

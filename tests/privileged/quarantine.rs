@@ -254,5 +254,23 @@ fn check_trace(d: &DaemonFixture, freeze: bool) -> Result<(), Failed> {
     let r = dna::replay(&trace).map_err(fail)?;
     check!(r.ok(), "replay diverges: {:?}\n{}", r.divergence, dump());
     check!(r.tier_changes >= 1 && r.quarantines == 1, "replay reproduced too little: {r:?}");
+
+    // The digest an operator reads, from the recorded trace alone.
+    let entries: Vec<dna::Entry> = trace.records().map_err(fail)?.collect::<Result<_, _>>().map_err(fail)?;
+    let q = forge_agent::digest::last_quarantine(&entries).ok_or("no quarantine digest")?;
+    let text = q.to_string();
+    let how = if freeze { "and froze it" } else { "in the redzone, running" };
+    check!(
+        q.tier == Some(Tier::Compromised)
+            && text.contains(&format!("scorer quarantined it {how}"))
+            && text.contains("exec from a writable dir")
+            && text.contains("test-operator released it"),
+        "quarantine digest:\n{text}"
+    );
+    let w = forge_agent::digest::workload(&entries).to_string();
+    check!(
+        w.contains("governed, tier verified") && w.contains("scorer moved it from verified to compromised"),
+        "workload digest:\n{w}"
+    );
     Ok(())
 }

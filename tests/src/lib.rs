@@ -337,6 +337,11 @@ impl DaemonFixture {
         }
     }
 
+    /// The agent's bpffs pin root.
+    pub fn pin_root(&self) -> &std::path::Path {
+        &self.pin_root
+    }
+
     /// The governed cgroup's trace file.
     pub fn trace_path(&self) -> PathBuf {
         self.data_dir.join("traces").join(format!("cgroup-{}.dna", self.cgroup.id))

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use crate::{setup, test::workspace_root};
 
 pub(crate) const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub(crate) const TARGETS: [&str; 2] = ["policy_parse", "bundle_parse"];
+pub(crate) const TARGETS: [&str; 4] = ["policy_parse", "bundle_parse", "api_request", "trace_read"];
 
 #[derive(clap::Args)]
 pub(crate) struct FuzzArgs {

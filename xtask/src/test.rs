@@ -35,8 +35,9 @@ fn cargo() -> Command {
 }
 
 /// Host tests require these when strict (this host refuses BPF-LSM loads);
-/// `prometheus` is the server `setup` installs for the metrics test.
-const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus";
+/// `prometheus` is the server `setup` installs for the metrics test; `forge`
+/// is the agent binary `cargo test` builds next to the test binaries.
+const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,forge";
 /// Guests boot with `lsm=...,bpf`: every backend is required there. Their
 /// initramfs has no Prometheus server, so the metrics test is ignored there.
 const GUEST_REQUIRE: &str = "lsm,tracepoint,cgroup";

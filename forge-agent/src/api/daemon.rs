@@ -129,6 +129,9 @@ impl Daemon {
         }
         let q = &self.governed[&ev.cgroup_id].quarantine_at;
         let actions = self.trust.on_score(&score, |t| q.contains(&t));
+        if actions.iter().any(|a| matches!(a, Action::Quarantine { .. })) {
+            self.freeze_first(ev.cgroup_id);
+        }
         let mut done = Vec::new();
         for a in actions {
             match self.act(&a, started) {
@@ -203,11 +206,20 @@ impl Daemon {
         let g = self.governed.get_mut(&cgroup_id).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
         })?;
-        // Redzone first (the compromised-tier record), then freeze.
+        // Freeze first (nothing runs on while the record changes), then the
+        // redzone (the compromised-tier record), then the snapshot.
+        let target = if g.compiled.tier == Tier::Compromised {
+            None
+        } else {
+            Some(self.set.compile_for(&g.workload, Tier::Compromised, 1).map_err(|e| invalid(e.0))?)
+        };
+        let freeze = target.as_ref().map_or(g.compiled.freeze, |c| c.freeze);
+        if freeze && !g.frozen {
+            quarantine::freeze(&g.cgroup, std::time::Duration::from_secs(2)).map_err(kernel)?;
+            g.frozen = true;
+        }
         let mut change = None;
-        if g.compiled.tier != Tier::Compromised {
-            let compiled =
-                self.set.compile_for(&g.workload, Tier::Compromised, 1).map_err(|e| invalid(e.0))?;
+        if let Some(compiled) = target {
             let generation = self.agent.writer.govern(&g.cgroup, &compiled).map_err(kernel)?;
             g.before_escalation.get_or_insert_with(|| g.compiled.clone());
             change = Some(dna::TrustChange {
@@ -222,11 +234,6 @@ impl Daemon {
             g.generation = generation;
             self.trust.track(cgroup_id, Tier::Compromised);
             self.counts.tier_changes += 1;
-        }
-        let freeze = g.compiled.freeze;
-        if freeze {
-            quarantine::freeze(&g.cgroup, std::time::Duration::from_secs(2)).map_err(kernel)?;
-            g.frozen = true;
         }
         let contained_us = since.elapsed().as_micros() as u64;
         // Frozen processes hold still for the snapshot.
@@ -391,6 +398,26 @@ impl Daemon {
             quarantine_at: g.quarantine_at.clone(),
             scoring: self.scorer.config.clone(),
             thresholds: self.trust.thresholds.clone(),
+            rules: g
+                .compiled
+                .rules
+                .iter()
+                .filter(|r| g.compiled.active_rules.contains(&r.id))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Freezes a workload about to be quarantined before its record is
+    /// swapped, when its quarantine freezes (`quarantine()` then skips it).
+    fn freeze_first(&mut self, cgroup_id: u64) {
+        let Some(g) = self.governed.get_mut(&cgroup_id) else { return };
+        let freezes = self.set.compile_for(&g.workload, Tier::Compromised, 1).is_ok_and(|c| c.freeze);
+        if freezes && !g.frozen {
+            match quarantine::freeze(&g.cgroup, std::time::Duration::from_secs(2)) {
+                Ok(()) => g.frozen = true,
+                Err(e) => tracing::error!(error = %e, cgroup_id, "freezing before the redzone swap failed"),
+            }
         }
     }
 

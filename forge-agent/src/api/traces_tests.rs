@@ -89,6 +89,7 @@ fn governed(fresh: bool, tier: Tier, config: &ScoreConfig) -> Governed {
         quarantine_at: vec![Tier::Compromised],
         scoring: config.clone(),
         thresholds: Thresholds::default(),
+        rules: Vec::new(),
     }
 }
 
@@ -230,4 +231,35 @@ fn replay_names_the_first_record_it_cannot_reproduce() {
     assert_eq!(Some(d.index), first_score, "{d}");
     assert!(d.to_string().contains("the trace has score 20"), "{d}");
     assert!(d.to_string().contains("replay produced score 21"), "{d}");
+}
+
+#[test]
+fn digests_explain_the_workload_and_its_quarantine_from_the_trace_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ScoreConfig { learning_ns: 10 * S, ..ScoreConfig::default() };
+    let (path, _) = run(dir.path(), config);
+    let entries: Vec<crate::dna::Entry> =
+        Trace::open(&path).unwrap().records().unwrap().map(Result::unwrap).collect();
+    let w = crate::digest::workload(&entries);
+    assert_eq!(w.workload, format!("cgroup-{ID}"));
+    assert_eq!(w.state, "governed");
+    assert_eq!(w.tier, Some(Tier::Verified), "released and restored");
+    assert_eq!((w.decisions, w.lost), (2, 17));
+    let text = w.to_string();
+    assert!(text.contains("scorer moved it from verified to compromised"), "{text}");
+    assert!(text.contains("alice released it: investigated"), "{text}");
+    assert!(text.contains("1x killed the caller for syscall"), "{text}");
+
+    let q = crate::digest::last_quarantine(&entries).expect("quarantined once");
+    assert_eq!(q.tier, Some(Tier::Compromised));
+    assert!(
+        q.why.starts_with("score 85: ") && q.why.contains("exec from a writable dir: /tmp/.x/sh"),
+        "{}",
+        q.why
+    );
+    assert!(q.agent_did.iter().any(|a| a.text.starts_with("alice released it")), "{q:?}");
+    let json = serde_json::to_value(&q).unwrap();
+    assert_eq!(json["record"], q.record);
+    // The same trace, the same digest.
+    assert_eq!(crate::digest::last_quarantine(&entries), Some(q));
 }

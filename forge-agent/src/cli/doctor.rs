@@ -10,12 +10,26 @@ pub(crate) struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pins: super::PinArgs,
+    /// The agent's data directory (its traces are verified).
+    #[arg(long, env = "FORGE_DATA_DIR", default_value = forge_agent::dna::DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+    /// The agent's public key for trace checkpoints (default `<data-dir>/agent.pub`).
+    #[arg(long, value_name = "PUBKEY")]
+    key: Option<std::path::PathBuf>,
 }
 
+/// Exit codes: 0 healthy, 3 no enforcement backend, 4 integrity problems.
 pub(crate) fn run(a: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let r = doctor::gather();
+    let key = a.key.as_deref().map(forge_agent::sign::PublicKey::load).transpose()?;
+    let integrity = forge_agent::integrity::check(&a.pins.pin_root, &r.tags, &a.data_dir, key);
     if a.json {
-        super::print_json(&r)?;
+        let mut v = serde_json::to_value(&r)?;
+        v["integrity"] = serde_json::to_value(&integrity)?;
+        v["healthy"] = serde_json::json!(r.healthy() && integrity.problems.is_empty());
+        super::print_json(&v)?;
     } else {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         println!("kernel           {}", r.kernel);
@@ -40,6 +54,38 @@ pub(crate) fn run(a: &DoctorArgs) -> anyhow::Result<ExitCode> {
         if let Some(e) = &r.probe_error {
             println!("probe failed: {e}");
         }
+        print_integrity(&integrity);
     }
-    Ok(if r.healthy() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if !r.healthy() {
+        ExitCode::from(3)
+    } else if !integrity.problems.is_empty() {
+        ExitCode::from(4)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_integrity(i: &forge_agent::integrity::Integrity) {
+    println!();
+    if i.pinned {
+        let matching = i.programs.iter().filter(|p| p.matches).count();
+        println!(
+            "pinned state     {}: {} programs, {matching} match the embedded object",
+            i.pin_root.display(),
+            i.programs.len()
+        );
+    } else {
+        println!("pinned state     none at {} (no agent has loaded)", i.pin_root.display());
+    }
+    let ok = i.traces.iter().filter(|t| t.ok).count();
+    let key = i.trace_key.as_deref().unwrap_or("each checkpoint's own key (no agent.pub)");
+    println!("traces           {} of {} verify, against {key}", ok, i.traces.len());
+    println!("clocks           {}", if i.clock.ok { "sane" } else { "NOT sane" });
+    if i.problems.is_empty() {
+        println!("integrity        ok");
+    } else {
+        for p in &i.problems {
+            println!("PROBLEM          {p}");
+        }
+    }
 }

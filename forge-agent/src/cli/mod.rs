@@ -71,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         command: trace::TraceCommand,
     },
+    /// Explain a workload from its trace in a few lines: what it did, which
+    /// rules decided, its tier, what the agent did, what you can do. One
+    /// record with `--record N`, the last quarantine with `--quarantine`.
+    /// `--json` is compact, for a SIEM or a language model.
+    Explain(trace::ExplainArgs),
     /// Remove all pinned ForgeOne state: enforcement ends for every cgroup.
     Reset(PinArgs),
     /// Ask the running agent for its state: backends, governed workloads, counters.
@@ -202,6 +207,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Policy { command: PolicyCommand::Bundle(c) } => sign::run_bundle(&c),
         Command::Key { command } => sign::run_key(&command),
         Command::Trace { command } => trace::run(&command),
+        Command::Explain(a) => trace::explain(&a),
         Command::Reset(a) => reset(&a),
         Command::Status { socket, json } => call(&socket, &Request::Status, json),
         Command::Govern { cgroup, socket } => call(&socket, &Request::Govern { cgroup }, true),

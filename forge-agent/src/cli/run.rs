@@ -18,8 +18,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{BackendArgs, PinArgs};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct RunArgs {
+    /// Configuration file (`forge.toml`; every key documented in
+    /// deploy/forge.toml). Flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     pins: PinArgs,
     #[command(flatten)]
@@ -35,15 +39,16 @@ pub(crate) struct RunArgs {
     /// strict mode: policy changes are applied only from signed bundles.
     #[arg(long, value_name = "FILE")]
     trust: Option<PathBuf>,
-    /// Where the last applied version of each bundle is kept (replay protection).
-    #[arg(long, default_value = "/var/lib/forge/applied.json")]
-    state: PathBuf,
+    /// Where the last applied version of each bundle is kept (replay
+    /// protection). Default: /var/lib/forge/applied.json.
+    #[arg(long)]
+    state: Option<PathBuf>,
     /// With --trust: also refuse bundles with rules no backend here can enforce.
     #[arg(long)]
     strict: bool,
-    /// The API socket.
-    #[arg(long, default_value = api::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// The API socket. Default: /run/forge/agent.sock.
+    #[arg(long)]
+    socket: Option<PathBuf>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP, no
     /// authentication: bind to loopback or a protected network; see
     /// docs/metrics.md). Off by default.
@@ -53,8 +58,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     json: bool,
     /// The data directory: execution traces go to `<DIR>/traces/cgroup-<id>.dna`.
-    #[arg(long, env = "FORGE_DATA_DIR", default_value = forge_agent::dna::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Default: /var/lib/forge.
+    #[arg(long, env = "FORGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// The agent's ed25519 key, which signs trace checkpoints. Created (with
     /// its `.pub`) if missing. Default: `<data-dir>/agent.key`.
     #[arg(long, value_name = "FILE")]
@@ -72,15 +78,73 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     ring_bytes: Option<u32>,
     /// Routine allowed events recorded in full per workload per second (the
-    /// rest are counted; decisions are always recorded).
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    trace_sample: u32,
+    /// rest are counted; decisions are always recorded). Default: 8.
+    #[arg(long, value_name = "N")]
+    trace_sample: Option<u32>,
+}
+
+impl RunArgs {
+    /// The flags over the `--config` file over the defaults.
+    fn merged(&self) -> anyhow::Result<Self> {
+        let mut a = self.clone();
+        if let Some(path) = &self.config {
+            let c = forge_agent::config::AgentConfig::load(path)?;
+            if a.pins.pin_root.as_os_str() == forge_agent::ebpf::pins::DEFAULT_ROOT
+                && let Some(p) = c.pin_root
+            {
+                a.pins.pin_root = p;
+            }
+            if a.backends.backends.is_empty() {
+                for b in &c.backends {
+                    a.backends.backends.push(
+                        <super::Backend as clap::ValueEnum>::from_str(b, true).map_err(anyhow::Error::msg)?,
+                    );
+                }
+            }
+            if a.policies.is_empty() {
+                a.policies = c.policies;
+            }
+            if a.govern.is_empty() {
+                a.govern = c.govern;
+            }
+            a.trust = a.trust.or(c.trust);
+            a.state = a.state.or(c.state);
+            a.strict |= c.strict.unwrap_or(false);
+            a.socket = a.socket.or(c.socket);
+            if a.metrics_addr.is_none()
+                && let Some(m) = c.metrics_addr
+            {
+                a.metrics_addr =
+                    Some(m.parse().with_context(|| format!("{}: metrics_addr {m:?}", path.display()))?);
+            }
+            a.json |= c.json.unwrap_or(false);
+            a.data_dir = a.data_dir.or(c.data_dir);
+            a.agent_key = a.agent_key.or(c.agent_key);
+            a.no_traces |= c.traces == Some(false);
+            a.scoring = a.scoring.or(c.scoring);
+            a.ring_bytes = a.ring_bytes.or(c.ring_bytes);
+            a.trace_sample = a.trace_sample.or(c.trace_sample);
+        }
+        a.state.get_or_insert_with(|| PathBuf::from("/var/lib/forge/applied.json"));
+        a.socket.get_or_insert_with(|| PathBuf::from(api::DEFAULT_SOCKET));
+        a.data_dir.get_or_insert_with(|| PathBuf::from(forge_agent::dna::DEFAULT_DATA_DIR));
+        a.trace_sample.get_or_insert(8);
+        Ok(a)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(forge_agent::dna::DEFAULT_DATA_DIR))
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| PathBuf::from(api::DEFAULT_SOCKET))
+    }
 }
 
 /// Loads the agent key, creating it on first start.
 fn agent_key(a: &RunArgs) -> anyhow::Result<forge_agent::sign::SigningKey> {
     use forge_agent::sign::{SigningKey, keys};
-    let path = a.agent_key.clone().unwrap_or_else(|| a.data_dir.join("agent.key"));
+    let path = a.agent_key.clone().unwrap_or_else(|| a.data_dir().join("agent.key"));
     if !path.exists() {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         let name = path
@@ -96,8 +160,9 @@ fn agent_key(a: &RunArgs) -> anyhow::Result<forge_agent::sign::SigningKey> {
 }
 
 pub(crate) fn run(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let a = a.merged()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(agent(a))
+    rt.block_on(agent(&a))
 }
 
 /// Reads policy files (and directories of `*.yaml`) as API documents.
@@ -147,8 +212,11 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     if let Some(trust) = &a.trust {
         let trust = forge_agent::sign::trust::TrustConfig::load(trust)?;
-        daemon.signing =
-            Some(daemon::Signing { trust, state: a.state.clone(), require_enforceable: a.strict });
+        daemon.signing = Some(daemon::Signing {
+            trust,
+            state: a.state.clone().unwrap_or_default(),
+            require_enforceable: a.strict,
+        });
     }
     if let Some((config, thresholds)) = scoring {
         daemon.scorer.set_config(config);
@@ -156,8 +224,8 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     if !a.no_traces {
         let key = std::sync::Arc::new(agent_key(a)?);
-        let mut settings = api::traces::TraceSettings::new(&a.data_dir, key);
-        settings.sample_per_sec = a.trace_sample;
+        let mut settings = api::traces::TraceSettings::new(a.data_dir(), key);
+        settings.sample_per_sec = a.trace_sample.unwrap_or(8);
         daemon.traces = Some(api::traces::Traces::new(settings));
     }
     for cg in &a.govern {
@@ -169,8 +237,9 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(addr = %l.local_addr().unwrap_or(addr), "metrics at /metrics");
         daemon.metrics_listener = Some(l);
     }
-    let listener = server::bind(&a.socket).with_context(|| format!("binding {}", a.socket.display()))?;
-    tracing::info!(socket = %a.socket.display(), "API listening");
+    let socket = a.socket();
+    let listener = server::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "API listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let shutdown = async move {
@@ -188,7 +257,7 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("reading events")?;
-    let _ = std::fs::remove_file(&a.socket);
+    let _ = std::fs::remove_file(&socket);
     eprintln!(
         "forge: stopping; enforcement stays pinned under {} (fail-closed). `forge reset` removes it.",
         a.pins.pin_root.display()

@@ -71,6 +71,60 @@ pub(crate) enum TraceCommand {
 }
 
 #[derive(Args)]
+pub(crate) struct ExplainArgs {
+    /// A trace file, or a workload id.
+    trace: String,
+    /// Explain this record (its index, as `forge trace show` prints it).
+    #[arg(long, value_name = "N", conflicts_with = "quarantine")]
+    record: Option<u64>,
+    /// Explain the workload's last quarantine.
+    #[arg(long)]
+    quarantine: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+pub(crate) fn explain(a: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    use forge_agent::digest;
+    let path = resolve(&a.trace, &a.store)?;
+    let trace = Trace::open(&path)?;
+    let entries = trace.records()?.collect::<Result<Vec<Entry>, _>>()?;
+    let out: Box<dyn std::fmt::Display> = match (a.record, a.quarantine) {
+        (Some(n), _) => {
+            let d = digest::record(&entries, n).ok_or_else(|| {
+                anyhow::anyhow!("{}: no record {n} (it has {})", path.display(), entries.len())
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string(&d)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Box::new(d)
+        }
+        (None, true) => {
+            let d = digest::last_quarantine(&entries)
+                .ok_or_else(|| anyhow::anyhow!("{}: the workload was never quarantined", path.display()))?;
+            if a.json {
+                println!("{}", serde_json::to_string(&d)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Box::new(d)
+        }
+        (None, false) => {
+            let d = digest::workload(&entries);
+            if a.json {
+                println!("{}", serde_json::to_string(&d)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Box::new(d)
+        }
+    };
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
 pub(crate) struct StoreArgs {
     /// The agent's data directory, where workload ids are looked up.
     #[arg(long, env = "FORGE_DATA_DIR", default_value = dna::DEFAULT_DATA_DIR)]

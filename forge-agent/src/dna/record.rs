@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::event;
 use crate::{
     events::DecisionEvent,
-    policy::Tier,
+    policy::{RuleInfo, Tier},
     sign::PublicKey,
     trust::{Elided, Feature, ScoreConfig, controller::Thresholds},
 };
@@ -236,6 +236,10 @@ pub struct Governed {
     pub quarantine_at: Vec<Tier>,
     pub scoring: ScoreConfig,
     pub thresholds: Thresholds,
+    /// The rules of the record in force (id, name, `file:line`), so the
+    /// trace names the rule behind each decision by itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleInfo>,
 }
 
 /// Routine allowed events between the records around it, as counts (see

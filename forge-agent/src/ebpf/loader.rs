@@ -164,6 +164,13 @@ pub fn start(pins: Pins, want: Want, ring_bytes: Option<u32>) -> Result<Handles,
 /// pinning anything, and reports what the kernel accepted: the probe behind
 /// `forge doctor`.
 pub fn probe() -> Result<Vec<BackendStatus>, LoadError> {
+    probe_with_tags().map(|(statuses, _)| statuses)
+}
+
+/// Like [`probe`], and the kernel tag of every program that loaded: what
+/// the embedded object's programs look like on this kernel (for `forge
+/// doctor` to compare with the pinned ones).
+pub fn probe_with_tags() -> Result<(Vec<BackendStatus>, ProgramTags), LoadError> {
     let mut ebpf = load_object(None)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
     let mut out = Vec::new();
@@ -188,7 +195,34 @@ pub fn probe() -> Result<Vec<BackendStatus>, LoadError> {
             p.load().map_err(|e| fail(SYS_ENTER, &e))
         });
     out.push(status("tracepoint", tp));
-    Ok(out)
+    let mut tags = Vec::new();
+    for name in program_names() {
+        if let Some(Ok(info)) = ebpf.program(name).map(aya::programs::Program::info) {
+            tags.push((name, info.tag()));
+        }
+    }
+    Ok((out, tags))
+}
+
+/// Programs by name with their kernel tags.
+pub type ProgramTags = Vec<(&'static str, u64)>;
+
+/// Every program of the embedded object, by name.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    LSM_PROGRAMS
+        .iter()
+        .copied()
+        .chain(CGROUP_PROGRAMS.iter().copied())
+        .chain(TRACEPOINTS.iter().map(|(name, _, _)| *name))
+        .chain(std::iter::once(SYS_ENTER))
+}
+
+/// The kernel tag of each pinned program under `pins` (`None`: not pinned
+/// or unreadable).
+pub fn pinned_tags(pins: &Pins) -> Vec<(&'static str, Option<u64>)> {
+    program_names()
+        .map(|name| (name, aya::programs::ProgramInfo::from_pin(pins.prog(name)).ok().map(|i| i.tag())))
+        .collect()
 }
 
 fn status(backend: &'static str, r: Result<(), LoadError>) -> BackendStatus {

@@ -54,7 +54,7 @@ impl PathEntry {
 }
 
 /// Where a rule id came from, for explanations.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RuleInfo {
     pub id: u32,
     pub name: String,
