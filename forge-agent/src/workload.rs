@@ -41,6 +41,9 @@ pub enum Action {
     /// on stdout, D counting the calls that failed with EPERM or EACCES, and
     /// succeeds only if every call was denied.
     ConnectStorm(SocketAddr, u32),
+    /// Stay alive for this many milliseconds (a process that lingers, like
+    /// a shell waiting for its operator).
+    Sleep(u64),
 }
 
 impl fmt::Display for Action {
@@ -58,6 +61,7 @@ impl fmt::Display for Action {
             Self::PtraceAttach(pid) => write!(f, "ptrace {pid}"),
             Self::ConnectDeniedLoop(a, n) => write!(f, "connect-denied-loop {a} {n}"),
             Self::ConnectStorm(a, n) => write!(f, "connect-storm {a} {n}"),
+            Self::Sleep(ms) => write!(f, "sleep {ms}"),
         }
     }
 }
@@ -85,6 +89,7 @@ impl FromStr for Action {
             "open-read" => Self::OpenRead(need(arg)?),
             "open-write" => Self::OpenWrite(need(arg)?),
             "bpf" => Self::Bpf,
+            "sleep" => Self::Sleep(need(arg)?.parse().map_err(|e| format!("sleep: bad milliseconds: {e}"))?),
             "kill" => {
                 let p = pid(arg)?;
                 let sig = it
@@ -149,6 +154,10 @@ pub fn perform(action: &Action) -> io::Result<()> {
             Ok(())
         }
         Action::ConnectStorm(a, n) => connect_storm(a, *n),
+        Action::Sleep(ms) => {
+            std::thread::sleep(Duration::from_millis(*ms));
+            Ok(())
+        }
         Action::PtraceAttach(pid) => {
             // SAFETY: ptrace(2) attach/detach with null addr/data.
             let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, *pid as libc::pid_t, 0usize, 0usize) };

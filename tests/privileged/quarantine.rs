@@ -148,9 +148,10 @@ fn scenario(d: &DaemonFixture, freeze: bool) -> Result<(), Failed> {
     let dir = PathBuf::from(format!("/tmp/forge-q-{}", std::process::id()));
     let shell = exe_copy(&dir, "sh")?;
     expect("connect to a new network", run(Action::Connect(elsewhere))?, Outcome::Ok)?;
-    // A frozen shell cannot be waited for here.
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.env(forge_agent::workload::ACTION_ENV, Action::Exec(shell.clone()).to_string());
+    // The dropped shell lingers, as a reverse shell would (frozen with its
+    // cgroup, so it is not waited for until the release).
+    let mut cmd = std::process::Command::new(&shell);
+    cmd.env(forge_agent::workload::ACTION_ENV, Action::Sleep(3000).to_string());
     let mut dropped = forge_agent::workload::spawn_in(cgroup, &mut cmd).map_err(fail)?;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -196,6 +197,31 @@ fn scenario(d: &DaemonFixture, freeze: bool) -> Result<(), Failed> {
     expect("connect after release", run(Action::Connect(service))?, Outcome::Ok)?;
     let audit = call(socket, &Request::Audit).map_err(fail)?.to_string();
     check!(audit.contains("\"actor\":\"test-operator\""), "release not audited: {audit}");
+
+    // The same story through the API, for machines.
+    let spec = cgroup.path.display().to_string();
+    let q = call(socket, &Request::Explain { cgroup: spec.clone(), record: None, quarantine: true })
+        .map_err(fail)?;
+    check!(
+        q["tier"] == "compromised"
+            && q["why"].as_str().is_some_and(|w| w.contains("exec from a writable dir"))
+            && q["agent_did"].to_string().contains("test-operator released it"),
+        "explain over the API: {q}"
+    );
+    let page = call(socket, &Request::TraceExport { cgroup: spec, from: 0, limit: Some(3) }).map_err(fail)?;
+    check!(
+        page["records"].as_array().map(Vec::len) == Some(3)
+            && page["total"].as_u64().is_some_and(|t| t > 3)
+            && page["records"][0]["kind"] == "identity",
+        "trace export over the API: {page}"
+    );
+    let metrics = call(socket, &Request::Metrics).map_err(fail)?;
+    check!(
+        metrics.as_str().is_some_and(|m| m
+            .lines()
+            .any(|l| l.starts_with("forge_quarantines_total") && l.ends_with(" 1"))),
+        "metrics over the API: {metrics}"
+    );
     Ok(())
 }
 

@@ -333,6 +333,32 @@ impl Daemon {
                 self.act(&Action::Release { cgroup_id: id, actor }, std::time::Instant::now())
             }
             Request::Audit => Ok(json!(self.audit)),
+            Request::Explain { cgroup, record, quarantine } => {
+                let entries = self.trace_entries(&cgroup)?;
+                let v = match (record, quarantine) {
+                    (Some(n), _) => {
+                        serde_json::to_value(crate::digest::record(&entries, n).ok_or_else(|| {
+                            ApiError::new(ErrorCode::NotFound, format!("the trace has no record {n}"))
+                        })?)
+                    }
+                    (None, true) => {
+                        serde_json::to_value(crate::digest::last_quarantine(&entries).ok_or_else(|| {
+                            ApiError::new(ErrorCode::NotFound, "the workload was never quarantined")
+                        })?)
+                    }
+                    (None, false) => serde_json::to_value(crate::digest::workload(&entries)),
+                };
+                v.map_err(|e| ApiError::new(ErrorCode::Kernel, e.to_string()))
+            }
+            Request::TraceExport { cgroup, from, limit } => {
+                let limit = limit.unwrap_or(10_000).min(10_000);
+                let entries = self.trace_entries(&cgroup)?;
+                let total = entries.len() as u64;
+                let records: Vec<&dna::Entry> =
+                    entries.iter().filter(|e| e.index >= from).take(limit as usize).collect();
+                Ok(json!({"total": total, "from": from, "records": records}))
+            }
+            Request::Metrics => Ok(json!(self.metrics())),
             Request::Ungovern { cgroup } => {
                 let cg = Cgroup::resolve(&cgroup)
                     .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
@@ -346,6 +372,18 @@ impl Daemon {
                 Ok(json!({"cgroup": cg.path, "id": cg.id, "governed": false}))
             }
         }
+    }
+
+    /// The records of a governed workload's trace, everything written so far.
+    fn trace_entries(&mut self, spec: &str) -> Result<Vec<dna::Entry>, ApiError> {
+        let id = self.known(spec)?;
+        let path =
+            self.traces.as_mut().and_then(|t| t.flush(id)).ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, "this agent keeps no trace of the workload")
+            })?;
+        let read = |e: dna::DnaError| ApiError::new(ErrorCode::Kernel, format!("reading the trace: {e}"));
+        let trace = dna::Trace::open(&path).map_err(read)?;
+        trace.records().map_err(read)?.collect::<Result<Vec<_>, _>>().map_err(read)
     }
 
     fn known(&self, spec: &str) -> Result<u64, ApiError> {

@@ -31,6 +31,26 @@ pub enum Request {
     Release { cgroup: String, actor: String },
     /// The audit log: trust changes, quarantines, releases, with their reasons.
     Audit,
+    /// A governed workload's digest from its trace: the whole workload, one
+    /// record (`record`), or its last quarantine (`quarantine: true`).
+    Explain {
+        cgroup: String,
+        #[serde(default)]
+        record: Option<u64>,
+        #[serde(default)]
+        quarantine: bool,
+    },
+    /// Records of a governed workload's trace, from index `from` (default 0),
+    /// at most `limit` (default and maximum 10000).
+    TraceExport {
+        cgroup: String,
+        #[serde(default)]
+        from: u64,
+        #[serde(default)]
+        limit: Option<u64>,
+    },
+    /// The Prometheus exposition text (what `GET /metrics` serves).
+    Metrics,
 }
 
 /// A policy document as text, with the name errors should cite.

@@ -206,6 +206,19 @@ impl Traces {
         }
     }
 
+    /// Writes a workload's buffered records (and elided counts) to its file,
+    /// so a reader sees everything so far. Returns the file.
+    pub fn flush(&mut self, cgroup_id: u64) -> Option<PathBuf> {
+        let o = self.open.get_mut(&cgroup_id)?;
+        let result = flush_elided(o).and_then(|()| o.writer.flush());
+        let path = o.writer.path().to_path_buf();
+        if let Err(e) = result {
+            self.failed(cgroup_id, &e);
+            return None;
+        }
+        Some(path)
+    }
+
     /// The trace of a workload, for `forge status`.
     pub fn status(&self, cgroup_id: u64) -> Value {
         match self.open.get(&cgroup_id) {
