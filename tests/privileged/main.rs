@@ -3,7 +3,8 @@
 //! Run as root with `cargo test -p forge-tests --test privileged`. Tests whose
 //! backend this kernel refuses are reported as ignored with the kernel's
 //! reason; `FORGE_REQUIRE=tracepoint,cgroup,lsm` turns those into failures
-//! (`prometheus` in it makes a missing /usr/bin/prometheus a failure too).
+//! (`prometheus` in it makes a missing /usr/bin/prometheus a failure too,
+//! `tmux` a missing /usr/bin/tmux, `forge` a missing agent binary).
 //! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`.
 
 mod agent_restart;
@@ -20,6 +21,7 @@ mod quarantine;
 mod shipped;
 mod sigterm;
 mod storm;
+mod top;
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -43,15 +45,30 @@ fn trial(name: &'static str, needs: &'static [&'static str], f: TestFn) -> Trial
 fn trial_with_program(
     name: &'static str,
     needs: &'static [&'static str],
-    program: (&'static str, fn() -> std::path::PathBuf),
+    program: Program,
+    f: TestFn,
+) -> Trial {
+    trial_with_programs(name, needs, vec![program], f)
+}
+
+/// An installed program a test runs: its name as FORGE_REQUIRE spells it, and its path.
+type Program = (&'static str, fn() -> std::path::PathBuf);
+
+/// Like [`trial_with_program`], for a test that runs several programs.
+fn trial_with_programs(
+    name: &'static str,
+    needs: &'static [&'static str],
+    programs: Vec<Program>,
     f: TestFn,
 ) -> Trial {
     Trial::ignorable_test(name, move || {
         if let Some(ignored) = forge_tests::gate(needs)? {
             return Ok(ignored);
         }
-        if let Some(ignored) = forge_tests::gate_program(program.0, &(program.1)())? {
-            return Ok(ignored);
+        for (program, path) in programs {
+            if let Some(ignored) = forge_tests::gate_program(program, &path())? {
+                return Ok(ignored);
+            }
         }
         f().map(|()| Completion::Completed)
     })
@@ -121,6 +138,12 @@ fn main() {
             &["cgroup", "tracepoint"],
             ("forge", sigterm::forge_binary),
             sigterm::sigterm_leaves_enforcement_pinned,
+        ),
+        trial_with_programs(
+            "top_live_view_in_tmux",
+            &["cgroup"],
+            vec![("tmux", || std::path::PathBuf::from(top::TMUX)), ("forge", sigterm::forge_binary)],
+            top::live_view_in_tmux,
         ),
         trial(
             "doctor_checks_pinned_programs_and_traces",

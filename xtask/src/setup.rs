@@ -11,7 +11,8 @@ use anyhow::{Context as _, bail};
 /// Debian packages: the eBPF compiler (rustc-web with a prebuilt `core` for
 /// bpfel), LLVM 22 for bpf-linker, QEMU + busybox for the VM tests, and the
 /// Prometheus server that scrapes the agent's `/metrics` in a privileged test
-/// (the test runs its own instance; the packaged service is disabled).
+/// (the test runs its own instance; the packaged service is disabled), and
+/// tmux, the terminal the `forge top` test drives.
 pub(crate) const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -24,6 +25,7 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "prometheus",
+    "tmux",
 ];
 
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -18,8 +18,8 @@ pub(crate) struct TestArgs {
     #[arg(long = "kernel")]
     pub(crate) kernels: Vec<String>,
     /// Make every backend this machine kind supports mandatory (default when CI is set):
-    /// the host run requires tracepoint, cgroup and the Prometheus server, the guests lsm,
-    /// tracepoint and cgroup.
+    /// the host run requires tracepoint, cgroup, the Prometheus server and tmux, the guests
+    /// lsm, tracepoint and cgroup.
     #[arg(long)]
     pub(crate) strict: bool,
 }
@@ -35,11 +35,13 @@ fn cargo() -> Command {
 }
 
 /// Host tests require these when strict (this host refuses BPF-LSM loads);
-/// `prometheus` is the server `setup` installs for the metrics test; `forge`
-/// is the agent binary `cargo test` builds next to the test binaries.
-const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,forge";
+/// `prometheus` is the server `setup` installs for the metrics test, `tmux`
+/// the terminal the `forge top` test drives; `forge` is the agent binary
+/// `cargo test` builds next to the test binaries.
+const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,tmux,forge";
 /// Guests boot with `lsm=...,bpf`: every backend is required there. Their
-/// initramfs has no Prometheus server, so the metrics test is ignored there.
+/// initramfs has no Prometheus server and no tmux, so the metrics and
+/// `forge top` tests are ignored there.
 const GUEST_REQUIRE: &str = "lsm,tracepoint,cgroup";
 
 pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {

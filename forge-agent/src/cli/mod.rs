@@ -7,6 +7,7 @@ mod explain;
 mod policy;
 mod run;
 mod sign;
+mod top;
 mod trace;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -85,6 +86,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of the running agent: per workload its tier, policy
+    /// generation, decisions and denials per second, lost events and trace
+    /// records. q quits, s changes the sort. `--once` prints one table.
+    Top(top::TopArgs),
     /// Ask the running agent to govern a cgroup with what its policy set says.
     Govern {
         cgroup: String,
@@ -210,6 +215,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Explain(a) => trace::explain(&a),
         Command::Reset(a) => reset(&a),
         Command::Status { socket, json } => call(&socket, &Request::Status, json),
+        Command::Top(a) => top::run(&a),
         Command::Govern { cgroup, socket } => call(&socket, &Request::Govern { cgroup }, true),
         Command::Ungovern { cgroup, socket } => call(&socket, &Request::Ungovern { cgroup }, true),
         Command::TrustSet { cgroup, tier, actor, reason, socket } => {
