@@ -92,7 +92,14 @@ pub fn gate_program(name: &str, path: &std::path::Path) -> Result<Option<Complet
     if path.is_file() {
         return Ok(None);
     }
-    let reason = format!("{} is not installed (`cargo xtask setup` installs {name})", path.display());
+    let reason = if name == "forge" {
+        format!(
+            "{} is not there (`cargo test --workspace` builds the forge binary next to the tests)",
+            path.display()
+        )
+    } else {
+        format!("{} is not installed (`cargo xtask setup` installs {name})", path.display())
+    };
     let c = caps();
     if c.require.contains(name) {
         let list = c.require.iter().cloned().collect::<Vec<_>>().join(",");
