@@ -309,17 +309,7 @@ impl std::fmt::Display for WorkloadDigest {
         for (n, what, rule) in &self.top_decisions {
             writeln!(f, "  {n}x {what} — {rule}")?;
         }
-        if !self.agent_did.is_empty() {
-            writeln!(f, "The agent:")?;
-            for a in &self.agent_did {
-                writeln!(f, "  [record {}] {}", a.record, a.text)?;
-            }
-        }
-        writeln!(f, "You can:")?;
-        for c in &self.operator_can {
-            writeln!(f, "  {c}")?;
-        }
-        Ok(())
+        write_tail(f, "The agent:", &self.agent_did, &self.operator_can)
     }
 }
 
@@ -330,16 +320,26 @@ impl std::fmt::Display for RecordDigest {
         if !self.why.is_empty() {
             writeln!(f, "Why: {}.", self.why)?;
         }
-        if !self.agent_did.is_empty() {
-            writeln!(f, "Then:")?;
-            for a in &self.agent_did {
-                writeln!(f, "  [record {}] {}", a.record, a.text)?;
-            }
-        }
-        writeln!(f, "You can:")?;
-        for c in &self.operator_can {
-            writeln!(f, "  {c}")?;
-        }
-        Ok(())
+        write_tail(f, "Then:", &self.agent_did, &self.operator_can)
     }
+}
+
+/// What the agent did (under `heading`, if anything) and what an operator can do.
+fn write_tail(
+    f: &mut std::fmt::Formatter<'_>,
+    heading: &str,
+    did: &[Act],
+    can: &[String],
+) -> std::fmt::Result {
+    if !did.is_empty() {
+        writeln!(f, "{heading}")?;
+        for a in did {
+            writeln!(f, "  [record {}] {}", a.record, a.text)?;
+        }
+    }
+    writeln!(f, "You can:")?;
+    for c in can {
+        writeln!(f, "  {c}")?;
+    }
+    Ok(())
 }

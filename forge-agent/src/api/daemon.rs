@@ -436,13 +436,12 @@ impl Daemon {
             quarantine_at: g.quarantine_at.clone(),
             scoring: self.scorer.config.clone(),
             thresholds: self.trust.thresholds.clone(),
-            rules: g
-                .compiled
-                .rules
-                .iter()
-                .filter(|r| g.compiled.active_rules.contains(&r.id))
-                .cloned()
-                .collect(),
+            rules: {
+                // A set: a record may hold thousands of rules.
+                let active: std::collections::HashSet<u32> =
+                    g.compiled.active_rules.iter().copied().collect();
+                g.compiled.rules.iter().filter(|r| active.contains(&r.id)).cloned().collect()
+            },
         }
     }
 
