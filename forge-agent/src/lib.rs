@@ -15,4 +15,5 @@ pub mod integrity;
 pub mod policy;
 pub mod sign;
 pub mod trust;
+pub mod wasm;
 pub mod workload;
