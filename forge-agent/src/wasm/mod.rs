@@ -20,6 +20,8 @@ pub mod package;
 pub mod runtime;
 
 #[cfg(test)]
+mod run_tests;
+#[cfg(test)]
 mod tests;
 
 pub use capsule::{CapsuleError, ReplayReport, RunOptions, RunReport, replay, run_capsule};
