@@ -4,11 +4,12 @@
 //! backend this kernel refuses are reported as ignored with the kernel's
 //! reason; `FORGE_REQUIRE=tracepoint,cgroup,lsm` turns those into failures
 //! (`prometheus` in it makes a missing /usr/bin/prometheus a failure too,
-//! `tmux` a missing /usr/bin/tmux, `forge` a missing agent binary).
+//! `tmux` a missing /usr/bin/tmux, `clang` a missing WASI C compiler, `forge` a missing agent binary).
 //! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`.
 
 mod agent_restart;
 mod api;
+mod capsule;
 mod differential;
 mod doctor;
 mod hotswap;
@@ -144,6 +145,12 @@ fn main() {
             &["cgroup"],
             vec![("tmux", || std::path::PathBuf::from(top::TMUX)), ("forge", sigterm::forge_binary)],
             top::live_view_in_tmux,
+        ),
+        trial_with_programs(
+            "capsule_c_program_under_the_gate_recorded_and_replayed",
+            &[],
+            vec![("clang", || std::path::PathBuf::from(capsule::CLANG)), ("forge", sigterm::forge_binary)],
+            capsule::c_program_under_the_gate,
         ),
         trial(
             "doctor_checks_pinned_programs_and_traces",
