@@ -46,7 +46,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "Each figure comes from this run; ratios compare configurations measured in the same run.\n"
     );
 
-    println!("== criterion: policy compile, event decode, evaluator, scoring, traces");
+    println!("== criterion: policy compile, event decode, evaluator, scoring, traces, wasm capsules");
     let secs = args.seconds.to_string();
     let crit = capture(cargo().args([
         "bench",
@@ -62,6 +62,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     report
         .push_str("## Userspace (criterion, median)\n\n| benchmark | median | throughput |\n|---|---|---|\n");
     criterion_rows(&root.join("target/criterion"), &mut report);
+    report.push_str("\n### Derived from the medians above\n\n| figure | value | from |\n|---|---|---|\n");
+    derived_rows(&root.join("target/criterion"), &mut report);
 
     println!("== kernel overhead (root)");
     let kernel = capture(cargo().args(["bench", "-p", "forge-tests", "--bench", "kernel"]))?;
@@ -99,6 +101,69 @@ fn criterion_rows(dir: &Path, out: &mut String) {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         let _ = writeln!(out, "| {name} | {} | {:.0} /s |", human(ns), 1e9 / ns);
+    }
+}
+
+/// A figure computed from criterion medians of the same run.
+enum Derived {
+    /// How many times slower the first benchmark is than the second.
+    Ratio(&'static str, &'static str),
+    /// (first − second) / units: the cost of what the first adds, per unit.
+    PerUnit(&'static str, &'static str, f64),
+}
+
+const DERIVED: [(&str, Derived); 5] = [
+    (
+        "wasm package verify (3-of-5 signatures, 1 MiB module) vs sha3-256 of its bytes",
+        Derived::Ratio("wasm_verify/parse+verify_3of5_1MiB", "wasm_verify/sha3-256_1MiB"),
+    ),
+    (
+        "wasm start: compiled vs from memory",
+        Derived::Ratio("wasm_start/cold_compile", "wasm_start/warm_memory_run"),
+    ),
+    (
+        "wasm start: from the disk cache vs from memory",
+        Derived::Ratio("wasm_start/warm_disk_cache", "wasm_start/warm_memory_run"),
+    ),
+    (
+        "wasm host-call gate, per clock_time_get call (policy gate − allow-all)",
+        Derived::PerUnit(
+            "wasm_gate/clock_time_get_x10000/policy_gate",
+            "wasm_gate/clock_time_get_x10000/allow_all",
+            10_000.0,
+        ),
+    ),
+    (
+        "wasm host-call gate, per fd_write call to stdout (policy gate − allow-all)",
+        Derived::PerUnit(
+            "wasm_gate/fd_write_stdout_x10000/policy_gate",
+            "wasm_gate/fd_write_stdout_x10000/allow_all",
+            10_000.0,
+        ),
+    ),
+];
+
+fn median_ns(dir: &Path, bench: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(bench).join("new/estimates.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["median"]["point_estimate"].as_f64()
+}
+
+/// The rows of [`DERIVED`] whose benchmarks ran.
+fn derived_rows(dir: &Path, out: &mut String) {
+    for (what, d) in &DERIVED {
+        let (a, b) = match d {
+            Derived::Ratio(a, b) | Derived::PerUnit(a, b, _) => (*a, *b),
+        };
+        let (Some(x), Some(y)) = (median_ns(dir, a), median_ns(dir, b)) else { continue };
+        let (value, from) = match d {
+            Derived::Ratio(..) => (format!("{:.2}×", x / y), format!("{a} / {b}")),
+            Derived::PerUnit(.., units) => {
+                let ns = (x - y) / units;
+                let value = if ns.abs() < 1e3 { format!("{ns:.1} ns") } else { human(ns) };
+                (value, format!("({a} − {b}) / {units}"))
+            }
+        };
+        let _ = writeln!(out, "| {what} | {value} | {from} |");
     }
 }
 
