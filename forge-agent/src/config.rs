@@ -37,6 +37,10 @@ pub struct AgentConfig {
     pub ring_bytes: Option<u32>,
     pub scoring: Option<PathBuf>,
     pub metrics_addr: Option<String>,
+    /// OTLP collector URL; `otlp_protocol` `grpc` or `http`; `otlp_interval_ms`.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub otlp_interval_ms: Option<u64>,
     pub json: Option<bool>,
 }
 
@@ -114,6 +118,9 @@ mod tests {
             "ring_bytes",
             "scoring",
             "metrics_addr",
+            "otlp_endpoint",
+            "otlp_protocol",
+            "otlp_interval_ms",
             "json",
         ] {
             assert!(

@@ -14,5 +14,6 @@ pub mod explain;
 pub mod integrity;
 pub mod policy;
 pub mod sign;
+pub mod telemetry;
 pub mod trust;
 pub mod workload;
