@@ -16,6 +16,8 @@ mod lost;
 mod lsm;
 mod metrics;
 mod net;
+mod otlp;
+mod otlp_receiver;
 mod process;
 mod quarantine;
 mod shipped;
@@ -145,6 +147,9 @@ fn main() {
             vec![("tmux", || std::path::PathBuf::from(top::TMUX)), ("forge", sigterm::forge_binary)],
             top::live_view_in_tmux,
         ),
+        trial("otlp_export_over_grpc_decoded_by_a_real_receiver", &["cgroup"], otlp::over_grpc),
+        trial("otlp_export_over_http_decoded_by_a_real_receiver", &["cgroup"], otlp::over_http),
+        trial("otlp_collector_down_counts_errors_enforcement_goes_on", &["cgroup"], otlp::collector_down),
         trial(
             "doctor_checks_pinned_programs_and_traces",
             &["cgroup", "tracepoint"],
