@@ -155,6 +155,12 @@ fn main() {
             &["cgroup", "tracepoint"],
             doctor::integrity_of_pins_and_traces,
         ),
+        trial_with_program(
+            "doctor_reports_whether_the_policy_in_force_is_signed",
+            &["cgroup"],
+            ("forge", sigterm::forge_binary),
+            doctor::policy_in_force_signed,
+        ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),
         trial("lsm_file_open_deny_resolves_paths", &["lsm"], lsm::file_open),

@@ -18,7 +18,10 @@ use super::{
     metrics::{self, ActionCounts},
     traces::{Traces, kernel_now_ns},
 };
-use crate::telemetry::{Otlp, spans};
+use crate::{
+    integrity::policy as origin,
+    telemetry::{Otlp, spans},
+};
 
 struct Governed {
     cgroup: Cgroup,
@@ -51,6 +54,8 @@ pub struct Daemon {
     pub metrics_listener: Option<std::net::TcpListener>,
     /// OTLP export of spans, decision records and metrics (none: off).
     pub telemetry: Option<Otlp>,
+    /// Where the set in force came from, and its bundle if signed.
+    origin: (origin::Source, Option<origin::BundleSource>),
 }
 
 /// The agent's signing rules for policy bundles.
@@ -113,6 +118,7 @@ impl Daemon {
             counts: ActionCounts::default(),
             metrics_listener: None,
             telemetry: None,
+            origin: (origin::Source::Files, None),
         })
     }
 
@@ -345,6 +351,9 @@ impl Daemon {
                 } else {
                     self.apply(documents)
                 };
+                if r.is_ok() {
+                    self.origin = (origin::Source::Api, None);
+                }
                 self.apply_span(started, "api", count, &r);
                 r
             }
@@ -649,7 +658,12 @@ impl Daemon {
         state
             .record(&state_path, &verified.name, verified.version)
             .map_err(|e| kernel(format!("applied, but recording the version failed: {e}")))?;
-        result["bundle"] = json!({"name": verified.name, "version": verified.version, "signers": verified.signer_ids().iter().map(ToString::to_string).collect::<Vec<_>>()});
+        let signers: Vec<String> = verified.signer_ids().iter().map(ToString::to_string).collect();
+        result["bundle"] = json!({"name": verified.name, "version": verified.version, "signers": signers});
+        self.origin = (
+            origin::Source::Bundle,
+            Some(origin::BundleSource { name: verified.name.clone(), version: verified.version, signers }),
+        );
         self.audit.push(json!({"action": "policy_apply_bundle", "bundle": result["bundle"]}));
         Ok(result)
     }
@@ -787,6 +801,12 @@ impl Daemon {
             "traces": self.traces.as_ref().map(|t| json!({"dir": t.store().dir(), "errors": t.errors, "last_error": t.last_error})),
             "decode_errors": self.agent.events.decode_errors,
             "otlp": self.telemetry.as_ref().map(Otlp::status),
+            "policy": origin::Provenance {
+                source: self.origin.0,
+                bundle: self.origin.1.clone(),
+                strict: self.signing.is_some(),
+                trust: self.signing.as_ref().map(|s| origin::TrustSummary::of(&s.trust)),
+            },
             "events_by_hook": self.agent.events.per_hook.iter().map(|(h, n)| (h.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
