@@ -16,4 +16,5 @@ pub mod policy;
 pub mod sign;
 pub mod telemetry;
 pub mod trust;
+pub mod wasm;
 pub mod workload;

@@ -4,11 +4,12 @@
 //! backend this kernel refuses are reported as ignored with the kernel's
 //! reason; `FORGE_REQUIRE=tracepoint,cgroup,lsm` turns those into failures
 //! (`prometheus` in it makes a missing /usr/bin/prometheus a failure too,
-//! `tmux` a missing /usr/bin/tmux, `forge` a missing agent binary).
+//! `tmux` a missing /usr/bin/tmux, `clang` a missing WASI C compiler, `forge` a missing agent binary).
 //! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`.
 
 mod agent_restart;
 mod api;
+mod capsule;
 mod differential;
 mod doctor;
 mod hotswap;
@@ -150,6 +151,12 @@ fn main() {
         trial("otlp_export_over_grpc_decoded_by_a_real_receiver", &["cgroup"], otlp::over_grpc),
         trial("otlp_export_over_http_decoded_by_a_real_receiver", &["cgroup"], otlp::over_http),
         trial("otlp_collector_down_counts_errors_enforcement_goes_on", &["cgroup"], otlp::collector_down),
+        trial_with_programs(
+            "capsule_c_program_under_the_gate_recorded_and_replayed",
+            &[],
+            vec![("clang", || std::path::PathBuf::from(capsule::CLANG)), ("forge", sigterm::forge_binary)],
+            capsule::c_program_under_the_gate,
+        ),
         trial(
             "doctor_checks_pinned_programs_and_traces",
             &["cgroup", "tracepoint"],

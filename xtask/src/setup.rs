@@ -26,6 +26,11 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     "cpio",
     "prometheus",
     "tmux",
+    // C capsules in the tests: clang targeting wasm32-wasi, its linker, libc and builtins.
+    "clang",
+    "lld",
+    "wasi-libc",
+    "libclang-rt-14-dev-wasm32",
 ];
 
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";

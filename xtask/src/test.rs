@@ -18,7 +18,7 @@ pub(crate) struct TestArgs {
     #[arg(long = "kernel")]
     pub(crate) kernels: Vec<String>,
     /// Make every backend this machine kind supports mandatory (default when CI is set):
-    /// the host run requires tracepoint, cgroup, the Prometheus server and tmux, the guests
+    /// the host run requires tracepoint, cgroup, the Prometheus server, tmux and clang, the guests
     /// lsm, tracepoint and cgroup.
     #[arg(long)]
     pub(crate) strict: bool,
@@ -38,10 +38,10 @@ fn cargo() -> Command {
 /// `prometheus` is the server `setup` installs for the metrics test, `tmux`
 /// the terminal the `forge top` test drives; `forge` is the agent binary
 /// `cargo test` builds next to the test binaries.
-const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,tmux,forge";
+const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,tmux,clang,forge";
 /// Guests boot with `lsm=...,bpf`: every backend is required there. Their
-/// initramfs has no Prometheus server and no tmux, so the metrics and
-/// `forge top` tests are ignored there.
+/// initramfs has no Prometheus server, tmux or clang, so the metrics,
+/// `forge top` and C capsule tests are ignored there.
 const GUEST_REQUIRE: &str = "lsm,tracepoint,cgroup";
 
 pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {

@@ -526,6 +526,8 @@ impl Daemon {
                 exit_code: None,
                 signal: None,
                 summary: summary.to_string(),
+                output_sha3: None,
+                host_calls: None,
             };
             t.record(cgroup_id, &Record::Outcome(outcome));
             t.close(cgroup_id);

@@ -4,6 +4,7 @@
 mod demo;
 mod doctor;
 mod explain;
+mod pkg;
 mod policy;
 mod run;
 mod sign;
@@ -62,7 +63,12 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Generate signing keys for policy bundles.
+    /// Wasm capsules: build, sign, verify, inspect, run and replay .forgepkg files.
+    Pkg {
+        #[command(subcommand)]
+        command: pkg::PkgCommand,
+    },
+    /// Generate signing keys for policy bundles and capsules.
     Key {
         #[command(subcommand)]
         command: sign::KeyCommand,
@@ -203,6 +209,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Agent { command: AgentCommand::Run(a) } => run::run(&a),
         Command::Policy { command: PolicyCommand::Check(c) } => policy::run(&c),
         Command::Policy { command: PolicyCommand::Bundle(c) } => sign::run_bundle(&c),
+        Command::Pkg { command } => pkg::run(&command),
         Command::Key { command } => sign::run_key(&command),
         Command::Trace { command } => trace::run(&command),
         Command::Explain(a) => trace::explain(&a),

@@ -173,8 +173,16 @@ impl RunArgs {
 
 /// Loads the agent key, creating it on first start.
 fn agent_key(a: &RunArgs) -> anyhow::Result<forge_agent::sign::SigningKey> {
+    agent_key_at(a.agent_key.clone(), &a.data_dir())
+}
+
+/// Loads the agent key (`key`, or `agent.key` in `data_dir`), creating it if missing.
+pub(crate) fn agent_key_at(
+    key: Option<PathBuf>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<forge_agent::sign::SigningKey> {
     use forge_agent::sign::{SigningKey, keys};
-    let path = a.agent_key.clone().unwrap_or_else(|| a.data_dir().join("agent.key"));
+    let path = key.unwrap_or_else(|| data_dir.join("agent.key"));
     if !path.exists() {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         let name = path

@@ -110,8 +110,8 @@ pub use chain::Hash;
 pub use error::{DnaError, Problem, Reason, TornTail};
 pub use reader::{Entry, Records, Trace};
 pub use record::{
-    Checkpoint, ElidedEvents, Governed, HostCall, Identity, Lost, Outcome, QuarantineAction, QuarantineOp,
-    Record, Reopen, ScoreRecord, Subject, TrustChange,
+    CapsuleRun, Checkpoint, ElidedEvents, Governed, HostCall, Identity, Lost, Outcome, QuarantineAction,
+    QuarantineOp, Record, Reopen, ScoreRecord, Subject, TrustChange,
 };
 pub use replay::{ReplayReport, replay};
 pub use store::{DEFAULT_DATA_DIR, TraceStore, check_workload_id};

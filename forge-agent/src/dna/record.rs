@@ -43,6 +43,8 @@ pub enum Record {
     Score(ScoreRecord),
     /// Events of this workload the kernel could not send (full ring buffer).
     Lost(Lost),
+    /// A Wasm capsule run began: the capsule, its identity and how it ran.
+    CapsuleRun(CapsuleRun),
 }
 
 /// The one-byte kind tag of each record in the file. 0 is never a kind, so
@@ -61,6 +63,7 @@ pub(crate) mod kind {
     pub const ELIDED: u8 = 11;
     pub const SCORE: u8 = 12;
     pub const LOST: u8 = 13;
+    pub const CAPSULE_RUN: u8 = 14;
 }
 
 /// The name of a kind tag, for messages.
@@ -78,6 +81,7 @@ pub(crate) fn kind_name(tag: u8) -> &'static str {
         kind::GOVERNED => "governed",
         kind::ELIDED => "elided",
         kind::SCORE => "score",
+        kind::CAPSULE_RUN => "capsule_run",
         kind::LOST => "lost",
         _ => "unknown",
     }
@@ -193,6 +197,12 @@ pub struct Outcome {
     pub signal: Option<i32>,
     /// e.g. "exited", "killed by the agent", "capsule trapped: out of fuel".
     pub summary: String,
+    /// A capsule run: sha3-256 of what it wrote to stdout and stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha3: Option<String>,
+    /// A capsule run: how many host calls it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_calls: Option<u64>,
 }
 
 /// A signed checkpoint: `signature` is ed25519 by `key` over
@@ -260,6 +270,26 @@ pub struct ScoreRecord {
     pub features: Vec<Feature>,
 }
 
+/// A capsule run began. With the module, this is what `forge pkg replay` needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleRun {
+    pub ts_ns: u64,
+    pub name: String,
+    pub version: u64,
+    pub module_sha3: String,
+    pub package_sha3: String,
+    /// Key ids of the signers that counted.
+    pub signers: Vec<String>,
+    pub tier: Tier,
+    /// The policies that govern the capsule, joined with `+`.
+    pub policies: String,
+    /// Denied calls went through and were recorded as would-deny.
+    pub monitor: bool,
+    pub entry: String,
+    pub args: Vec<String>,
+    pub limits: crate::wasm::manifest::Limits,
+}
+
 /// Events lost to a full ring buffer since the last such record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lost {
@@ -286,6 +316,7 @@ impl Record {
             Self::Elided(_) => kind::ELIDED,
             Self::Score(_) => kind::SCORE,
             Self::Lost(_) => kind::LOST,
+            Self::CapsuleRun(_) => kind::CAPSULE_RUN,
         }
     }
 
@@ -317,6 +348,7 @@ impl Record {
             Self::Elided(v) => serde_json::to_writer(out, v),
             Self::Score(v) => serde_json::to_writer(out, v),
             Self::Lost(v) => serde_json::to_writer(out, v),
+            Self::CapsuleRun(v) => serde_json::to_writer(out, v),
         }
     }
 
@@ -352,6 +384,7 @@ impl Record {
             kind::ELIDED => Self::Elided(json(payload).map_err(bad)?),
             kind::SCORE => Self::Score(json(payload).map_err(bad)?),
             kind::LOST => Self::Lost(json(payload).map_err(bad)?),
+            kind::CAPSULE_RUN => Self::CapsuleRun(json(payload).map_err(bad)?),
             other => return Err(super::Reason::UnknownKind { kind: other }),
         })
     }
@@ -457,6 +490,17 @@ impl fmt::Display for Record {
                 f,
                 "{} events lost to a full ring buffer ({} in total for this workload)",
                 l.events, l.total
+            ),
+            Self::CapsuleRun(r) => write!(
+                f,
+                "capsule {} version {} (module sha3-256:{}) signed by [{}], tier {}{}; policy {}",
+                r.name,
+                r.version,
+                r.module_sha3,
+                r.signers.join(", "),
+                r.tier.as_str(),
+                if r.monitor { ", monitor mode" } else { "" },
+                r.policies
             ),
         }
     }

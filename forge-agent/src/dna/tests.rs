@@ -95,6 +95,8 @@ fn record(i: u64) -> Record {
             exit_code: Some(0),
             signal: None,
             summary: "exited".into(),
+            output_sha3: None,
+            host_calls: None,
         }),
         _ => Record::Decision(event(i)),
     }

@@ -184,7 +184,7 @@ impl FromStr for Operation {
 
 /// Whether `p` has the form `bpf_d_path` gives: absolute, no `.`/`..`/empty
 /// components, no trailing `/` (except `/` itself), no NUL.
-fn kernel_reported(p: &str) -> bool {
+pub(crate) fn kernel_reported(p: &str) -> bool {
     if p == "/" {
         return true;
     }

@@ -18,7 +18,9 @@ pub struct Workload {
     pub exe: Option<String>,
     /// `sha3-256:<hex>`.
     pub digest: Option<String>,
-    pub signer: Option<String>,
+    /// Key ids of the capsule's valid signers; a `signers` selector matches
+    /// when any of them is listed.
+    pub signers: Vec<String>,
     /// Matches every selector (compiling one policy on its own).
     pub any: bool,
 }
@@ -132,7 +134,7 @@ impl PolicySet {
         cat(&sel.cgroups, &w.cgroup, &cgroup_matches)
             && cat(&sel.executables, &w.exe, &|a, b| a == b)
             && cat(&sel.digests, &w.digest, &|a, b| a == b)
-            && cat(&sel.signers, &w.signer, &|a, b| a == b)
+            && (sel.signers.is_empty() || sel.signers.iter().any(|s| w.signers.iter().any(|k| **s == *k)))
     }
 
     /// The documents governing `w`, in load order.
@@ -275,7 +277,7 @@ mod tests {
         let w = |exe: &str, digest: &str, signer: &str| Workload {
             exe: Some(exe.into()),
             digest: Some(digest.into()),
-            signer: Some(signer.into()),
+            signers: vec!["k0".into(), signer.into()],
             ..Workload::default()
         };
         assert!(PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:ab", "k1")));

@@ -44,7 +44,7 @@ pub(crate) fn read_regular(path: &Path, limit: u64) -> io::Result<Read> {
 
 /// Replaces `path` with `bytes` atomically: a temporary file in the same
 /// directory, fsync, rename. Readers see the old or the new file, never half.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {

@@ -21,7 +21,7 @@
 
 pub mod bundle;
 pub mod digest;
-mod files;
+pub mod files;
 pub mod keys;
 pub mod manifest;
 pub mod signature;
