@@ -27,6 +27,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub govern: Vec<String>,
     pub trust: Option<PathBuf>,
+    pub capsule_trust: Option<PathBuf>,
     pub state: Option<PathBuf>,
     pub strict: Option<bool>,
     pub socket: Option<PathBuf>,

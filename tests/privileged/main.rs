@@ -10,6 +10,7 @@
 mod agent_restart;
 mod api;
 mod capsule;
+mod capsule_api;
 mod differential;
 mod doctor;
 mod hotswap;
@@ -156,6 +157,12 @@ fn main() {
             &[],
             vec![("clang", || std::path::PathBuf::from(capsule::CLANG)), ("forge", sigterm::forge_binary)],
             capsule::c_program_under_the_gate,
+        ),
+        trial_with_program(
+            "capsule_run_through_the_agent_kernel_backs_up_the_gate",
+            &["cgroup"],
+            ("forge", sigterm::forge_binary),
+            capsule_api::kernel_backs_up_the_gate,
         ),
         trial(
             "doctor_checks_pinned_programs_and_traces",

@@ -56,6 +56,8 @@ pub struct Daemon {
     pub telemetry: Option<Otlp>,
     /// Where the set in force came from, and its bundle if signed.
     origin: (origin::Source, Option<origin::BundleSource>),
+    /// Capsule runs through the API (none: capsules are off).
+    pub capsules: Option<super::capsules::CapsuleRunner>,
 }
 
 /// The agent's signing rules for policy bundles.
@@ -65,6 +67,13 @@ pub struct Signing {
     pub state: std::path::PathBuf,
     /// Also refuse rules no available backend can enforce.
     pub require_enforceable: bool,
+}
+
+fn capsules_off() -> ApiError {
+    ApiError::new(
+        ErrorCode::BadRequest,
+        "capsules are off: start the agent with --capsule-trust FILE (the keys capsules must be signed by)",
+    )
 }
 
 fn invalid(d: Diagnostics) -> ApiError {
@@ -119,6 +128,7 @@ impl Daemon {
             metrics_listener: None,
             telemetry: None,
             origin: (origin::Source::Files, None),
+            capsules: None,
         })
     }
 
@@ -410,6 +420,13 @@ impl Daemon {
                 Ok(json!({"total": total, "from": from, "records": records}))
             }
             Request::Metrics => Ok(json!(self.metrics())),
+            Request::CapsuleRun { package, args, inputs, monitor, tier } => {
+                self.capsule_run(super::capsules::RunRequest { package, args, inputs, monitor, tier })
+            }
+            Request::CapsuleList => match &self.capsules {
+                Some(c) => Ok(c.list()),
+                None => Err(capsules_off()),
+            },
             Request::Ungovern { cgroup } => {
                 let cg = Cgroup::resolve(&cgroup)
                     .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
@@ -453,6 +470,46 @@ impl Daemon {
             .or_else(|_| Cgroup::create(spec))
             .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
         let workload = workload_of(&cgroup);
+        self.govern_as(cgroup, workload)
+    }
+
+    /// Starts a capsule run: verify, a cgroup governed as the capsule, the child.
+    fn capsule_run(&mut self, req: super::capsules::RunRequest) -> Result<Value, ApiError> {
+        let runner = self.capsules.as_ref().ok_or_else(capsules_off)?;
+        let verified = runner.verify(&req.package)?;
+        let name = verified.package.manifest().name.clone();
+        let run_id = super::capsules::CapsuleRunner::run_id(&name);
+        let spec = format!("{}/{run_id}", super::capsules::CGROUP_PARENT);
+        let cgroup = Cgroup::create(&spec).map_err(|e| ApiError::new(ErrorCode::Kernel, e.to_string()))?;
+        let mut workload = workload_of(&cgroup);
+        workload.digest = Some(format!("sha3-256:{}", verified.package.module_digest().to_hex()));
+        workload.signers = verified.signer_ids();
+        let (path, id) = (cgroup.path.clone(), cgroup.id);
+        let governed = match self.govern_as(cgroup, workload) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                return Err(e);
+            }
+        };
+        let documents = self.documents.clone();
+        let Some(runner) = self.capsules.as_mut() else { return Err(capsules_off()) };
+        match runner.spawn(&run_id, &name, &path, id, &documents, &req) {
+            Ok(mut out) => {
+                out["policies"] = governed["policies"].clone();
+                out["tier"] = governed["tier"].clone();
+                self.audit.push(json!({"action": "capsule_run", "run_id": run_id, "package": req.package, "cgroup_id": id}));
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Governs `cgroup` as `workload`.
+    fn govern_as(&mut self, cgroup: Cgroup, workload: Workload) -> Result<Value, ApiError> {
         let tier = self.set.initial_tier(&workload).map_err(invalid)?;
         let compiled = self.set.compile_for(&workload, tier, 1).map_err(|e| invalid(e.0))?;
         let generation = self.agent.writer.govern(&cgroup, &compiled).map_err(kernel)?;
@@ -539,6 +596,14 @@ impl Daemon {
     /// flushed and signed; events the kernel lost for a workload are
     /// recorded in its trace.
     pub fn tick(&mut self) {
+        if let Some(c) = &mut self.capsules {
+            for cgroup in c.reap() {
+                // Empty now; removing it ends its governance below.
+                if let Err(e) = std::fs::remove_dir(&cgroup) {
+                    tracing::warn!(cgroup = %cgroup.display(), error = %e, "removing a finished capsule run's cgroup");
+                }
+            }
+        }
         let gone: Vec<u64> =
             self.governed.values().filter(|g| !g.cgroup.path.exists()).map(|g| g.cgroup.id).collect();
         for id in gone {

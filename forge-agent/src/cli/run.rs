@@ -44,6 +44,12 @@ pub(crate) struct RunArgs {
     /// protection). Default: /var/lib/forge/applied.json.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Trust config for Wasm capsules run through the API (`forge pkg run`
+    /// talking to the agent): k-of-n signers every capsule needs. Without
+    /// it capsules are off. Each run gets its own governed cgroup under
+    /// `forge-capsules/`.
+    #[arg(long, value_name = "FILE")]
+    capsule_trust: Option<PathBuf>,
     /// With --trust: also refuse bundles with rules no backend here can enforce.
     #[arg(long)]
     strict: bool,
@@ -122,6 +128,7 @@ impl RunArgs {
                 a.govern = c.govern;
             }
             a.trust = a.trust.or(c.trust);
+            a.capsule_trust = a.capsule_trust.or(c.capsule_trust);
             a.state = a.state.or(c.state);
             a.strict |= c.strict.unwrap_or(false);
             a.socket = a.socket.or(c.socket);
@@ -256,6 +263,12 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
             state: a.state.clone().unwrap_or_default(),
             require_enforceable: a.strict,
         });
+    }
+    if let Some(trust) = &a.capsule_trust {
+        let forge = std::env::current_exe().context("the path of this forge binary (capsule runs use it)")?;
+        let runner = api::capsules::CapsuleRunner::new(forge, trust.clone(), a.data_dir())
+            .map_err(|e| anyhow::anyhow!("--capsule-trust {}: {e}", trust.display()))?;
+        daemon.capsules = Some(runner);
     }
     if let Some((config, thresholds)) = scoring {
         daemon.scorer.set_config(config);
