@@ -27,6 +27,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub govern: Vec<String>,
     pub trust: Option<PathBuf>,
+    pub capsule_trust: Option<PathBuf>,
     pub state: Option<PathBuf>,
     pub strict: Option<bool>,
     pub socket: Option<PathBuf>,
@@ -37,6 +38,10 @@ pub struct AgentConfig {
     pub ring_bytes: Option<u32>,
     pub scoring: Option<PathBuf>,
     pub metrics_addr: Option<String>,
+    /// OTLP collector URL; `otlp_protocol` `grpc` or `http`; `otlp_interval_ms`.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub otlp_interval_ms: Option<u64>,
     pub json: Option<bool>,
 }
 
@@ -114,6 +119,9 @@ mod tests {
             "ring_bytes",
             "scoring",
             "metrics_addr",
+            "otlp_endpoint",
+            "otlp_protocol",
+            "otlp_interval_ms",
             "json",
         ] {
             assert!(

@@ -14,6 +14,7 @@ pub mod explain;
 pub mod integrity;
 pub mod policy;
 pub mod sign;
+pub mod telemetry;
 pub mod trust;
 pub mod wasm;
 pub mod workload;

@@ -10,6 +10,7 @@
 mod agent_restart;
 mod api;
 mod capsule;
+mod capsule_api;
 mod differential;
 mod doctor;
 mod hotswap;
@@ -17,6 +18,8 @@ mod lost;
 mod lsm;
 mod metrics;
 mod net;
+mod otlp;
+mod otlp_receiver;
 mod process;
 mod quarantine;
 mod shipped;
@@ -146,16 +149,31 @@ fn main() {
             vec![("tmux", || std::path::PathBuf::from(top::TMUX)), ("forge", sigterm::forge_binary)],
             top::live_view_in_tmux,
         ),
+        trial("otlp_export_over_grpc_decoded_by_a_real_receiver", &["cgroup"], otlp::over_grpc),
+        trial("otlp_export_over_http_decoded_by_a_real_receiver", &["cgroup"], otlp::over_http),
+        trial("otlp_collector_down_counts_errors_enforcement_goes_on", &["cgroup"], otlp::collector_down),
         trial_with_programs(
             "capsule_c_program_under_the_gate_recorded_and_replayed",
             &[],
             vec![("clang", || std::path::PathBuf::from(capsule::CLANG)), ("forge", sigterm::forge_binary)],
             capsule::c_program_under_the_gate,
         ),
+        trial_with_program(
+            "capsule_run_through_the_agent_kernel_backs_up_the_gate",
+            &["cgroup"],
+            ("forge", sigterm::forge_binary),
+            capsule_api::kernel_backs_up_the_gate,
+        ),
         trial(
             "doctor_checks_pinned_programs_and_traces",
             &["cgroup", "tracepoint"],
             doctor::integrity_of_pins_and_traces,
+        ),
+        trial_with_program(
+            "doctor_reports_whether_the_policy_in_force_is_signed",
+            &["cgroup"],
+            ("forge", sigterm::forge_binary),
+            doctor::policy_in_force_signed,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

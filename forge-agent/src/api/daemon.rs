@@ -18,6 +18,10 @@ use super::{
     metrics::{self, ActionCounts},
     traces::{Traces, kernel_now_ns},
 };
+use crate::{
+    integrity::policy as origin,
+    telemetry::{Otlp, spans},
+};
 
 struct Governed {
     cgroup: Cgroup,
@@ -48,6 +52,12 @@ pub struct Daemon {
     pub counts: ActionCounts,
     /// Where [`run`] serves `GET /metrics` (none: not served).
     pub metrics_listener: Option<std::net::TcpListener>,
+    /// OTLP export of spans, decision records and metrics (none: off).
+    pub telemetry: Option<Otlp>,
+    /// Where the set in force came from, and its bundle if signed.
+    origin: (origin::Source, Option<origin::BundleSource>),
+    /// Capsule runs through the API (none: capsules are off).
+    pub capsules: Option<super::capsules::CapsuleRunner>,
 }
 
 /// The agent's signing rules for policy bundles.
@@ -57,6 +67,13 @@ pub struct Signing {
     pub state: std::path::PathBuf,
     /// Also refuse rules no available backend can enforce.
     pub require_enforceable: bool,
+}
+
+fn capsules_off() -> ApiError {
+    ApiError::new(
+        ErrorCode::BadRequest,
+        "capsules are off: start the agent with --capsule-trust FILE (the keys capsules must be signed by)",
+    )
 }
 
 fn invalid(d: Diagnostics) -> ApiError {
@@ -109,14 +126,18 @@ impl Daemon {
             traces: None,
             counts: ActionCounts::default(),
             metrics_listener: None,
+            telemetry: None,
+            origin: (origin::Source::Files, None),
+            capsules: None,
         })
     }
 
     /// Scores an event and carries out what the trust controller decides.
     /// Returns the actions taken (also appended to the audit log).
     pub fn observe(&mut self, ev: &crate::events::DecisionEvent) -> Vec<Value> {
-        if !self.governed.contains_key(&ev.cgroup_id) {
-            return Vec::new();
+        let Some(g) = self.governed.get(&ev.cgroup_id) else { return Vec::new() };
+        if let Some(t) = &self.telemetry {
+            t.decision(ev, g.compiled.tier, Some(&g.compiled));
         }
         let started = std::time::Instant::now();
         let observed = self.scorer.observe(ev);
@@ -214,6 +235,7 @@ impl Daemon {
             Some(self.set.compile_for(&g.workload, Tier::Compromised, 1).map_err(|e| invalid(e.0))?)
         };
         let freeze = target.as_ref().map_or(g.compiled.freeze, |c| c.freeze);
+        let from = g.compiled.tier;
         if freeze && !g.frozen {
             quarantine::freeze(&g.cgroup, std::time::Duration::from_secs(2)).map_err(kernel)?;
             g.frozen = true;
@@ -251,10 +273,25 @@ impl Daemon {
         };
         self.trace(cgroup_id, Record::Quarantine(q));
         self.counts.quarantines += 1;
+        if let (Some(t), Some(g)) = (&self.telemetry, self.governed.get(&cgroup_id)) {
+            let q = spans::Quarantine {
+                workload: workload_ref(g),
+                from,
+                to: g.compiled.tier,
+                reason: reason.to_vec(),
+                actor: actor.to_string(),
+                freeze,
+                contained_us,
+                generation: g.generation,
+                processes: entry["snapshot"]["processes"].as_array().map_or(0, Vec::len),
+            };
+            t.quarantined(since.elapsed(), &q);
+        }
         Ok(entry)
     }
 
     fn release(&mut self, cgroup_id: u64, actor: &str) -> Result<Value, ApiError> {
+        let started = std::time::Instant::now();
         let g = self.governed.get_mut(&cgroup_id).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
         })?;
@@ -288,6 +325,16 @@ impl Daemon {
         let change =
             dna::TrustChange { ts_ns, from, to: tier, reason: why, actor: actor.to_string(), score: None };
         self.trace(cgroup_id, Record::TrustChange(change));
+        if let (Some(t), Some(g)) = (&self.telemetry, self.governed.get(&cgroup_id)) {
+            let r = spans::Release {
+                workload: workload_ref(g),
+                from,
+                to: tier,
+                actor: actor.to_string(),
+                generation,
+            };
+            t.released(started.elapsed(), &r);
+        }
         Ok(entry)
     }
 
@@ -304,15 +351,29 @@ impl Daemon {
                 "policies": self.set.docs.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
             })),
             Request::PolicyApply { documents } => {
-                if self.signing.is_some() {
-                    return Err(ApiError::new(
+                let started = std::time::SystemTime::now();
+                let count = documents.len();
+                let r = if self.signing.is_some() {
+                    Err(ApiError::new(
                         ErrorCode::Refused,
                         "strict mode: this agent applies only signed bundles (policy_apply_bundle); nothing was changed",
-                    ));
+                    ))
+                } else {
+                    self.apply(documents)
+                };
+                if r.is_ok() {
+                    self.origin = (origin::Source::Api, None);
                 }
-                self.apply(documents)
+                self.apply_span(started, "api", count, &r);
+                r
             }
-            Request::PolicyApplyBundle { path } => self.apply_bundle(std::path::Path::new(&path)),
+            Request::PolicyApplyBundle { path } => {
+                let started = std::time::SystemTime::now();
+                let r = self.apply_bundle(std::path::Path::new(&path));
+                let count = r.as_ref().map_or(0, |_| self.documents.len());
+                self.apply_span(started, "bundle", count, &r);
+                r
+            }
             Request::Govern { cgroup } => self.govern(&cgroup),
             Request::TrustSet { cgroup, tier, actor, reason } => {
                 let id = self.known(&cgroup)?;
@@ -359,6 +420,13 @@ impl Daemon {
                 Ok(json!({"total": total, "from": from, "records": records}))
             }
             Request::Metrics => Ok(json!(self.metrics())),
+            Request::CapsuleRun { package, args, inputs, monitor, tier } => {
+                self.capsule_run(super::capsules::RunRequest { package, args, inputs, monitor, tier })
+            }
+            Request::CapsuleList => match &self.capsules {
+                Some(c) => Ok(c.list()),
+                None => Err(capsules_off()),
+            },
             Request::Ungovern { cgroup } => {
                 let cg = Cgroup::resolve(&cgroup)
                     .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
@@ -366,6 +434,7 @@ impl Daemon {
                     .writer
                     .ungovern(cg.id)
                     .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
+                self.end_run(cg.id, spans::RunEnd::Ungoverned);
                 self.governed.remove(&cg.id);
                 self.scorer.reset(cg.id);
                 self.end_trace(cg.id, "no longer governed (ungovern)");
@@ -401,6 +470,46 @@ impl Daemon {
             .or_else(|_| Cgroup::create(spec))
             .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
         let workload = workload_of(&cgroup);
+        self.govern_as(cgroup, workload)
+    }
+
+    /// Starts a capsule run: verify, a cgroup governed as the capsule, the child.
+    fn capsule_run(&mut self, req: super::capsules::RunRequest) -> Result<Value, ApiError> {
+        let runner = self.capsules.as_ref().ok_or_else(capsules_off)?;
+        let verified = runner.verify(&req.package)?;
+        let name = verified.package.manifest().name.clone();
+        let run_id = super::capsules::CapsuleRunner::run_id(&name);
+        let spec = format!("{}/{run_id}", super::capsules::CGROUP_PARENT);
+        let cgroup = Cgroup::create(&spec).map_err(|e| ApiError::new(ErrorCode::Kernel, e.to_string()))?;
+        let mut workload = workload_of(&cgroup);
+        workload.digest = Some(format!("sha3-256:{}", verified.package.module_digest().to_hex()));
+        workload.signers = verified.signer_ids();
+        let (path, id) = (cgroup.path.clone(), cgroup.id);
+        let governed = match self.govern_as(cgroup, workload) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                return Err(e);
+            }
+        };
+        let documents = self.documents.clone();
+        let Some(runner) = self.capsules.as_mut() else { return Err(capsules_off()) };
+        match runner.spawn(&run_id, &name, &path, id, &documents, &req) {
+            Ok(mut out) => {
+                out["policies"] = governed["policies"].clone();
+                out["tier"] = governed["tier"].clone();
+                self.audit.push(json!({"action": "capsule_run", "run_id": run_id, "package": req.package, "cgroup_id": id}));
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Governs `cgroup` as `workload`.
+    fn govern_as(&mut self, cgroup: Cgroup, workload: Workload) -> Result<Value, ApiError> {
         let tier = self.set.initial_tier(&workload).map_err(invalid)?;
         let compiled = self.set.compile_for(&workload, tier, 1).map_err(|e| invalid(e.0))?;
         let generation = self.agent.writer.govern(&cgroup, &compiled).map_err(kernel)?;
@@ -420,6 +529,14 @@ impl Daemon {
         let record = self.governed_record(&g, true);
         if let Some(t) = &mut self.traces {
             t.govern(&g.cgroup, record);
+        }
+        if let Some(t) = &mut self.telemetry {
+            t.run_started(&spans::RunStart {
+                workload: workload_ref(&g),
+                policies: g.compiled.policy_name.clone(),
+                tier: g.compiled.tier,
+                generation: g.generation,
+            });
         }
         self.governed.insert(g.cgroup.id, g);
         Ok(out)
@@ -479,14 +596,26 @@ impl Daemon {
     /// flushed and signed; events the kernel lost for a workload are
     /// recorded in its trace.
     pub fn tick(&mut self) {
+        if let Some(c) = &mut self.capsules {
+            for cgroup in c.reap() {
+                // Empty now; removing it ends its governance below.
+                if let Err(e) = std::fs::remove_dir(&cgroup) {
+                    tracing::warn!(cgroup = %cgroup.display(), error = %e, "removing a finished capsule run's cgroup");
+                }
+            }
+        }
         let gone: Vec<u64> =
             self.governed.values().filter(|g| !g.cgroup.path.exists()).map(|g| g.cgroup.id).collect();
         for id in gone {
             let _ = self.agent.writer.ungovern(id);
+            self.end_run(id, spans::RunEnd::CgroupRemoved);
             self.governed.remove(&id);
             self.scorer.reset(id);
             tracing::info!(cgroup_id = id, "governed cgroup removed; its trace is closed");
             self.end_trace(id, "cgroup removed");
+        }
+        if let Some(t) = &self.telemetry {
+            t.publish(self.metrics_sample());
         }
         let Some(traces) = &mut self.traces else { return };
         if let Ok(lost) = self.agent.writer.drops_by_cgroup() {
@@ -504,6 +633,63 @@ impl Daemon {
         if let Some(t) = &mut self.traces {
             t.close_all();
         }
+        if let Some(t) = &mut self.telemetry {
+            t.shutdown();
+        }
+    }
+
+    /// Ends a governed workload's `forge.workload.run` span.
+    fn end_run(&mut self, cgroup_id: u64, end: spans::RunEnd) {
+        let Some(t) = &mut self.telemetry else { return };
+        let g = self.governed.get(&cgroup_id);
+        t.run_ended(cgroup_id, end, g.map(|g| g.compiled.tier), g.map(|g| g.generation));
+    }
+
+    /// Exports the `forge.policy.apply` span of a request that started at
+    /// `started` with `documents` documents and ended in `r`.
+    fn apply_span(
+        &self,
+        started: std::time::SystemTime,
+        source: &'static str,
+        documents: usize,
+        r: &Result<Value, ApiError>,
+    ) {
+        let Some(t) = &self.telemetry else { return };
+        let duration_us = started.elapsed().map_or(0, |d| d.as_micros() as u64);
+        let (outcome, error) = match r {
+            Ok(_) => ("applied".to_string(), None),
+            Err(e) => (
+                serde_json::to_value(e.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                Some(e.message.as_str()),
+            ),
+        };
+        let ok = r.as_ref().ok();
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+        };
+        let apply = spans::PolicyApply {
+            source,
+            documents,
+            policies: ok.map(|v| strings(&v["policies"])).unwrap_or_default(),
+            rules: if ok.is_some() { rule_count(&self.set) } else { 0 },
+            swapped: ok
+                .and_then(|v| v["swapped"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|s| Some((s["cgroup_id"].as_u64()?, s["generation"].as_u64()?)))
+                .collect(),
+            bundle: ok.filter(|v| v["bundle"].is_object()).map(|v| spans::BundleRef {
+                name: v["bundle"]["name"].as_str().unwrap_or_default().to_string(),
+                version: v["bundle"]["version"].as_u64().unwrap_or_default(),
+                signers: strings(&v["bundle"]["signers"]),
+            }),
+            outcome,
+            duration_us,
+        };
+        t.policy_applied(started, &apply, error);
     }
 
     fn apply_bundle(&mut self, path: &std::path::Path) -> Result<Value, ApiError> {
@@ -539,7 +725,12 @@ impl Daemon {
         state
             .record(&state_path, &verified.name, verified.version)
             .map_err(|e| kernel(format!("applied, but recording the version failed: {e}")))?;
-        result["bundle"] = json!({"name": verified.name, "version": verified.version, "signers": verified.signer_ids().iter().map(ToString::to_string).collect::<Vec<_>>()});
+        let signers: Vec<String> = verified.signer_ids().iter().map(ToString::to_string).collect();
+        result["bundle"] = json!({"name": verified.name, "version": verified.version, "signers": signers});
+        self.origin = (
+            origin::Source::Bundle,
+            Some(origin::BundleSource { name: verified.name.clone(), version: verified.version, signers }),
+        );
         self.audit.push(json!({"action": "policy_apply_bundle", "bundle": result["bundle"]}));
         Ok(result)
     }
@@ -676,6 +867,13 @@ impl Daemon {
             "ring_drops": self.agent.writer.drops().unwrap_or(0),
             "traces": self.traces.as_ref().map(|t| json!({"dir": t.store().dir(), "errors": t.errors, "last_error": t.last_error})),
             "decode_errors": self.agent.events.decode_errors,
+            "otlp": self.telemetry.as_ref().map(Otlp::status),
+            "policy": origin::Provenance {
+                source: self.origin.0,
+                bundle: self.origin.1.clone(),
+                strict: self.signing.is_some(),
+                trust: self.signing.as_ref().map(|s| origin::TrustSummary::of(&s.trust)),
+            },
             "events_by_hook": self.agent.events.per_hook.iter().map(|(h, n)| (h.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
@@ -684,6 +882,23 @@ impl Daemon {
 /// The tiers at which the set's policy for `workload` asks for quarantine.
 fn quarantine_tiers(set: &PolicySet, workload: &Workload) -> Vec<Tier> {
     Tier::ALL.into_iter().filter(|t| set.compile_for(workload, *t, 1).is_ok_and(|c| c.quarantine)).collect()
+}
+
+/// Rules in a set, escalation rules included.
+fn rule_count(set: &PolicySet) -> usize {
+    set.docs
+        .iter()
+        .map(|d| d.spec.rules.len() + d.spec.escalation.values().map(|e| e.rules.len()).sum::<usize>())
+        .sum()
+}
+
+/// A governed workload as telemetry names it.
+fn workload_ref(g: &Governed) -> spans::WorkloadRef {
+    spans::WorkloadRef {
+        cgroup_id: g.cgroup.id,
+        cgroup: g.cgroup.path.display().to_string(),
+        workload: g.workload.cgroup.clone().unwrap_or_default(),
+    }
 }
 
 /// The workload identity of a cgroup: its path relative to the v2 mount.

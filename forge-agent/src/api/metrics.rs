@@ -100,6 +100,16 @@ pub fn tier_level(t: Tier) -> i64 {
     Tier::ALL.iter().position(|x| *x == t).map_or(-1, |p| p as i64)
 }
 
+/// The `hook`, `verdict` and `mode` labels of a decision counter. A tag
+/// this build does not know shows as its number.
+pub fn decision_labels(k: &CounterKey) -> [String; 3] {
+    [
+        Hook::from_tag(k.hook).map_or_else(|_| k.hook.to_string(), |h| h.as_str().into()),
+        CounterVerdict::from_tag(k.verdict).map_or_else(|_| k.verdict.to_string(), |v| v.as_str().into()),
+        Mode::from_tag(k.mode).map_or_else(|_| k.mode.to_string(), |m| m.as_str().into()),
+    ]
+}
+
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c = Counter::<u64>::default();
     c.inc_by(value);
@@ -118,14 +128,8 @@ pub fn render(s: &Sample) -> String {
 
     let decisions = Family::<DecisionLabels, Counter>::default();
     for (k, n) in &s.decisions {
-        let labels = DecisionLabels {
-            cgroup_id: k.cgroup_id,
-            // A tag this build does not know shows as its number.
-            hook: Hook::from_tag(k.hook).map_or_else(|_| k.hook.to_string(), |h| h.as_str().into()),
-            verdict: CounterVerdict::from_tag(k.verdict)
-                .map_or_else(|_| k.verdict.to_string(), |v| v.as_str().into()),
-            mode: Mode::from_tag(k.mode).map_or_else(|_| k.mode.to_string(), |m| m.as_str().into()),
-        };
+        let [hook, verdict, mode] = decision_labels(k);
+        let labels = DecisionLabels { cgroup_id: k.cgroup_id, hook, verdict, mode };
         decisions.get_or_create(&labels).inc_by(*n);
     }
     r.register(

@@ -1,6 +1,7 @@
 //! The agent's local API: JSON lines over a unix socket (mode 0600, root).
 //! Reference: docs/api.md.
 
+pub mod capsules;
 pub mod client;
 pub mod daemon;
 pub mod metrics;

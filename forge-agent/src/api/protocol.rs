@@ -51,6 +51,26 @@ pub enum Request {
     },
     /// The Prometheus exposition text (what `GET /metrics` serves).
     Metrics,
+    /// Verify a `.forgepkg` on this host against the agent's capsule trust
+    /// configuration and start it in its own governed cgroup; answers with
+    /// the run id at once (`capsule_list` has the outcome).
+    CapsuleRun {
+        /// Absolute path of the package on the agent's host.
+        package: String,
+        #[serde(default)]
+        args: Vec<String>,
+        /// Input files (absolute paths), checked against the capsule's intent.
+        #[serde(default)]
+        inputs: Vec<String>,
+        /// Let calls the policy denies through the Wasm gate, recorded as would-deny.
+        #[serde(default)]
+        monitor: bool,
+        #[serde(default)]
+        tier: Option<crate::policy::Tier>,
+    },
+    /// Capsule runs started through the API: running ones, and the last
+    /// finished ones with their reports.
+    CapsuleList,
 }
 
 /// A policy document as text, with the name errors should cite.

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use forge_agent::doctor;
+use forge_agent::{doctor, integrity::policy};
 
 #[derive(Args)]
 pub(crate) struct DoctorArgs {
@@ -18,13 +18,24 @@ pub(crate) struct DoctorArgs {
     /// The agent's public key for trace checkpoints (default `<data-dir>/agent.pub`).
     #[arg(long, value_name = "PUBKEY")]
     key: Option<std::path::PathBuf>,
+    /// The running agent's API socket, asked where its policy came from.
+    #[arg(long, default_value = forge_agent::api::DEFAULT_SOCKET)]
+    socket: std::path::PathBuf,
+    /// Check the signers of the policy in force against this trust config
+    /// (default: the one the agent reports).
+    #[arg(long, value_name = "FILE")]
+    trust: Option<std::path::PathBuf>,
 }
 
-/// Exit codes: 0 healthy, 3 no enforcement backend, 4 integrity problems.
+/// Exit codes: 0 healthy, 3 no enforcement backend, 4 integrity problems
+/// (an unverified policy in strict mode among them).
 pub(crate) fn run(a: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let r = doctor::gather();
     let key = a.key.as_deref().map(forge_agent::sign::PublicKey::load).transpose()?;
-    let integrity = forge_agent::integrity::check(&a.pins.pin_root, &r.tags, &a.data_dir, key);
+    let trust = a.trust.as_deref().map(forge_agent::sign::trust::TrustConfig::load).transpose()?;
+    let trust = trust.as_ref().map(policy::TrustSummary::of);
+    let integrity = forge_agent::integrity::check(&a.pins.pin_root, &r.tags, &a.data_dir, key)
+        .with_policy(policy::check_agent(&a.socket, trust.as_ref()));
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["integrity"] = serde_json::to_value(&integrity)?;
@@ -81,6 +92,23 @@ fn print_integrity(i: &forge_agent::integrity::Integrity) {
     let key = i.trace_key.as_deref().unwrap_or("each checkpoint's own key (no agent.pub)");
     println!("traces           {} of {} verify, against {key}", ok, i.traces.len());
     println!("clocks           {}", if i.clock.ok { "sane" } else { "NOT sane" });
+    if let Some(p) = &i.policy {
+        let mode = match p.strict {
+            Some(true) => ", strict mode",
+            Some(false) => ", not strict",
+            None => "",
+        };
+        let signed = match p.signed {
+            policy::Signed::Verified => "signed",
+            policy::Signed::Unverified => "NOT verified",
+            policy::Signed::Unsigned => "UNSIGNED",
+            policy::Signed::Unknown => "not checked",
+        };
+        println!("policy in force  {signed}{mode}: {}", p.detail);
+    }
+    for w in &i.warnings {
+        println!("WARNING          {w}");
+    }
     if i.problems.is_empty() {
         println!("integrity        ok");
     } else {

@@ -163,7 +163,7 @@ enum PolicyCommand {
 #[derive(Subcommand)]
 enum AgentCommand {
     /// Load (or adopt) the kernel programs, govern cgroups, log decisions.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -198,14 +198,7 @@ impl BackendArgs {
 }
 
 pub(crate) fn init_tracing(log: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if log.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    forge_agent::telemetry::logging::init(&log.log_level, log.log_json);
 }
 
 /// Exit codes: 0 ok, 1 failure, 2 usage (clap), 3 unhealthy (doctor).

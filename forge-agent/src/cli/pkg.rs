@@ -107,11 +107,26 @@ pub(crate) struct InspectArgs {
 #[derive(Args)]
 pub(crate) struct RunArgs {
     package: PathBuf,
-    #[command(flatten)]
-    trust: TrustArg,
-    /// Policy files or directories. A capsule no policy selects gets nothing (zero trust).
-    #[arg(long, required = true)]
+    /// trust.toml for a local run: the trusted keys and the threshold k.
+    /// (Through the agent, its --capsule-trust decides.)
+    #[arg(long)]
+    trust: Option<PathBuf>,
+    /// Policy files or directories for a local run. A capsule no policy
+    /// selects gets nothing (zero trust). (Through the agent, its policy set decides.)
+    #[arg(long)]
     policy: Vec<PathBuf>,
+    /// Run in this process even if an agent answers on --socket.
+    #[arg(long)]
+    local: bool,
+    /// The agent's API socket: when an agent answers there (and --local is
+    /// not given), it runs the capsule in its own governed cgroup.
+    #[arg(long, default_value = forge_agent::api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Move this process into this (governed) cgroup once everything is
+    /// read and compiled, just before the capsule starts (what the agent
+    /// does for the runs it starts).
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<PathBuf>,
     /// Run at this trust tier (default: what the policy gives the capsule).
     #[arg(long)]
     tier: Option<Tier>,
@@ -387,8 +402,22 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether an agent answers on `socket`.
+fn agent_answers(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
 fn run_pkg(a: &RunArgs) -> anyhow::Result<ExitCode> {
-    let v = match load_verified(&a.package, &a.trust.trust)? {
+    if !a.local && a.cgroup.is_none() && agent_answers(&a.socket) {
+        return run_via_agent(a);
+    }
+    let (Some(trust), false) = (&a.trust, a.policy.is_empty()) else {
+        anyhow::bail!(
+            "no agent answers on {}; a local run needs --trust FILE and --policy PATH",
+            a.socket.display()
+        );
+    };
+    let v = match load_verified(&a.package, trust)? {
         Ok(v) => v,
         Err((code, msg)) => return refused(&a.package, &msg, &code, a.json),
     };
@@ -411,6 +440,9 @@ fn run_pkg(a: &RunArgs) -> anyhow::Result<ExitCode> {
         trace: Some((TraceStore::new(&a.data_dir), Arc::new(key))),
         stdout: if a.json { Sink::Capture(Vec::new()) } else { Sink::Inherit },
         stderr: Sink::Inherit,
+        enter: a.cgroup.clone().map(|dir| -> Box<dyn FnOnce() -> std::io::Result<()>> {
+            Box::new(move || std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
+        }),
     };
     let (report, live) = match wasm::run_capsule(&rt, &v, opts) {
         Ok(r) => r,
@@ -441,6 +473,77 @@ fn run_pkg(a: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(match report.end {
         End::Exited { code } => ExitCode::from(code.clamp(0, 255) as u8),
         _ => ExitCode::from(EXIT_STOPPED),
+    })
+}
+
+/// Asks the agent to run the capsule, waits for it, prints its report.
+fn run_via_agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    use forge_agent::api::{Request, client};
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let req = Request::CapsuleRun {
+        package: abs(&a.package),
+        args: a.args.clone(),
+        inputs: a.input.iter().map(|p| abs(p)).collect(),
+        monitor: a.monitor,
+        tier: a.tier,
+    };
+    let started = match client::call(&a.socket, &req) {
+        Ok(v) => v,
+        Err(client::ClientError::Api(e)) => {
+            return refused(&a.package, &e.message, &format!("{:?}", e.code), a.json);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let run_id = started["run_id"].as_str().unwrap_or_default().to_string();
+    if !a.json {
+        eprintln!(
+            "forge: the agent runs {} as {run_id} in cgroup {} (policies {}, tier {})",
+            a.package.display(),
+            started["cgroup"].as_str().unwrap_or("?"),
+            started["policies"],
+            started["tier"]
+        );
+    }
+    let run = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let list = client::call(&a.socket, &Request::CapsuleList)?;
+        let found =
+            list["runs"].as_array().and_then(|r| r.iter().find(|r| r["run_id"] == run_id.as_str())).cloned();
+        match found {
+            Some(r) if r["state"] == "finished" => break r,
+            Some(_) => {}
+            None => anyhow::bail!("the agent no longer knows run {run_id}"),
+        }
+    };
+    let report = &run["report"];
+    if a.json {
+        super::print_json(&run)?;
+    } else {
+        if let Some(log) = run["output_log"].as_str() {
+            use std::io::Write as _;
+            let _ = std::io::stderr().write_all(&std::fs::read(log).unwrap_or_default());
+        }
+        eprintln!(
+            "forge: capsule {} {}",
+            report["name"].as_str().unwrap_or("?"),
+            report["summary"].as_str().unwrap_or("(no report)")
+        );
+        for d in report["denied"].as_array().into_iter().flatten() {
+            let what = if d["enforced"] == true { "denied" } else { "would deny (monitor)" };
+            eprintln!(
+                "forge:   {what}: {} {}",
+                d["name"].as_str().unwrap_or(""),
+                d["facility"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(t) = report["trace"].as_str() {
+            eprintln!("forge:   trace {t}");
+        }
+    }
+    Ok(match (report["end"].as_str(), report["code"].as_i64()) {
+        (Some("exited"), Some(code)) => ExitCode::from(code.clamp(0, 255) as u8),
+        (Some(_), _) => ExitCode::from(EXIT_STOPPED),
+        (None, _) => ExitCode::FAILURE,
     })
 }
 

@@ -13,6 +13,7 @@ use forge_agent::{
         server,
     },
     explain::explain,
+    telemetry::{Otlp, OtlpConfig, Protocol},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -43,6 +44,12 @@ pub(crate) struct RunArgs {
     /// protection). Default: /var/lib/forge/applied.json.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Trust config for Wasm capsules run through the API (`forge pkg run`
+    /// talking to the agent): k-of-n signers every capsule needs. Without
+    /// it capsules are off. Each run gets its own governed cgroup under
+    /// `forge-capsules/`.
+    #[arg(long, value_name = "FILE")]
+    capsule_trust: Option<PathBuf>,
     /// With --trust: also refuse bundles with rules no backend here can enforce.
     #[arg(long)]
     strict: bool,
@@ -54,6 +61,19 @@ pub(crate) struct RunArgs {
     /// docs/metrics.md). Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Export spans, decision log records and metrics over OTLP to this
+    /// collector, e.g. `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318` (HTTP; `/v1/traces` etc. are appended).
+    /// Plain HTTP only. Off by default (docs/telemetry.md).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// The OTLP transport: grpc (default) or http (protobuf bodies).
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// How often batched spans and log records are sent and metrics
+    /// collected, in milliseconds (default 10000).
+    #[arg(long, value_name = "MS")]
+    otlp_interval_ms: Option<u64>,
     /// Print decision events as JSON lines on stdout.
     #[arg(long)]
     json: bool,
@@ -108,6 +128,7 @@ impl RunArgs {
                 a.govern = c.govern;
             }
             a.trust = a.trust.or(c.trust);
+            a.capsule_trust = a.capsule_trust.or(c.capsule_trust);
             a.state = a.state.or(c.state);
             a.strict |= c.strict.unwrap_or(false);
             a.socket = a.socket.or(c.socket);
@@ -117,6 +138,9 @@ impl RunArgs {
                 a.metrics_addr =
                     Some(m.parse().with_context(|| format!("{}: metrics_addr {m:?}", path.display()))?);
             }
+            a.otlp_endpoint = a.otlp_endpoint.or(c.otlp_endpoint);
+            a.otlp_protocol = a.otlp_protocol.or(c.otlp_protocol);
+            a.otlp_interval_ms = a.otlp_interval_ms.or(c.otlp_interval_ms);
             a.json |= c.json.unwrap_or(false);
             a.data_dir = a.data_dir.or(c.data_dir);
             a.agent_key = a.agent_key.or(c.agent_key);
@@ -130,6 +154,19 @@ impl RunArgs {
         a.data_dir.get_or_insert_with(|| PathBuf::from(forge_agent::dna::DEFAULT_DATA_DIR));
         a.trace_sample.get_or_insert(8);
         Ok(a)
+    }
+
+    /// The OTLP settings, if export is on.
+    fn otlp(&self) -> anyhow::Result<Option<OtlpConfig>> {
+        let protocol = self.otlp_protocol.as_deref().map(str::parse::<Protocol>).transpose()?;
+        let Some(endpoint) = &self.otlp_endpoint else {
+            anyhow::ensure!(
+                protocol.is_none() && self.otlp_interval_ms.is_none(),
+                "--otlp-protocol and --otlp-interval-ms need --otlp-endpoint"
+            );
+            return Ok(None);
+        };
+        Ok(Some(OtlpConfig::new(endpoint, protocol.unwrap_or_default(), self.otlp_interval_ms)?))
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -201,6 +238,7 @@ pub(crate) fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>>
 
 async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let documents = read_documents(&a.policies)?;
+    let otlp = a.otlp()?;
     let scoring = a.scoring.as_deref().map(forge_agent::trust::config::load).transpose()?;
     let agent = Agent::start(&AgentOptions {
         pin_root: a.pins.pin_root.clone(),
@@ -226,6 +264,12 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
             require_enforceable: a.strict,
         });
     }
+    if let Some(trust) = &a.capsule_trust {
+        let forge = std::env::current_exe().context("the path of this forge binary (capsule runs use it)")?;
+        let runner = api::capsules::CapsuleRunner::new(forge, trust.clone(), a.data_dir())
+            .map_err(|e| anyhow::anyhow!("--capsule-trust {}: {e}", trust.display()))?;
+        daemon.capsules = Some(runner);
+    }
     if let Some((config, thresholds)) = scoring {
         daemon.scorer.set_config(config);
         daemon.trust.thresholds = thresholds;
@@ -235,6 +279,9 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let mut settings = api::traces::TraceSettings::new(a.data_dir(), key);
         settings.sample_per_sec = a.trace_sample.unwrap_or(8);
         daemon.traces = Some(api::traces::Traces::new(settings));
+    }
+    if let Some(config) = otlp {
+        daemon.telemetry = Some(Otlp::start(config).context("starting OTLP export")?);
     }
     for cg in &a.govern {
         daemon.govern(cg).map_err(|e| anyhow::anyhow!("--govern {cg}: {}", e.message))?;

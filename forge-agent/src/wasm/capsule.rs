@@ -41,6 +41,8 @@ pub enum CapsuleError {
     Prepare(#[from] PrepareError),
     #[error("the run's trace: {0}")]
     Trace(#[from] DnaError),
+    #[error("entering the run's confinement: {0}")]
+    Enter(std::io::Error),
 }
 
 fn list(denied: &[Grant]) -> String {
@@ -65,6 +67,7 @@ impl CapsuleError {
             Self::Prepare(PrepareError::Component) => "component_module",
             Self::Prepare(_) => "invalid_module",
             Self::Trace(_) => "trace_failed",
+            Self::Enter(_) => "confinement_failed",
         }
     }
 }
@@ -84,6 +87,10 @@ pub struct RunOptions {
     pub trace: Option<(TraceStore, Arc<SigningKey>)>,
     pub stdout: Sink,
     pub stderr: Sink,
+    /// Called after everything the run needs is read, compiled and opened
+    /// (package, policy, module, trace), just before the capsule starts:
+    /// e.g. moving this process into the capsule's governed cgroup.
+    pub enter: Option<Box<dyn FnOnce() -> std::io::Result<()>>>,
 }
 
 /// What a run did.
@@ -199,6 +206,9 @@ pub fn run_capsule(
             Some(w)
         }
     };
+    if let Some(enter) = opts.enter {
+        enter().map_err(CapsuleError::Enter)?;
+    }
     let mut live = Live::new(Box::new(gate), args, env, m.limits.max_open_files);
     live.stdout = opts.stdout;
     live.stderr = opts.stderr;

@@ -192,6 +192,7 @@ fn a_run_is_recorded_and_replays_identically_without_touching_the_world() {
         trace: Some((TraceStore::new(dir.path()), Arc::new(SigningKey::generate().unwrap()))),
         stdout: Sink::Capture(Vec::new()),
         stderr: Sink::Discard,
+        enter: None,
     };
     let (report, _) = run_capsule(&rt, &pkg, opts).unwrap();
     assert_eq!(report.end, End::Exited { code: 0 });
@@ -309,6 +310,7 @@ fn refusals_before_running_name_what_is_not_granted() {
         trace: None,
         stdout: Sink::Discard,
         stderr: Sink::Discard,
+        enter: None,
     };
     let e = run_capsule(&Runtime::new(None), &pkg, opts()).err().unwrap();
     assert_eq!(e.code(), "not_granted");

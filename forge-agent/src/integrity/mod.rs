@@ -1,7 +1,10 @@
 //! The agent's own integrity, for `forge doctor`: the pinned state is
 //! complete, every pinned program is the embedded object's program (same
 //! kernel tag as a fresh load of it on this kernel), every execution trace
-//! verifies against the agent key, and the clocks are sane.
+//! verifies against the agent key, the clocks are sane, and the policy
+//! generation in force came from a verified signed bundle ([`policy`]).
+
+pub mod policy;
 
 use std::path::{Path, PathBuf};
 
@@ -51,8 +54,22 @@ pub struct Integrity {
     pub trace_key: Option<String>,
     pub traces: Vec<TraceCheck>,
     pub clock: ClockCheck,
+    /// The policy in force (none: not checked).
+    pub policy: Option<policy::PolicyCheck>,
     /// Everything wrong, one line each; empty when healthy.
     pub problems: Vec<String>,
+    /// Worth knowing, not unhealthy.
+    pub warnings: Vec<String>,
+}
+
+impl Integrity {
+    /// Adds the check of the policy in force (its problem or warning too).
+    pub fn with_policy(mut self, check: policy::PolicyCheck) -> Self {
+        self.problems.extend(check.problem.clone());
+        self.warnings.extend(check.warning.clone());
+        self.policy = Some(check);
+        self
+    }
 }
 
 /// No wall clock before this (2025-01-01) is plausible for a running agent.
@@ -150,6 +167,8 @@ pub fn check(
         trace_key: key.map(|k| k.id().to_string()),
         traces,
         clock: ClockCheck { wall_unix_s: wall, monotonic_s: monotonic, boottime_s: boottime, ok: clock_ok },
+        policy: None,
         problems,
+        warnings: Vec::new(),
     }
 }
