@@ -137,6 +137,13 @@ pub(crate) fn kernel_backs_up_the_gate() -> Result<(), Failed> {
             gone = !status["governed"].as_array().is_some_and(|g| g.iter().any(|g| g["id"] == cgroup_id));
         }
         check(gone, "the finished run's cgroup is removed and no longer governed")?;
+        let metrics = client::call(&d.socket, &Request::Metrics).map_err(fail)?;
+        let text = metrics.as_str().unwrap_or_default();
+        check(
+            text.lines().any(|l| l == "forge_capsule_runs_total 2")
+                && text.lines().any(|l| l == "forge_capsules_running 0"),
+            "the metrics count both runs, none still running",
+        )?;
 
         // `forge pkg run` finds the agent on its socket and runs the capsule there.
         let out = std::process::Command::new(forge_binary())

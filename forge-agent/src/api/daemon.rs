@@ -498,6 +498,7 @@ impl Daemon {
             Ok(mut out) => {
                 out["policies"] = governed["policies"].clone();
                 out["tier"] = governed["tier"].clone();
+                self.counts.capsule_runs += 1;
                 self.audit.push(json!({"action": "capsule_run", "run_id": run_id, "package": req.package, "cgroup_id": id}));
                 Ok(out)
             }
@@ -816,6 +817,7 @@ impl Daemon {
             workloads,
             actions: self.counts,
             trace_write_errors: self.traces.as_ref().map_or(0, |t| t.errors),
+            capsules_running: self.capsules.as_ref().map_or(0, |c| c.running() as u64),
             process: metrics::process_sample(),
         }
     }

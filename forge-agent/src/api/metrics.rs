@@ -26,6 +26,8 @@ pub struct ActionCounts {
     /// Every tier change written to a trace: trust-controller and operator
     /// `set_tier`, the move to `compromised` on quarantine, the restore on release.
     pub tier_changes: u64,
+    /// Capsule runs started through the API.
+    pub capsule_runs: u64,
 }
 
 /// One governed workload as the metrics show it.
@@ -60,6 +62,8 @@ pub struct Sample {
     pub workloads: Vec<WorkloadSample>,
     pub actions: ActionCounts,
     pub trace_write_errors: u64,
+    /// Capsule runs started through the API that have not ended.
+    pub capsules_running: u64,
     /// `None`: /proc could not be read.
     pub process: Option<ProcessSample>,
 }
@@ -179,6 +183,10 @@ pub fn render(s: &Sample) -> String {
     counter(&mut r, "releases", "Releases from quarantine or escalation", s.actions.releases);
     counter(&mut r, "tier_changes", "Trust tier changes of governed workloads", s.actions.tier_changes);
     counter(&mut r, "trace_write_errors", "Failed writes to execution traces", s.trace_write_errors);
+    counter(&mut r, "capsule_runs", "Wasm capsule runs started through the API", s.actions.capsule_runs);
+    let running = Gauge::<i64>::default();
+    running.set(i64::try_from(s.capsules_running).unwrap_or(i64::MAX));
+    r.register("capsules_running", "Wasm capsule runs started through the API that have not ended", running);
 
     let entries = Family::<MapLabels, Gauge>::default();
     let capacity = Family::<MapLabels, Gauge>::default();
@@ -277,8 +285,9 @@ mod tests {
                 frozen: true,
                 lost_events: 2,
             }],
-            actions: ActionCounts { quarantines: 1, releases: 0, tier_changes: 2 },
+            actions: ActionCounts { quarantines: 1, releases: 0, tier_changes: 2, capsule_runs: 3 },
             trace_write_errors: 0,
+            capsules_running: 1,
             process: Some(ProcessSample { resident_bytes: 4096, cpu_seconds: 1.5 }),
         }
     }
@@ -306,6 +315,8 @@ mod tests {
             "forge_releases_total 0",
             "forge_tier_changes_total 2",
             "forge_trace_write_errors_total 0",
+            "forge_capsule_runs_total 3",
+            "forge_capsules_running 1",
             r#"forge_map_entries{map="cgroups"} 1"#,
             r#"forge_map_entries{map="counters"} 3"#,
             r#"forge_map_capacity{map="counters"} 16384"#,

@@ -40,7 +40,7 @@ const fn family(name: &'static str, kind: Kind, unit: &'static str, description:
 }
 
 /// Every family, in the order of docs/metrics.md.
-pub const FAMILIES: [Family; 17] = [
+pub const FAMILIES: [Family; 19] = [
     family("forge.decisions", Kind::Counter, "", "Kernel decisions per cgroup, hook, verdict and mode"),
     family("forge.events_read", Kind::Counter, "", "Decision events read from the ring buffer, per hook"),
     family("forge.events_undecodable", Kind::Counter, "", "Ring buffer records that did not decode"),
@@ -64,6 +64,13 @@ pub const FAMILIES: [Family; 17] = [
     family("forge.releases", Kind::Counter, "", "Releases from quarantine or escalation"),
     family("forge.tier_changes", Kind::Counter, "", "Trust tier changes of governed workloads"),
     family("forge.trace_write_errors", Kind::Counter, "", "Failed writes to execution traces"),
+    family("forge.capsule_runs", Kind::Counter, "", "Wasm capsule runs started through the API"),
+    family(
+        "forge.capsules_running",
+        Kind::Gauge,
+        "",
+        "Wasm capsule runs started through the API that have not ended",
+    ),
     family("forge.map_entries", Kind::Gauge, "", "Entries in a kernel map"),
     family("forge.map_capacity", Kind::Gauge, "", "Entries a kernel map can hold"),
     family("forge.process_resident_memory", Kind::Gauge, "By", "Resident memory of the agent process"),
@@ -138,6 +145,8 @@ pub fn points(s: &Sample, name: &str) -> Vec<(Num, Vec<KeyValue>)> {
         "forge.releases" => one(Num::U64(s.actions.releases)),
         "forge.tier_changes" => one(Num::U64(s.actions.tier_changes)),
         "forge.trace_write_errors" => one(Num::U64(s.trace_write_errors)),
+        "forge.capsule_runs" => one(Num::U64(s.actions.capsule_runs)),
+        "forge.capsules_running" => one(gauge(s.capsules_running)),
         "forge.map_entries" => {
             vec![
                 (gauge(s.kernel_governed), map("cgroups")),
@@ -259,8 +268,9 @@ mod tests {
                 frozen: true,
                 lost_events: 2,
             }],
-            actions: ActionCounts { quarantines: 1, releases: 0, tier_changes: 2 },
+            actions: ActionCounts { quarantines: 1, releases: 0, tier_changes: 2, capsule_runs: 3 },
             trace_write_errors: 0,
+            capsules_running: 1,
             process: Some(ProcessSample { resident_bytes: 4096, cpu_seconds: 1.5 }),
         }
     }
