@@ -11,19 +11,25 @@
 //! | [`cache`] | compiled modules on disk |
 //! | [`capsule`] | a capsule run end to end, and its replay |
 
+#[cfg(feature = "runtime")]
 pub mod cache;
+#[cfg(feature = "runtime")]
 pub mod capsule;
 pub mod gate;
+#[cfg(feature = "runtime")]
 pub mod host;
 pub mod manifest;
 pub mod package;
+#[cfg(feature = "runtime")]
 pub mod runtime;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "runtime"))]
 mod run_tests;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "runtime")]
 pub use capsule::{CapsuleError, ReplayReport, RunOptions, RunReport, replay, run_capsule};
 pub use package::{Package, PackageError, VerifiedPackage};
+#[cfg(feature = "runtime")]
 pub use runtime::{Runtime, validate};
