@@ -84,7 +84,13 @@ enum Command {
     /// `--json` is compact, for a SIEM or a language model.
     Explain(trace::ExplainArgs),
     /// Remove all pinned ForgeOne state: enforcement ends for every cgroup.
-    Reset(PinArgs),
+    Reset {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Print `{"removed": PIN_ROOT}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running agent for its state: backends, governed workloads, counters.
     Status {
         #[command(flatten)]
@@ -99,12 +105,18 @@ enum Command {
     /// Ask the running agent to govern a cgroup with what its policy set says.
     Govern {
         cgroup: String,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
     /// Ask the running agent to stop governing a cgroup.
     Ungovern {
         cgroup: String,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -116,6 +128,9 @@ enum Command {
         actor: String,
         #[arg(long, default_value = "operator decision")]
         reason: String,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -126,6 +141,9 @@ enum Command {
         actor: String,
         #[arg(long, default_value = "operator decision")]
         reason: String,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -134,11 +152,17 @@ enum Command {
         cgroup: String,
         #[arg(long, env = "USER", default_value = "operator")]
         actor: String,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
     /// Show the audit log: trust changes, quarantines, releases and why.
     Audit {
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -213,21 +237,21 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Key { command } => sign::run_key(&command),
         Command::Trace { command } => trace::run(&command),
         Command::Explain(a) => trace::explain(&a),
-        Command::Reset(a) => reset(&a),
+        Command::Reset { pins, json } => reset(&pins, json),
         Command::Status { socket, json } => call(&socket, &Request::Status, json),
         Command::Top(a) => top::run(&a),
-        Command::Govern { cgroup, socket } => call(&socket, &Request::Govern { cgroup }, true),
-        Command::Ungovern { cgroup, socket } => call(&socket, &Request::Ungovern { cgroup }, true),
-        Command::TrustSet { cgroup, tier, actor, reason, socket } => {
-            call(&socket, &Request::TrustSet { cgroup, tier, actor, reason }, true)
+        Command::Govern { cgroup, json, socket } => call(&socket, &Request::Govern { cgroup }, json),
+        Command::Ungovern { cgroup, json, socket } => call(&socket, &Request::Ungovern { cgroup }, json),
+        Command::TrustSet { cgroup, tier, actor, reason, json, socket } => {
+            call(&socket, &Request::TrustSet { cgroup, tier, actor, reason }, json)
         }
-        Command::Quarantine { cgroup, actor, reason, socket } => {
-            call(&socket, &Request::Quarantine { cgroup, actor, reason }, true)
+        Command::Quarantine { cgroup, actor, reason, json, socket } => {
+            call(&socket, &Request::Quarantine { cgroup, actor, reason }, json)
         }
-        Command::Release { cgroup, actor, socket } => {
-            call(&socket, &Request::Release { cgroup, actor }, true)
+        Command::Release { cgroup, actor, json, socket } => {
+            call(&socket, &Request::Release { cgroup, actor }, json)
         }
-        Command::Audit { socket } => call(&socket, &Request::Audit, true),
+        Command::Audit { json, socket } => call(&socket, &Request::Audit, json),
     };
     match result {
         Ok(code) => code,
@@ -258,8 +282,12 @@ pub(crate) fn call(socket: &SocketArgs, req: &Request, json: bool) -> anyhow::Re
         }
         Err(e) => return Err(e.into()),
     };
-    if json || !matches!(req, Request::Status) {
+    if json {
         print_json(&v)?;
+    } else if !matches!(req, Request::Status) {
+        for line in text_lines(&v) {
+            println!("{line}");
+        }
     } else {
         println!("agent pid {} (adopted pinned state: {})", v["pid"], v["adopted"]);
         println!("backends: {}", v["backends"]);
@@ -284,9 +312,46 @@ pub(crate) fn call(socket: &SocketArgs, req: &Request, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-fn reset(a: &PinArgs) -> anyhow::Result<ExitCode> {
+/// A plain-text form of an answer: `key: value` per field of an object,
+/// one line of `key=value` pairs per object of a list.
+fn text_lines(v: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let scalar = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let pairs = |o: &serde_json::Map<String, Value>| {
+        o.iter().map(|(k, v)| format!("{k}={}", scalar(v))).collect::<Vec<_>>().join(" ")
+    };
+    match v {
+        Value::Object(o) => o
+            .iter()
+            .flat_map(|(k, v)| match v {
+                Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+                    let mut lines = vec![format!("{k}:")];
+                    lines
+                        .extend(items.iter().filter_map(Value::as_object).map(|o| format!("  {}", pairs(o))));
+                    lines
+                }
+                Value::Object(inner) => vec![format!("{k}: {}", pairs(inner))],
+                other => vec![format!("{k}: {}", scalar(other))],
+            })
+            .collect(),
+        Value::Array(items) if items.is_empty() => vec!["(none)".into()],
+        Value::Array(items) => {
+            items.iter().map(|i| i.as_object().map_or_else(|| scalar(i), |o| pairs(o))).collect()
+        }
+        other => vec![scalar(other)],
+    }
+}
+
+fn reset(a: &PinArgs, json: bool) -> anyhow::Result<ExitCode> {
     Pins::new(&a.pin_root).remove_all()?;
-    println!("removed {}", a.pin_root.display());
+    if json {
+        print_json(&serde_json::json!({"removed": a.pin_root}))?;
+    } else {
+        println!("removed {}", a.pin_root.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -61,6 +61,9 @@ pub(crate) struct BuildArgs {
     /// Overwrite the output file.
     #[arg(long)]
     force: bool,
+    /// Print `{"package", "name", "version", "module_sha3", "package_sha3"}`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -70,6 +73,9 @@ pub(crate) struct SignArgs {
     /// Your private key (`forge key generate`).
     #[arg(long)]
     key: PathBuf,
+    /// Print `{"key_id", "outcome", "signatures"}`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -208,6 +214,13 @@ fn build(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(&a.output, pkg.to_bytes()).with_context(|| format!("writing {}", a.output.display()))?;
     let m = pkg.manifest();
+    if a.json {
+        super::print_json(&json!({
+            "package": a.output, "name": m.name, "version": m.version,
+            "module_sha3": pkg.module_digest().to_hex(), "package_sha3": pkg.package_digest().to_hex(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "built {} ({} version {}, module sha3-256:{}); unsigned: sign it with `forge pkg sign`",
         a.output.display(),
@@ -222,7 +235,7 @@ fn sign(a: &SignArgs) -> anyhow::Result<ExitCode> {
     let key = SigningKey::load(&a.key).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut pkg = match read_package(&a.package)? {
         Ok(p) => p,
-        Err(e) => return refused(&a.package, &e, e.code(), false),
+        Err(e) => return refused(&a.package, &e, e.code(), a.json),
     };
     let outcome = match pkg.sign(&key) {
         Ok(o) => o,
@@ -230,6 +243,14 @@ fn sign(a: &SignArgs) -> anyhow::Result<ExitCode> {
     };
     forge_agent::sign::files::write_atomic(&a.package, &pkg.to_bytes(), 0o644)
         .with_context(|| format!("writing {}", a.package.display()))?;
+    if a.json {
+        super::print_json(&json!({
+            "key_id": key.public_key().id().to_string(),
+            "outcome": format!("{outcome:?}").to_lowercase(),
+            "signatures": pkg.signatures().entries().len(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let what = match outcome {
         AddOutcome::Added => "signed",
         AddOutcome::Replaced => "replaced the earlier signature of",

@@ -33,6 +33,9 @@ pub(crate) enum PolicyCommand {
     Apply {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: super::SocketArgs,
     },
@@ -75,15 +78,15 @@ pub(crate) struct CompileArgs {
 pub(crate) fn run(cmd: &PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { paths, host, strict, json } => check(paths, *host, *strict, *json),
-        PolicyCommand::Apply { paths, socket } => {
+        PolicyCommand::Apply { paths, json, socket } => {
             if let [dir] = paths.as_slice()
                 && dir.join("MANIFEST").exists()
             {
                 let path = std::fs::canonicalize(dir)?.display().to_string();
-                return super::call(socket, &forge_agent::api::Request::PolicyApplyBundle { path }, true);
+                return super::call(socket, &forge_agent::api::Request::PolicyApplyBundle { path }, *json);
             }
             let documents = super::run::read_documents(paths)?;
-            super::call(socket, &forge_agent::api::Request::PolicyApply { documents }, true)
+            super::call(socket, &forge_agent::api::Request::PolicyApply { documents }, *json)
         }
         PolicyCommand::Explain(a) => super::explain::run(a),
         PolicyCommand::Compile(a) => {

@@ -43,6 +43,9 @@ Example:\n  forge key generate --out ~/.forge --name alice")]
     Id {
         /// The key file.
         path: PathBuf,
+        /// Print `{"key_id": ..., "public": ...}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -126,6 +129,9 @@ pub(crate) struct SignArgs {
     /// Your private key file (from `forge key generate`; must be mode 0600).
     #[arg(long)]
     key: PathBuf,
+    /// Print `{"key_id", "outcome", "signatures", "name", "version"}`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -166,14 +172,18 @@ pub(crate) fn run_key(cmd: &KeyCommand) -> anyhow::Result<ExitCode> {
                 println!("public key:  {} (list it in a trust file)", g.public_path.display());
             }
         }
-        KeyCommand::Id { path } => {
+        KeyCommand::Id { path, json } => {
             let key = match PublicKey::load(path) {
                 Ok(k) => k,
                 Err(public_err) => {
                     SigningKey::load(path).map(|k| k.public_key()).map_err(|_| plain(public_err))?
                 }
             };
-            println!("{}", key.id());
+            if *json {
+                super::print_json(&json!({"key_id": key.id().to_string(), "public": key.to_hex()}))?;
+            } else {
+                println!("{}", key.id());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -313,6 +323,16 @@ fn sign(a: &SignArgs) -> anyhow::Result<ExitCode> {
         AddOutcome::Replaced => "replaced the earlier signature of",
         AddOutcome::Unchanged => "had already signed",
     };
+    if a.json {
+        super::print_json(&json!({
+            "key_id": report.key_id.to_string(),
+            "outcome": format!("{:?}", report.outcome).to_lowercase(),
+            "signatures": report.signatures,
+            "name": m.name(),
+            "version": m.version(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{} {what} bundle {} version {}; {} signature(s) in {}",
         report.key_id,
