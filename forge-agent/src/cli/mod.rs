@@ -339,7 +339,7 @@ fn text_lines(v: &serde_json::Value) -> Vec<String> {
             .collect(),
         Value::Array(items) if items.is_empty() => vec!["(none)".into()],
         Value::Array(items) => {
-            items.iter().map(|i| i.as_object().map_or_else(|| scalar(i), |o| pairs(o))).collect()
+            items.iter().map(|i| i.as_object().map_or_else(|| scalar(i), &pairs)).collect()
         }
         other => vec![scalar(other)],
     }
