@@ -77,6 +77,9 @@ forge policy sign prod-7 --key ~/.forge/alice.key"
         /// Bundle the files even if they do not pass `forge policy check`.
         #[arg(long)]
         no_check: bool,
+        /// Print `{"bundle", "name", "version", "documents"}` (sha3-256 and size of each).
+        #[arg(long)]
+        json: bool,
         /// Policy files or directories of *.yaml / *.yml files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -192,8 +195,8 @@ pub(crate) fn run_key(cmd: &KeyCommand) -> anyhow::Result<ExitCode> {
 pub(crate) fn run_bundle(cmd: &BundleCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BundleCommand::Bundle {
-            command: BundleSubcommand::Create { name, version, out, no_check, paths },
-        } => create(name, *version, out, *no_check, paths),
+            command: BundleSubcommand::Create { name, version, out, no_check, json, paths },
+        } => create(name, *version, out, *no_check, paths, *json),
         BundleCommand::Bundle { command: BundleSubcommand::Show { bundle, json } } => show(bundle, *json),
         BundleCommand::Sign(a) => sign(a),
         BundleCommand::Verify(a) => verify(a),
@@ -206,6 +209,7 @@ fn create(
     out: &Path,
     no_check: bool,
     paths: &[PathBuf],
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let files = policy_files(paths)?;
     if !no_check {
@@ -236,6 +240,12 @@ fn create(
         documents.push(Document { name: doc_name.to_string(), bytes });
     }
     let bundle = Bundle::create(out, name, version, documents).map_err(plain)?;
+    if json {
+        super::print_json(
+            &json!({"bundle": out, "name": name, "version": version, "documents": documents_json(&bundle)}),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "created unsigned bundle {} version {} at {} with {} document(s); next: forge policy sign {} --key KEY",
         name,
