@@ -88,7 +88,18 @@ pub(crate) fn build(payload: &Payload<'_>, out: &Path) -> anyhow::Result<String>
             cpio.file_from(&path, 0o755, lib)?;
         }
     }
-    cpio.file_from(&guest_path(&guest_bin), 0o755, payload.binary)?;
+    // Without its debug sections: a debug build of the test binary is
+    // hundreds of MiB, and the guest unpacks the initramfs into its memory.
+    let stripped = out.with_extension("bin");
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(payload.binary)
+        .arg(&stripped)
+        .status()
+        .context("running objcopy (binutils)")?;
+    ensure!(status.success(), "objcopy --strip-debug {} failed", payload.binary.display());
+    cpio.file_from(&guest_path(&guest_bin), 0o755, &stripped)?;
+    let _ = std::fs::remove_file(&stripped);
 
     cpio.file(
         "etc/passwd",
