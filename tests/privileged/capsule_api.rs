@@ -109,6 +109,7 @@ pub(crate) fn kernel_backs_up_the_gate() -> Result<(), Failed> {
             would.iter().any(|x| x["enforced"] == false && x["rule"] == "capsule-no-loopback"),
             format!("the gate recorded the would-deny: {would:?}"),
         )?;
+        check(report["run_id"] == r["run_id"], format!("the trace is named after the API's run id: {r}"))?;
         let cgroup_id = r["cgroup_id"].as_u64().ok_or("cgroup id")?;
         // The kernel's decision, in the capsule cgroup's trace.
         let trace = d.data_dir.join("traces").join(format!("cgroup-{cgroup_id}.dna"));

@@ -96,14 +96,6 @@ impl CapsuleRunner {
         Ok(v)
     }
 
-    /// A new run id for a capsule named `name`.
-    pub fn run_id(name: &str) -> String {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-        let mut r = [0u8; 3];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut r);
-        format!("{}-{ms}-{}", name.chars().take(64).collect::<String>(), hex::encode(r))
-    }
-
     /// Starts the child for `run_id` in `cgroup` (already governed), with
     /// the agent's policy documents.
     #[allow(clippy::too_many_arguments)]
@@ -135,7 +127,8 @@ impl CapsuleRunner {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--cgroup")
-            .arg(cgroup);
+            .arg(cgroup)
+            .args(["--run-id", run_id]);
         if req.monitor {
             cmd.arg("--monitor");
         }

@@ -478,7 +478,7 @@ impl Daemon {
         let runner = self.capsules.as_ref().ok_or_else(capsules_off)?;
         let verified = runner.verify(&req.package)?;
         let name = verified.package.manifest().name.clone();
-        let run_id = super::capsules::CapsuleRunner::run_id(&name);
+        let run_id = crate::wasm::new_run_id(&name);
         let spec = format!("{}/{run_id}", super::capsules::CGROUP_PARENT);
         let cgroup = Cgroup::create(&spec).map_err(|e| ApiError::new(ErrorCode::Kernel, e.to_string()))?;
         let mut workload = workload_of(&cgroup);

@@ -133,6 +133,10 @@ pub(crate) struct RunArgs {
     /// does for the runs it starts).
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
+    /// The run's id, which names its trace (default: `<name>-<unix ms>-<random>`;
+    /// the agent passes the one its cgroup is named after).
+    #[arg(long)]
+    run_id: Option<String>,
     /// Run at this trust tier (default: what the policy gives the capsule).
     #[arg(long)]
     tier: Option<Tier>,
@@ -458,6 +462,7 @@ fn run_pkg(a: &RunArgs) -> anyhow::Result<ExitCode> {
         monitor: a.monitor,
         args: a.args.clone(),
         inputs: a.input.clone(),
+        run_id: a.run_id.clone(),
         trace: Some((TraceStore::new(&a.data_dir), Arc::new(key))),
         stdout: if a.json { Sink::Capture(Vec::new()) } else { Sink::Inherit },
         stderr: Sink::Inherit,

@@ -83,6 +83,8 @@ pub struct RunOptions {
     pub args: Vec<String>,
     /// Input files: checked against the manifest's intent, appended to argv.
     pub inputs: Vec<PathBuf>,
+    /// The run's id (default: a new one); the agent passes the one its cgroup is named after.
+    pub run_id: Option<String>,
     /// Where the run's trace goes, signed with this key.
     pub trace: Option<(TraceStore, Arc<SigningKey>)>,
     pub stdout: Sink,
@@ -115,14 +117,6 @@ pub struct RunReport {
     pub denied: Vec<Denied>,
     pub elapsed_us: u64,
     pub grants: Vec<Grant>,
-}
-
-fn new_run_id(name: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut r = [0u8; 3];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut r);
-    let name: String = name.chars().take(64).collect();
-    format!("{name}-{}-{}", now.as_millis(), hex::encode(r))
 }
 
 /// The policy record of a capsule: its module digest and signers select
@@ -178,7 +172,7 @@ pub fn run_capsule(
     let env =
         m.capabilities.env.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
     let module_sha3 = prepared.digest.to_hex();
-    let run_id = new_run_id(&m.name);
+    let run_id = opts.run_id.clone().unwrap_or_else(|| super::new_run_id(&m.name));
     let signers = pkg.signer_ids();
 
     let mut trace_path = None;
@@ -301,8 +295,7 @@ pub fn replay(rt: &Runtime, trace: &Path, module: &[u8]) -> Result<ReplayReport,
     }
     let recorded_calls = calls.len() as u64;
     let prepared = rt.prepare(module)?;
-    let live = Live::new(Box::new(AllowAll), r.args.clone(), Vec::new(), r.limits.max_open_files);
-    let mut live = live;
+    let mut live = Live::new(Box::new(AllowAll), r.args.clone(), Vec::new(), r.limits.max_open_files);
     live.stdout = Sink::Discard;
     live.stderr = Sink::Discard;
     let result = run(&prepared, &r.entry, &r.limits, live, Journal::replay(calls));

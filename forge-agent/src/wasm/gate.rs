@@ -99,11 +99,8 @@ pub struct PolicyGate {
 impl PolicyGate {
     pub fn new(caps: Capabilities, record: CompiledRecord, monitor: bool) -> Self {
         let simple = |requested: bool, granted: bool| match (requested, granted) {
-            (false, _) => Decision { allowed: monitor, denial: Some(Denial::Manifest) },
-            (true, false) => Decision {
-                allowed: monitor,
-                denial: Some(Denial::Policy { rule_id: 0, rule: Some("capsule".into()) }),
-            },
+            (false, _) => refuse(Denial::Manifest),
+            (true, false) => refuse(Denial::Policy { rule_id: 0, rule: Some("capsule".into()) }),
             (true, true) => Decision::ALLOW,
         };
         let clock = simple(caps.clock, record.capsule.clock);
@@ -116,10 +113,6 @@ impl PolicyGate {
         &self.record
     }
 
-    fn refuse(&self, denial: Denial) -> Decision {
-        Decision { allowed: self.monitor, denial: Some(denial) }
-    }
-
     fn policy(&self, op: Operation) -> Decision {
         let ev = evaluate(&self.record, &op);
         if ev.verdict() == Verdict::Allow {
@@ -127,12 +120,11 @@ impl PolicyGate {
         }
         let denial =
             Denial::Policy { rule_id: ev.rule_id(), rule: ev.decision.rule.as_ref().map(|r| r.name.clone()) };
-        Decision { allowed: self.monitor || !ev.enforced(), denial: Some(denial) }
+        Decision { allowed: !ev.enforced(), denial: Some(denial) }
     }
-}
 
-impl Gate for PolicyGate {
-    fn check(&self, facility: &Facility<'_>) -> Decision {
+    /// The decision as if enforcing (what monitor mode would refuse).
+    fn decide(&self, facility: &Facility<'_>) -> Decision {
         match facility {
             Facility::Clock => self.clock.clone(),
             Facility::Random => self.random.clone(),
@@ -140,9 +132,9 @@ impl Gate for PolicyGate {
                 if self.env.contains(*v) {
                     Decision::ALLOW
                 } else if self.caps.env.iter().any(|e| e == v) {
-                    self.refuse(Denial::Policy { rule_id: 0, rule: Some("capsule".into()) })
+                    refuse(Denial::Policy { rule_id: 0, rule: Some("capsule".into()) })
                 } else {
-                    self.refuse(Denial::Manifest)
+                    refuse(Denial::Manifest)
                 }
             }
             Facility::FileRead(p) | Facility::FileWrite(p) => {
@@ -153,7 +145,7 @@ impl Gate for PolicyGate {
                     .iter()
                     .any(|c| c.covers(p) && if write { c.access.write() } else { c.access.read() });
                 if !requested {
-                    return self.refuse(Denial::Manifest);
+                    return refuse(Denial::Manifest);
                 }
                 let op = if write {
                     Operation::FileWrite(p.to_string())
@@ -164,11 +156,23 @@ impl Gate for PolicyGate {
             }
             Facility::Connect(a) => {
                 if !self.caps.connect.contains(a) {
-                    return self.refuse(Denial::Manifest);
+                    return refuse(Denial::Manifest);
                 }
                 self.policy(Operation::Connect(*a))
             }
         }
+    }
+}
+
+fn refuse(denial: Denial) -> Decision {
+    Decision { allowed: false, denial: Some(denial) }
+}
+
+impl Gate for PolicyGate {
+    fn check(&self, facility: &Facility<'_>) -> Decision {
+        let mut d = self.decide(facility);
+        d.allowed |= self.monitor;
+        d
     }
 }
 
@@ -197,38 +201,31 @@ const DIR_PROBE: &str = "any-file";
 /// Checks each capability the manifest requests against the policy (a
 /// directory is checked as the directory's own path).
 pub fn grants(gate: &PolicyGate) -> Vec<Grant> {
-    let strict = gate.clone_for_grants();
     let mut out = Vec::new();
     let mut push = |capability: String, d: Decision| {
         out.push(Grant { capability, granted: d.allowed, denial: d.denial });
     };
-    for f in &strict.caps.files {
+    for f in &gate.caps.files {
         // A directory is checked as a file in it (what the capsule will open).
         let path = if f.is_dir() { format!("{}{DIR_PROBE}", f.path) } else { f.path.clone() };
         if f.access.read() {
-            push(format!("read {}", f.path), strict.check(&Facility::FileRead(&path)));
+            push(format!("read {}", f.path), gate.decide(&Facility::FileRead(&path)));
         }
         if f.access.write() {
-            push(format!("write {}", f.path), strict.check(&Facility::FileWrite(&path)));
+            push(format!("write {}", f.path), gate.decide(&Facility::FileWrite(&path)));
         }
     }
-    for a in &strict.caps.connect {
-        push(format!("connect {a}"), strict.check(&Facility::Connect(*a)));
+    for a in &gate.caps.connect {
+        push(format!("connect {a}"), gate.decide(&Facility::Connect(*a)));
     }
-    for v in &strict.caps.env {
-        push(format!("env {v}"), strict.check(&Facility::Env(v)));
+    for v in &gate.caps.env {
+        push(format!("env {v}"), gate.decide(&Facility::Env(v)));
     }
-    if strict.caps.clock {
-        push("clock".into(), strict.check(&Facility::Clock));
+    if gate.caps.clock {
+        push("clock".into(), gate.decide(&Facility::Clock));
     }
-    if strict.caps.random {
-        push("random".into(), strict.check(&Facility::Random));
+    if gate.caps.random {
+        push("random".into(), gate.decide(&Facility::Random));
     }
     out
-}
-
-impl PolicyGate {
-    fn clone_for_grants(&self) -> Self {
-        Self::new(self.caps.clone(), self.record.clone(), false)
-    }
 }

@@ -33,3 +33,12 @@ pub use capsule::{CapsuleError, ReplayReport, RunOptions, RunReport, replay, run
 pub use package::{Package, PackageError, VerifiedPackage};
 #[cfg(feature = "runtime")]
 pub use runtime::{Runtime, validate};
+
+/// A new run id for a capsule named `name`: `<name>-<unix ms>-<6 hex>`.
+pub fn new_run_id(name: &str) -> String {
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let mut r = [0u8; 3];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut r);
+    format!("{}-{ms}-{}", name.chars().take(64).collect::<String>(), hex::encode(r))
+}

@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    io::{Read, Seek as _, SeekFrom, Write},
     os::unix::fs::{DirEntryExt as _, MetadataExt as _},
 };
 
@@ -131,6 +131,36 @@ pub fn path_open(
     Ok(i32::from(e))
 }
 
+/// A file or a socket.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// The file or socket behind `fd`, once the gate let this use of it
+/// through: a file as a read or write of its path, a socket as a connect
+/// to its peer (checked on every call, so a lowered tier takes effect at once).
+fn gated_stream(live: &mut Live, fd: i32, write: bool) -> Result<&mut dyn Stream, Errno> {
+    let allowed = match live.fds.get(fd)? {
+        Fd::File { path, .. } => {
+            let path = path.clone();
+            live.allow(&if write { Facility::FileWrite(&path) } else { Facility::FileRead(&path) })
+        }
+        Fd::Socket { peer, .. } => {
+            let peer = *peer;
+            live.allow(&Facility::Connect(peer))
+        }
+        Fd::Root | Fd::Dir { .. } => return Err(errno::ISDIR),
+        Fd::Stdin | Fd::Stdout | Fd::Stderr => return Err(errno::BADF),
+    };
+    if !allowed {
+        return Err(errno::ACCES);
+    }
+    match live.fds.get_mut(fd)? {
+        Fd::File { file, .. } => Ok(file),
+        Fd::Socket { stream, .. } => Ok(stream),
+        _ => Err(errno::BADF),
+    }
+}
+
 pub fn fd_read(mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, count: i32, out: i32) -> wasmtime::Result<i32> {
     let (mem, ctx) = memory(&mut c)?;
     let vecs = ok_or_errno!(mem::iovecs(mem, iovs, count));
@@ -139,29 +169,10 @@ pub fn fd_read(mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, count: i32, out: i32)
         let mut buf = vec![0u8; cap as usize];
         let n = match live.fds.get(fd) {
             Ok(Fd::Stdin) => Ok(0),
-            Ok(Fd::File { path, .. }) => {
-                let path = path.clone();
-                if !live.allow(&Facility::FileRead(&path)) {
-                    return answer(errno::ACCES);
-                }
-                match live.fds.get_mut(fd) {
-                    Ok(Fd::File { file, .. }) => file.read(&mut buf).map_err(|e| errno::from_io(&e)),
-                    _ => Err(errno::BADF),
-                }
-            }
-            Ok(Fd::Socket { peer, .. }) => {
-                let peer = *peer;
-                if !live.allow(&Facility::Connect(peer)) {
-                    return answer(errno::ACCES);
-                }
-                match live.fds.get_mut(fd) {
-                    Ok(Fd::Socket { stream, .. }) => stream.read(&mut buf).map_err(|e| errno::from_io(&e)),
-                    _ => Err(errno::BADF),
-                }
-            }
-            Ok(Fd::Root | Fd::Dir { .. }) => Err(errno::ISDIR),
             Ok(Fd::Stdout | Fd::Stderr) => Err(errno::BADF),
-            Err(e) => Err(e),
+            _ => {
+                gated_stream(live, fd, false).and_then(|st| st.read(&mut buf).map_err(|e| errno::from_io(&e)))
+            }
         };
         match n {
             Ok(n) => json!({"errno": 0, "n": n, "data": hex::encode(&buf[..n])}),
@@ -187,29 +198,8 @@ pub fn fd_write(mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, count: i32, out: i32
     let r = ctx.call("fd_write", args, |live| {
         let n = match live.fds.get(fd) {
             Ok(Fd::Stdout | Fd::Stderr) => Ok(data.len()),
-            Ok(Fd::File { path, .. }) => {
-                let path = path.clone();
-                if !live.allow(&Facility::FileWrite(&path)) {
-                    return answer(errno::ACCES);
-                }
-                match live.fds.get_mut(fd) {
-                    Ok(Fd::File { file, .. }) => file.write(&data).map_err(|e| errno::from_io(&e)),
-                    _ => Err(errno::BADF),
-                }
-            }
-            Ok(Fd::Socket { peer, .. }) => {
-                let peer = *peer;
-                if !live.allow(&Facility::Connect(peer)) {
-                    return answer(errno::ACCES);
-                }
-                match live.fds.get_mut(fd) {
-                    Ok(Fd::Socket { stream, .. }) => stream.write(&data).map_err(|e| errno::from_io(&e)),
-                    _ => Err(errno::BADF),
-                }
-            }
             Ok(Fd::Stdin) => Err(errno::BADF),
-            Ok(Fd::Root | Fd::Dir { .. }) => Err(errno::ISDIR),
-            Err(e) => Err(e),
+            _ => gated_stream(live, fd, true).and_then(|st| st.write(&data).map_err(|e| errno::from_io(&e))),
         };
         match n {
             Ok(n) => json!({"errno": 0, "n": n}),

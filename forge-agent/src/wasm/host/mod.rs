@@ -174,7 +174,7 @@ impl Ctx {
     ) -> wasmtime::Result<Value> {
         let index = self.journal.calls();
         let live = &mut self.live;
-        let (result, allowed) = self.journal.call(name, args, || {
+        let (result, _) = self.journal.call(name, args, || {
             let result = perform(live);
             let allowed = !live.pending.iter().any(|(_, _, enforced)| *enforced);
             (result, allowed)
@@ -183,7 +183,6 @@ impl Ctx {
             tracing::info!(call = name, %facility, %denial, enforced, "capsule host call denied");
             self.denied.push(Denied { call: index, name: name.to_string(), facility, denial, enforced });
         }
-        let _ = allowed;
         Ok(result)
     }
 }
