@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod ebpf;
 pub mod events;
 pub mod explain;
+pub mod fleet;
 pub mod integrity;
 pub mod policy;
 pub mod sign;
