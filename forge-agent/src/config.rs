@@ -43,6 +43,11 @@ pub struct AgentConfig {
     pub otlp_protocol: Option<String>,
     pub otlp_interval_ms: Option<u64>,
     pub json: Option<bool>,
+    /// Fleet (docs/fleet.md): NATS URL, this node's name, the node keys' trust file, the rule.
+    pub fleet_nats: Option<String>,
+    pub fleet_node: Option<String>,
+    pub fleet_nodes: Option<PathBuf>,
+    pub fleet_rule: Option<crate::fleet::Rule>,
 }
 
 impl AgentConfig {
@@ -75,6 +80,7 @@ impl AgentConfig {
             &mut c.agent_key,
             &mut c.scoring,
             &mut c.pin_root,
+            &mut c.fleet_nodes,
         ]
         .into_iter()
         .flatten()

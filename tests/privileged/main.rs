@@ -13,6 +13,8 @@ mod capsule;
 mod capsule_api;
 mod differential;
 mod doctor;
+mod fleet;
+mod fleet_fixture;
 mod hotswap;
 mod lost;
 mod lsm;
@@ -174,6 +176,24 @@ fn main() {
             &["cgroup"],
             ("forge", sigterm::forge_binary),
             doctor::policy_in_force_signed,
+        ),
+        trial_with_programs(
+            "fleet_bundles_reach_three_agents_survive_a_bus_partition_replays_refused",
+            &["cgroup"],
+            vec![
+                ("nats-server", || std::path::PathBuf::from(fleet_fixture::NATS_SERVER)),
+                ("forge", sigterm::forge_binary),
+            ],
+            fleet::bundles_partition_and_replay,
+        ),
+        trial_with_programs(
+            "fleet_quarantine_refused_on_other_nodes_forged_records_refused",
+            &["cgroup"],
+            vec![
+                ("nats-server", || std::path::PathBuf::from(fleet_fixture::NATS_SERVER)),
+                ("forge", sigterm::forge_binary),
+            ],
+            fleet::quarantine_propagates_forgeries_refused,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

@@ -31,6 +31,8 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     "lld",
     "wasi-libc",
     "libclang-rt-14-dev-wasm32",
+    // The fleet tests run their own JetStream servers on free loopback ports.
+    "nats-server",
 ];
 
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";

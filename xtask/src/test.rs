@@ -36,12 +36,13 @@ fn cargo() -> Command {
 
 /// Host tests require these when strict (this host refuses BPF-LSM loads);
 /// `prometheus` is the server `setup` installs for the metrics test, `tmux`
-/// the terminal the `forge top` test drives; `forge` is the agent binary
-/// `cargo test` builds next to the test binaries.
-const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,tmux,clang,forge";
+/// the terminal the `forge top` test drives; `nats-server` the fleet tests'
+/// bus; `forge` is the agent binary `cargo test` builds next to the test
+/// binaries.
+const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,tmux,clang,nats-server,forge";
 /// Guests boot with `lsm=...,bpf`: every backend is required there. Their
-/// initramfs has no Prometheus server, tmux or clang, so the metrics,
-/// `forge top` and C capsule tests are ignored there.
+/// initramfs has no Prometheus server, tmux, clang or nats-server, so the
+/// metrics, `forge top`, C capsule and fleet tests are ignored there.
 const GUEST_REQUIRE: &str = "lsm,tracepoint,cgroup";
 
 pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {

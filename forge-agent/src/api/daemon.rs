@@ -1,6 +1,8 @@
 //! The daemon's state and request handling. Runs on the agent's main task:
 //! it is the only caller of the map writer.
 
+mod fleet;
+
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
@@ -33,6 +35,8 @@ struct Governed {
     frozen: bool,
     /// The tiers at which its policy asks for quarantine.
     quarantine_at: Vec<Tier>,
+    /// Quarantined by the fleet rule (released when the fleet clears it).
+    fleet_hold: bool,
 }
 
 pub struct Daemon {
@@ -58,6 +62,8 @@ pub struct Daemon {
     origin: (origin::Source, Option<origin::BundleSource>),
     /// Capsule runs through the API (none: capsules are off).
     pub capsules: Option<super::capsules::CapsuleRunner>,
+    /// Policy and trust shared through NATS (none: a single host).
+    pub fleet: Option<crate::fleet::FleetLink>,
 }
 
 /// The agent's signing rules for policy bundles.
@@ -129,6 +135,7 @@ impl Daemon {
             telemetry: None,
             origin: (origin::Source::Files, None),
             capsules: None,
+            fleet: None,
         })
     }
 
@@ -202,6 +209,7 @@ impl Daemon {
                     score: *score,
                 };
                 self.trace(*cgroup_id, Record::TrustChange(change));
+                self.fleet_publish(*cgroup_id, crate::fleet::RecordAction::Tier, reason, actor);
                 entry
             }
             Action::Quarantine { cgroup_id, reason } => {
@@ -287,6 +295,7 @@ impl Daemon {
             };
             t.quarantined(since.elapsed(), &q);
         }
+        self.fleet_publish(cgroup_id, crate::fleet::RecordAction::Quarantine, reason, actor);
         Ok(entry)
     }
 
@@ -335,6 +344,7 @@ impl Daemon {
             };
             t.released(started.elapsed(), &r);
         }
+        self.fleet_publish(cgroup_id, crate::fleet::RecordAction::Release, &[], actor);
         Ok(entry)
     }
 
@@ -478,11 +488,15 @@ impl Daemon {
         let runner = self.capsules.as_ref().ok_or_else(capsules_off)?;
         let verified = runner.verify(&req.package)?;
         let name = verified.package.manifest().name.clone();
+        let digest = format!("sha3-256:{}", verified.package.module_digest().to_hex());
+        if let Some(why) = self.fleet_refusal(&digest) {
+            return Err(ApiError::new(ErrorCode::Refused, why));
+        }
         let run_id = crate::wasm::new_run_id(&name);
         let spec = format!("{}/{run_id}", super::capsules::CGROUP_PARENT);
         let cgroup = Cgroup::create(&spec).map_err(|e| ApiError::new(ErrorCode::Kernel, e.to_string()))?;
         let mut workload = workload_of(&cgroup);
-        workload.digest = Some(format!("sha3-256:{}", verified.package.module_digest().to_hex()));
+        workload.digest = Some(digest);
         workload.signers = verified.signer_ids();
         let (path, id) = (cgroup.path.clone(), cgroup.id);
         let governed = match self.govern_as(cgroup, workload) {
@@ -526,6 +540,7 @@ impl Daemon {
             before_escalation: None,
             frozen: false,
             quarantine_at,
+            fleet_hold: false,
         };
         let record = self.governed_record(&g, true);
         if let Some(t) = &mut self.traces {
@@ -539,7 +554,11 @@ impl Daemon {
                 generation: g.generation,
             });
         }
+        let identity = crate::fleet::Identity::of(&g.workload);
         self.governed.insert(g.cgroup.id, g);
+        if let Some(identity) = identity {
+            self.fleet_enforce(&identity);
+        }
         Ok(out)
     }
 
@@ -694,6 +713,12 @@ impl Daemon {
     }
 
     fn apply_bundle(&mut self, path: &std::path::Path) -> Result<Value, ApiError> {
+        self.apply_bundle_at(path, false)
+    }
+
+    /// `again`: the version last applied may be applied again (the fleet
+    /// redelivers it after a restart that began from local files).
+    fn apply_bundle_at(&mut self, path: &std::path::Path, again: bool) -> Result<Value, ApiError> {
         use crate::sign::{bundle::Bundle, state::AppliedVersions};
         let Some(signing) = &self.signing else {
             return Err(ApiError::new(
@@ -706,8 +731,10 @@ impl Daemon {
         };
         let bundle = Bundle::load(path).map_err(|e| refused(&e))?;
         let mut state = AppliedVersions::load(&signing.state).map_err(|e| refused(&e))?;
-        let verified =
-            bundle.verify(&signing.trust, state.last(bundle.manifest().name())).map_err(|e| refused(&e))?;
+        let last = state.last(bundle.manifest().name());
+        let same = again && last == Some(bundle.manifest().version());
+        let floor = if same { last.map(|l| l.saturating_sub(1)).filter(|l| *l > 0) } else { last };
+        let verified = bundle.verify(&signing.trust, floor).map_err(|e| refused(&e))?;
         let mut documents = Vec::new();
         for d in &verified.documents {
             let text = d.text().map_err(|e| refused(&format!("{}: not UTF-8: {e}", d.name)))?;
@@ -723,9 +750,11 @@ impl Daemon {
         }
         let state_path = signing.state.clone();
         let mut result = self.apply(documents)?;
-        state
-            .record(&state_path, &verified.name, verified.version)
-            .map_err(|e| kernel(format!("applied, but recording the version failed: {e}")))?;
+        if !same {
+            state
+                .record(&state_path, &verified.name, verified.version)
+                .map_err(|e| kernel(format!("applied, but recording the version failed: {e}")))?;
+        }
         let signers: Vec<String> = verified.signer_ids().iter().map(ToString::to_string).collect();
         result["bundle"] = json!({"name": verified.name, "version": verified.version, "signers": signers});
         self.origin = (
@@ -870,6 +899,7 @@ impl Daemon {
             "traces": self.traces.as_ref().map(|t| json!({"dir": t.store().dir(), "errors": t.errors, "last_error": t.last_error})),
             "decode_errors": self.agent.events.decode_errors,
             "otlp": self.telemetry.as_ref().map(Otlp::status),
+            "fleet": self.fleet_status(),
             "policy": origin::Provenance {
                 source: self.origin.0,
                 bundle: self.origin.1.clone(),
@@ -933,6 +963,7 @@ pub async fn run(
         None => None,
     };
     let server = tokio::spawn(super::server::serve(listener, calls_tx));
+    let mut fleet_inbox = daemon.fleet.as_mut().and_then(|f| f.inbox.take());
     tokio::pin!(shutdown);
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -959,6 +990,7 @@ pub async fn run(
             Some(reply) = scrapes.recv() => {
                 let _ = reply.send(daemon.metrics());
             }
+            Some(msg) = async { fleet_inbox.as_mut()?.recv().await } => daemon.fleet_inbound(msg),
             () = &mut shutdown => break Ok(()),
         }
     };

@@ -219,6 +219,11 @@ impl Traces {
         Some(path)
     }
 
+    /// The chain head of a workload's trace (the hash of its last record).
+    pub fn head(&self, cgroup_id: u64) -> Option<crate::dna::Hash> {
+        self.open.get(&cgroup_id).map(|o| o.writer.head())
+    }
+
     /// The trace of a workload, for `forge status`.
     pub fn status(&self, cgroup_id: u64) -> Value {
         match self.open.get(&cgroup_id) {

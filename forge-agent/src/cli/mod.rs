@@ -4,6 +4,7 @@
 mod demo;
 mod doctor;
 mod explain;
+mod fleet;
 mod pkg;
 mod policy;
 mod run;
@@ -67,6 +68,12 @@ enum Command {
     Pkg {
         #[command(subcommand)]
         command: pkg::PkgCommand,
+    },
+    /// Fleet (NATS JetStream): publish signed bundles to every agent,
+    /// release identities fleet-wide, read the signed history.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
     /// Generate signing keys for policy bundles and capsules.
     Key {
@@ -234,6 +241,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Policy { command: PolicyCommand::Check(c) } => policy::run(&c),
         Command::Policy { command: PolicyCommand::Bundle(c) } => sign::run_bundle(&c),
         Command::Pkg { command } => pkg::run(&command),
+        Command::Fleet { command } => fleet::run(&command),
         Command::Key { command } => sign::run_key(&command),
         Command::Trace { command } => trace::run(&command),
         Command::Explain(a) => trace::explain(&a),

@@ -101,6 +101,26 @@ pub(crate) struct RunArgs {
     /// rest are counted; decisions are always recorded). Default: 8.
     #[arg(long, value_name = "N")]
     trace_sample: Option<u32>,
+    /// Join a fleet: watch signed policy bundles and trust records on this
+    /// NATS server (JetStream), e.g. `nats://10.0.0.5:4222`, and publish
+    /// this node's trust records there. Needs --trust (bundles and
+    /// operator releases are verified against it) and --fleet-nodes.
+    /// Losing the server never loosens enforcement (docs/fleet.md).
+    #[arg(long, value_name = "URL")]
+    fleet_nats: Option<String>,
+    /// This node's name in the fleet (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    fleet_node: Option<String>,
+    /// Trust file of the fleet's node keys, each named after its node
+    /// (`[[key]] name = "node-a"`, `file = "node-a.pub"`). Records signed
+    /// by any other key, or by a key speaking for another node, are refused.
+    #[arg(long, value_name = "FILE")]
+    fleet_nodes: Option<PathBuf>,
+    /// What an identity the fleet marks compromised gets here: quarantine
+    /// (refuse new capsule runs and quarantine matching workloads; the
+    /// default), refuse (new capsule runs only) or audit (record only).
+    #[arg(long, value_enum, value_name = "RULE")]
+    fleet_rule: Option<forge_agent::fleet::Rule>,
 }
 
 impl RunArgs {
@@ -148,6 +168,10 @@ impl RunArgs {
             a.scoring = a.scoring.or(c.scoring);
             a.ring_bytes = a.ring_bytes.or(c.ring_bytes);
             a.trace_sample = a.trace_sample.or(c.trace_sample);
+            a.fleet_nats = a.fleet_nats.or(c.fleet_nats);
+            a.fleet_node = a.fleet_node.or(c.fleet_node);
+            a.fleet_nodes = a.fleet_nodes.or(c.fleet_nodes);
+            a.fleet_rule = a.fleet_rule.or(c.fleet_rule);
         }
         a.state.get_or_insert_with(|| PathBuf::from("/var/lib/forge/applied.json"));
         a.socket.get_or_insert_with(|| PathBuf::from(api::DEFAULT_SOCKET));
@@ -236,6 +260,32 @@ pub(crate) fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>>
         .collect()
 }
 
+/// Joins the fleet at `nats` (the connection itself is made in the background).
+async fn fleet(a: &RunArgs, nats: &str, strict: bool) -> anyhow::Result<forge_agent::fleet::FleetLink> {
+    anyhow::ensure!(
+        strict,
+        "--fleet-nats needs --trust: bundles from the bus are applied only when signed k-of-n by those keys"
+    );
+    let nodes = a.fleet_nodes.clone().context("--fleet-nats needs --fleet-nodes (the fleet's node keys)")?;
+    let node = match &a.fleet_node {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .context("the host name (or give --fleet-node)")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let config = forge_agent::fleet::FleetConfig {
+        nats: nats.to_string(),
+        node,
+        nodes,
+        rule: a.fleet_rule.unwrap_or_default(),
+        refuse_at: forge_agent::policy::Tier::Compromised,
+        dir: a.data_dir().join("fleet"),
+    };
+    let key = std::sync::Arc::new(agent_key(a)?);
+    forge_agent::fleet::FleetLink::start(config, key).await.map_err(|e| anyhow::anyhow!("--fleet-nats: {e}"))
+}
+
 async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     let documents = read_documents(&a.policies)?;
     let otlp = a.otlp()?;
@@ -279,6 +329,9 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         let mut settings = api::traces::TraceSettings::new(a.data_dir(), key);
         settings.sample_per_sec = a.trace_sample.unwrap_or(8);
         daemon.traces = Some(api::traces::Traces::new(settings));
+    }
+    if let Some(nats) = &a.fleet_nats {
+        daemon.fleet = Some(fleet(a, nats, daemon.signing.is_some()).await?);
     }
     if let Some(config) = otlp {
         daemon.telemetry = Some(Otlp::start(config).context("starting OTLP export")?);

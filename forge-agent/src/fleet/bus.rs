@@ -79,18 +79,35 @@ pub async fn spawn(url: &str, inbound: mpsc::Sender<Inbound>) -> Result<Bus, asy
 }
 
 /// Opens a bucket, creating it if this is the first agent (or publisher).
+///
+/// The bucket's stream is created directly, with the configuration the
+/// key-value API uses (ADR-8), because the client's own bucket creation
+/// first reads account fields that nats-server 2.9 does not send.
 pub async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, String> {
     if let Ok(Ok(s)) = tokio::time::timeout(OP_TIMEOUT, js.get_key_value(name)).await {
         return Ok(s);
     }
-    let config = kv::Config { bucket: name.to_string(), history: HISTORY, ..kv::Config::default() };
-    match tokio::time::timeout(OP_TIMEOUT, js.create_key_value(config)).await {
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: HISTORY,
+        max_message_size: -1,
+        max_bytes: -1,
+        max_messages: -1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..jetstream::stream::Config::default()
+    };
+    let created = tokio::time::timeout(OP_TIMEOUT, js.get_or_create_stream(config)).await;
+    if let Ok(Err(e)) = &created {
+        return Err(format!("bucket {name}: creating its stream: {e}"));
+    }
+    match tokio::time::timeout(OP_TIMEOUT, js.get_key_value(name)).await {
         Ok(Ok(s)) => Ok(s),
-        // Another agent may have created it meanwhile.
-        Ok(Err(e)) => match tokio::time::timeout(OP_TIMEOUT, js.get_key_value(name)).await {
-            Ok(Ok(s)) => Ok(s),
-            _ => Err(format!("bucket {name}: {e}")),
-        },
+        Ok(Err(e)) => Err(format!("bucket {name}: {e}")),
         Err(_) => Err(format!("bucket {name}: timed out")),
     }
 }

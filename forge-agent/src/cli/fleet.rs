@@ -1,0 +1,303 @@
+//! `forge fleet`: publish signed bundles, release identities fleet-wide,
+//! and read the fleet's history from NATS JetStream (docs/fleet.md).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+
+use forge_agent::{
+    fleet::{
+        self, Identity, RecordAction, SignedRecord, TrustRecord,
+        bus::bucket,
+        link::now_ms,
+        record::{Issuer, Verified},
+        wire,
+    },
+    policy::Tier,
+    sign::{Bundle, SigningKey, trust::TrustConfig},
+};
+
+use super::{print_json, text_lines};
+
+#[derive(Subcommand)]
+pub(crate) enum FleetCommand {
+    /// Publish a signed policy bundle to every agent of the fleet. Each
+    /// agent verifies it against its own trust config (k-of-n) and applies
+    /// it atomically; an unsigned, under-quorum or older bundle is refused
+    /// and reported by every agent. With --trust the bundle is checked here
+    /// first and not published if it would be refused.
+    Publish(PublishArgs),
+    /// Clear an identity fleet-wide (operator): every record about it issued
+    /// before now stops counting, on every node. Signed with an operator key
+    /// (one the agents' --trust lists); `IDENTITY` is `sha3-256:<hex>` or
+    /// `cgroup:<path>`.
+    Release(ReleaseArgs),
+    /// The fleet's history: every bundle and trust record still in the
+    /// stream, oldest first, with who signed it. With --nodes and --trust
+    /// each entry is verified; exit 4 if any does not verify.
+    History(HistoryArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct BusArgs {
+    /// The NATS server (JetStream enabled).
+    #[arg(long, env = "FORGE_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+}
+
+#[derive(Args)]
+pub(crate) struct PublishArgs {
+    /// The bundle directory (`forge policy bundle create`, then `sign`).
+    bundle: PathBuf,
+    #[command(flatten)]
+    bus: BusArgs,
+    /// Verify against this trust config before publishing.
+    #[arg(long, value_name = "FILE")]
+    trust: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ReleaseArgs {
+    identity: String,
+    /// The operator's private key.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The name the agents' trust config gives this key (default: the key
+    /// file's stem, as `file = "ops.pub"` names it `ops`).
+    #[arg(long = "as", value_name = "NAME")]
+    name: Option<String>,
+    /// Why, for the audit trail.
+    #[arg(long, default_value = "released by an operator")]
+    reason: String,
+    #[command(flatten)]
+    bus: BusArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct HistoryArgs {
+    #[command(flatten)]
+    bus: BusArgs,
+    /// The fleet's node keys (as given to the agents' --fleet-nodes).
+    #[arg(long, value_name = "FILE", requires = "trust")]
+    nodes: Option<PathBuf>,
+    /// The operators' trust config (as given to the agents' --trust).
+    #[arg(long, value_name = "FILE", requires = "nodes")]
+    trust: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(cmd: &FleetCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cmd {
+            FleetCommand::Publish(a) => publish(a).await,
+            FleetCommand::Release(a) => release(a).await,
+            FleetCommand::History(a) => history(a).await,
+        }
+    })
+}
+
+async fn connect(bus: &BusArgs) -> anyhow::Result<async_nats::jetstream::Context> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(&bus.nats)
+        .await
+        .with_context(|| format!("connecting to {} (is nats-server running with -js?)", bus.nats))?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+fn emit(v: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(v)
+    } else {
+        text_lines(v).iter().for_each(|l| println!("{l}"));
+        Ok(())
+    }
+}
+
+async fn publish(a: &PublishArgs) -> anyhow::Result<ExitCode> {
+    let bundle = Bundle::load(&a.bundle)?;
+    if let Some(t) = &a.trust {
+        let trust = TrustConfig::load(t)?;
+        bundle.verify(&trust, None).with_context(|| format!("{}: not published", a.bundle.display()))?;
+    }
+    let packed = wire::pack(&bundle)?;
+    let js = connect(&a.bus).await?;
+    let store = bucket(&js, fleet::POLICY_BUCKET).await.map_err(anyhow::Error::msg)?;
+    let revision = store
+        .put(&packed.name, packed.bytes.into())
+        .await
+        .with_context(|| format!("publishing to {}", fleet::POLICY_BUCKET))?;
+    let v = json!({"published": packed.name, "version": packed.version, "revision": revision, "published_at_ms": now_ms(), "bucket": fleet::POLICY_BUCKET});
+    emit(&v, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn release(a: &ReleaseArgs) -> anyhow::Result<ExitCode> {
+    let identity = Identity::parse(&a.identity)?;
+    let key = SigningKey::load(&a.key)?;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => a.key.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    anyhow::ensure!(fleet::valid_name(&name), "--as {name:?}: 1-64 of [A-Za-z0-9_-]");
+    let record = TrustRecord {
+        node: name,
+        identity,
+        action: RecordAction::Release,
+        tier: Tier::Verified,
+        reason: vec![a.reason.clone()],
+        trace_head: None,
+        issued_at_ms: now_ms(),
+        seq: 0,
+    };
+    let js = connect(&a.bus).await?;
+    let store = bucket(&js, fleet::TRUST_BUCKET).await.map_err(anyhow::Error::msg)?;
+    let revision = store
+        .put(record.bucket_key(), record.sign(&key).to_bytes().into())
+        .await
+        .with_context(|| format!("publishing to {}", fleet::TRUST_BUCKET))?;
+    let v = json!({"released": record.identity.to_string(), "by": record.node, "revision": revision, "key_id": key.public_key().id().to_string()});
+    emit(&v, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn entries(
+    store: &async_nats::jetstream::kv::Store,
+) -> anyhow::Result<Vec<async_nats::jetstream::kv::Entry>> {
+    let mut out = Vec::new();
+    let keys: Vec<String> = store.keys().await?.filter_map(|k| async { k.ok() }).collect().await;
+    for k in keys {
+        let mut h = store.history(&k).await?;
+        while let Some(e) = h.next().await {
+            out.push(e?);
+        }
+    }
+    Ok(out)
+}
+
+async fn history(a: &HistoryArgs) -> anyhow::Result<ExitCode> {
+    let trust = match (&a.nodes, &a.trust) {
+        (Some(n), Some(t)) => Some((TrustConfig::load(n)?, TrustConfig::load(t)?)),
+        _ => None,
+    };
+    let js = connect(&a.bus).await?;
+    let mut rows: Vec<(i128, Value)> = Vec::new();
+    let mut bad = 0usize;
+    for name in [fleet::POLICY_BUCKET, fleet::TRUST_BUCKET] {
+        let store = bucket(&js, name).await.map_err(anyhow::Error::msg)?;
+        for e in entries(&store).await.with_context(|| format!("reading {name}"))? {
+            let at = e.created.unix_timestamp_nanos();
+            let mut row =
+                json!({"bucket": name, "key": e.key, "revision": e.revision, "time_ms": at / 1_000_000});
+            let checked = if name == fleet::POLICY_BUCKET {
+                bundle_row(&e.value, trust.as_ref().map(|t| &t.1), &mut row)
+            } else {
+                record_row(&e.value, trust.as_ref(), &mut row)
+            };
+            if let Err(err) = checked {
+                bad += 1;
+                row["verified"] = json!(false);
+                row["error"] = json!(err);
+            }
+            rows.push((at, row));
+        }
+    }
+    rows.sort_by_key(|(at, _)| *at);
+    let rows: Vec<Value> = rows.into_iter().map(|(_, r)| r).collect();
+    if a.json {
+        print_json(&rows)?;
+    } else if rows.is_empty() {
+        println!("(no history)");
+    } else {
+        for r in &rows {
+            println!("{}", text_line(r));
+        }
+    }
+    Ok(if trust.is_some() && bad > 0 { ExitCode::from(4) } else { ExitCode::SUCCESS })
+}
+
+fn text_line(r: &Value) -> String {
+    let s = |k: &str| r[k].as_str().map_or_else(|| r[k].to_string(), String::from);
+    let verdict = match r["verified"].as_bool() {
+        Some(true) => "verified".to_string(),
+        Some(false) => format!("NOT VERIFIED: {}", s("error")),
+        None => "unverified".to_string(),
+    };
+    if r["bucket"] == fleet::POLICY_BUCKET {
+        format!(
+            "#{} bundle {} v{} signers={} ({verdict})",
+            r["revision"],
+            s("name"),
+            r["version"],
+            r["signers"]
+        )
+    } else {
+        format!(
+            "#{} {} {} {} tier={} by={} reason={:?} ({verdict})",
+            r["revision"],
+            s("issued_by"),
+            s("action"),
+            s("identity"),
+            s("tier"),
+            s("issued_by"),
+            s("reason")
+        )
+    }
+}
+
+fn bundle_row(bytes: &[u8], trust: Option<&TrustConfig>, row: &mut Value) -> Result<(), String> {
+    let (name, version) = wire::peek(bytes).map_err(|e| e.to_string())?;
+    row["name"] = json!(name);
+    row["version"] = json!(version);
+    let Some(trust) = trust else { return Ok(()) };
+    let dir = tempfile_dir();
+    let r = wire::unpack(bytes, &dir)
+        .map_err(|e| e.to_string())
+        .and_then(|p| Bundle::load(&p).map_err(|e| e.to_string()))
+        .and_then(|b| b.verify(trust, None).map_err(|e| e.to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = r?;
+    row["signers"] = json!(v.signer_ids().iter().map(ToString::to_string).collect::<Vec<_>>());
+    row["verified"] = json!(true);
+    Ok(())
+}
+
+fn record_row(
+    bytes: &[u8],
+    trust: Option<&(TrustConfig, TrustConfig)>,
+    row: &mut Value,
+) -> Result<(), String> {
+    let record: TrustRecord = serde_json::from_slice::<SignedRecord>(bytes)
+        .ok()
+        .and_then(|e| serde_json::from_str(&e.body).ok())
+        .ok_or("not a signed trust record")?;
+    row["identity"] = json!(record.identity.to_string());
+    row["issued_by"] = json!(record.node);
+    row["action"] = json!(record.action);
+    row["tier"] = json!(record.tier);
+    row["reason"] = json!(record.reason.join("; "));
+    row["issued_at_ms"] = json!(record.issued_at_ms);
+    row["trace_head"] = json!(record.trace_head);
+    let Some((nodes, operators)) = trust else { return Ok(()) };
+    let v: Verified = SignedRecord::verify(bytes, nodes, operators).map_err(|e| e.to_string())?;
+    row["issuer"] = json!(match v.issuer {
+        Issuer::Node(_) => "node",
+        Issuer::Operator(_) => "operator",
+    });
+    row["key_id"] = json!(v.key_id.to_string());
+    row["verified"] = json!(true);
+    Ok(())
+}
+
+fn tempfile_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("forge-fleet-history-{}-{}", std::process::id(), now_ms()))
+}

@@ -1,0 +1,276 @@
+//! Fleet acceptance on real kernels: three agents share policy bundles and
+//! trust records through a real nats-server (JetStream).
+
+use std::time::{Duration, Instant};
+
+use forge_agent::{api::Request, wasm::Package};
+use forge_tests::{EPERM, check, expect, fail};
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+use crate::{fleet_fixture::Fleet, listener};
+
+fn audit_has(a: &[Value], action: &str, needle: &str) -> bool {
+    a.iter().any(|e| e["action"] == action && e.to_string().contains(needle))
+}
+
+/// A bundle published once reaches all three agents and each one's kernel
+/// enforces it; killing the bus leaves enforcement as it was; after a
+/// restart the agents catch up and converge; unsigned and replayed bundles
+/// are refused by every agent.
+pub(crate) fn bundles_partition_and_replay() -> Result<(), Failed> {
+    let f = Fleet::start("bundles")?;
+    let mut f = f;
+    let peer = listener("127.0.0.1:0")?.port();
+    let other = listener("127.0.0.1:0")?.port();
+    for i in 0..3 {
+        expect(
+            &format!("{} before any bundle", f.nodes[i].name),
+            f.connect(i, peer)?,
+            forge_agent::workload::Outcome::Ok,
+        )?;
+    }
+
+    // v1 denies the peer: published once, enforced by all three kernels.
+    let published = f.publish(&f.bundle(1, Some(peer), true)?)?;
+    let t0 = published["published_at_ms"].as_u64().ok_or("published_at_ms")?;
+    let took = f.wait_all("bundle v1 applied", Duration::from_secs(20), |s| {
+        s["fleet"]["last_bundle"]["version"] == 1
+    })?;
+    for i in 0..3 {
+        expect(&format!("{} under v1", f.nodes[i].name), f.connect(i, peer)?, EPERM)?;
+        let applied = f.audit(i)?;
+        let at = applied
+            .iter()
+            .rev()
+            .find(|e| e["via"] == "fleet" && e["bundle"]["version"] == 1)
+            .and_then(|e| e["applied_at_ms"].as_u64())
+            .ok_or("the agent's audit has the fleet apply")?;
+        eprintln!("  {}: v1 applied {} ms after publish", f.nodes[i].name, at.saturating_sub(t0));
+    }
+    eprintln!("  all three enforced v1 within {took:?} of the publish returning");
+
+    // Unsigned (under quorum): refused and reported by every agent, nothing changes.
+    f.publish(&f.bundle(5, None, false)?)?;
+    f.wait_all("unsigned bundle refused", Duration::from_secs(20), |s| {
+        s["fleet"]["counts"]["bundles_refused"].as_u64() >= Some(1)
+    })?;
+    for i in 0..3 {
+        let a = f.audit(i)?;
+        check!(audit_has(&a, "fleet_bundle_refused", "signature"), "{}: {a:?}", f.nodes[i].name);
+        expect(&format!("{} after the unsigned bundle", f.nodes[i].name), f.connect(i, peer)?, EPERM)?;
+    }
+
+    // The bus dies mid-run: enforcement stays exactly as it was.
+    f.nats.kill();
+    f.wait_all("bus loss noticed", Duration::from_secs(20), |s| s["fleet"]["connected"] == false)?;
+    for i in 0..3 {
+        expect(&format!("{} while the bus is down", f.nodes[i].name), f.connect(i, peer)?, EPERM)?;
+        expect(
+            &format!("{} other port while down", f.nodes[i].name),
+            f.connect(i, other)?,
+            forge_agent::workload::Outcome::Ok,
+        )?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Back up (same store): the agents reconnect, catch up and converge on v2.
+    f.nats.restart()?;
+    f.wait_all("reconnected", Duration::from_secs(30), |s| {
+        s["fleet"]["connected"] == true && s["fleet"]["counts"]["partitions"].as_u64() >= Some(1)
+    })?;
+    f.publish(&f.bundle(2, Some(other), true)?)?;
+    f.wait_all("bundle v2 applied", Duration::from_secs(20), |s| s["fleet"]["last_bundle"]["version"] == 2)?;
+    for i in 0..3 {
+        let s = f.status(i)?;
+        let partitioned = s["fleet"]["partitions_s"][0].as_f64().unwrap_or(0.0);
+        check!(partitioned >= 0.5, "{}: partition measured: {}", f.nodes[i].name, s["fleet"]);
+        eprintln!("  {}: partitioned for {partitioned:.2} s", f.nodes[i].name);
+        expect(
+            &format!("{} under v2 (peer)", f.nodes[i].name),
+            f.connect(i, peer)?,
+            forge_agent::workload::Outcome::Ok,
+        )?;
+        expect(&format!("{} under v2 (other)", f.nodes[i].name), f.connect(i, other)?, EPERM)?;
+    }
+
+    // A replayed old bundle (v1, validly signed) is refused everywhere.
+    f.publish(&f.bundle(1, Some(peer), true)?)?;
+    f.wait_all("replayed v1 refused", Duration::from_secs(20), |s| {
+        s["fleet"]["counts"]["bundles_refused"].as_u64() >= Some(2)
+    })?;
+    for i in 0..3 {
+        let a = f.audit(i)?;
+        check!(
+            audit_has(&a, "fleet_bundle_refused", "not newer than the last applied version 2"),
+            "{}: {a:?}",
+            f.nodes[i].name
+        );
+        expect(
+            &format!("{} after the replay", f.nodes[i].name),
+            f.connect(i, peer)?,
+            forge_agent::workload::Outcome::Ok,
+        )?;
+    }
+    Ok(())
+}
+
+fn spinner(f: &Fleet) -> Result<(std::path::PathBuf, String), Failed> {
+    let wat = r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+    let caps = b"name = \"spinner\"\nversion = 1\n[limits]\ndeadline_ms = 8000\n".to_vec();
+    let mut pkg = Package::build(caps, wat::parse_str(wat).map_err(fail)?).map_err(fail)?;
+    pkg.sign(&f.ops).map_err(fail)?;
+    let path = f.dir.join("spinner.forgepkg");
+    std::fs::write(&path, pkg.to_bytes()).map_err(fail)?;
+    Ok((path, format!("sha3-256:{}", pkg.module_digest().to_hex())))
+}
+
+fn run_capsule(f: &Fleet, i: usize, pkg: &std::path::Path) -> Result<Result<Value, String>, Failed> {
+    let req = Request::CapsuleRun {
+        package: pkg.display().to_string(),
+        args: Vec::new(),
+        inputs: Vec::new(),
+        monitor: false,
+        tier: None,
+    };
+    match forge_agent::api::client::call(&f.nodes[i].socket, &req) {
+        Ok(v) => Ok(Ok(v)),
+        Err(forge_agent::api::client::ClientError::Api(e)) => Ok(Err(e.message)),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// A quarantine on one node makes the same capsule identity refused on
+/// the others (time measured); forged and tampered records are refused by
+/// every node and change nothing; an operator release clears it.
+pub(crate) fn quarantine_propagates_forgeries_refused() -> Result<(), Failed> {
+    let mut f = Fleet::start("trust")?;
+    let (pkg, digest) = spinner(&f)?;
+
+    // Runs on node-a; node-a quarantines it.
+    let run = run_capsule(&f, 0, &pkg)?.map_err(|e| format!("node-a runs the capsule: {e}"))?;
+    let cgroup = run["cgroup"].as_str().ok_or("run cgroup")?.to_string();
+    f.runs.push(cgroup.clone().into());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(format!("{cgroup}/cgroup.procs")).map_or(true, |p| p.trim().is_empty()) {
+        check!(Instant::now() < deadline, "the capsule never ran in {cgroup}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let quarantine = Request::Quarantine {
+        cgroup: cgroup.clone(),
+        actor: "test".into(),
+        reason: "exfiltration seen".into(),
+    };
+    f.call(0, &quarantine)?;
+    let t0 = Instant::now();
+    let compromised = |s: &Value| {
+        s["fleet"]["identities"].as_array().is_some_and(|ids| {
+            ids.iter().any(|e| e["identity"]["digest"] == digest.as_str() && e["tier"] == "compromised")
+        })
+    };
+    f.wait_all("the quarantine reached every node", Duration::from_secs(20), compromised)?;
+    let took = t0.elapsed();
+    for i in 1..3 {
+        let r = run_capsule(&f, i, &pkg)?;
+        let msg = r.err().ok_or_else(|| format!("{} still runs the quarantined capsule", f.nodes[i].name))?;
+        check!(
+            msg.contains("marked compromised in the fleet by node-a") && msg.contains("exfiltration seen"),
+            "{msg}"
+        );
+    }
+    eprintln!("  quarantine on node-a refused on node-b and node-c within {took:?}");
+    let history = f.forge(&[
+        "fleet",
+        "history",
+        "--nodes",
+        &f.dir.join("nodes.toml").display().to_string(),
+        "--trust",
+        &f.dir.join("trust.toml").display().to_string(),
+    ])?;
+    let rec = history
+        .as_array()
+        .and_then(|h| h.iter().find(|e| e["action"] == "quarantine" && e["identity"] == digest.as_str()))
+        .ok_or_else(|| format!("the history shows the quarantine: {history}"))?;
+    check!(rec["verified"] == true && rec["issued_by"] == "node-a" && rec["trace_head"].is_string(), "{rec}");
+
+    // Forgeries: an unknown key, node-a's key speaking for node-b, a tampered body.
+    let stranger = forge_agent::sign::keys::generate_files(&f.dir, "stranger").map_err(fail)?;
+    f.forge(&[
+        "fleet",
+        "release",
+        &digest,
+        "--key",
+        &stranger.private_path.display().to_string(),
+        "--as",
+        "ops",
+    ])?;
+    f.forge(&[
+        "fleet",
+        "release",
+        &digest,
+        "--key",
+        &f.dir.join("node-a.key").display().to_string(),
+        "--as",
+        "node-b",
+    ])?;
+    tamper(&f, &digest)?;
+    f.wait_all("three forgeries refused", Duration::from_secs(20), |s| {
+        s["fleet"]["counts"]["records_refused"].as_u64() >= Some(3)
+    })?;
+    for i in 0..3 {
+        let a = f.audit(i)?;
+        for needle in [
+            "neither a fleet node key nor an operator key",
+            "signed by the key of \\\"node-a\\\"",
+            "bad signature",
+        ] {
+            check!(
+                audit_has(&a, "fleet_record_refused", needle),
+                "{}: no refusal with {needle:?}: {a:?}",
+                f.nodes[i].name
+            );
+        }
+        check!(compromised(&f.status(i)?), "{}: a forgery changed the verdict", f.nodes[i].name);
+    }
+
+    // The operator's release clears it everywhere.
+    f.forge(&[
+        "fleet",
+        "release",
+        &digest,
+        "--key",
+        &f.dir.join("ops.key").display().to_string(),
+        "--reason",
+        "cleaned up",
+    ])?;
+    f.wait_all("released everywhere", Duration::from_secs(20), |s| !compromised(s))?;
+    let r = run_capsule(&f, 1, &pkg)?.map_err(|e| format!("node-b runs it after the release: {e}"))?;
+    f.runs.push(r["cgroup"].as_str().unwrap_or_default().into());
+    for i in 1..3 {
+        check!(
+            audit_has(&f.audit(i)?, "fleet_record", "cleaned up"),
+            "{}: the release is audited",
+            f.nodes[i].name
+        );
+    }
+    Ok(())
+}
+
+/// Puts node-a's quarantine record back with its body changed (tier
+/// lowered to trusted) but the old signature: a bad signature.
+fn tamper(f: &Fleet, digest: &str) -> Result<(), Failed> {
+    use futures_util::StreamExt as _;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
+    rt.block_on(async {
+        let client = async_nats::connect(f.nats.url()).await.map_err(fail)?;
+        let js = async_nats::jetstream::new(client);
+        let kv = js.get_key_value(forge_agent::fleet::TRUST_BUCKET).await.map_err(fail)?;
+        let key = format!("d-{}.node-a", digest.trim_start_matches("sha3-256:"));
+        let mut h = kv.history(&key).await.map_err(fail)?;
+        let first = h.next().await.ok_or("node-a's record")?.map_err(fail)?;
+        let mut env: forge_agent::fleet::SignedRecord = serde_json::from_slice(&first.value).map_err(fail)?;
+        env.body = env.body.replace("\"compromised\"", "\"trusted\"");
+        kv.put(&key, env.to_bytes().into()).await.map_err(fail)?;
+        Ok::<_, Failed>(())
+    })
+}
