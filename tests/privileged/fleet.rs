@@ -8,7 +8,9 @@ use forge_tests::{EPERM, check, expect, fail};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-use crate::{fleet_fixture::Fleet, listener};
+use forge_tests::fleet::Fleet;
+
+use crate::{listener, sigterm::forge_binary};
 
 fn audit_has(a: &[Value], action: &str, needle: &str) -> bool {
     a.iter().any(|e| e["action"] == action && e.to_string().contains(needle))
@@ -19,7 +21,7 @@ fn audit_has(a: &[Value], action: &str, needle: &str) -> bool {
 /// restart the agents catch up and converge; unsigned and replayed bundles
 /// are refused by every agent.
 pub(crate) fn bundles_partition_and_replay() -> Result<(), Failed> {
-    let f = Fleet::start("bundles")?;
+    let f = Fleet::start("bundles", &forge_binary())?;
     let mut f = f;
     let peer = listener("127.0.0.1:0")?.port();
     let other = listener("127.0.0.1:0")?.port();
@@ -117,12 +119,25 @@ pub(crate) fn bundles_partition_and_replay() -> Result<(), Failed> {
 
 fn spinner(f: &Fleet) -> Result<(std::path::PathBuf, String), Failed> {
     let wat = r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
-    let caps = b"name = \"spinner\"\nversion = 1\n[limits]\ndeadline_ms = 8000\n".to_vec();
+    let caps = b"name = \"spinner\"\nversion = 1\n[limits]\ndeadline_ms = 30000\n".to_vec();
     let mut pkg = Package::build(caps, wat::parse_str(wat).map_err(fail)?).map_err(fail)?;
     pkg.sign(&f.ops).map_err(fail)?;
     let path = f.dir.join("spinner.forgepkg");
     std::fs::write(&path, pkg.to_bytes()).map_err(fail)?;
     Ok((path, format!("sha3-256:{}", pkg.module_digest().to_hex())))
+}
+
+/// Starts the capsule on node `i` and waits until it runs; its cgroup.
+fn start_running(f: &mut Fleet, i: usize, pkg: &std::path::Path) -> Result<String, Failed> {
+    let run = run_capsule(f, i, pkg)?.map_err(|e| format!("{} runs the capsule: {e}", f.nodes[i].name))?;
+    let cgroup = run["cgroup"].as_str().ok_or("run cgroup")?.to_string();
+    f.runs.push(cgroup.clone().into());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(format!("{cgroup}/cgroup.procs")).is_ok_and(|p| p.trim().is_empty()) {
+        check!(Instant::now() < deadline, "the capsule never ran in {cgroup}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(cgroup)
 }
 
 fn run_capsule(f: &Fleet, i: usize, pkg: &std::path::Path) -> Result<Result<Value, String>, Failed> {
@@ -144,18 +159,12 @@ fn run_capsule(f: &Fleet, i: usize, pkg: &std::path::Path) -> Result<Result<Valu
 /// the others (time measured); forged and tampered records are refused by
 /// every node and change nothing; an operator release clears it.
 pub(crate) fn quarantine_propagates_forgeries_refused() -> Result<(), Failed> {
-    let mut f = Fleet::start("trust")?;
+    let mut f = Fleet::start("trust", &forge_binary())?;
     let (pkg, digest) = spinner(&f)?;
 
-    // Runs on node-a; node-a quarantines it.
-    let run = run_capsule(&f, 0, &pkg)?.map_err(|e| format!("node-a runs the capsule: {e}"))?;
-    let cgroup = run["cgroup"].as_str().ok_or("run cgroup")?.to_string();
-    f.runs.push(cgroup.clone().into());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(format!("{cgroup}/cgroup.procs")).map_or(true, |p| p.trim().is_empty()) {
-        check!(Instant::now() < deadline, "the capsule never ran in {cgroup}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Runs on node-b and on node-a; node-a quarantines its run.
+    let on_b = start_running(&mut f, 1, &pkg)?;
+    let cgroup = start_running(&mut f, 0, &pkg)?;
     let quarantine = Request::Quarantine {
         cgroup: cgroup.clone(),
         actor: "test".into(),
@@ -179,6 +188,21 @@ pub(crate) fn quarantine_propagates_forgeries_refused() -> Result<(), Failed> {
         );
     }
     eprintln!("  quarantine on node-a refused on node-b and node-c within {took:?}");
+    // The rule (quarantine) also quarantined node-b's running instance, live.
+    let governed = |s: &Value| -> Option<Value> {
+        s["governed"].as_array()?.iter().find(|g| g["cgroup"] == on_b.as_str()).cloned()
+    };
+    check!(
+        governed(&f.status(1)?).is_some_and(|g| g["tier"] == "compromised"),
+        "node-b's running instance is under the compromised tier: {:?}",
+        governed(&f.status(1)?)
+    );
+    let a = f.audit(1)?;
+    check!(
+        a.iter()
+            .any(|e| e["action"] == "quarantine" && e["actor"] == "fleet" && e["cgroup"] == on_b.as_str()),
+        "node-b's audit names the fleet as the actor: {a:?}"
+    );
     let history = f.forge(&[
         "fleet",
         "history",

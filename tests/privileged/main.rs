@@ -14,7 +14,6 @@ mod capsule_api;
 mod differential;
 mod doctor;
 mod fleet;
-mod fleet_fixture;
 mod hotswap;
 mod lost;
 mod lsm;
@@ -181,7 +180,7 @@ fn main() {
             "fleet_bundles_reach_three_agents_survive_a_bus_partition_replays_refused",
             &["cgroup"],
             vec![
-                ("nats-server", || std::path::PathBuf::from(fleet_fixture::NATS_SERVER)),
+                ("nats-server", || std::path::PathBuf::from(forge_tests::fleet::NATS_SERVER)),
                 ("forge", sigterm::forge_binary),
             ],
             fleet::bundles_partition_and_replay,
@@ -190,7 +189,7 @@ fn main() {
             "fleet_quarantine_refused_on_other_nodes_forged_records_refused",
             &["cgroup"],
             vec![
-                ("nats-server", || std::path::PathBuf::from(fleet_fixture::NATS_SERVER)),
+                ("nats-server", || std::path::PathBuf::from(forge_tests::fleet::NATS_SERVER)),
                 ("forge", sigterm::forge_binary),
             ],
             fleet::quarantine_propagates_forgeries_refused,

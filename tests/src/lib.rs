@@ -6,6 +6,8 @@
 //! reported as ignored with the kernel's reason, unless `FORGE_REQUIRE` names
 //! that backend, in which case it fails.
 
+pub mod fleet;
+
 use std::{collections::BTreeSet, path::PathBuf, sync::OnceLock, time::Duration};
 
 use forge_agent::{

@@ -1,4 +1,4 @@
-//! Three real agents (`forge agent run`, separate processes, data dirs,
+//! A fleet for the tests and the benchmark: three real agents (`forge agent run`, separate processes, data dirs,
 //! pin roots and governed cgroups) joined through a real `nats-server`
 //! with JetStream on loopback.
 
@@ -15,17 +15,16 @@ use forge_agent::{
     sign::{Bundle, Document, SigningKey, keys},
     workload::{Action, Outcome, run_action_in},
 };
-use forge_tests::fail;
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-use crate::{free_port, sigterm::forge_binary};
+use crate::fail;
 
-pub(crate) const NATS_SERVER: &str = "/usr/sbin/nats-server";
-pub(crate) const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+pub const NATS_SERVER: &str = "/usr/sbin/nats-server";
+pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
 /// A `nats-server -js` on loopback; killed when dropped.
-pub(crate) struct Nats {
+pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     store: PathBuf,
@@ -84,7 +83,7 @@ impl Drop for Nats {
     }
 }
 
-pub(crate) struct Node {
+pub struct Node {
     pub name: &'static str,
     pub socket: PathBuf,
     pub cgroup: Cgroup,
@@ -94,13 +93,14 @@ pub(crate) struct Node {
 }
 
 /// The fleet of one test.
-pub(crate) struct Fleet {
+pub struct Fleet {
     pub dir: PathBuf,
     pub nats: Nats,
     pub nodes: Vec<Node>,
     pub ops: SigningKey,
     pub ops_id: String,
     parent: String,
+    forge: PathBuf,
     /// Capsule run cgroups to remove afterwards.
     pub runs: Vec<PathBuf>,
 }
@@ -123,7 +123,8 @@ fn policy(parent: &str, ops_id: &str, deny_port: Option<u16>) -> Vec<Document> {
 }
 
 impl Fleet {
-    pub fn start(tag: &str) -> Result<Self, Failed> {
+    /// Starts the bus and three agents running the `forge` binary at `forge`.
+    pub fn start(tag: &str, forge: &Path) -> Result<Self, Failed> {
         let id = std::process::id();
         let dir = PathBuf::from(format!("/tmp/forge-test-{id}-fleet-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -142,7 +143,8 @@ impl Fleet {
         for d in policy(&parent, &ops_id, None) {
             std::fs::write(dir.join(&d.name), &d.bytes).map_err(fail)?;
         }
-        let port = free_port("127.0.0.1:0")?;
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(fail)?.port();
         let nats = Nats::start(port, &dir.join("js"), &dir.join("nats.log"))?;
         let mut fleet = Self {
             ops: SigningKey::load(&ops.private_path).map_err(fail)?,
@@ -151,6 +153,7 @@ impl Fleet {
             nats,
             nodes: Vec::new(),
             parent,
+            forge: forge.to_path_buf(),
             runs: Vec::new(),
         };
         for n in NODES {
@@ -171,7 +174,7 @@ impl Fleet {
             PathBuf::from(format!("/sys/fs/bpf/forge-test-{}-fleet-{tag}-{name}", std::process::id()));
         let cg = format!("{}/{name}", self.parent);
         let log = d.join(format!("{name}.log"));
-        let child = Command::new(forge_binary())
+        let child = Command::new(&self.forge)
             .args(["--log-level", "info", "agent", "run", "--backends", "cgroup", "--pin-root"])
             .arg(&pin_root)
             .arg("--policy")
@@ -273,7 +276,7 @@ impl Fleet {
 
     /// `forge <args>` with the fleet's bus; its JSON answer.
     pub fn forge(&self, args: &[&str]) -> Result<Value, Failed> {
-        let out = Command::new(forge_binary())
+        let out = Command::new(&self.forge)
             .args(args)
             .args(["--nats", &self.nats.url(), "--json"])
             .output()
