@@ -129,6 +129,11 @@ mod tests {
             "otlp_protocol",
             "otlp_interval_ms",
             "json",
+            "capsule_trust",
+            "fleet_nats",
+            "fleet_node",
+            "fleet_nodes",
+            "fleet_rule",
         ] {
             assert!(
                 SAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} ="))),

@@ -77,6 +77,16 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     report.push('\n');
     report.push_str(&quarantine);
 
+    println!("== fleet propagation (root, nats-server)");
+    setup::run_cmd(
+        cargo().args(["build", "--release", "-p", "forge-agent", "--bin", "forge"]),
+        "building forge",
+    )?;
+    let fleet = capture(cargo().args(["bench", "-p", "forge-tests", "--bench", "fleet"]))?;
+    print!("{fleet}");
+    report.push('\n');
+    report.push_str(&fleet);
+
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("report.md");

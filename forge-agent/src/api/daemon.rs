@@ -847,6 +847,10 @@ impl Daemon {
             actions: self.counts,
             trace_write_errors: self.traces.as_ref().map_or(0, |t| t.errors),
             capsules_running: self.capsules.as_ref().map_or(0, |c| c.running() as u64),
+            fleet: self
+                .fleet
+                .as_ref()
+                .map(|f| metrics::FleetSample { connected: f.connected, counts: f.counts }),
             process: metrics::process_sample(),
         }
     }

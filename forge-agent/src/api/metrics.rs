@@ -66,6 +66,15 @@ pub struct Sample {
     pub capsules_running: u64,
     /// `None`: /proc could not be read.
     pub process: Option<ProcessSample>,
+    /// `None`: not in a fleet.
+    pub fleet: Option<FleetSample>,
+}
+
+/// The fleet link as the metrics show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetSample {
+    pub connected: bool,
+    pub counts: crate::fleet::link::FleetCounts,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -187,6 +196,41 @@ pub fn render(s: &Sample) -> String {
     let running = Gauge::<i64>::default();
     running.set(i64::try_from(s.capsules_running).unwrap_or(i64::MAX));
     r.register("capsules_running", "Wasm capsule runs started through the API that have not ended", running);
+    if let Some(f) = &s.fleet {
+        let c = &f.counts;
+        gauge(
+            &mut r,
+            "fleet_connected",
+            "Whether the fleet bus (NATS) is connected (1) or not (0)",
+            i64::from(f.connected),
+        );
+        counter(
+            &mut r,
+            "fleet_bundles_applied",
+            "Bundles from the fleet bus verified and applied",
+            c.bundles_applied,
+        );
+        counter(
+            &mut r,
+            "fleet_bundles_refused",
+            "Bundles from the fleet bus refused (signature, replay, invalid)",
+            c.bundles_refused,
+        );
+        counter(
+            &mut r,
+            "fleet_records_admitted",
+            "Trust records from other nodes verified and held",
+            c.records_admitted,
+        );
+        counter(
+            &mut r,
+            "fleet_records_refused",
+            "Trust records refused (unknown key, bad signature, impersonation, replay)",
+            c.records_refused,
+        );
+        counter(&mut r, "fleet_records_published", "Trust records this node published", c.records_published);
+        counter(&mut r, "fleet_partitions", "Times the fleet bus was lost and came back", c.partitions);
+    }
 
     let entries = Family::<MapLabels, Gauge>::default();
     let capacity = Family::<MapLabels, Gauge>::default();
@@ -288,6 +332,7 @@ mod tests {
             actions: ActionCounts { quarantines: 1, releases: 0, tier_changes: 2, capsule_runs: 3 },
             trace_write_errors: 0,
             capsules_running: 1,
+            fleet: Some(FleetSample { connected: true, counts: Default::default() }),
             process: Some(ProcessSample { resident_bytes: 4096, cpu_seconds: 1.5 }),
         }
     }

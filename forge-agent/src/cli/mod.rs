@@ -316,6 +316,35 @@ pub(crate) fn call(socket: &SocketArgs, req: &Request, json: bool) -> anyhow::Re
             println!("trace write errors: {} (last: {})", t["errors"], t["last_error"]);
         }
         println!("events by hook: {}", v["events_by_hook"]);
+        if let Some(f) = v["fleet"].as_object() {
+            let c = &f["counts"];
+            println!(
+                "fleet: node {} on {} ({}), rule {}; bundles applied {} refused {}; records admitted {} refused {} published {}; partitions {}",
+                f["node"].as_str().unwrap_or_default(),
+                f["nats"].as_str().unwrap_or_default(),
+                if f["connected"] == true { "connected" } else { "NOT CONNECTED" },
+                f["rule"].as_str().unwrap_or_default(),
+                c["bundles_applied"],
+                c["bundles_refused"],
+                c["records_admitted"],
+                c["records_refused"],
+                c["records_published"],
+                c["partitions"]
+            );
+            for e in f["identities"].as_array().into_iter().flatten() {
+                let id = &e["identity"];
+                let name = id["digest"].as_str().map_or_else(
+                    || format!("cgroup:{}", id["cgroup"].as_str().unwrap_or_default()),
+                    String::from,
+                );
+                println!(
+                    "  {name}: {} by {} ({})",
+                    e["tier"].as_str().unwrap_or_default(),
+                    e["by"],
+                    e["reason"]
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

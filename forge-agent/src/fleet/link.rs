@@ -51,7 +51,7 @@ pub struct FleetConfig {
 }
 
 /// Counters for `forge status` and the metrics.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FleetCounts {
     pub bundles_applied: u64,
     pub bundles_refused: u64,

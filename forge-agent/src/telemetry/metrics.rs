@@ -40,7 +40,7 @@ const fn family(name: &'static str, kind: Kind, unit: &'static str, description:
 }
 
 /// Every family, in the order of docs/metrics.md.
-pub const FAMILIES: [Family; 19] = [
+pub const FAMILIES: [Family; 26] = [
     family("forge.decisions", Kind::Counter, "", "Kernel decisions per cgroup, hook, verdict and mode"),
     family("forge.events_read", Kind::Counter, "", "Decision events read from the ring buffer, per hook"),
     family("forge.events_undecodable", Kind::Counter, "", "Ring buffer records that did not decode"),
@@ -71,6 +71,23 @@ pub const FAMILIES: [Family; 19] = [
         "",
         "Wasm capsule runs started through the API that have not ended",
     ),
+    family("forge.fleet_connected", Kind::Gauge, "", "Whether the fleet bus (NATS) is connected"),
+    family(
+        "forge.fleet_bundles_applied",
+        Kind::Counter,
+        "",
+        "Bundles from the fleet bus verified and applied",
+    ),
+    family("forge.fleet_bundles_refused", Kind::Counter, "", "Bundles from the fleet bus refused"),
+    family(
+        "forge.fleet_records_admitted",
+        Kind::Counter,
+        "",
+        "Trust records from other nodes verified and held",
+    ),
+    family("forge.fleet_records_refused", Kind::Counter, "", "Trust records refused"),
+    family("forge.fleet_records_published", Kind::Counter, "", "Trust records this node published"),
+    family("forge.fleet_partitions", Kind::Counter, "", "Times the fleet bus was lost and came back"),
     family("forge.map_entries", Kind::Gauge, "", "Entries in a kernel map"),
     family("forge.map_capacity", Kind::Gauge, "", "Entries a kernel map can hold"),
     family("forge.process_resident_memory", Kind::Gauge, "By", "Resident memory of the agent process"),
@@ -95,6 +112,11 @@ fn workload(w: &crate::api::metrics::WorkloadSample) -> Vec<KeyValue> {
 
 fn map(name: &'static str) -> Vec<KeyValue> {
     vec![KeyValue::new("map", name)]
+}
+
+/// One fleet counter (no point when the agent is not in a fleet).
+fn fleet(s: &Sample, f: impl Fn(&crate::fleet::link::FleetCounts) -> u64) -> Vec<(Num, Vec<KeyValue>)> {
+    s.fleet.map(|x| vec![(Num::U64(f(&x.counts)), Vec::new())]).unwrap_or_default()
 }
 
 /// The points of family `name` in a sample (empty for an unknown name).
@@ -147,6 +169,13 @@ pub fn points(s: &Sample, name: &str) -> Vec<(Num, Vec<KeyValue>)> {
         "forge.trace_write_errors" => one(Num::U64(s.trace_write_errors)),
         "forge.capsule_runs" => one(Num::U64(s.actions.capsule_runs)),
         "forge.capsules_running" => one(gauge(s.capsules_running)),
+        "forge.fleet_connected" => s.fleet.map(|f| one(Num::I64(i64::from(f.connected)))).unwrap_or_default(),
+        "forge.fleet_bundles_applied" => fleet(s, |c| c.bundles_applied),
+        "forge.fleet_bundles_refused" => fleet(s, |c| c.bundles_refused),
+        "forge.fleet_records_admitted" => fleet(s, |c| c.records_admitted),
+        "forge.fleet_records_refused" => fleet(s, |c| c.records_refused),
+        "forge.fleet_records_published" => fleet(s, |c| c.records_published),
+        "forge.fleet_partitions" => fleet(s, |c| c.partitions),
         "forge.map_entries" => {
             vec![
                 (gauge(s.kernel_governed), map("cgroups")),
@@ -271,6 +300,7 @@ mod tests {
             actions: ActionCounts { quarantines: 1, releases: 0, tier_changes: 2, capsule_runs: 3 },
             trace_write_errors: 0,
             capsules_running: 1,
+            fleet: Some(crate::api::metrics::FleetSample { connected: true, counts: Default::default() }),
             process: Some(ProcessSample { resident_bytes: 4096, cpu_seconds: 1.5 }),
         }
     }
