@@ -166,7 +166,7 @@ async fn run(
                         break String::new();
                     }
                 }
-                Some(o) = outbox.recv() => pending.push_back(o),
+                Some(o) = outbox.recv() => queue(&mut pending, o),
                 _ = retry.tick() => {}
             }
         };
@@ -175,6 +175,19 @@ async fn run(
             tokio::time::sleep(backoff(1)).await;
         }
     }
+}
+
+/// Records kept, in order, while the bus is away; beyond this the oldest
+/// are dropped (with a warning): the history loses them, the latest record
+/// per identity still goes out.
+const MAX_PENDING: usize = 10_000;
+
+fn queue(pending: &mut VecDeque<Outbound>, o: Outbound) {
+    if pending.len() >= MAX_PENDING {
+        tracing::warn!(max = MAX_PENDING, "fleet: too many records waiting for the bus; dropping the oldest");
+        pending.pop_front();
+    }
+    pending.push_back(o);
 }
 
 async fn timeout<T, E: std::fmt::Display>(f: impl Future<Output = Result<T, E>>) -> Result<T, String> {
@@ -212,7 +225,7 @@ async fn wait_or_forward(
         tokio::select! {
             () = &mut until => return,
             Some(e) = events.recv() => forward_event(e, inbound).await,
-            Some(o) = outbox.recv() => pending.push_back(o),
+            Some(o) = outbox.recv() => queue(pending, o),
         }
     }
 }

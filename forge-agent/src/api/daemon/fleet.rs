@@ -17,6 +17,9 @@ use crate::{
 
 /// Actor name of actions the fleet rule takes (never published again).
 const FLEET_ACTOR: &str = "fleet";
+/// A record from further in the future than this is refused: it could
+/// otherwise outlive every operator release (they are ordered by time).
+const MAX_CLOCK_AHEAD_MS: u64 = 5 * 60 * 1000;
 
 impl Daemon {
     /// Handles one message from the bus.
@@ -70,7 +73,8 @@ impl Daemon {
         if self.origin.1.as_ref().is_some_and(|b| b.name == name && b.version == version) {
             return;
         }
-        let dir = link.config.dir.join("bundles").join(format!("{key}-{revision}"));
+        // Named by revision only: a bus key may hold `/` and `..`.
+        let dir = link.config.dir.join("bundles").join(format!("revision-{revision}"));
         let result = wire::unpack(bytes, &dir)
             .map_err(|e| e.to_string())
             .and_then(|path| self.apply_bundle_at(&path, true).map_err(|e| e.message));
@@ -104,6 +108,15 @@ impl Daemon {
             let why = format!("stored under {key:?}, but the record's key is {:?}", v.record.bucket_key());
             return self.fleet_refused("record", key, revision, &why);
         }
+        let now = crate::fleet::link::now_ms();
+        if v.record.issued_at_ms > now + MAX_CLOCK_AHEAD_MS {
+            let why = format!(
+                "issued {} s in the future by this host's clock (at most {} s of skew is accepted)",
+                (v.record.issued_at_ms - now) / 1000,
+                MAX_CLOCK_AHEAD_MS / 1000
+            );
+            return self.fleet_refused("record", key, revision, &why);
+        }
         let operator = matches!(v.issuer, Issuer::Operator(_));
         let own = v.issuer == Issuer::Node(link.config.node.clone());
         let Some(link) = self.fleet.as_mut() else { return };
@@ -131,6 +144,11 @@ impl Daemon {
     pub(super) fn fleet_enforce(&mut self, identity: &Identity) {
         let Some(link) = self.fleet.as_ref() else { return };
         if link.config.rule != Rule::Quarantine {
+            return;
+        }
+        // A cgroup path names a service, not its code: records about one
+        // are held and shown, but only digest identities are enforced.
+        if identity.digest.is_none() {
             return;
         }
         let verdict = link.refuses(identity);
