@@ -264,10 +264,28 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("forge: error: {e:#}");
+            eprintln!("forge: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause
+/// whose text the message before it already shows (many errors here name
+/// their cause in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// One API call; prints the result (JSON, or a short text form for status).
@@ -396,4 +414,21 @@ fn reset(a: &PinArgs, json: bool) -> anyhow::Result<ExitCode> {
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = anyhow::Error::new(forge_agent::config::ConfigError::Io {
+            path: "/etc/forge.toml".into(),
+            source: io,
+        })
+        .context("--config");
+        assert_eq!(
+            super::error_chain(&e),
+            "--config: /etc/forge.toml: No such file or directory (os error 2)"
+        );
+    }
 }
