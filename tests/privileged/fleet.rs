@@ -96,16 +96,40 @@ pub(crate) fn bundles_partition_and_replay() -> Result<(), Failed> {
         expect(&format!("{} under v2 (other)", f.nodes[i].name), f.connect(i, other)?, EPERM)?;
     }
 
+    // node-c is down while v3 is published; started again (its files say
+    // otherwise) it catches up from the stream.
+    f.stop_node(2)?;
+    f.publish(&f.bundle(3, Some(other), true)?)?;
+    f.start_node(2, "bundles")?;
+    f.wait_all("bundle v3 applied (node-c from the stream)", Duration::from_secs(30), |s| {
+        s["fleet"]["last_bundle"]["version"] == 3
+    })?;
+    expect("node-c after catching up", f.connect(2, other)?, EPERM)?;
+
     // A replayed old bundle (v1, validly signed) is refused everywhere.
     f.publish(&f.bundle(1, Some(peer), true)?)?;
     f.wait_all("replayed v1 refused", Duration::from_secs(20), |s| {
-        s["fleet"]["counts"]["bundles_refused"].as_u64() >= Some(2)
+        s["fleet"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not newer than the last applied version 3"))
     })?;
     for i in 0..3 {
         let a = f.audit(i)?;
         check!(
-            audit_has(&a, "fleet_bundle_refused", "not newer than the last applied version 2"),
+            audit_has(&a, "fleet_bundle_refused", "not newer than the last applied version 3"),
             "{}: {a:?}",
+            f.nodes[i].name
+        );
+        let m = f.call(i, &Request::Metrics)?;
+        let text = m.as_str().unwrap_or_default();
+        let value = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+        };
+        check!(value("forge_fleet_connected") == Some(1), "{}: connected in the metrics", f.nodes[i].name);
+        check!(
+            value("forge_fleet_bundles_refused_total") >= Some(1)
+                && value("forge_fleet_bundles_applied_total") >= Some(1),
+            "{}: applies and refusals counted in the metrics",
             f.nodes[i].name
         );
         expect(

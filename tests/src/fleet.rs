@@ -213,6 +213,22 @@ impl Fleet {
         Ok(node)
     }
 
+    /// Stops node `i`'s agent (SIGTERM: enforcement stays pinned).
+    pub fn stop_node(&mut self, i: usize) -> Result<(), Failed> {
+        let n = &mut self.nodes[i];
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(n.child.id() as i32), nix::sys::signal::SIGTERM)
+            .map_err(fail)?;
+        n.child.wait().map_err(fail)?;
+        Ok(())
+    }
+
+    /// Starts node `i`'s agent again (same data dir, key, pins and files).
+    pub fn start_node(&mut self, i: usize, tag: &str) -> Result<(), Failed> {
+        let node = self.spawn_node(self.nodes[i].name, tag)?;
+        self.nodes[i] = node;
+        Ok(())
+    }
+
     pub fn call(&self, i: usize, req: &Request) -> Result<Value, Failed> {
         client::call(&self.nodes[i].socket, req).map_err(|e| format!("{}: {e}", self.nodes[i].name).into())
     }
