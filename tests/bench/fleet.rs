@@ -53,6 +53,8 @@ fn forge_binary() -> PathBuf {
 }
 
 fn main() {
+    // The kernel checks run this binary again inside a node's cgroup.
+    forge_agent::workload::maybe_perform_from_env();
     if !nix::unistd::geteuid().is_root() {
         println!("fleet propagation benchmark: SKIPPED (needs root)");
         return;
