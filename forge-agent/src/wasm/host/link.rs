@@ -25,8 +25,18 @@ pub enum LinkError {
 
 /// A linker with every import `module` asks for.
 pub fn linker(engine: &Engine, module: &Module) -> Result<Linker<Ctx>, LinkError> {
-    let mut l = Linker::new(engine);
-    add_host(&mut l).map_err(|e| LinkError::Wasmtime(format!("{e:#}")))?;
+    // The host functions are defined once per engine (defining them costs
+    // more than a warm start's other steps); each module gets a copy.
+    static BASE: std::sync::OnceLock<(Engine, Linker<Ctx>)> = std::sync::OnceLock::new();
+    let mut l = match BASE.get() {
+        Some((e, l)) if Engine::same(e, engine) => l.clone(),
+        _ => {
+            let mut l = Linker::new(engine);
+            add_host(&mut l).map_err(|e| LinkError::Wasmtime(format!("{e:#}")))?;
+            let _ = BASE.set((engine.clone(), l.clone()));
+            l
+        }
+    };
     for import in module.imports() {
         let (m, name) = (import.module(), import.name());
         if m != WASI_MODULE && m != HOST_MODULE {
