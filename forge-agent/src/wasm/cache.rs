@@ -93,7 +93,9 @@ impl ModuleCache {
         }
         let (tag, artifact) = rest.split_at(32);
         // Compared in constant time (blake3::Hash's equality).
-        if blake3::Hash::from_bytes(tag.try_into().ok()?) != blake3::Hash::from_bytes(self.tag(digest, artifact)) {
+        if blake3::Hash::from_bytes(tag.try_into().ok()?)
+            != blake3::Hash::from_bytes(self.tag(digest, artifact))
+        {
             tracing::warn!(path = %path.display(), "a cached module failed its integrity check; compiling again");
             return None;
         }

@@ -200,8 +200,24 @@ pub fn run_capsule(
             Some(w)
         }
     };
-    if let Some(enter) = opts.enter {
-        enter().map_err(CapsuleError::Enter)?;
+    let mut writer = writer;
+    if let Some(enter) = opts.enter
+        && let Err(e) = enter()
+    {
+        // The trace says why nothing ran.
+        if let Some(mut w) = writer.take() {
+            let outcome = dna::Outcome {
+                ts_ns: 0,
+                exit_code: None,
+                signal: None,
+                summary: format!("not run: entering the run's confinement failed: {e}"),
+                output_sha3: None,
+                host_calls: Some(0),
+            };
+            w.append(&Record::Outcome(outcome))?;
+            w.close()?;
+        }
+        return Err(CapsuleError::Enter(e));
     }
     let mut live = Live::new(Box::new(gate), args, env, m.limits.max_open_files);
     live.stdout = opts.stdout;

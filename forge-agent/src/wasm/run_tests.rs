@@ -230,6 +230,41 @@ fn a_run_is_recorded_and_replays_identically_without_touching_the_world() {
 }
 
 #[test]
+fn a_run_that_cannot_enter_its_confinement_says_so_in_its_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Signers::new(1);
+    let caps = format!("{CAPS}[capabilities]\nclock = true\nrandom = true\n");
+    let pkg = s.signed(&caps, wasm(NONDETERMINISTIC), &[0]).verify(&s.trust(1, 1)).unwrap();
+    let opts = RunOptions {
+        policy: policy_set(),
+        tier: None,
+        monitor: false,
+        args: Vec::new(),
+        inputs: Vec::new(),
+        run_id: Some("r-enter".into()),
+        trace: Some((TraceStore::new(dir.path()), Arc::new(SigningKey::generate().unwrap()))),
+        stdout: Sink::Discard,
+        stderr: Sink::Discard,
+        enter: Some(Box::new(|| Err(std::io::Error::other("cgroup.procs: permission denied")))),
+    };
+    let Err(e) = run_capsule(&Runtime::new(None), &pkg, opts) else { panic!("it ran") };
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    let trace = std::fs::read_dir(dir.path().join("traces"))
+        .or_else(|_| std::fs::read_dir(dir.path()))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "dna"))
+        .expect("the run's trace");
+    let records: Vec<Record> = Records::open(&trace).unwrap().map(|e| e.unwrap().record).collect();
+    let Some(Record::Outcome(o)) = records.iter().rev().find(|r| matches!(r, Record::Outcome(_))) else {
+        panic!("no outcome: {records:?}")
+    };
+    assert!(o.summary.contains("not run") && o.host_calls == Some(0), "{o:?}");
+    assert!(!records.iter().any(|r| matches!(r, Record::HostCall(_))));
+}
+
+#[test]
 fn replay_names_the_first_call_that_differs() {
     let rt = Runtime::new(None);
     let p = rt.prepare(&wasm(NONDETERMINISTIC)).unwrap();
