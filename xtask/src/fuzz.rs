@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use crate::{setup, test::workspace_root};
 
 pub(crate) const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub(crate) const TARGETS: [&str; 5] =
-    ["policy_parse", "bundle_parse", "api_request", "trace_read", "pkg_parse"];
+pub(crate) const TARGETS: [&str; 6] =
+    ["policy_parse", "bundle_parse", "api_request", "trace_read", "pkg_parse", "fleet_parse"];
 
 #[derive(clap::Args)]
 pub(crate) struct FuzzArgs {
