@@ -301,6 +301,33 @@ pub(crate) fn quarantine_propagates_forgeries_refused() -> Result<(), Failed> {
             f.nodes[i].name
         );
     }
+    // node-b's instance the fleet quarantined is released with it.
+    check!(
+        governed(&f.status(1)?).is_some_and(|g| g["tier"] == "trusted"),
+        "node-b's instance is back at its tier: {:?}",
+        governed(&f.status(1)?)
+    );
+    let a = f.audit(1)?;
+    check!(
+        a.iter().any(|e| e["action"] == "release" && e["actor"] == "fleet" && e["cgroup"] == on_b.as_str()),
+        "node-b released its instance: {a:?}"
+    );
+
+    // A quarantine while the bus is down is published when it is back.
+    let again = start_running(&mut f, 0, &pkg)?;
+    f.nats.kill();
+    f.wait_all("bus loss noticed", Duration::from_secs(20), |s| s["fleet"]["connected"] == false)?;
+    let q = Request::Quarantine { cgroup: again, actor: "test".into(), reason: "seen offline".into() };
+    f.call(0, &q)?;
+    std::thread::sleep(Duration::from_millis(300));
+    check!(!compromised(&f.status(1)?), "node-b cannot know yet");
+    f.nats.restart()?;
+    f.wait_all("the offline quarantine reached every node", Duration::from_secs(30), compromised)?;
+    let r = run_capsule(&f, 2, &pkg)?;
+    check!(
+        r.as_ref().is_err_and(|m| m.contains("seen offline")),
+        "node-c refuses it for the offline quarantine: {r:?}"
+    );
     Ok(())
 }
 
