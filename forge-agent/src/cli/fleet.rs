@@ -232,9 +232,10 @@ fn text_line(r: &Value) -> String {
         Some(false) => format!("NOT VERIFIED: {}", s("error")),
         None => "unverified".to_string(),
     };
+    let when = utc(r["time_ms"].as_u64().unwrap_or_default());
     if r["bucket"] == fleet::POLICY_BUCKET {
         format!(
-            "#{} bundle {} v{} signers={} ({verdict})",
+            "#{} {when} bundle {} v{} signers={} ({verdict})",
             r["revision"],
             s("name"),
             r["version"],
@@ -242,16 +243,32 @@ fn text_line(r: &Value) -> String {
         )
     } else {
         format!(
-            "#{} {} {} {} tier={} by={} reason={:?} ({verdict})",
+            "#{} {when} {} {} {} tier={} reason={:?} ({verdict})",
             r["revision"],
             s("issued_by"),
             s("action"),
             s("identity"),
             s("tier"),
-            s("issued_by"),
             s("reason")
         )
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time in milliseconds.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 fn bundle_row(bytes: &[u8], trust: Option<&TrustConfig>, row: &mut Value) -> Result<(), String> {
@@ -300,4 +317,14 @@ fn record_row(
 
 fn tempfile_dir() -> PathBuf {
     std::env::temp_dir().join(format!("forge-fleet-history-{}-{}", std::process::id(), now_ms()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(1_795_839_598_982), "2026-11-28T04:19:58Z");
+    }
 }
