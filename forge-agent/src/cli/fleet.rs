@@ -29,11 +29,19 @@ pub(crate) enum FleetCommand {
     /// it atomically; an unsigned, under-quorum or older bundle is refused
     /// and reported by every agent. With --trust the bundle is checked here
     /// first and not published if it would be refused.
+    #[command(
+        after_help = "Example:\n  forge policy bundle create --name prod --version 8 --out prod-8 policies/\n  \
+forge policy sign prod-8 --key alice.key\n  \
+forge fleet publish prod-8 --nats nats://10.0.0.5:4222 --trust trust.toml"
+    )]
     Publish(PublishArgs),
     /// Clear an identity fleet-wide (operator): every record about it issued
     /// before now stops counting, on every node. Signed with an operator key
     /// (one the agents' --trust lists); `IDENTITY` is `sha3-256:<hex>` or
     /// `cgroup:<path>`.
+    #[command(
+        after_help = "Example:\n  forge fleet release sha3-256:6f1e… --key ops.key --reason \"rebuilt from clean source\""
+    )]
     Release(ReleaseArgs),
     /// The fleet's history: every bundle and trust record still in the
     /// stream, oldest first, with who signed it. With --nodes and --trust
@@ -57,12 +65,15 @@ pub(crate) struct PublishArgs {
     /// Verify against this trust config before publishing.
     #[arg(long, value_name = "FILE")]
     trust: Option<PathBuf>,
+    /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 pub(crate) struct ReleaseArgs {
+    /// What to release: `sha3-256:<hex>` (a capsule or executable digest,
+    /// as `forge status` lists it under fleet) or `cgroup:<path>`.
     identity: String,
     /// The operator's private key.
     #[arg(long, value_name = "FILE")]
@@ -76,6 +87,7 @@ pub(crate) struct ReleaseArgs {
     reason: String,
     #[command(flatten)]
     bus: BusArgs,
+    /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -90,6 +102,7 @@ pub(crate) struct HistoryArgs {
     /// The operators' trust config (as given to the agents' --trust).
     #[arg(long, value_name = "FILE", requires = "nodes")]
     trust: Option<PathBuf>,
+    /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
 }
