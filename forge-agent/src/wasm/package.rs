@@ -71,6 +71,8 @@ pub enum PackageError {
     Signatures(#[from] SignatureError),
     #[error("section MANI: {0}")]
     Inconsistent(String),
+    #[error("section SIGS: the signature lines are not in sorted order (a package has one encoding)")]
+    NonCanonicalSignatures,
     #[error("{0}")]
     Refused(Box<Refusal>),
     #[error("section WASM: {0}")]
@@ -89,7 +91,7 @@ impl PackageError {
             Self::Trailing { .. } => "trailing_bytes",
             Self::Caps(_) => "bad_capsule_manifest",
             Self::Manifest(_) | Self::Inconsistent(_) => "bad_manifest",
-            Self::Signatures(_) => "bad_signatures",
+            Self::Signatures(_) | Self::NonCanonicalSignatures => "bad_signatures",
             Self::Refused(r) => r.code(),
             Self::Module(_) => "invalid_module",
         }
@@ -209,6 +211,10 @@ impl Package {
         let caps = CapsuleManifest::parse(sections[0])?;
         let signed = Manifest::parse(sections[2])?;
         let signatures = Signatures::parse(sections[3])?;
+        // One encoding per package: the signature lines sorted, no repeats.
+        if signatures.to_bytes() != sections[3] {
+            return Err(PackageError::NonCanonicalSignatures);
+        }
         let p =
             Self { caps_bytes: sections[0].to_vec(), caps, module: sections[1].to_vec(), signed, signatures };
         p.check_consistent()?;

@@ -66,6 +66,22 @@ fn the_encoding_is_canonical_and_round_trips() {
     assert_eq!(back.module_digest(), p.module_digest());
 }
 
+#[test]
+fn signature_lines_out_of_order_are_not_a_second_encoding() {
+    let s = Signers::new(2);
+    let bytes = s.signed(CAPS, wasm(HELLO), &[0, 1]).to_bytes();
+    // SIGS is the last section: its two lines, swapped.
+    let at = bytes.windows(4).rposition(|w| w == b"SIGS").unwrap() + 8;
+    let lines: Vec<&[u8]> = bytes[at..].split_inclusive(|b| *b == b'\n').collect();
+    assert_eq!(lines.len(), 2);
+    let mut swapped = bytes[..at].to_vec();
+    swapped.extend_from_slice(lines[1]);
+    swapped.extend_from_slice(lines[0]);
+    let e = parse_err(&swapped);
+    assert_eq!(e.code(), "bad_signatures");
+    assert!(e.to_string().contains("sorted"), "{e}");
+}
+
 fn parse_err(bytes: &[u8]) -> PackageError {
     Package::parse(bytes).expect_err("refused")
 }
