@@ -336,6 +336,7 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
 
     if want.tracepoint != Some(false) {
         let r = (|| -> Result<(), LoadError> {
+            super::tracefs::ensure_tracefs().map_err(|e| fail(TRACEPOINTS[0].0, &e))?;
             for (name, category, tp) in TRACEPOINTS {
                 let p: &mut TracePoint = program(&mut ebpf, name)?;
                 p.load().map_err(|e| fail(name, &e))?;

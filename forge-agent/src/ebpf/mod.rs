@@ -6,6 +6,7 @@ pub mod loader;
 pub mod object;
 pub mod pins;
 pub mod ring;
+pub mod tracefs;
 pub mod writer;
 
 pub use loader::{Active, BackendStatus, Handles, LoadError, Want};
