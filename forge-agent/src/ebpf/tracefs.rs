@@ -25,5 +25,5 @@ pub fn ensure_tracefs() -> io::Result<()> {
 }
 
 fn is_tracefs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|st| st.filesystem_type().0 as i64 == TRACEFS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|st| st.filesystem_type().0 == TRACEFS_MAGIC)
 }
