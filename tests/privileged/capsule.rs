@@ -62,11 +62,11 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn run(dir: &Path, args: &[&str]) -> Result<Output, Failed> {
+pub(crate) fn run(dir: &Path, args: &[&str]) -> Result<Output, Failed> {
     Command::new(forge_binary()).current_dir(dir).args(args).env("LANG", "C.UTF-8").output().map_err(fail)
 }
 
-fn ok(dir: &Path, args: &[&str]) -> Result<String, Failed> {
+pub(crate) fn ok(dir: &Path, args: &[&str]) -> Result<String, Failed> {
     let out = run(dir, args)?;
     if !out.status.success() {
         return Err(format!(
@@ -79,14 +79,14 @@ fn ok(dir: &Path, args: &[&str]) -> Result<String, Failed> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn json(out: &Output) -> Result<Value, Failed> {
+pub(crate) fn json(out: &Output) -> Result<Value, Failed> {
     serde_json::from_slice(&out.stdout).map_err(|e| {
         format!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
             .into()
     })
 }
 
-fn check(cond: bool, what: &str) -> Result<(), Failed> {
+pub(crate) fn check(cond: bool, what: &str) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(what.into()) }
 }
 
@@ -94,7 +94,7 @@ fn args_of(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn traces(data: &Path) -> Vec<PathBuf> {
+pub(crate) fn traces(data: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(data.join("traces"))
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))

@@ -11,6 +11,7 @@ mod agent_restart;
 mod api;
 mod capsule;
 mod capsule_api;
+mod capsule_component;
 mod differential;
 mod doctor;
 mod fleet;
@@ -158,6 +159,12 @@ fn main() {
             &[],
             vec![("clang", || std::path::PathBuf::from(capsule::CLANG)), ("forge", sigterm::forge_binary)],
             capsule::c_program_under_the_gate,
+        ),
+        trial_with_programs(
+            "capsule_c_program_as_a_wasi_component_under_the_gate",
+            &[],
+            vec![("clang", || std::path::PathBuf::from(capsule::CLANG)), ("forge", sigterm::forge_binary)],
+            capsule_component::c_component_under_the_gate,
         ),
         trial_with_program(
             "capsule_run_through_the_agent_kernel_backs_up_the_gate",

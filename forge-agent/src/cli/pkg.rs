@@ -58,6 +58,11 @@ pub(crate) struct BuildArgs {
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
+    /// Make the module a WASI 0.2 component first: a preview1 command
+    /// module (what `clang --target=wasm32-wasi` builds) is wrapped with
+    /// Wasmtime's preview1 adapter, and the package carries the component.
+    #[arg(long)]
+    component: bool,
     /// Overwrite the output file.
     #[arg(long)]
     force: bool,
@@ -208,6 +213,11 @@ fn build(a: &BuildArgs) -> anyhow::Result<ExitCode> {
         raw
     } else {
         wat::parse_bytes(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", a.module.display()))?.into_owned()
+    };
+    let module = if a.component {
+        wasm::component::from_preview1(&module).map_err(|e| anyhow::anyhow!("{}: {e}", a.module.display()))?
+    } else {
+        module
     };
     if let Err(e) = wasm::validate(&module) {
         anyhow::bail!("{}: {e}", a.module.display());
@@ -360,7 +370,7 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
         super::print_json(&json!({
             "package": a.package, "manifest": m,
             "module_sha3": pkg.module_digest().to_hex(), "package_sha3": pkg.package_digest().to_hex(),
-            "module_bytes": pkg.module().len(), "digests_match": digests_ok.is_ok(),
+            "module_bytes": pkg.module().len(), "module_kind": wasm::module_kind(pkg.module()), "digests_match": digests_ok.is_ok(),
             "signature_keys": keys,
             "verified": verified.as_ref().map(|v| match v { Ok(ids) => json!({"ok": true, "signers": ids}), Err(e) => json!({"ok": false, "error": e}) }),
             "policy": granted.as_ref().map(|(name, tier, g)| json!({"policies": name, "tier": tier, "grants": g})),
@@ -371,7 +381,9 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = &m.description {
         println!("  {d}");
     }
-    println!("  module sha3-256:{} ({} bytes)", pkg.module_digest().to_hex(), pkg.module().len());
+    let kind =
+        if wasm::is_component(pkg.module()) { "WASI 0.2 component" } else { "core module, WASI preview1" };
+    println!("  module sha3-256:{} ({} bytes, {kind})", pkg.module_digest().to_hex(), pkg.module().len());
     println!("  package sha3-256:{}", pkg.package_digest().to_hex());
     match &digests_ok {
         Ok(()) => println!("  payloads match the signed manifest"),

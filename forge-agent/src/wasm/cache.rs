@@ -18,7 +18,7 @@ use std::{
 };
 
 use rand_core::RngCore as _;
-use wasmtime::{Engine, Module};
+use wasmtime::{Engine, Module, component::Component};
 
 use crate::sign::Digest;
 
@@ -83,8 +83,8 @@ impl ModuleCache {
         h.finalize().into()
     }
 
-    /// The cached module, if present, intact and loadable by this engine.
-    pub fn load(&self, engine: &Engine, digest: &Digest) -> Option<Module> {
+    /// The cached artifact for `digest`, if present and intact.
+    fn artifact(&self, digest: &Digest) -> Option<(PathBuf, Vec<u8>)> {
         let path = self.path(digest);
         let bytes = fs::read(&path).ok()?;
         let rest = bytes.strip_prefix(HEADER)?;
@@ -99,11 +99,18 @@ impl ModuleCache {
             tracing::warn!(path = %path.display(), "a cached module failed its integrity check; compiling again");
             return None;
         }
+        Some((path, artifact.to_vec()))
+    }
+
+    /// The cached module, if present, intact and loadable by this engine.
+    pub fn load(&self, engine: &Engine, digest: &Digest) -> Option<Module> {
+        let (path, artifact) = self.artifact(digest)?;
         // SAFETY: Module::deserialize trusts its input to be an artifact
-        // Wasmtime produced. These bytes are: the tag above is keyed with a
-        // secret only this cache's owner can read, and it covers every byte
-        // of the artifact as `store` wrote it. Wasmtime still checks the
-        // version and configuration and errors (a miss) if they differ.
+        // Wasmtime produced. These bytes are: the tag checked in `artifact`
+        // is keyed with a secret only this cache's owner can read, and it
+        // covers every byte of the artifact as `store` wrote it. Wasmtime
+        // still checks the version and configuration and errors (a miss)
+        // if they differ.
         match unsafe { Module::deserialize(engine, artifact) } {
             Ok(m) => Some(m),
             Err(e) => {
@@ -113,10 +120,34 @@ impl ModuleCache {
         }
     }
 
+    /// The cached component, if present, intact and loadable by this engine.
+    pub fn load_component(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
+        let (path, artifact) = self.artifact(digest)?;
+        // SAFETY: as in `load`: the keyed tag proves `store_component`
+        // wrote these bytes from Wasmtime's own serialization, and
+        // Wasmtime checks the version and configuration.
+        match unsafe { Component::deserialize(engine, artifact) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::info!(path = %path.display(), error = %e, "cached component not usable by this engine; compiling again");
+                None
+            }
+        }
+    }
+
     /// Stores `module` (compiled from the module with `digest`).
     pub fn store(&self, digest: &Digest, module: &Module) -> Result<(), CacheError> {
+        self.store_artifact(digest, module.serialize())
+    }
+
+    /// Stores `component` (compiled from the component with `digest`).
+    pub fn store_component(&self, digest: &Digest, component: &Component) -> Result<(), CacheError> {
+        self.store_artifact(digest, component.serialize())
+    }
+
+    fn store_artifact(&self, digest: &Digest, artifact: wasmtime::Result<Vec<u8>>) -> Result<(), CacheError> {
         let path = self.path(digest);
-        let artifact = module.serialize().map_err(|e| CacheError {
+        let artifact = artifact.map_err(|e| CacheError {
             path: path.clone(),
             source: std::io::Error::other(format!("{e:#}")),
         })?;

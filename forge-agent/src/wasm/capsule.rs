@@ -64,7 +64,6 @@ impl CapsuleError {
             Self::NotGranted(_) => "not_granted",
             Self::Intent { .. } => "unintended_input",
             Self::Input { .. } => "bad_input",
-            Self::Prepare(PrepareError::Component) => "component_module",
             Self::Prepare(_) => "invalid_module",
             Self::Trace(_) => "trace_failed",
             Self::Enter(_) => "confinement_failed",

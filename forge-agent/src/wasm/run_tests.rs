@@ -18,7 +18,7 @@ use crate::{
     sign::SigningKey,
 };
 
-fn live(gate: Box<dyn Gate>, max_open: u32) -> Live {
+pub(super) fn live(gate: Box<dyn Gate>, max_open: u32) -> Live {
     let mut l = Live::new(gate, vec!["t".into()], Vec::new(), max_open);
     l.stdout = Sink::Capture(Vec::new());
     l.stderr = Sink::Capture(Vec::new());
@@ -31,7 +31,7 @@ fn run_wat(wat: &str, limits: &Limits, gate: Box<dyn Gate>) -> RunResult {
     run(&p, "_start", limits, live(gate, limits.max_open_files), Journal::live(None))
 }
 
-fn stdout(r: &RunResult) -> String {
+pub(super) fn stdout(r: &RunResult) -> String {
     match &r.ctx.live.stdout {
         Sink::Capture(v) => String::from_utf8_lossy(v).into_owned(),
         _ => String::new(),
@@ -58,7 +58,7 @@ fn open_and_exit(path: &str, write: bool) -> String {
     )
 }
 
-fn gate(caps: &str, policy: &str) -> Box<dyn Gate> {
+pub(super) fn gate(caps: &str, policy: &str) -> Box<dyn Gate> {
     let m = CapsuleManifest::parse(format!("name = \"g\"\nversion = 1\n[capabilities]\n{caps}").as_bytes())
         .unwrap();
     let set = PolicySet::from_docs(vec![Policy::from_yaml(policy, "p.yaml").unwrap()]).unwrap();
@@ -138,8 +138,9 @@ fn limits_end_the_run_with_a_reason() {
 #[test]
 fn modules_the_host_cannot_run_are_refused_before_running() {
     let rt = Runtime::new(None);
+    // An empty component: nothing to run (components run wasi:cli/run).
     let component = b"\0asm\x0d\0\x01\0".to_vec();
-    assert!(matches!(rt.prepare(&component), Err(PrepareError::Component)));
+    assert!(matches!(rt.prepare(&component), Err(PrepareError::NoRun)));
     let foreign = r#"(module (import "env" "system" (func (param i32))) (func (export "_start")))"#;
     let e = rt.prepare(&wasm(foreign)).err().unwrap();
     assert!(e.to_string().contains("env.system"), "{e}");

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use wasmtime::{Config, Engine, InstancePre, Module, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstancePre, Module, Store, Trap,
+    component::{self, Component, ComponentExportIndex},
+};
 
 use super::{
     cache::ModuleCache,
@@ -15,6 +18,7 @@ use super::{
         self, Ctx, Denied, Exit, Live, MemoryLimit, StoreLimits,
         journal::{Divergence, Journal, RecordFailed},
     },
+    is_component,
     manifest::Limits,
 };
 use crate::sign::{Digest, sha3_256};
@@ -48,8 +52,8 @@ pub fn engine() -> &'static Engine {
 /// Why a module could not be prepared to run.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    #[error("the module is a component; this agent runs core modules (a component capsule is refused)")]
-    Component,
+    #[error("the component exports no wasi:cli/run@0.2 (a component capsule is a WASI 0.2 command)")]
+    NoRun,
     #[error("the module fails validation: {0}")]
     Invalid(String),
     #[error("{0}")]
@@ -65,13 +69,26 @@ pub enum Source {
     Memory,
 }
 
-/// A module ready to instantiate.
+/// A module or component ready to instantiate.
 #[derive(Clone)]
 pub struct Prepared {
     pub digest: Digest,
     pub source: Source,
-    pub module: Module,
-    pre: InstancePre<Ctx>,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Core(InstancePre<Ctx>),
+    /// A component and its `wasi:cli/run` function.
+    Component(component::InstancePre<Ctx>, ComponentExportIndex),
+}
+
+impl Prepared {
+    /// Whether this is a component (WASI 0.2) rather than a core module.
+    pub fn is_component(&self) -> bool {
+        matches!(self.kind, Kind::Component(..))
+    }
 }
 
 /// Compiles and runs capsules.
@@ -80,17 +97,29 @@ pub struct Runtime {
     prepared: Mutex<HashMap<Digest, Prepared>>,
 }
 
-/// Whether `bytes` is a component rather than a core module (the layer field of the preamble).
-fn is_component(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
-}
-
-/// Checks that `bytes` is a valid core module this engine can run.
+/// Checks that `bytes` is a valid core module or component this engine
+/// can run (a component is compiled to be checked, and must import only
+/// what the host provides and export `wasi:cli/run`).
 pub fn validate(bytes: &[u8]) -> Result<(), PrepareError> {
     if is_component(bytes) {
-        return Err(PrepareError::Component);
+        let c = Component::new(engine(), bytes).map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+        return check_component(&c).map(|_| ());
     }
     Module::validate(engine(), bytes).map_err(|e| PrepareError::Invalid(format!("{e:#}")))
+}
+
+/// The component's `wasi:cli/run` function, once its imports are known
+/// to be ones the host provides.
+fn check_component(c: &Component) -> Result<ComponentExportIndex, PrepareError> {
+    let ty = c.component_type();
+    for (name, _) in ty.imports(engine()) {
+        if !host::p2::provides(name) {
+            return Err(host::LinkError::UnknownInterface(name.to_string()).into());
+        }
+    }
+    let run = ty.exports(engine()).map(|(n, _)| n).find(|n| n.starts_with("wasi:cli/run@0.2."));
+    let run = run.and_then(|n| c.get_export_index(None, n)).ok_or(PrepareError::NoRun)?;
+    c.get_export_index(Some(&run), "run").ok_or(PrepareError::NoRun)
 }
 
 impl Runtime {
@@ -105,7 +134,7 @@ impl Runtime {
             return Ok(Prepared { source: Source::Memory, ..p.clone() });
         }
         if is_component(bytes) {
-            return Err(PrepareError::Component);
+            return self.prepare_component(digest, bytes);
         }
         let engine = engine();
         let (module, source) = match self.cache.as_ref().and_then(|c| c.load(engine, &digest)) {
@@ -123,7 +152,30 @@ impl Runtime {
         let pre = host::linker(engine, &module)?
             .instantiate_pre(&module)
             .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
-        let p = Prepared { digest, source, module, pre };
+        let p = Prepared { digest, source, kind: Kind::Core(pre) };
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, p.clone());
+        Ok(p)
+    }
+
+    fn prepare_component(&self, digest: Digest, bytes: &[u8]) -> Result<Prepared, PrepareError> {
+        let engine = engine();
+        let (component, source) = match self.cache.as_ref().and_then(|c| c.load_component(engine, &digest)) {
+            Some(c) => (c, Source::DiskCache),
+            None => {
+                let c = Component::new(engine, bytes).map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+                if let Some(cache) = &self.cache
+                    && let Err(e) = cache.store_component(&digest, &c)
+                {
+                    tracing::warn!(error = %e, "could not cache the compiled component");
+                }
+                (c, Source::Compiled)
+            }
+        };
+        let run = check_component(&component)?;
+        let pre = host::component_linker(engine)?
+            .instantiate_pre(&component)
+            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+        let p = Prepared { digest, source, kind: Kind::Component(pre, run) };
         self.prepared.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, p.clone());
         Ok(p)
     }
@@ -229,7 +281,8 @@ fn classify(e: &wasmtime::Error, limits: &Limits) -> End {
 /// `journal` (record or replay), held to `limits`.
 pub fn run(prepared: &Prepared, entry: &str, limits: &Limits, live: Live, journal: Journal) -> RunResult {
     let memory_bytes = (limits.memory_mib as usize) << 20;
-    let mut store = Store::new(engine(), Ctx::new(live, journal, StoreLimits { memory_bytes }));
+    let deadline = Instant::now() + Duration::from_millis(limits.deadline_ms);
+    let mut store = Store::new(engine(), Ctx::new(live, journal, StoreLimits { memory_bytes, deadline }));
     store.limiter(|c| c as &mut dyn wasmtime::ResourceLimiter);
     let fuel = if limits.fuel > 0 { limits.fuel } else { u64::MAX };
     let start = Instant::now();
@@ -237,18 +290,9 @@ pub fn run(prepared: &Prepared, entry: &str, limits: &Limits, live: Live, journa
         Err(e) => End::Failed { error: format!("{e:#}") },
         Ok(()) => {
             store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
-            match prepared.pre.instantiate(&mut store) {
-                Err(e) => match classify(&e, limits) {
-                    End::Trapped { trap } => End::Failed { error: trap },
-                    other => other,
-                },
-                Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, entry) {
-                    Err(e) => End::Failed { error: format!("entry point {entry:?}: {e:#}") },
-                    Ok(f) => match f.call(&mut store, ()) {
-                        Ok(()) => End::Exited { code: 0 },
-                        Err(e) => classify(&e, limits),
-                    },
-                },
+            match &prepared.kind {
+                Kind::Core(pre) => run_core(pre, &mut store, entry, limits),
+                Kind::Component(pre, run) => run_component(pre, run, &mut store, limits),
             }
         }
     };
@@ -265,6 +309,48 @@ pub fn run(prepared: &Prepared, entry: &str, limits: &Limits, live: Live, journa
         denied: std::mem::take(&mut ctx.denied),
         elapsed,
         ctx,
+    }
+}
+
+/// A failure to instantiate is a failure to start (unless a limit or the
+/// journal ended it).
+fn not_started(e: &wasmtime::Error, limits: &Limits) -> End {
+    match classify(e, limits) {
+        End::Trapped { trap } => End::Failed { error: trap },
+        other => other,
+    }
+}
+
+fn run_core(pre: &InstancePre<Ctx>, store: &mut Store<Ctx>, entry: &str, limits: &Limits) -> End {
+    match pre.instantiate(&mut *store) {
+        Err(e) => not_started(&e, limits),
+        Ok(instance) => match instance.get_typed_func::<(), ()>(&mut *store, entry) {
+            Err(e) => End::Failed { error: format!("entry point {entry:?}: {e:#}") },
+            Ok(f) => match f.call(&mut *store, ()) {
+                Ok(()) => End::Exited { code: 0 },
+                Err(e) => classify(&e, limits),
+            },
+        },
+    }
+}
+
+/// A component runs its `wasi:cli/run`: `ok` is code 0, `err` code 1.
+fn run_component(
+    pre: &component::InstancePre<Ctx>,
+    run: &ComponentExportIndex,
+    store: &mut Store<Ctx>,
+    limits: &Limits,
+) -> End {
+    match pre.instantiate(&mut *store) {
+        Err(e) => not_started(&e, limits),
+        Ok(instance) => match instance.get_typed_func::<(), (Result<(), ()>,)>(&mut *store, run) {
+            Err(e) => End::Failed { error: format!("wasi:cli/run: {e:#}") },
+            Ok(f) => match f.call(&mut *store, ()) {
+                Ok((Ok(()),)) => End::Exited { code: 0 },
+                Ok((Err(()),)) => End::Exited { code: 1 },
+                Err(e) => classify(&e, limits),
+            },
+        },
     }
 }
 

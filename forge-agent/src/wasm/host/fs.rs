@@ -38,21 +38,21 @@ pub(super) use ok_or_errno;
 const RIGHT_FD_READ: u64 = 1 << 1;
 const RIGHT_FD_WRITE: u64 = 1 << 6;
 const RIGHT_FD_READDIR: u64 = 1 << 14;
-const OFLAG_CREAT: i32 = 1;
-const OFLAG_DIRECTORY: i32 = 2;
-const OFLAG_EXCL: i32 = 4;
-const OFLAG_TRUNC: i32 = 8;
+pub(super) const OFLAG_CREAT: i32 = 1;
+pub(super) const OFLAG_DIRECTORY: i32 = 2;
+pub(super) const OFLAG_EXCL: i32 = 4;
+pub(super) const OFLAG_TRUNC: i32 = 8;
 const FDFLAG_APPEND: i32 = 1;
 /// Largest read or directory listing served in one call.
 const MAX_IO: u32 = 1 << 20;
 
 /// The absolute path `path` names from directory descriptor `dirfd`.
-fn path_from(live: &Live, dirfd: i32, path: &str) -> Result<String, Errno> {
+pub(super) fn path_from(live: &Live, dirfd: i32, path: &str) -> Result<String, Errno> {
     let base = live.fds.get(dirfd)?.dir_path().ok_or(errno::NOTDIR)?;
     Ok(resolve(base, path))
 }
 
-fn open_no_symlinks(path: &str, flags: OFlag) -> Result<File, Errno> {
+pub(super) fn open_no_symlinks(path: &str, flags: OFlag) -> Result<File, Errno> {
     let mut how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -84,51 +84,63 @@ pub fn path_open(
         || oflags & (OFLAG_CREAT | OFLAG_TRUNC) != 0
         || fdflags & FDFLAG_APPEND != 0;
     let args = json!({"dirfd": dirfd, "path": rel, "oflags": oflags, "read": read, "write": write, "fdflags": fdflags});
-    let r = ctx.call("path_open", args, |live| {
-        let path = match path_from(live, dirfd, &rel) {
-            Ok(p) => p,
-            Err(e) => return answer(e),
-        };
-        if (read && !live.allow(&Facility::FileRead(&path)))
-            || (write && !live.allow(&Facility::FileWrite(&path)))
-        {
-            return json!({"errno": errno::ACCES, "path": path});
-        }
-        let mut flags = match (read, write) {
-            (_, false) => OFlag::O_RDONLY,
-            (false, true) => OFlag::O_WRONLY,
-            (true, true) => OFlag::O_RDWR,
-        };
-        for (bit, flag) in [
-            (OFLAG_CREAT, OFlag::O_CREAT),
-            (OFLAG_DIRECTORY, OFlag::O_DIRECTORY),
-            (OFLAG_EXCL, OFlag::O_EXCL),
-            (OFLAG_TRUNC, OFlag::O_TRUNC),
-        ] {
-            if oflags & bit != 0 {
-                flags |= flag;
-            }
-        }
-        if fdflags & FDFLAG_APPEND != 0 {
-            flags |= OFlag::O_APPEND;
-        }
-        let file = match open_no_symlinks(&path, flags) {
-            Ok(f) => f,
-            Err(e) => return json!({"errno": e, "path": path}),
-        };
-        let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
-        let entry =
-            if is_dir { Fd::Dir { path: path.clone() } } else { Fd::File { file, path: path.clone() } };
-        match live.fds.insert(entry) {
-            Ok(fd) => json!({"errno": 0, "fd": fd, "path": path}),
-            Err(e) => answer(e),
-        }
-    })?;
+    let r = ctx.call("path_open", args, |live| open_path(live, dirfd, &rel, read, write, oflags, fdflags))?;
     let e = errno_of(&r);
     if e == 0 {
         ok_or_errno!(mem::put_u32(mem, out, field(&r, "fd") as u32));
     }
     Ok(i32::from(e))
+}
+
+/// Opens `rel` from directory descriptor `dirfd` for reading and/or
+/// writing (preview1 `oflags` and `fdflags` bits), once the gate allows
+/// it; the answer names the descriptor and the absolute path.
+pub(super) fn open_path(
+    live: &mut Live,
+    dirfd: i32,
+    rel: &str,
+    read: bool,
+    write: bool,
+    oflags: i32,
+    fdflags: i32,
+) -> Value {
+    let path = match path_from(live, dirfd, rel) {
+        Ok(p) => p,
+        Err(e) => return answer(e),
+    };
+    if (read && !live.allow(&Facility::FileRead(&path)))
+        || (write && !live.allow(&Facility::FileWrite(&path)))
+    {
+        return json!({"errno": errno::ACCES, "path": path});
+    }
+    let mut flags = match (read, write) {
+        (_, false) => OFlag::O_RDONLY,
+        (false, true) => OFlag::O_WRONLY,
+        (true, true) => OFlag::O_RDWR,
+    };
+    for (bit, flag) in [
+        (OFLAG_CREAT, OFlag::O_CREAT),
+        (OFLAG_DIRECTORY, OFlag::O_DIRECTORY),
+        (OFLAG_EXCL, OFlag::O_EXCL),
+        (OFLAG_TRUNC, OFlag::O_TRUNC),
+    ] {
+        if oflags & bit != 0 {
+            flags |= flag;
+        }
+    }
+    if fdflags & FDFLAG_APPEND != 0 {
+        flags |= OFlag::O_APPEND;
+    }
+    let file = match open_no_symlinks(&path, flags) {
+        Ok(f) => f,
+        Err(e) => return json!({"errno": e, "path": path}),
+    };
+    let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+    let entry = if is_dir { Fd::Dir { path: path.clone() } } else { Fd::File { file, path: path.clone() } };
+    match live.fds.insert(entry) {
+        Ok(fd) => json!({"errno": 0, "fd": fd, "path": path}),
+        Err(e) => answer(e),
+    }
 }
 
 /// A file or a socket.
@@ -307,7 +319,7 @@ pub fn fd_prestat_dir_name(mut c: Caller<'_, Ctx>, fd: i32, path: i32, len: i32)
     Ok(i32::from(e))
 }
 
-fn filestat(m: &std::fs::Metadata) -> Value {
+pub(super) fn filestat(m: &std::fs::Metadata) -> Value {
     let ft = if m.is_dir() {
         filetype::DIRECTORY
     } else if m.is_file() {
@@ -318,6 +330,21 @@ fn filestat(m: &std::fs::Metadata) -> Value {
     json!({"errno": 0, "filetype": ft, "size": m.len(), "nlink": m.nlink(), "ino": m.ino(), "dev": m.dev(),
            "atim": m.atime().max(0) as u64 * 1_000_000_000, "mtim": m.mtime().max(0) as u64 * 1_000_000_000,
            "ctim": m.ctime().max(0) as u64 * 1_000_000_000})
+}
+
+/// The status of `rel` from directory descriptor `dirfd`, gated as a read.
+pub(super) fn stat_path(live: &mut Live, dirfd: i32, rel: &str) -> Value {
+    let path = match path_from(live, dirfd, rel) {
+        Ok(p) => p,
+        Err(e) => return answer(e),
+    };
+    if !live.allow(&Facility::FileRead(&path)) {
+        return json!({"errno": errno::ACCES, "path": path});
+    }
+    match open_no_symlinks(&path, OFlag::O_PATH).and_then(|f| f.metadata().map_err(|e| errno::from_io(&e))) {
+        Ok(m) => filestat(&m),
+        Err(e) => answer(e),
+    }
 }
 
 fn put_filestat(mem: &mut [u8], out: i32, r: &Value) -> Result<(), Errno> {
@@ -359,19 +386,7 @@ pub fn path_filestat_get(
     let (mem, ctx) = memory(&mut c)?;
     let rel = ok_or_errno!(mem::str_at(mem, path, len)).to_string();
     let r = ctx.call("path_filestat_get", json!({"dirfd": dirfd, "path": rel}), |live| {
-        let path = match path_from(live, dirfd, &rel) {
-            Ok(p) => p,
-            Err(e) => return answer(e),
-        };
-        if !live.allow(&Facility::FileRead(&path)) {
-            return json!({"errno": errno::ACCES, "path": path});
-        }
-        match open_no_symlinks(&path, OFlag::O_PATH)
-            .and_then(|f| f.metadata().map_err(|e| errno::from_io(&e)))
-        {
-            Ok(m) => filestat(&m),
-            Err(e) => answer(e),
-        }
+        stat_path(live, dirfd, &rel)
     })?;
     let e = errno_of(&r);
     if e == 0 {
@@ -421,16 +436,7 @@ pub fn fd_readdir(
 fn dirents(path: &str, cookie: u64, cap: usize) -> Result<Vec<u8>, Errno> {
     let mut names: Vec<(String, u8, u64)> =
         vec![(".".into(), filetype::DIRECTORY, 0), ("..".into(), filetype::DIRECTORY, 0)];
-    for e in std::fs::read_dir(path).map_err(|e| errno::from_io(&e))? {
-        let e = e.map_err(|e| errno::from_io(&e))?;
-        let ft = match e.file_type() {
-            Ok(t) if t.is_dir() => filetype::DIRECTORY,
-            Ok(t) if t.is_file() => filetype::REGULAR_FILE,
-            _ => 0,
-        };
-        names.push((e.file_name().to_string_lossy().into_owned(), ft, e.ino()));
-    }
-    names[2..].sort();
+    names.extend(entries(path)?);
     let mut out = Vec::new();
     for (i, (name, ft, ino)) in names.iter().enumerate().skip(cookie as usize) {
         // d_next u64, d_ino u64, d_namlen u32, d_type u8, 3 bytes padding, then the name.
@@ -447,6 +453,23 @@ fn dirents(path: &str, cookie: u64, cap: usize) -> Result<Vec<u8>, Errno> {
     Ok(out)
 }
 
+/// The directory's entries (name, WASI file type, inode), sorted by name,
+/// without `.` and `..`.
+pub(super) fn entries(path: &str) -> Result<Vec<(String, u8, u64)>, Errno> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(path).map_err(|e| errno::from_io(&e))? {
+        let e = e.map_err(|e| errno::from_io(&e))?;
+        let ft = match e.file_type() {
+            Ok(t) if t.is_dir() => filetype::DIRECTORY,
+            Ok(t) if t.is_file() => filetype::REGULAR_FILE,
+            _ => 0,
+        };
+        names.push((e.file_name().to_string_lossy().into_owned(), ft, e.ino()));
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// `path_unlink_file`, `path_create_directory`, `path_remove_directory`:
 /// a change to one path, gated as a write.
 fn change(
@@ -459,20 +482,29 @@ fn change(
 ) -> wasmtime::Result<i32> {
     let (mem, ctx) = memory(&mut c)?;
     let rel = ok_or_errno!(mem::str_at(mem, path, len)).to_string();
-    let r = ctx.call(name, json!({"dirfd": dirfd, "path": rel}), |live| {
-        let path = match path_from(live, dirfd, &rel) {
-            Ok(p) => p,
-            Err(e) => return answer(e),
-        };
-        if !live.allow(&Facility::FileWrite(&path)) {
-            return json!({"errno": errno::ACCES, "path": path});
-        }
-        match op(&path) {
-            Ok(()) => json!({"errno": 0, "path": path}),
-            Err(e) => answer(errno::from_io(&e)),
-        }
-    })?;
+    let r =
+        ctx.call(name, json!({"dirfd": dirfd, "path": rel}), |live| change_path(live, dirfd, &rel, op))?;
     Ok(i32::from(errno_of(&r)))
+}
+
+/// Applies `op` to `rel` from directory descriptor `dirfd`, gated as a write.
+pub(super) fn change_path(
+    live: &mut Live,
+    dirfd: i32,
+    rel: &str,
+    op: fn(&str) -> std::io::Result<()>,
+) -> Value {
+    let path = match path_from(live, dirfd, rel) {
+        Ok(p) => p,
+        Err(e) => return answer(e),
+    };
+    if !live.allow(&Facility::FileWrite(&path)) {
+        return json!({"errno": errno::ACCES, "path": path});
+    }
+    match op(&path) {
+        Ok(()) => json!({"errno": 0, "path": path}),
+        Err(e) => answer(errno::from_io(&e)),
+    }
 }
 
 pub fn path_unlink_file(c: Caller<'_, Ctx>, dirfd: i32, path: i32, len: i32) -> wasmtime::Result<i32> {

@@ -17,6 +17,10 @@ pub enum LinkError {
         "the module imports {module}.{name}, which this host does not provide (it provides {WASI_MODULE} and {HOST_MODULE})"
     )]
     UnknownImport { module: String, name: String },
+    #[error(
+        "the component imports {0}, which this host does not provide (it provides WASI 0.2 cli, clocks, filesystem, random and io; not sockets)"
+    )]
+    UnknownInterface(String),
     #[error("the module imports {module}.{name} as something other than a function")]
     NotAFunction { module: String, name: String },
     #[error("linking: {0}")]
@@ -74,6 +78,20 @@ pub fn linker(engine: &Engine, module: &Module) -> Result<Linker<Ctx>, LinkError
         .map_err(|e| LinkError::Wasmtime(format!("{e:#}")))?;
     }
     Ok(l)
+}
+
+/// A component linker with the WASI 0.2 host (defined once per engine).
+pub fn component_linker(engine: &Engine) -> Result<wasmtime::component::Linker<Ctx>, LinkError> {
+    static BASE: std::sync::OnceLock<(Engine, wasmtime::component::Linker<Ctx>)> = std::sync::OnceLock::new();
+    match BASE.get() {
+        Some((e, l)) if Engine::same(e, engine) => Ok(l.clone()),
+        _ => {
+            let mut l = wasmtime::component::Linker::new(engine);
+            super::p2::add_to_linker(&mut l).map_err(|e| LinkError::Wasmtime(format!("{e:#}")))?;
+            let _ = BASE.set((engine.clone(), l.clone()));
+            Ok(l)
+        }
+    }
 }
 
 /// The preview1 functions [`add_host`] defines.

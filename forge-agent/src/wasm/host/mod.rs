@@ -14,6 +14,7 @@
 //! | [`sys`] | args, env, clocks, random, exit |
 //! | [`net`] | `forge.sock_connect` |
 //! | [`link`] | the linker: every import the module asks for |
+//! | [`p2`] | the WASI 0.2 host for component capsules |
 
 pub mod errno;
 mod fds;
@@ -22,6 +23,7 @@ pub mod journal;
 pub mod link;
 pub mod mem;
 mod net;
+pub mod p2;
 mod sys;
 
 use std::io::Write as _;
@@ -33,7 +35,7 @@ use wasmtime::{Caller, Memory};
 use self::{errno::Errno, fds::FdTable, journal::Journal};
 use super::gate::{Decision, Denial, Facility, Gate};
 
-pub use link::{HOST_MODULE, LinkError, WASI_MODULE, linker};
+pub use link::{HOST_MODULE, LinkError, WASI_MODULE, component_linker, linker};
 
 /// Where a capsule's stdout or stderr goes when it runs live.
 pub enum Sink {
@@ -114,6 +116,9 @@ impl Live {
 /// Resource limits a run is held to (the store's limiter).
 pub struct StoreLimits {
     pub memory_bytes: usize,
+    /// When the run's deadline passes: a host call that waits (a WASI 0.2
+    /// poll) waits no longer than this.
+    pub deadline: std::time::Instant,
 }
 
 /// The store's data: everything the host calls work with.
@@ -123,6 +128,8 @@ pub struct Ctx {
     pub limits: StoreLimits,
     output: Sha3_256,
     pub denied: Vec<Denied>,
+    /// What a component's handles stand for.
+    p2: p2::State,
 }
 
 /// Ends a run from inside a host call (the capsule called `proc_exit`).
@@ -140,7 +147,7 @@ pub struct MemoryLimit {
 
 impl Ctx {
     pub fn new(live: Live, journal: Journal, limits: StoreLimits) -> Self {
-        Self { live, journal, limits, output: Sha3_256::new(), denied: Vec::new() }
+        Self { live, journal, limits, output: Sha3_256::new(), denied: Vec::new(), p2: p2::State::default() }
     }
 
     /// sha3-256 of what the capsule wrote to stdout and stderr so far.

@@ -48,7 +48,7 @@ pub fn args_get(mut c: Caller<'_, Ctx>, ptrs: i32, buf: i32) -> wasmtime::Result
 
 /// The variables the gate lets the capsule see, as `NAME=value`; the
 /// others are left out (and recorded as denied).
-fn visible_env(live: &mut super::Live) -> Value {
+pub(super) fn visible_env(live: &mut super::Live) -> Value {
     let vars = live.env.clone();
     let mut env = Vec::new();
     let mut denied = Vec::new();
@@ -76,7 +76,7 @@ pub fn environ_get(mut c: Caller<'_, Ctx>, ptrs: i32, buf: i32) -> wasmtime::Res
     Ok(i32::from(errno_of(&r)))
 }
 
-fn now(id: i32) -> Result<u64, errno::Errno> {
+pub(super) fn now(id: i32) -> Result<u64, errno::Errno> {
     use nix::time::{ClockId, clock_gettime};
     let clock = match id {
         0 => ClockId::CLOCK_REALTIME,
