@@ -6,7 +6,8 @@
 //! run with an allow-all gate. Every call is journaled in both arms. Writes
 //! to stdout are not a gated facility (the gate is not asked), so that
 //! variant's difference is a control: the noise floor of the comparison.
-//! Goals: verify ≤1 ms, warm start ≤100 µs, gate ≤100 ns per call. Run with
+//! The start is measured again for the same program as a WASI 0.2
+//! component. Goals: verify ≤1 ms, warm start ≤100 µs, gate ≤100 ns per call. Run with
 //! `cargo bench -p forge-agent --bench wasm`, or `cargo xtask bench`, whose
 //! report adds the ratios derived from the medians of the same run.
 
@@ -194,6 +195,47 @@ fn start(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same tiny program as a WASI 0.2 component (wrapped with the
+/// preview1 adapter): compiled, from the disk cache, from memory.
+fn start_component(c: &mut Criterion) {
+    let tiny = wat::parse_str(TINY).expect("the tiny module assembles");
+    let component = forge_agent::wasm::component::from_preview1(&tiny).expect("the component encodes");
+    // Started as the agent starts a capsule: from its verified package,
+    // whose module digest verification already checked.
+    let key = SigningKey::generate().expect("a key");
+    let trust = TrustConfig::new(1, vec![TrustedKey { key: key.public_key(), label: "k".into() }], "bench")
+        .expect("a 1-of-1 trust configuration");
+    let mut pkg = Package::build(CAPSULE_TOML.as_bytes().to_vec(), component.clone()).expect("builds");
+    pkg.sign(&key).expect("signing");
+    let pkg = pkg.verify(&trust).expect("verifies");
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("wasm_start_component");
+    g.bench_function("cold_compile", |b| {
+        b.iter(|| {
+            let p = Runtime::new(None).prepare(black_box(&component)).expect("prepares");
+            debug_assert_eq!(p.source, Source::Compiled);
+            run_once(&p, &limits, Box::new(AllowAll), 0);
+        });
+    });
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cache = || Some(ModuleCache::open(dir.path()).expect("the cache opens"));
+    assert_eq!(Runtime::new(cache()).prepare(&component).expect("prepares").source, Source::Compiled);
+    let again = Runtime::new(cache()).prepare(&component).expect("prepares");
+    assert_eq!(again.source, Source::DiskCache, "the disk cache is populated");
+    g.bench_function("warm_disk_cache", |b| {
+        b.iter(|| {
+            let p = Runtime::new(cache()).prepare_verified(black_box(&pkg)).expect("prepares");
+            debug_assert_eq!(p.source, Source::DiskCache);
+            run_once(&p, &limits, Box::new(AllowAll), 0);
+        });
+    });
+    let rt = Runtime::new(None);
+    let prepared = rt.prepare(&component).expect("prepares");
+    assert!(prepared.is_component());
+    g.bench_function("warm_memory_run", |b| b.iter(|| run_once(&prepared, &limits, Box::new(AllowAll), 0)));
+    g.finish();
+}
+
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -262,5 +304,5 @@ fn gate(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, verify, start, gate);
+criterion_group!(benches, verify, start, start_component, gate);
 criterion_main!(benches);

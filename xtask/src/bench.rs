@@ -122,7 +122,7 @@ enum Derived {
     PerUnit(&'static str, &'static str, f64),
 }
 
-const DERIVED: [(&str, Derived); 5] = [
+const DERIVED: [(&str, Derived); 6] = [
     (
         "wasm package verify (3-of-5 signatures, 1 MiB module) vs sha3-256 of its bytes",
         Derived::Ratio("wasm_verify/parse+verify_3of5_1MiB", "wasm_verify/sha3-256_1MiB"),
@@ -134,6 +134,10 @@ const DERIVED: [(&str, Derived); 5] = [
     (
         "wasm start: from the disk cache vs from memory",
         Derived::Ratio("wasm_start/warm_disk_cache", "wasm_start/warm_memory_run"),
+    ),
+    (
+        "wasm start, component: from the disk cache vs from memory",
+        Derived::Ratio("wasm_start_component/warm_disk_cache", "wasm_start_component/warm_memory_run"),
     ),
     (
         "wasm host-call gate, per clock_time_get call (policy gate − allow-all)",

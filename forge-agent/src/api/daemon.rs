@@ -488,7 +488,7 @@ impl Daemon {
         let runner = self.capsules.as_ref().ok_or_else(capsules_off)?;
         let verified = runner.verify(&req.package)?;
         let name = verified.package.manifest().name.clone();
-        let digest = format!("sha3-256:{}", verified.package.module_digest().to_hex());
+        let digest = format!("sha3-256:{}", verified.module_digest().to_hex());
         if let Some(why) = self.fleet_refusal(&digest) {
             return Err(ApiError::new(ErrorCode::Refused, why));
         }

@@ -84,7 +84,8 @@ impl ModuleCache {
     }
 
     /// The cached artifact for `digest`, if present and intact.
-    fn artifact(&self, digest: &Digest) -> Option<(PathBuf, Vec<u8>)> {
+    /// The file's bytes and where the artifact starts in them.
+    fn artifact(&self, digest: &Digest) -> Option<(PathBuf, Vec<u8>, usize)> {
         let path = self.path(digest);
         let bytes = fs::read(&path).ok()?;
         let rest = bytes.strip_prefix(HEADER)?;
@@ -99,12 +100,14 @@ impl ModuleCache {
             tracing::warn!(path = %path.display(), "a cached module failed its integrity check; compiling again");
             return None;
         }
-        Some((path, artifact.to_vec()))
+        let at = bytes.len() - artifact.len();
+        Some((path, bytes, at))
     }
 
     /// The cached module, if present, intact and loadable by this engine.
     pub fn load(&self, engine: &Engine, digest: &Digest) -> Option<Module> {
-        let (path, artifact) = self.artifact(digest)?;
+        let (path, bytes, at) = self.artifact(digest)?;
+        let artifact = &bytes[at..];
         // SAFETY: Module::deserialize trusts its input to be an artifact
         // Wasmtime produced. These bytes are: the tag checked in `artifact`
         // is keyed with a secret only this cache's owner can read, and it
@@ -122,7 +125,8 @@ impl ModuleCache {
 
     /// The cached component, if present, intact and loadable by this engine.
     pub fn load_component(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
-        let (path, artifact) = self.artifact(digest)?;
+        let (path, bytes, at) = self.artifact(digest)?;
+        let artifact = &bytes[at..];
         // SAFETY: as in `load`: the keyed tag proves `store_component`
         // wrote these bytes from Wasmtime's own serialization, and
         // Wasmtime checks the version and configuration.

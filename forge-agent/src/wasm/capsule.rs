@@ -125,7 +125,7 @@ fn policy_for(
     opts: &RunOptions,
 ) -> Result<(crate::policy::CompiledRecord, Tier), CapsuleError> {
     let w = Workload {
-        digest: Some(format!("sha3-256:{}", pkg.package.module_digest().to_hex())),
+        digest: Some(format!("sha3-256:{}", pkg.module_digest().to_hex())),
         signers: pkg.signer_ids(),
         ..Workload::default()
     };
@@ -164,7 +164,7 @@ pub fn run_capsule(
             return Err(CapsuleError::Intent { path: path.clone(), digest });
         }
     }
-    let prepared = rt.prepare(pkg.package.module())?;
+    let prepared = rt.prepare_verified(pkg)?;
     let mut args = vec![m.name.clone()];
     args.extend(opts.args.iter().cloned());
     args.extend(opts.inputs.iter().map(|p| p.display().to_string()));

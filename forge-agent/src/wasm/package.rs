@@ -118,6 +118,17 @@ pub struct VerifiedPackage {
 }
 
 impl VerifiedPackage {
+    /// The module's sha3-256 as signed: verification checked the module's
+    /// bytes against it, so it is not computed again.
+    pub fn module_digest(&self) -> Digest {
+        self.package
+            .signed
+            .entries()
+            .iter()
+            .find(|e| e.name == MODULE_NAME)
+            .map_or_else(|| self.package.module_digest(), |e| e.digest)
+    }
+
     /// Key ids of the signers that counted, as policy selectors name them.
     pub fn signer_ids(&self) -> Vec<String> {
         self.signers.iter().map(|s| s.key_id.to_string()).collect()

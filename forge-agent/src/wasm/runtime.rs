@@ -129,7 +129,17 @@ impl Runtime {
 
     /// The module with this digest, ready to run: from memory, the disk cache, or compiled.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, PrepareError> {
-        let digest = sha3_256(bytes);
+        self.prepare_digested(sha3_256(bytes), bytes)
+    }
+
+    /// [`Runtime::prepare`] for a verified package's module, whose digest
+    /// verification already checked (so it is not computed again).
+    pub fn prepare_verified(&self, pkg: &crate::wasm::VerifiedPackage) -> Result<Prepared, PrepareError> {
+        self.prepare_digested(pkg.module_digest(), pkg.package.module())
+    }
+
+    /// `digest` must be the sha3-256 of `bytes`: it keys the caches.
+    fn prepare_digested(&self, digest: Digest, bytes: &[u8]) -> Result<Prepared, PrepareError> {
         if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
             return Ok(Prepared { source: Source::Memory, ..p.clone() });
         }

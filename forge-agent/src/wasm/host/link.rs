@@ -80,14 +80,20 @@ pub fn linker(engine: &Engine, module: &Module) -> Result<Linker<Ctx>, LinkError
     Ok(l)
 }
 
-/// A component linker with the WASI 0.2 host (defined once per engine).
-pub fn component_linker(engine: &Engine) -> Result<wasmtime::component::Linker<Ctx>, LinkError> {
-    static BASE: std::sync::OnceLock<(Engine, wasmtime::component::Linker<Ctx>)> = std::sync::OnceLock::new();
+/// A component linker with the WASI 0.2 host. It is defined once per
+/// engine and shared: components need nothing linked per component, and
+/// defining (or cloning) it costs more than the rest of a warm start.
+pub fn component_linker(
+    engine: &Engine,
+) -> Result<std::sync::Arc<wasmtime::component::Linker<Ctx>>, LinkError> {
+    type Shared = std::sync::Arc<wasmtime::component::Linker<Ctx>>;
+    static BASE: std::sync::OnceLock<(Engine, Shared)> = std::sync::OnceLock::new();
     match BASE.get() {
         Some((e, l)) if Engine::same(e, engine) => Ok(l.clone()),
         _ => {
             let mut l = wasmtime::component::Linker::new(engine);
             super::p2::add_to_linker(&mut l).map_err(|e| LinkError::Wasmtime(format!("{e:#}")))?;
+            let l = std::sync::Arc::new(l);
             let _ = BASE.set((engine.clone(), l.clone()));
             Ok(l)
         }

@@ -114,7 +114,13 @@ impl Ctx {
 
 impl types::Host for Ctx {
     fn filesystem_error_code(&mut self, e: Resource<Error>) -> wasmtime::Result<Option<ErrorCode>> {
-        Ok(self.p2.errors.get(&e.rep()).map(|(_, n)| code(*n)))
+        let errno = self.p2.errors.get(&e.rep()).map(|(_, n)| *n);
+        self.call(
+            "filesystem-error-code",
+            json!({"error": e.rep()}),
+            |_| json!({"errno": 0, "code": errno}),
+        )?;
+        Ok(errno.map(code))
     }
 }
 
@@ -475,10 +481,19 @@ impl types::HostDirectoryEntryStream for Ctx {
         &mut self,
         s: Resource<DirectoryEntryStream>,
     ) -> FsResult<Option<DirectoryEntry>> {
-        let Some(list) = self.p2.listings.get_mut(&s.rep()) else {
+        // The listing was read (and recorded) by read-directory; this hands
+        // out its entries one by one, each call recorded with its entry.
+        let h = s.rep();
+        let Some(list) = self.p2.listings.get_mut(&h) else {
             return Ok(Err(ErrorCode::BadDescriptor));
         };
-        Ok(Ok(list.pop_front().map(|(name, ft)| DirectoryEntry { type_: kind(u64::from(ft)), name })))
+        let entry = list.pop_front();
+        self.call(
+            "directory-entry-stream.read-directory-entry",
+            json!({"listing": h}),
+            |_| json!({"errno": 0, "entry": entry}),
+        )?;
+        Ok(Ok(entry.map(|(name, ft)| DirectoryEntry { type_: kind(u64::from(ft)), name })))
     }
 
     fn drop(&mut self, s: Resource<DirectoryEntryStream>) -> wasmtime::Result<()> {

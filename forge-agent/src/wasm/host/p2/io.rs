@@ -133,6 +133,14 @@ impl Ctx {
         })
     }
 
+    /// A stream call with nothing to do outside (writes are not buffered):
+    /// recorded like every call.
+    fn no_effect(&mut self, name: &str, h: u32) -> wasmtime::Result<()> {
+        self.p2.stream(h)?;
+        self.call(name, json!({"stream": h}), |_| json!({"errno": 0}))?;
+        Ok(())
+    }
+
     /// A pollable that is ready at once (stdio and files never block).
     fn ready_pollable(&mut self, name: &str, h: u32) -> wasmtime::Result<Resource<Pollable>> {
         self.p2.stream(h)?;
@@ -142,7 +150,8 @@ impl Ctx {
         Ok(Resource::new_own(p))
     }
 
-    /// Drops a handle from the state (no outside effect, not journaled).
+    /// Drops a handle from the state. Dropping a stream, pollable, error or
+    /// listing has no effect outside, and is not recorded.
     fn forget(&mut self, h: u32) {
         self.p2.streams.remove(&h);
         self.p2.pollables.remove(&h);
@@ -190,7 +199,7 @@ impl streams::HostInputStream for Ctx {
 
 impl streams::HostOutputStream for Ctx {
     fn check_write(&mut self, s: Resource<OutputStream>) -> wasmtime::Result<Result<u64, StreamError>> {
-        self.p2.stream(s.rep())?;
+        self.no_effect("output-stream.check-write", s.rep())?;
         Ok(Ok(MAX_IO))
     }
 
@@ -219,12 +228,12 @@ impl streams::HostOutputStream for Ctx {
     }
 
     fn flush(&mut self, s: Resource<OutputStream>) -> wasmtime::Result<Result<(), StreamError>> {
-        self.p2.stream(s.rep())?;
+        self.no_effect("output-stream.flush", s.rep())?;
         Ok(Ok(()))
     }
 
     fn blocking_flush(&mut self, s: Resource<OutputStream>) -> wasmtime::Result<Result<(), StreamError>> {
-        self.p2.stream(s.rep())?;
+        self.no_effect("output-stream.blocking-flush", s.rep())?;
         Ok(Ok(()))
     }
 
@@ -282,7 +291,13 @@ impl error::Host for Ctx {}
 
 impl error::HostError for Ctx {
     fn to_debug_string(&mut self, e: Resource<Error>) -> wasmtime::Result<String> {
-        Ok(self.p2.errors.get(&e.rep()).map(|(m, _)| m.clone()).unwrap_or_default())
+        let message = self.p2.errors.get(&e.rep()).map(|(m, _)| m.clone()).unwrap_or_default();
+        self.call(
+            "error.to-debug-string",
+            json!({"error": e.rep()}),
+            |_| json!({"errno": 0, "message": message}),
+        )?;
+        Ok(message)
     }
 
     fn drop(&mut self, e: Resource<Error>) -> wasmtime::Result<()> {
