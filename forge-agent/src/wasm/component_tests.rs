@@ -188,3 +188,68 @@ fn compiled_components_are_cached_by_digest() {
     // adapter turns into WASI 0.2's exit(err): code 1.
     assert_eq!(r.end, End::Exited { code: 1 });
 }
+
+/// Calls `func` (a preview1 path call: dirfd, path, len) on each path in
+/// turn and writes `A` + each errno to stdout.
+fn path_calls(func: &str, paths: &[&str]) -> Vec<u8> {
+    let mut data = String::new();
+    let mut body = String::new();
+    for (i, p) in paths.iter().enumerate() {
+        let rel = p.trim_start_matches('/');
+        let at = 256 + i * 256;
+        data.push_str(&format!("(data (i32.const {at}) \"{rel}\")\n"));
+        body.push_str(&format!(
+            "(i32.store8 (i32.const 1024) (i32.add (i32.const 65) (call $f (i32.const 3) (i32.const {at}) (i32.const {len}))))
+             (drop (call $write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 28)))\n",
+            len = rel.len()
+        ));
+    }
+    let wat = format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "{func}" (func $f (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  {data}
+  (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 1024))
+    (i32.store (i32.const 20) (i32.const 1))
+    {body}))"#
+    );
+    from_preview1(&wasm(&wat)).unwrap()
+}
+
+#[test]
+fn component_directory_changes_are_gated_as_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    std::fs::write(dir.path().join("out/old.txt"), "x").unwrap();
+    std::fs::write(dir.path().join("keep.txt"), "x").unwrap();
+    let policy = POLICY.replace("/srv/out/", &format!("{d}/out/"));
+    let caps = format!(
+        "files = [{{path = \"{d}/out/\", access = \"write\"}}, {{path = \"{d}/keep.txt\", access = \"write\"}}]\n"
+    );
+    let rt = Runtime::new(None);
+    let go = |component: &[u8]| {
+        let p = rt.prepare(component).unwrap();
+        run(&p, "_start", &Limits::default(), live(gate(&caps, &policy), 16), Journal::live(None))
+    };
+
+    let made = go(&path_calls("path_create_directory", &[&format!("{d}/out/new"), &format!("{d}/new")]));
+    // Inside out/: made (A + 0). Beside it: not requested, EACCES (A + 2).
+    assert_eq!(stdout(&made), "AC");
+    assert!(dir.path().join("out/new").is_dir() && !dir.path().join("new").exists());
+    assert_eq!(made.denied.len(), 1);
+    assert_eq!(made.denied[0].name, "descriptor.create-directory-at");
+
+    let removed =
+        go(&path_calls("path_unlink_file", &[&format!("{d}/out/old.txt"), &format!("{d}/keep.txt")]));
+    // keep.txt is requested, but the policy denies writes outside out/.
+    assert_eq!(stdout(&removed), "AC");
+    assert!(!dir.path().join("out/old.txt").exists() && dir.path().join("keep.txt").exists());
+    assert_eq!(removed.denied[0].facility, format!("write {d}/keep.txt"));
+
+    let rmdir = go(&path_calls("path_remove_directory", &[&format!("{d}/out/new")]));
+    assert_eq!(stdout(&rmdir), "A");
+    assert!(!dir.path().join("out/new").exists());
+}

@@ -107,6 +107,19 @@ impl Ctx {
         }))
     }
 
+    /// A change to one path, gated as a write.
+    fn change(
+        &mut self,
+        name: &str,
+        d: &Resource<Descriptor>,
+        path: &str,
+        op: fn(&str) -> std::io::Result<()>,
+    ) -> FsResult<()> {
+        let n = fd(d);
+        let r = self.fs_call(name, json!({"fd": n, "path": path}), |live| change_path(live, n, path, op))?;
+        Ok(r.map(|_| ()))
+    }
+
     fn unsupported(&mut self, name: &str, args: Value) -> FsResult<()> {
         Ok(self.fs_call(name, args, |_| answer(errno::NOSYS))?.map(|_| ()))
     }
@@ -284,27 +297,11 @@ impl types::HostDescriptor for Ctx {
     }
 
     fn create_directory_at(&mut self, d: Resource<Descriptor>, path: String) -> FsResult<()> {
-        let n = fd(&d);
-        let args = json!({"fd": n, "path": path});
-        let r = self.fs_call("descriptor.create-directory-at", args, |live| {
-            change_path(live, n, &path, |p| std::fs::create_dir(p))
-        })?;
-        Ok(r.map(|_| ()))
+        self.change("descriptor.create-directory-at", &d, &path, |p| std::fs::create_dir(p))
     }
 
     fn stat(&mut self, d: Resource<Descriptor>) -> FsResult<DescriptorStat> {
-        let n = fd(&d);
-        let r = self.fs_call("descriptor.stat", json!({"fd": n}), |live| match live.fds.get(n) {
-            Ok(Fd::File { file, .. }) => {
-                file.metadata().map_or_else(|e| answer(errno::from_io(&e)), |m| filestat(&m))
-            }
-            Ok(Fd::Dir { path }) => {
-                std::fs::metadata(path).map_or_else(|e| answer(errno::from_io(&e)), |m| filestat(&m))
-            }
-            Ok(f) => json!({"errno": 0, "filetype": f.filetype()}),
-            Err(e) => answer(e),
-        })?;
-        Ok(r.map(|r| stat_of(&r)))
+        Ok(self.stat_raw("descriptor.stat", &d)?.map(|r| stat_of(&r)))
     }
 
     fn stat_at(&mut self, d: Resource<Descriptor>, _pf: PathFlags, path: String) -> FsResult<DescriptorStat> {
@@ -384,11 +381,7 @@ impl types::HostDescriptor for Ctx {
     }
 
     fn remove_directory_at(&mut self, d: Resource<Descriptor>, path: String) -> FsResult<()> {
-        let n = fd(&d);
-        let r = self.fs_call("descriptor.remove-directory-at", json!({"fd": n, "path": path}), |live| {
-            change_path(live, n, &path, |p| std::fs::remove_dir(p))
-        })?;
-        Ok(r.map(|_| ()))
+        self.change("descriptor.remove-directory-at", &d, &path, |p| std::fs::remove_dir(p))
     }
 
     fn rename_at(
@@ -406,11 +399,7 @@ impl types::HostDescriptor for Ctx {
     }
 
     fn unlink_file_at(&mut self, d: Resource<Descriptor>, path: String) -> FsResult<()> {
-        let n = fd(&d);
-        let r = self.fs_call("descriptor.unlink-file-at", json!({"fd": n, "path": path}), |live| {
-            change_path(live, n, &path, |p| std::fs::remove_file(p))
-        })?;
-        Ok(r.map(|_| ()))
+        self.change("descriptor.unlink-file-at", &d, &path, |p| std::fs::remove_file(p))
     }
 
     fn is_same_object(
