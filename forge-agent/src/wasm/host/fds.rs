@@ -15,6 +15,9 @@ pub enum Fd {
     File {
         file: File,
         path: String,
+        /// Opened for reading and/or writing (what WASI 0.2's `get-flags` reports).
+        read: bool,
+        write: bool,
     },
     Dir {
         path: String,

@@ -136,7 +136,11 @@ pub(super) fn open_path(
         Err(e) => return json!({"errno": e, "path": path}),
     };
     let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
-    let entry = if is_dir { Fd::Dir { path: path.clone() } } else { Fd::File { file, path: path.clone() } };
+    let entry = if is_dir {
+        Fd::Dir { path: path.clone() }
+    } else {
+        Fd::File { file, path: path.clone(), read, write }
+    };
     match live.fds.insert(entry) {
         Ok(fd) => json!({"errno": 0, "fd": fd, "path": path}),
         Err(e) => answer(e),

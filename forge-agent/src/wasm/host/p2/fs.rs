@@ -179,12 +179,25 @@ impl types::HostDescriptor for Ctx {
     fn get_flags(&mut self, d: Resource<Descriptor>) -> FsResult<DescriptorFlags> {
         let n = fd(&d);
         let r = self.fs_call("descriptor.get-flags", json!({"fd": n}), |live| match live.fds.get(n) {
-            Ok(f) => json!({"errno": 0, "filetype": f.filetype()}),
+            Ok(Fd::File { read, write, .. }) => json!({"errno": 0, "read": read, "write": write}),
+            // Directories: what is done in them is decided per path by the gate.
+            Ok(f) if f.dir_path().is_some() => json!({"errno": 0, "read": true, "mutate": true}),
+            Ok(_) => json!({"errno": 0, "read": true, "write": true}),
             Err(e) => answer(e),
         })?;
-        Ok(r.map(|r| match kind(field(&r, "filetype")) {
-            DescriptorType::Directory => DescriptorFlags::READ | DescriptorFlags::MUTATE_DIRECTORY,
-            _ => DescriptorFlags::READ | DescriptorFlags::WRITE,
+        let flag = |r: &Value, name: &str| r.get(name).and_then(Value::as_bool).unwrap_or(false);
+        Ok(r.map(|r| {
+            let mut f = DescriptorFlags::empty();
+            for (name, bit) in [
+                ("read", DescriptorFlags::READ),
+                ("write", DescriptorFlags::WRITE),
+                ("mutate", DescriptorFlags::MUTATE_DIRECTORY),
+            ] {
+                if flag(&r, name) {
+                    f |= bit;
+                }
+            }
+            f
         }))
     }
 
