@@ -253,3 +253,36 @@ fn component_directory_changes_are_gated_as_writes() {
     assert_eq!(stdout(&rmdir), "A");
     assert!(!dir.path().join("out/new").exists());
 }
+
+#[test]
+fn a_component_appends_at_the_end_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.txt");
+    std::fs::write(&log, "x").unwrap();
+    let rel = log.display().to_string();
+    let rel = rel.trim_start_matches('/');
+    // path_open for writing with fdflags APPEND (1), exit 9 if that fails,
+    // then fd_write "y" and exit with its errno.
+    let wat = format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{rel}")
+  (data (i32.const 1024) "y")
+  (func (export "_start")
+    (if (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const {len}) (i32.const 0)
+          (i64.const 64) (i64.const 0) (i32.const 1) (i32.const 32))
+      (then (call $exit (i32.const 9))))
+    (i32.store (i32.const 16) (i32.const 1024))
+    (i32.store (i32.const 20) (i32.const 1))
+    (call $exit (call $write (i32.load (i32.const 32)) (i32.const 16) (i32.const 1) (i32.const 28)))))"#,
+        len = rel.len()
+    );
+    let component = from_preview1(&wasm(&wat)).unwrap();
+    let p = Runtime::new(None).prepare(&component).unwrap();
+    let r = run(&p, "_start", &Limits::default(), live(Box::new(AllowAll), 16), Journal::live(None));
+    assert_eq!(r.end, End::Exited { code: 0 });
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "xy", "appended, not written over");
+}

@@ -110,11 +110,13 @@ impl Ctx {
             Stream::Stdin => answer(errno::BADF),
             Stream::File { fd, offset } => {
                 let wrote = gated_file(live, fd, true).and_then(|f| {
-                    let r = match offset {
-                        Some(o) => f.write_all_at(data, o),
-                        None => std::io::Write::write_all(&mut &*f, data),
+                    // Appending writes at the end as it is now (the file
+                    // need not have been opened with O_APPEND).
+                    let at = match offset {
+                        Some(o) => Ok(o),
+                        None => f.metadata().map(|m| m.len()),
                     };
-                    r.map_err(|e| errno::from_io(&e))
+                    at.and_then(|at| f.write_all_at(data, at)).map_err(|e| errno::from_io(&e))
                 });
                 match wrote {
                     Ok(()) => json!({"errno": 0, "n": data.len()}),
