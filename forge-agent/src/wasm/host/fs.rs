@@ -410,16 +410,10 @@ pub fn fd_readdir(
     let (mem, ctx) = memory(&mut c)?;
     let cap = (len as u32).min(MAX_IO);
     let r = ctx.call("fd_readdir", json!({"fd": fd, "len": cap, "cookie": cookie}), |live| {
-        let path = match live.fds.get(fd) {
-            Ok(f) => match f.dir_path() {
-                Some(p) => p.to_string(),
-                None => return answer(errno::NOTDIR),
-            },
+        let path = match listable_dir(live, fd) {
+            Ok(p) => p,
             Err(e) => return answer(e),
         };
-        if !live.allow(&Facility::FileRead(&path)) {
-            return answer(errno::ACCES);
-        }
         match dirents(&path, cookie as u64, cap as usize) {
             Ok(bytes) => json!({"errno": 0, "data": hex::encode(bytes)}),
             Err(e) => answer(e),
@@ -455,6 +449,16 @@ fn dirents(path: &str, cookie: u64, cap: usize) -> Result<Vec<u8>, Errno> {
         }
     }
     Ok(out)
+}
+
+/// The path of directory descriptor `fd`, once the gate let a listing
+/// (a read of the directory) through.
+pub(super) fn listable_dir(live: &mut Live, fd: i32) -> Result<String, Errno> {
+    let path = live.fds.get(fd)?.dir_path().ok_or(errno::NOTDIR)?.to_string();
+    if !live.allow(&Facility::FileRead(&path)) {
+        return Err(errno::ACCES);
+    }
+    Ok(path)
 }
 
 /// The directory's entries (name, WASI file type, inode), sorted by name,

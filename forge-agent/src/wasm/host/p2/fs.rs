@@ -35,8 +35,8 @@ use crate::wasm::{
         fds::{Fd, filetype},
         field,
         fs::{
-            OFLAG_CREAT, OFLAG_DIRECTORY, OFLAG_EXCL, OFLAG_TRUNC, change_path, entries, filestat, open_path,
-            path_from, stat_path,
+            OFLAG_CREAT, OFLAG_DIRECTORY, OFLAG_EXCL, OFLAG_TRUNC, change_path, entries, filestat,
+            listable_dir, open_path, path_from, stat_path,
         },
     },
 };
@@ -265,16 +265,10 @@ impl types::HostDescriptor for Ctx {
     fn read_directory(&mut self, d: Resource<Descriptor>) -> FsResult<Resource<DirectoryEntryStream>> {
         let n = fd(&d);
         let r = self.fs_call("descriptor.read-directory", json!({"fd": n}), |live| {
-            let path = match live.fds.get(n) {
-                Ok(f) => match f.dir_path() {
-                    Some(p) => p.to_string(),
-                    None => return answer(errno::NOTDIR),
-                },
+            let path = match listable_dir(live, n) {
+                Ok(p) => p,
                 Err(e) => return answer(e),
             };
-            if !live.allow(&Facility::FileRead(&path)) {
-                return json!({"errno": errno::ACCES, "path": path});
-            }
             match entries(&path) {
                 Ok(list) => {
                     let list: Vec<Value> = list.into_iter().map(|(name, ft, _)| json!([name, ft])).collect();
