@@ -1,5 +1,6 @@
 //! Wasm capsules: package verification (3-of-5 signatures over a 1 MiB
-//! module, beside plain sha3-256 of the same bytes); the start of a capsule
+//! module, beside plain sha3-256 and the sha3-256 tree digest of the same
+//! bytes); the start of a capsule
 //! whose entry point returns at once (compiled, from the disk cache, from
 //! memory), through instantiation to that return; and the host-call gate's
 //! cost per call: 10 000 calls per run with a policy gate against the same
@@ -20,7 +21,7 @@ use std::{
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use forge_agent::{
     policy::{Policy, PolicySet, Tier, Workload},
-    sign::{SigningKey, TrustConfig, sha3_256, trust::TrustedKey},
+    sign::{SigningKey, TrustConfig, sha3_256, sha3_256_tree, trust::TrustedKey},
     wasm::{
         Package, Runtime,
         cache::ModuleCache,
@@ -139,6 +140,7 @@ fn verify(c: &mut Criterion) {
     let mut g = c.benchmark_group("wasm_verify");
     g.throughput(Throughput::Bytes(bytes.len() as u64));
     g.bench_function("sha3-256_1MiB", |b| b.iter(|| black_box(sha3_256(black_box(&bytes)))));
+    g.bench_function("sha3-256-tree_1MiB", |b| b.iter(|| black_box(sha3_256_tree(black_box(&bytes)))));
     g.bench_function("parse+verify_3of5_1MiB", |b| {
         b.iter(|| {
             let p = Package::parse(black_box(&bytes)).expect("parses");

@@ -264,8 +264,8 @@ impl Bundle {
     /// signatures involved): what a signer does before signing.
     pub fn check_digests(&self) -> Result<(), BundleError> {
         for (e, d) in self.manifest.entries().iter().zip(&self.documents) {
-            let actual = Entry::of(&d.name, &d.bytes);
-            if actual != *e {
+            let actual = e.actual(&d.bytes);
+            if actual != *e || d.name != e.name {
                 return Err(BundleError::Refused {
                     path: self.path.clone(),
                     source: Box::new(Refusal::DigestMismatch {

@@ -13,12 +13,17 @@
 //! file ...
 //! ```
 //!
+//! A payload line is `file` when its digest is the SHA3-256 of its bytes,
+//! or `tree` when it is their SHA3-256 tree digest ([`super::tree`]), which
+//! large payloads (a capsule's Wasm module) use because it is computed
+//! several times faster. The keyword is signed with the rest.
+//!
 //! Rules: ASCII, `\n` line ends (the last line too), single spaces, fields in
 //! this order; `kind` is `[a-z0-9-]{1,32}`; the manifest name and payload
 //! names are `[A-Za-z0-9._-]{1,128}` not starting with `.` (so a payload
 //! name is a plain file name, never a path); `version` and sizes are decimal
 //! without leading zeros; digests are SHA3-256 in lowercase hex; at least one
-//! `file` line, sorted by name (bytewise), names unique.
+//! `file` or `tree` line, sorted by name (bytewise), names unique.
 //!
 //! A signature covers [`SIGNING_DOMAIN`] followed by the manifest bytes. The
 //! domain prefix keeps these signatures from meaning anything in another
@@ -28,7 +33,10 @@
 
 use std::fmt::Write as _;
 
-use super::digest::{Digest, sha3_256};
+use super::{
+    digest::{Digest, sha3_256},
+    tree::sha3_256_tree,
+};
 
 /// First line of every manifest.
 pub const FORMAT_LINE: &str = "forgeone-manifest v1";
@@ -60,18 +68,60 @@ pub enum ManifestError {
     Duplicate { name: String },
 }
 
-/// One payload: its file name, size in bytes and SHA3-256 digest.
+/// How a payload's digest is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hash {
+    /// `file`: the SHA3-256 of the bytes.
+    #[default]
+    Plain,
+    /// `tree`: the SHA3-256 tree digest of the bytes.
+    Tree,
+}
+
+impl Hash {
+    pub fn digest(self, bytes: &[u8]) -> Digest {
+        match self {
+            Self::Plain => sha3_256(bytes),
+            Self::Tree => sha3_256_tree(bytes),
+        }
+    }
+
+    /// The line's keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Self::Plain => "file",
+            Self::Tree => "tree",
+        }
+    }
+}
+
+/// One payload: its file name, size in bytes and digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub name: String,
     pub size: u64,
     pub digest: Digest,
+    pub hash: Hash,
 }
 
 impl Entry {
-    /// The entry describing `bytes` under `name`.
+    /// The entry describing `bytes` under `name` (their SHA3-256).
     pub fn of(name: &str, bytes: &[u8]) -> Self {
-        Self { name: name.to_string(), size: bytes.len() as u64, digest: sha3_256(bytes) }
+        Self::hashed(name, Hash::Plain, bytes)
+    }
+
+    /// The entry describing `bytes` under `name` with their tree digest.
+    pub fn tree_of(name: &str, bytes: &[u8]) -> Self {
+        Self::hashed(name, Hash::Tree, bytes)
+    }
+
+    pub fn hashed(name: &str, hash: Hash, bytes: &[u8]) -> Self {
+        Self { name: name.to_string(), size: bytes.len() as u64, digest: hash.digest(bytes), hash }
+    }
+
+    /// What this entry would say of `bytes`: equal to `self` if they match.
+    pub fn actual(&self, bytes: &[u8]) -> Self {
+        Self::hashed(&self.name, self.hash, bytes)
     }
 }
 
@@ -147,7 +197,7 @@ impl Manifest {
         let _ =
             write!(s, "{FORMAT_LINE}\nkind {}\nname {}\nversion {}\n", self.kind, self.name, self.version);
         for e in &self.entries {
-            let _ = writeln!(s, "file {} {} {}", e.digest, e.size, e.name);
+            let _ = writeln!(s, "{} {} {} {}", e.hash.keyword(), e.digest, e.size, e.name);
         }
         s.into_bytes()
     }
@@ -192,10 +242,11 @@ impl Manifest {
             if entries.len() == MAX_ENTRIES {
                 return Err(ManifestError::TooManyEntries { limit: MAX_ENTRIES });
             }
-            let rest = field(n, l, "file")?;
+            let hash = if l.starts_with(b"tree ") { Hash::Tree } else { Hash::Plain };
+            let rest = field(n, l, hash.keyword())?;
             let mut parts = rest.splitn(3, ' ');
             let (Some(digest), Some(size), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(syntax(n, "expected `file <sha3-256 hex> <size> <name>`".to_string()));
+                return Err(syntax(n, format!("expected `{} <sha3-256 hex> <size> <name>`", hash.keyword())));
             };
             let digest: Digest = digest.parse().map_err(|e| syntax(n, format!("{e}")))?;
             let size = decimal(n, size, "size")?;
@@ -214,7 +265,7 @@ impl Manifest {
                     }
                 }
             }
-            entries.push(Entry { name: file.to_string(), size, digest });
+            entries.push(Entry { name: file.to_string(), size, digest, hash });
         }
         if entries.is_empty() {
             return Err(ManifestError::NoEntries);
@@ -346,6 +397,23 @@ mod tests {
     fn parse_round_trips() {
         let m = sample();
         assert_eq!(Manifest::parse(&m.to_bytes()).unwrap(), m);
+        let big = vec![7u8; 70_000];
+        let t =
+            Manifest::new("k", "n", 1, vec![Entry::tree_of("m.wasm", &big), Entry::of("c", b"c")]).unwrap();
+        let text = String::from_utf8(t.to_bytes()).unwrap();
+        assert!(text.ends_with(&format!(
+            "file {} 1 c\ntree {} 70000 m.wasm\n",
+            sha3_256(b"c"),
+            sha3_256_tree(&big)
+        )));
+        let back = Manifest::parse(text.as_bytes()).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.entry("m.wasm").unwrap().hash, Hash::Tree);
+        assert_eq!(back.entry("m.wasm").unwrap().actual(&big), *t.entry("m.wasm").unwrap());
+        for bad in ["trees", "Tree", "tree:"] {
+            let e = Manifest::parse(text.replace("tree ", &format!("{bad} ")).as_bytes()).unwrap_err();
+            assert!(e.to_string().starts_with("line 6: expected `file "), "{bad}: {e}");
+        }
     }
 
     #[test]

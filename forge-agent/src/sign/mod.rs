@@ -6,6 +6,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`digest`] | SHA3-256 |
+//! | [`tree`] | the SHA3-256 tree digest of large payloads (8 leaves at a time with AVX-512) |
 //! | [`keys`] | ed25519 key files (private 0600), key ids |
 //! | [`manifest`] | the canonical manifest and the exact signed bytes |
 //! | [`signature`] | the signatures file; counting signatures against trust |
@@ -22,10 +23,13 @@
 pub mod bundle;
 pub mod digest;
 pub mod files;
+#[cfg(target_arch = "x86_64")]
+mod keccak_x8;
 pub mod keys;
 pub mod manifest;
 pub mod signature;
 pub mod state;
+pub mod tree;
 pub mod trust;
 pub mod verify;
 
@@ -36,5 +40,6 @@ pub use bundle::{Bundle, BundleError, Document, VerifiedBundle};
 pub use digest::{Digest, sha3_256};
 pub use keys::{KeyId, PublicKey, SigningKey, key_id};
 pub use manifest::Manifest;
+pub use tree::sha3_256_tree;
 pub use trust::TrustConfig;
 pub use verify::Refusal;

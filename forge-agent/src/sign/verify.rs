@@ -6,7 +6,7 @@
 //! one, then every payload's digest.
 
 use super::{
-    digest::{Digest, sha3_256},
+    digest::Digest,
     keys::KeyId,
     manifest::Manifest,
     signature::{Rejection, Signatures, Signer, Tally},
@@ -114,7 +114,7 @@ pub fn verify<'a>(
     }
     for e in manifest.entries() {
         let bytes = payload(&e.name).ok_or_else(|| Refusal::MissingPayload { name: e.name.clone() })?;
-        let actual = sha3_256(bytes);
+        let actual = e.hash.digest(bytes);
         if actual != e.digest || bytes.len() as u64 != e.size {
             return Err(Refusal::DigestMismatch {
                 name: e.name.clone(),

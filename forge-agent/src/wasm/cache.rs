@@ -1,19 +1,29 @@
 //! Compiled modules on disk, by module digest, so a second start of the
 //! same capsule skips compilation.
 //!
-//! A cache file is `FORGECWASM2\n`, a 32-byte tag, then Wasmtime's
-//! serialized module. The tag is keyed BLAKE3 (a MAC) with a secret key
+//! A cache file is Wasmtime's serialized module, a 32-byte tag, then
+//! `FORGECWASM3\n`. The tag is keyed BLAKE3 (a MAC) with a secret key
 //! kept beside the cache (0600, made on first use), over the module digest
 //! and the serialized bytes: a file that was changed, truncated, or written
 //! by anyone without the key is not loaded (it is compiled again and
 //! replaced). Wasmtime itself refuses an artifact of another version or
 //! configuration, which is also a miss. (BLAKE3 rather than sha3 here:
 //! the check is on every warm start and BLAKE3 is several times faster.)
+//!
+//! The artifact comes first so that Wasmtime can map the file instead of
+//! copying it into fresh memory, which is most of a warm start. It maps
+//! the very file that was checked: the open descriptor, through
+//! `/proc/self/fd`, so a file renamed into place meanwhile is not the one
+//! loaded. Files are only ever replaced whole (written aside, renamed),
+//! never changed in place, and the directory is the owner's alone (0700).
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    io::{Read as _, Write as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -22,7 +32,8 @@ use wasmtime::{Engine, Module, component::Component};
 
 use crate::sign::Digest;
 
-const HEADER: &[u8] = b"FORGECWASM2\n";
+/// The end of every cache file (after the artifact and its tag).
+const TRAILER: &[u8] = b"FORGECWASM3\n";
 const KEY_FILE: &str = "cache.key";
 
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +94,16 @@ impl ModuleCache {
         h.finalize().into()
     }
 
-    /// The cached artifact for `digest`, if present and intact.
-    /// The file's bytes and where the artifact starts in them.
-    fn artifact(&self, digest: &Digest) -> Option<(PathBuf, Vec<u8>, usize)> {
+    /// The cache file for `digest`, opened, if its tag holds: the open
+    /// file and its bytes.
+    fn checked(&self, digest: &Digest) -> Option<Checked> {
         let path = self.path(digest);
-        let bytes = fs::read(&path).ok()?;
-        let rest = bytes.strip_prefix(HEADER)?;
-        if rest.len() < 32 {
-            return None;
-        }
-        let (tag, artifact) = rest.split_at(32);
+        let mut file = fs::File::open(&path).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        let rest = bytes.strip_suffix(TRAILER)?;
+        let at = rest.len().checked_sub(32)?;
+        let (artifact, tag) = rest.split_at(at);
         // Compared in constant time (blake3::Hash's equality).
         if blake3::Hash::from_bytes(tag.try_into().ok()?)
             != blake3::Hash::from_bytes(self.tag(digest, artifact))
@@ -100,43 +111,41 @@ impl ModuleCache {
             tracing::warn!(path = %path.display(), "a cached module failed its integrity check; compiling again");
             return None;
         }
-        let at = bytes.len() - artifact.len();
-        Some((path, bytes, at))
+        Some(Checked { path, file, bytes, len: at })
     }
 
     /// The cached module, if present, intact and loadable by this engine.
     pub fn load(&self, engine: &Engine, digest: &Digest) -> Option<Module> {
-        let (path, bytes, at) = self.artifact(digest)?;
-        let artifact = &bytes[at..];
-        // SAFETY: Module::deserialize trusts its input to be an artifact
-        // Wasmtime produced. These bytes are: the tag checked in `artifact`
-        // is keyed with a secret only this cache's owner can read, and it
-        // covers every byte of the artifact as `store` wrote it. Wasmtime
-        // still checks the version and configuration and errors (a miss)
-        // if they differ.
-        match unsafe { Module::deserialize(engine, artifact) } {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::info!(path = %path.display(), error = %e, "cached module not usable by this engine; compiling again");
-                None
-            }
-        }
+        let c = self.checked(digest)?;
+        // Module::deserialize* trust their input to be an artifact Wasmtime
+        // produced. This one is: the tag checked in `checked` is keyed with
+        // a secret only this cache's owner can read, and it covers every
+        // byte of the artifact as `store` wrote it. Wasmtime still checks
+        // the version and configuration and errors (a miss) if they differ.
+        let loaded = match c.file.try_clone() {
+            // SAFETY: as above; the file mapped is the one checked (the
+            // same open file), and cache files are never written in place.
+            Ok(f) => unsafe { Module::deserialize_open_file(engine, f) },
+            // SAFETY: as above; these are the checked bytes themselves.
+            Err(_) => unsafe { Module::deserialize(engine, c.artifact()) },
+        };
+        c.usable(loaded)
     }
 
     /// The cached component, if present, intact and loadable by this engine.
     pub fn load_component(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
-        let (path, bytes, at) = self.artifact(digest)?;
-        let artifact = &bytes[at..];
-        // SAFETY: as in `load`: the keyed tag proves `store_component`
-        // wrote these bytes from Wasmtime's own serialization, and
-        // Wasmtime checks the version and configuration.
-        match unsafe { Component::deserialize(engine, artifact) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::info!(path = %path.display(), error = %e, "cached component not usable by this engine; compiling again");
-                None
-            }
-        }
+        let c = self.checked(digest)?;
+        // As in `load`: the keyed tag proves `store_component` wrote these
+        // bytes from Wasmtime's own serialization, and Wasmtime checks the
+        // version and configuration.
+        let loaded = match c.fd_path() {
+            // SAFETY: as above; the path opens the checked open file itself,
+            // and cache files are never written in place.
+            Some(p) => unsafe { Component::deserialize_file(engine, p) },
+            // SAFETY: as above; these are the checked bytes themselves.
+            None => unsafe { Component::deserialize(engine, c.artifact()) },
+        };
+        c.usable(loaded)
     }
 
     /// Stores `module` (compiled from the module with `digest`).
@@ -155,9 +164,39 @@ impl ModuleCache {
             path: path.clone(),
             source: std::io::Error::other(format!("{e:#}")),
         })?;
-        let mut bytes = HEADER.to_vec();
-        bytes.extend_from_slice(&self.tag(digest, &artifact));
-        bytes.extend_from_slice(&artifact);
+        let tag = self.tag(digest, &artifact);
+        let mut bytes = artifact;
+        bytes.extend_from_slice(&tag);
+        bytes.extend_from_slice(TRAILER);
         crate::sign::files::write_atomic(&path, &bytes, 0o600).map_err(|source| CacheError { path, source })
+    }
+}
+
+/// A cache file whose tag held.
+struct Checked {
+    path: PathBuf,
+    file: fs::File,
+    bytes: Vec<u8>,
+    /// The artifact is `bytes[..len]`.
+    len: usize,
+}
+
+impl Checked {
+    fn artifact(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// A path that opens this very file, if `/proc` is mounted.
+    fn fd_path(&self) -> Option<PathBuf> {
+        let p = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        p.exists().then_some(p)
+    }
+
+    fn usable<T>(&self, loaded: wasmtime::Result<T>) -> Option<T> {
+        loaded
+            .inspect_err(|e| {
+                tracing::info!(path = %self.path.display(), error = %e, "cached module not usable by this engine; compiling again")
+            })
+            .ok()
     }
 }

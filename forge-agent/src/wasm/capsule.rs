@@ -19,7 +19,7 @@ use super::{
 use crate::{
     dna::{self, CapsuleRun, DnaError, HostCall, Identity, Record, TraceStore, WriterConfig},
     policy::{PolicyError, PolicySet, Tier, Workload},
-    sign::{SigningKey, sha3_256},
+    sign::{SigningKey, sha3_256, sha3_256_tree},
 };
 
 /// Why a capsule was not run (nothing of it ran).
@@ -304,8 +304,10 @@ pub fn replay(rt: &Runtime, trace: &Path, module: &[u8]) -> Result<ReplayReport,
         }
     }
     let r = run_rec.ok_or_else(|| ReplayError::NotACapsuleRun { path: trace.to_path_buf() })?;
-    let given = sha3_256(module).to_hex();
-    if given != r.module_sha3 {
+    // The module digest as recorded: the tree digest, or the plain
+    // SHA3-256 in traces of packages built before the tree digest.
+    let given = sha3_256_tree(module).to_hex();
+    if given != r.module_sha3 && sha3_256(module).to_hex() != r.module_sha3 {
         return Err(ReplayError::WrongModule { given, recorded: r.module_sha3 });
     }
     let recorded_calls = calls.len() as u64;

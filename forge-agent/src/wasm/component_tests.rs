@@ -166,6 +166,9 @@ fn components_the_host_cannot_run_are_refused_before_running() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(validate(&wasm("(component)")), Err(PrepareError::NoRun)));
+    let mut broken = wasm("(component)");
+    broken.extend_from_slice(&[0x7f, 0x00]);
+    assert!(matches!(validate(&broken), Err(PrepareError::Invalid(_))), "{:?}", validate(&broken));
     assert!(matches!(Runtime::new(None).prepare(&wasm("(component)")), Err(PrepareError::NoRun)));
     let component = reader("/x");
     assert!(matches!(from_preview1(&component), Err(ComponentizeError::AlreadyComponent)));

@@ -10,7 +10,8 @@
 //!                 CAPS  capsule.toml (see manifest.rs)
 //!                 WASM  the Wasm module
 //!                 MANI  the signed manifest: kind `forge-capsule`, the capsule's name and
-//!                       version, and the sha3-256 and size of `capsule.toml` and `module.wasm`
+//!                       version, the sha3-256 and size of `capsule.toml` (a `file` line), and
+//!                       the SHA3-256 tree digest and size of `module.wasm` (a `tree` line)
 //!                 SIGS  the signatures over MANI, one `ed25519 <key> <signature>` line each
 //! end     -     nothing may follow SIGS
 //! ```
@@ -22,7 +23,7 @@
 
 use crate::sign::{
     Digest, Manifest, Refusal, SigningKey, TrustConfig,
-    manifest::{Entry, ManifestError},
+    manifest::{Entry, Hash, ManifestError},
     sha3_256,
     signature::{AddOutcome, Rejection, SignatureError, Signatures, Signer},
     verify::verify,
@@ -176,7 +177,7 @@ impl Package {
             KIND,
             &caps.name,
             caps.version,
-            vec![Entry::of(CAPS_NAME, &caps_bytes), Entry::of(MODULE_NAME, &module)],
+            vec![Entry::of(CAPS_NAME, &caps_bytes), Entry::tree_of(MODULE_NAME, &module)],
         )?;
         Ok(Self { caps_bytes, caps, module, signed, signatures: Signatures::default() })
     }
@@ -287,7 +288,7 @@ impl Package {
     pub fn check_digests(&self) -> Result<(), PackageError> {
         for e in self.signed.entries() {
             let bytes = self.payload(&e.name).unwrap_or_default();
-            let actual = Entry::of(&e.name, bytes);
+            let actual = e.actual(bytes);
             if actual != *e {
                 return Err(PackageError::Refused(Box::new(Refusal::DigestMismatch {
                     name: e.name.clone(),
@@ -333,9 +334,12 @@ impl Package {
         &self.signatures
     }
 
-    /// The module's sha3-256: the capsule's code identity (policy selectors' `digests`).
+    /// The module's digest as its manifest entry computes it (the SHA3-256
+    /// tree digest, or the plain SHA3-256 in packages built before it): the
+    /// capsule's code identity (policy selectors' `digests`).
     pub fn module_digest(&self) -> Digest {
-        sha3_256(&self.module)
+        let hash = self.signed.entry(MODULE_NAME).map_or(Hash::Tree, |e| e.hash);
+        hash.digest(&self.module)
     }
 
     /// The sha3-256 of the signed manifest: one package build.

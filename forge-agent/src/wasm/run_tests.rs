@@ -323,14 +323,20 @@ fn compiled_modules_are_cached_by_digest_and_checked() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
         .unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    let n = bytes.len();
-    bytes[n - 1] ^= 1;
-    std::fs::write(&file, &bytes).unwrap();
-    let tampered = Runtime::new(Some(ModuleCache::open(dir.path()).unwrap()));
-    assert_eq!(tampered.prepare(&module).unwrap().source, Source::Compiled);
-    let again = Runtime::new(Some(ModuleCache::open(dir.path()).unwrap()));
-    assert_eq!(again.prepare(&module).unwrap().source, Source::DiskCache);
+    let good = std::fs::read(&file).unwrap();
+    // A byte of the artifact, of its tag, of the trailer; and the file cut short.
+    let n = good.len();
+    let changes: [&dyn Fn(&mut Vec<u8>); 4] =
+        [&|b| b[n / 2] ^= 1, &|b| b[n - 20] ^= 1, &|b| b[n - 1] ^= 1, &|b| b.truncate(n - 45)];
+    for change in changes {
+        let mut bytes = good.clone();
+        change(&mut bytes);
+        std::fs::write(&file, &bytes).unwrap();
+        let tampered = Runtime::new(Some(ModuleCache::open(dir.path()).unwrap()));
+        assert_eq!(tampered.prepare(&module).unwrap().source, Source::Compiled);
+        let again = Runtime::new(Some(ModuleCache::open(dir.path()).unwrap()));
+        assert_eq!(again.prepare(&module).unwrap().source, Source::DiskCache);
+    }
 }
 
 #[test]

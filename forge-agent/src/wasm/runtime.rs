@@ -21,7 +21,7 @@ use super::{
     is_component,
     manifest::Limits,
 };
-use crate::sign::{Digest, sha3_256};
+use crate::sign::{Digest, sha3_256_tree};
 
 /// How often the engine's epoch advances (the deadline's resolution).
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -98,14 +98,46 @@ pub struct Runtime {
 }
 
 /// Checks that `bytes` is a valid core module or component this engine
-/// can run (a component is compiled to be checked, and must import only
-/// what the host provides and export `wasi:cli/run`).
+/// can run (a component must import only what the host provides and
+/// export `wasi:cli/run`). Nothing is compiled: preparing the module
+/// compiles it, or takes it from the cache.
 pub fn validate(bytes: &[u8]) -> Result<(), PrepareError> {
     if is_component(bytes) {
-        let c = Component::new(engine(), bytes).map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
-        return check_component(&c).map(|_| ());
+        return validate_component(bytes);
     }
     Module::validate(engine(), bytes).map_err(|e| PrepareError::Invalid(format!("{e:#}")))
+}
+
+/// [`validate`] for a component, with the parser Wasmtime uses; the names
+/// of its own (top-level) imports and exports are checked here, the types
+/// of `wasi:cli/run` when it is prepared ([`check_component`]).
+fn validate_component(bytes: &[u8]) -> Result<(), PrepareError> {
+    use wasmparser::Payload;
+    let invalid = |e: wasmparser::BinaryReaderError| PrepareError::Invalid(e.to_string());
+    wasmparser::Validator::new().validate_all(bytes).map_err(invalid)?;
+    let mut depth = 0usize;
+    let mut run = false;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(s) if depth == 0 => {
+                for import in s {
+                    let name = import.map_err(invalid)?.name.name;
+                    if !host::p2::provides(name) {
+                        return Err(host::LinkError::UnknownInterface(name.to_string()).into());
+                    }
+                }
+            }
+            Payload::ComponentExportSection(s) if depth == 0 => {
+                for export in s {
+                    run |= export.map_err(invalid)?.name.name.starts_with("wasi:cli/run@0.2.");
+                }
+            }
+            _ => {}
+        }
+    }
+    if run { Ok(()) } else { Err(PrepareError::NoRun) }
 }
 
 /// The component's `wasi:cli/run` function, once its imports are known
@@ -129,7 +161,7 @@ impl Runtime {
 
     /// The module with this digest, ready to run: from memory, the disk cache, or compiled.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, PrepareError> {
-        self.prepare_digested(sha3_256(bytes), bytes)
+        self.prepare_digested(sha3_256_tree(bytes), bytes)
     }
 
     /// [`Runtime::prepare`] for a verified package's module, whose digest
@@ -138,7 +170,8 @@ impl Runtime {
         self.prepare_digested(pkg.module_digest(), pkg.package.module())
     }
 
-    /// `digest` must be the sha3-256 of `bytes`: it keys the caches.
+    /// `digest` must be the digest of `bytes` (tree, or plain SHA3-256 for
+    /// packages built before the tree digest): it keys the caches.
     fn prepare_digested(&self, digest: Digest, bytes: &[u8]) -> Result<Prepared, PrepareError> {
         if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
             return Ok(Prepared { source: Source::Memory, ..p.clone() });

@@ -237,3 +237,31 @@ fn a_capsule_no_policy_selects_gets_nothing() {
     assert!(!g.check(&Facility::Clock).allowed);
     assert!(!g.check(&Facility::FileRead("/srv/in.txt")).allowed);
 }
+
+#[test]
+fn the_module_is_listed_by_its_tree_digest_and_older_plain_listings_still_check() {
+    use crate::sign::{manifest::Hash, sha3_256, sha3_256_tree};
+    let module = wasm(HELLO);
+    let p = Package::build(CAPS.as_bytes().to_vec(), module.clone()).unwrap();
+    let e = p.signed_manifest().entry(super::package::MODULE_NAME).unwrap();
+    assert_eq!((e.hash, e.digest), (Hash::Tree, sha3_256_tree(&module)));
+    assert_eq!(p.module_digest(), sha3_256_tree(&module));
+    let text = String::from_utf8(p.signed_manifest().to_bytes()).unwrap();
+    assert!(text.contains(&format!("\ntree {} {} module.wasm\n", e.digest, module.len())), "{text}");
+    assert!(text.contains("\nfile "), "capsule.toml keeps its plain digest: {text}");
+
+    // A package built before the tree digest (a fuzz seed) lists the
+    // module as `file`: it still checks, and its identity stays that digest.
+    let old = Package::parse(include_bytes!("../../../fuzz/seeds/pkg_parse/signed-2.forgepkg")).unwrap();
+    let e = old.signed_manifest().entry(super::package::MODULE_NAME).unwrap();
+    assert_eq!(e.hash, Hash::Plain);
+    old.check_digests().unwrap();
+    assert_eq!(old.module_digest(), sha3_256(old.module()));
+
+    // The keyword is signed: relisting a module under the other digest is a mismatch.
+    let mut bytes = p.to_bytes();
+    let at = bytes.windows(6).position(|w| w == b"\ntree ").unwrap();
+    bytes[at..at + 6].copy_from_slice(b"\nfile ");
+    let relisted = Package::parse(&bytes).unwrap();
+    assert_eq!(relisted.check_digests().unwrap_err().code(), "digest_mismatch");
+}
