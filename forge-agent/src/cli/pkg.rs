@@ -297,6 +297,14 @@ fn load_verified(path: &Path, trust: &Path) -> anyhow::Result<Result<VerifiedPac
     Ok(Ok(v))
 }
 
+/// How the module's digest is computed, as `inspect` names it.
+fn digest_kind(pkg: &Package) -> &'static str {
+    match pkg.module_hash() {
+        forge_agent::sign::manifest::Hash::Tree => "tree",
+        forge_agent::sign::manifest::Hash::Plain => "plain",
+    }
+}
+
 fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let v = match load_verified(&a.package, &a.trust.trust)? {
         Ok(v) => v,
@@ -370,7 +378,8 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
         super::print_json(&json!({
             "package": a.package, "manifest": m,
             "module_sha3": pkg.module_digest().to_hex(), "package_sha3": pkg.package_digest().to_hex(),
-            "module_bytes": pkg.module().len(), "module_kind": wasm::module_kind(pkg.module()), "digests_match": digests_ok.is_ok(),
+            "module_bytes": pkg.module().len(), "module_kind": wasm::module_kind(pkg.module()),
+            "module_digest": digest_kind(&pkg), "digests_match": digests_ok.is_ok(),
             "signature_keys": keys,
             "verified": verified.as_ref().map(|v| match v { Ok(ids) => json!({"ok": true, "signers": ids}), Err(e) => json!({"ok": false, "error": e}) }),
             "policy": granted.as_ref().map(|(name, tier, g)| json!({"policies": name, "tier": tier, "grants": g})),
@@ -383,7 +392,12 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<ExitCode> {
     }
     let kind =
         if wasm::is_component(pkg.module()) { "WASI 0.2 component" } else { "core module, WASI preview1" };
-    println!("  module sha3-256:{} ({} bytes, {kind})", pkg.module_digest().to_hex(), pkg.module().len());
+    println!(
+        "  module sha3-256:{} ({} digest; {} bytes, {kind})",
+        pkg.module_digest().to_hex(),
+        digest_kind(&pkg),
+        pkg.module().len()
+    );
     println!("  package sha3-256:{}", pkg.package_digest().to_hex());
     match &digests_ok {
         Ok(()) => println!("  payloads match the signed manifest"),

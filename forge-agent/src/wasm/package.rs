@@ -338,8 +338,13 @@ impl Package {
     /// tree digest, or the plain SHA3-256 in packages built before it): the
     /// capsule's code identity (policy selectors' `digests`).
     pub fn module_digest(&self) -> Digest {
-        let hash = self.signed.entry(MODULE_NAME).map_or(Hash::Tree, |e| e.hash);
-        hash.digest(&self.module)
+        self.module_hash().digest(&self.module)
+    }
+
+    /// How the manifest digests the module: [`Hash::Tree`] since the tree
+    /// digest, [`Hash::Plain`] in packages built before it.
+    pub fn module_hash(&self) -> Hash {
+        self.signed.entry(MODULE_NAME).map_or(Hash::Tree, |e| e.hash)
     }
 
     /// The sha3-256 of the signed manifest: one package build.

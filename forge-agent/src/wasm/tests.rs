@@ -258,6 +258,12 @@ fn the_module_is_listed_by_its_tree_digest_and_older_plain_listings_still_check(
     old.check_digests().unwrap();
     assert_eq!(old.module_digest(), sha3_256(old.module()));
 
+    // The fuzz seed whose `tree` line Python's hashlib computed checks too.
+    let seed =
+        Package::parse(include_bytes!("../../../fuzz/seeds/pkg_parse/unsigned-tree.forgepkg")).unwrap();
+    seed.check_digests().unwrap();
+    assert_eq!(seed.module_digest(), sha3_256_tree(seed.module()));
+
     // The keyword is signed: relisting a module under the other digest is a mismatch.
     let mut bytes = p.to_bytes();
     let at = bytes.windows(6).position(|w| w == b"\ntree ").unwrap();
