@@ -21,6 +21,7 @@ fn event(i: u64) -> DecisionEvent {
     DecisionEvent {
         ts_ns: i,
         cgroup_id: 4242,
+        actual_cgroup_id: 4242,
         generation: 3,
         pid: 1000,
         tgid: 1000,

@@ -27,6 +27,7 @@ fn event(ts_ns: u64, cgroup_id: u64, hook: Hook, op: Op, verdict: Verdict, targe
     DecisionEvent {
         ts_ns,
         cgroup_id,
+        actual_cgroup_id: cgroup_id,
         generation: 1,
         pid: 1000,
         tgid: 1000,

@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{self, Write as _},
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -23,6 +23,14 @@ pub enum CgroupError {
     },
     #[error("{path} is not inside the cgroup v2 mount {mount}")]
     Outside { path: PathBuf, mount: PathBuf },
+    #[error("no cgroup with id {id} exists (it was removed)")]
+    NoSuchId { id: u64 },
+    #[error("finding the cgroup with id {id}: {source}")]
+    ById {
+        id: u64,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
@@ -108,6 +116,51 @@ impl Cgroup {
         Self::open(path)
     }
 
+    /// Opens the cgroup whose id (kernfs node id, as `bpf_get_current_cgroup_id`
+    /// reports it) is `id`, by file handle: finds it wherever it is, and
+    /// tells a removed cgroup from a re-created one at the same path.
+    pub fn open_by_id(id: u64) -> Result<Self, CgroupError> {
+        let mount = cgroup2_mount()?;
+        let dir = fs::File::open(&mount).map_err(io_err(&mount))?;
+        let fd = open_by_handle(&dir, id)?;
+        let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let path = fs::read_link(&link).map_err(|source| CgroupError::ById { id, source })?;
+        Ok(Self { path, id })
+    }
+
+    /// The cgroup's level in the v2 hierarchy (the root cgroup is 0): the
+    /// number of directories below the mount.
+    pub fn level(&self) -> Result<u32, CgroupError> {
+        let mount = cgroup2_mount()?;
+        let rel = self
+            .path
+            .strip_prefix(&mount)
+            .map_err(|_| CgroupError::Outside { path: self.path.clone(), mount: mount.clone() })?;
+        Ok(rel.components().count() as u32)
+    }
+
+    /// Whether `other` is this cgroup or lies below it.
+    pub fn contains(&self, other: &Path) -> bool {
+        other.starts_with(&self.path)
+    }
+
+    /// The cgroup this process is in.
+    pub fn current() -> Result<Self, CgroupError> {
+        Self::of_pid("self")
+    }
+
+    /// The cgroup v2 cgroup of process `pid` (`"self"` for this one).
+    pub fn of_pid(pid: &str) -> Result<Self, CgroupError> {
+        let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let text = fs::read_to_string(&file).map_err(io_err(&file))?;
+        let rel = parse_proc_cgroup(&text).ok_or_else(|| CgroupError::Io {
+            path: file.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "no cgroup v2 line (0::/path)"),
+        })?;
+        let mount = cgroup2_mount()?;
+        Self::open(mount.join(rel.trim_start_matches('/')))
+    }
+
     /// Moves process `pid` into this cgroup.
     pub fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
         let procs = self.path.join("cgroup.procs");
@@ -148,6 +201,45 @@ impl Cgroup {
     }
 }
 
+/// The cgroup v2 path in `/proc/<pid>/cgroup` text (the `0::/path` line).
+pub fn parse_proc_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// `FILEID_KERNFS`: a kernfs file handle is the node's 64-bit id.
+const FILEID_KERNFS: i32 = 0xfe;
+
+/// Opens the cgroup directory with kernfs id `id` below the mount `dir`.
+fn open_by_handle(dir: &fs::File, id: u64) -> Result<std::os::fd::OwnedFd, CgroupError> {
+    use std::os::fd::FromRawFd as _;
+    /// `struct file_handle` with room for the 8-byte kernfs handle.
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        ty: i32,
+        id: [u8; 8],
+    }
+    let mut handle = Handle { bytes: 8, ty: FILEID_KERNFS, id: id.to_ne_bytes() };
+    // SAFETY: `handle` is a valid `struct file_handle` of `bytes` payload
+    // bytes; the kernel only reads it. `dir` is an open descriptor.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            dir.as_raw_fd(),
+            (&raw mut handle).cast(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let source = io::Error::last_os_error();
+        return Err(match source.raw_os_error() {
+            Some(libc::ESTALE | libc::ENOENT) => CgroupError::NoSuchId { id },
+            _ => CgroupError::ById { id, source },
+        });
+    }
+    // SAFETY: a new descriptor the kernel just returned; we own it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +258,16 @@ mod tests {
     fn no_cgroup2_mount() {
         let info = "26 25 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(parse_cgroup2_mount(info), None);
+    }
+
+    #[test]
+    fn proc_cgroup_v2_line() {
+        assert_eq!(
+            parse_proc_cgroup("12:cpu:/x\n0::/system.slice/forge.service\n"),
+            Some("/system.slice/forge.service")
+        );
+        assert_eq!(parse_proc_cgroup("0::/\n"), Some("/"));
+        assert_eq!(parse_proc_cgroup("3:memory:/a\n"), None);
     }
 
     #[test]

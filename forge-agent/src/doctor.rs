@@ -34,7 +34,7 @@ pub fn gather() -> Report {
     let kernel = nix::sys::utsname::uname()
         .map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()))
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    let lsm_list = read_lsm_list();
+    let lsm_list = crate::ebpf::lsm_list::read().ok();
     let (backends, tags, probe_error) = match loader::probe_with_tags() {
         Ok((b, t)) => (b, t, None),
         Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
@@ -45,24 +45,10 @@ pub fn gather() -> Report {
         cgroup2_mount: crate::cgroup::cgroup2_mount().ok().map(|p| p.display().to_string()),
         bpffs_mounted: fs::read_to_string("/proc/self/mounts")
             .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"))),
-        bpf_in_lsm_list: lsm_list.as_deref().is_some_and(|l| l.split(',').any(|x| x == "bpf")),
+        bpf_in_lsm_list: lsm_list.as_deref().is_some_and(crate::ebpf::lsm_list::names_bpf),
         lsm_list,
         backends,
         probe_error,
         tags,
     }
-}
-
-fn read_lsm_list() -> Option<String> {
-    let path = Path::new("/sys/kernel/security/lsm");
-    if !path.exists() {
-        let _ = nix::mount::mount(
-            Some("securityfs"),
-            "/sys/kernel/security",
-            Some("securityfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        );
-    }
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }

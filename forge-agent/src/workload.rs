@@ -8,6 +8,7 @@ use std::{
     io,
     net::{SocketAddr, TcpStream, UdpSocket},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
     process::{Child, Command, ExitStatus},
     str::FromStr,
     time::Duration,
@@ -44,6 +45,20 @@ pub enum Action {
     /// Stay alive for this many milliseconds (a process that lingers, like
     /// a shell waiting for its operator).
     Sleep(u64),
+    /// Move this process into the cgroup directory (made first if missing,
+    /// like a workload making a child cgroup) by writing `0` to its
+    /// `cgroup.procs`, then perform the action there.
+    MoveSelf(PathBuf, Box<Action>),
+    /// `clone3(CLONE_INTO_CGROUP)` a child straight into the cgroup directory
+    /// (opened `O_PATH`) that performs the action; print `child <outcome>`.
+    Clone3Into(PathBuf, Box<Action>),
+    /// Fork a child, move it into the cgroup directory by writing its pid
+    /// to `cgroup.procs`, then let it perform the action; print `child
+    /// <outcome>`.
+    MoveChild(PathBuf, Box<Action>),
+    /// Start a thread that moves itself into the (threaded) cgroup
+    /// directory through `cgroup.threads` and performs the action there.
+    Thread(PathBuf, Box<Action>),
 }
 
 impl fmt::Display for Action {
@@ -62,6 +77,10 @@ impl fmt::Display for Action {
             Self::ConnectDeniedLoop(a, n) => write!(f, "connect-denied-loop {a} {n}"),
             Self::ConnectStorm(a, n) => write!(f, "connect-storm {a} {n}"),
             Self::Sleep(ms) => write!(f, "sleep {ms}"),
+            Self::MoveSelf(dir, a) => write!(f, "move-self {} {a}", dir.display()),
+            Self::Clone3Into(dir, a) => write!(f, "clone3-into {} {a}", dir.display()),
+            Self::MoveChild(dir, a) => write!(f, "move-child {} {a}", dir.display()),
+            Self::Thread(dir, a) => write!(f, "thread-in {} {a}", dir.display()),
         }
     }
 }
@@ -72,6 +91,12 @@ impl FromStr for Action {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut it = s.split_whitespace();
         let verb = it.next().ok_or("empty action")?;
+        if let Some(wrap) = wrapper(verb) {
+            // `VERB DIR ACTION...`: the rest of the line is the inner action.
+            let dir = it.next().ok_or_else(|| format!("{verb} needs a cgroup directory"))?;
+            let inner: Action = it.collect::<Vec<_>>().join(" ").parse()?;
+            return Ok(wrap(PathBuf::from(dir), Box::new(inner)));
+        }
         let arg = it.next();
         let need = |a: Option<&str>| a.map(str::to_string).ok_or_else(|| format!("{verb} needs an argument"));
         let addr = |a: Option<&str>| -> Result<SocketAddr, String> {
@@ -110,6 +135,19 @@ impl FromStr for Action {
             other => return Err(format!("unknown action {other:?}")),
         })
     }
+}
+
+type Wrap = fn(PathBuf, Box<Action>) -> Action;
+
+/// The actions that wrap another one in a cgroup move.
+fn wrapper(verb: &str) -> Option<Wrap> {
+    Some(match verb {
+        "move-self" => Action::MoveSelf,
+        "clone3-into" => Action::Clone3Into,
+        "move-child" => Action::MoveChild,
+        "thread-in" => Action::Thread,
+        _ => return None,
+    })
 }
 
 fn errno_result(ret: libc::c_long) -> io::Result<()> {
@@ -166,7 +204,134 @@ pub fn perform(action: &Action) -> io::Result<()> {
             unsafe { libc::ptrace(libc::PTRACE_DETACH, *pid as libc::pid_t, 0usize, 0usize) };
             Ok(())
         }
+        Action::MoveSelf(dir, inner) => {
+            if !dir.exists() {
+                std::fs::create_dir(dir)?;
+            }
+            std::fs::write(dir.join("cgroup.procs"), "0")?;
+            perform(inner)
+        }
+        Action::Clone3Into(dir, inner) => clone3_into(dir, inner),
+        Action::MoveChild(dir, inner) => move_child(dir, inner),
+        Action::Thread(dir, inner) => {
+            let (dir, inner) = (dir.clone(), (**inner).clone());
+            let t = std::thread::spawn(move || -> io::Result<()> {
+                std::fs::write(dir.join("cgroup.threads"), "0")?;
+                perform(&inner)
+            });
+            t.join().map_err(|_| io::Error::other("the thread panicked"))?
+        }
     }
+}
+
+/// Prints how the child `pid` ended (`child succeeded`, `child failed: ...`,
+/// `child killed by SIGKILL`) and returns.
+fn report_child(pid: libc::pid_t) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut status = 0;
+    // SAFETY: waitpid(2) on our own child with a valid status pointer.
+    if unsafe { libc::waitpid(pid, &raw mut status, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let outcome = if libc::WIFSIGNALED(status) {
+        Outcome::Signal(libc::WTERMSIG(status))
+    } else {
+        match libc::WEXITSTATUS(status) {
+            0 => Outcome::Ok,
+            c => Outcome::Errno(c),
+        }
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "child {outcome}")?;
+    out.flush()
+}
+
+/// In a forked child: performs `inner` and exits with its code.
+fn child_performs(inner: &Action) -> ! {
+    let code = exit_code(&perform(inner));
+    // SAFETY: ends the forked child without running the parent's atexit work.
+    unsafe { libc::_exit(code) }
+}
+
+fn clone3_into(dir: &std::path::Path, inner: &Action) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: open(2) of a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: fd as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3(2) like fork (no new stack); `args` is a valid
+    // clone_args of the size given. The workload process is single-threaded.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &raw mut args, size_of::<CloneArgs>()) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    if pid == 0 {
+        child_performs(inner);
+    }
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    report_child(pid as libc::pid_t)
+}
+
+fn move_child(dir: &std::path::Path, inner: &Action) -> io::Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) into a two-element array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fork(2) in a single-threaded workload process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte from the pipe's read end; closing its write end.
+        unsafe {
+            libc::close(fds[1]);
+            libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+        }
+        child_performs(inner);
+    }
+    // SAFETY: closing the read end in the parent.
+    unsafe { libc::close(fds[0]) };
+    let moved = std::fs::write(dir.join("cgroup.procs"), pid.to_string());
+    // SAFETY: one byte to let the child go, then close the write end.
+    unsafe {
+        libc::write(fds[1], b"g".as_ptr().cast(), 1);
+        libc::close(fds[1]);
+    }
+    let reported = report_child(pid);
+    moved?;
+    reported
 }
 
 fn connect_storm(addr: &SocketAddr, n: u32) -> io::Result<()> {
@@ -410,6 +575,10 @@ mod tests {
             "connect-denied-loop 127.0.0.1:80 100",
             "connect-storm 127.0.0.1:80 200000",
             "connect-storm [::1]:443 5",
+            "move-self /sys/fs/cgroup/a/b connect 127.0.0.1:9",
+            "clone3-into /sys/fs/cgroup syscall getppid",
+            "move-child /sys/fs/cgroup move-self /x exec /bin/true",
+            "thread-in /sys/fs/cgroup/t sendto 10.0.0.1:53",
         ] {
             let a: Action = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
@@ -417,5 +586,8 @@ mod tests {
         assert!("connect nowhere".parse::<Action>().is_err());
         assert!("fly".parse::<Action>().is_err());
         assert!("exec".parse::<Action>().is_err());
+        assert!("move-self".parse::<Action>().is_err());
+        assert!("move-self /x".parse::<Action>().is_err());
+        assert!("clone3-into /x fly".parse::<Action>().is_err());
     }
 }

@@ -29,6 +29,7 @@ fn event(i: u32) -> DecisionEvent {
     DecisionEvent {
         ts_ns: u64::from(i),
         cgroup_id: 4242,
+        actual_cgroup_id: 4242,
         generation: 1,
         pid: 10 + i,
         tgid: 10 + i,

@@ -51,6 +51,7 @@ fn event(seq: u64, pid: u32) -> DecisionEvent {
     DecisionEvent {
         ts_ns: seq,
         cgroup_id: 77,
+        actual_cgroup_id: 77,
         generation: 1,
         pid,
         tgid: pid,

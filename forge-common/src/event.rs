@@ -12,7 +12,17 @@ pub const PATH_BUF_LEN: usize = 256;
 pub struct Event {
     /// `bpf_ktime_get_ns()` (monotonic, boot-relative).
     pub ts_ns: u64,
+    /// The governed cgroup whose record decided: the caller's own cgroup or
+    /// its nearest governed ancestor. 0 for events outside any governed
+    /// subtree (cgroup lifecycle, signals to the agent).
     pub cgroup_id: u64,
+    /// The cgroup the calling task is actually in (equal to `cgroup_id`
+    /// when the task sits in the governed cgroup itself).
+    pub actual_cgroup_id: u64,
+    /// A second cgroup the event is about: the destination of a containment
+    /// breach (`ESCAPE_*`), the cgroup made or removed (`CGROUP_MKDIR`,
+    /// `CGROUP_RMDIR`); 0 otherwise.
+    pub target_cgroup_id: u64,
     /// Generation of the policy record that decided.
     pub generation: u64,
     /// Thread id.
@@ -35,9 +45,11 @@ pub struct Event {
     /// Port in host byte order for network events.
     pub port: u16,
     /// Syscall number (`SYS_ENTER`), bpf command (`LSM_BPF`), signal
-    /// (`LSM_TASK_KILL`), exit code (`PROC_EXIT`); 0 otherwise.
+    /// (`LSM_TASK_KILL`, `LSM_FILE_SIGIOTASK`), exit code (`PROC_EXIT`),
+    /// [`crate::escape`] outcome (`ESCAPE_*`), cgroup level (`CGROUP_*`),
+    /// permission mask (`LSM_INODE_PERMISSION`); 0 otherwise.
     pub nr: u32,
-    /// Target pid for ptrace/kill; 0 otherwise.
+    /// Target pid for ptrace/kill, the escaped task's tgid (`ESCAPE_*`); 0 otherwise.
     pub target_pid: u32,
     /// Address words in network order (IPv4 in word 0).
     pub addr: [u32; 4],
@@ -47,7 +59,7 @@ pub struct Event {
     pub comm: [u8; 16],
     pub path: [u8; PATH_BUF_LEN],
 }
-const _: () = assert!(size_of::<Event>() == 8 * 3 + 4 * 4 + 2 + 4 + 2 + 4 + 4 + 16 + 8 + 16 + 256);
+const _: () = assert!(size_of::<Event>() == 8 * 5 + 4 * 4 + 2 + 4 + 2 + 4 + 4 + 16 + 8 + 16 + 256);
 
 impl Event {
     /// An all-zero event (valid: every field is an integer).
@@ -55,6 +67,8 @@ impl Event {
         Self {
             ts_ns: 0,
             cgroup_id: 0,
+            actual_cgroup_id: 0,
+            target_cgroup_id: 0,
             generation: 0,
             pid: 0,
             tgid: 0,

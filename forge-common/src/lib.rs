@@ -8,14 +8,28 @@
 //! Map layout (one policy record per governed cgroup):
 //!
 //! ```text
-//! CGROUPS   hash    cgroup id (u64)  -> slot (u32)        one lookup; a miss = ungoverned
+//! CGROUPS   hash    cgroup id (u64)  -> Governor{slot, level}   a governed cgroup
 //! POLICIES  array   slot             -> PolicyRecord       double-buffered by the writer
 //! PATHS     lpm     PathKey{slot,op,path} -> PathRule     longest prefix wins
 //! EVENTS    ringbuf Event                                 decisions other than plain allow
 //! DROPS     percpu  [u64; 1]                              ring reservations that failed
 //! COUNTERS  percpu hash CounterKey -> u64                 per cgroup, hook, verdict (or DROPPED), mode
-//! CONFIG    array   [Config; 1]                           agent tgid, flags
+//! CONFIG    array   [Config; 1]                           agent tgid, layout, governed levels
+//! TASKS     hash    tgid (u32) -> governed cgroup id (u64) processes inside a governed subtree
 //! ```
+//!
+//! A governed cgroup governs its whole subtree. A program first looks up the
+//! caller's own cgroup in `CGROUPS`; on a miss it walks the caller's
+//! ancestors, but only at the levels where some governed cgroup exists
+//! ([`Config::levels_rev`]), deepest first, so the nearest governed ancestor
+//! decides. A cgroup made below a governed one is governed from the moment it
+//! exists: nothing has to be written for it.
+//!
+//! `TASKS` remembers, per process, the governed cgroup it belongs to, so that
+//! a process that moves itself out of its subtree is still known for what it
+//! was when the move is reported (after the move, its cgroup says nothing).
+//! Kept by the fork, exit and attach tracepoints and seeded by the agent when
+//! it starts governing a cgroup.
 //!
 //! `COUNTERS` counts every decision other than `INFO` under its verdict, and
 //! every event the ring had no room for (decisions and `INFO` alike) under
@@ -37,7 +51,7 @@ pub mod policy;
 
 pub use event::{Event, PATH_BUF_LEN};
 pub use policy::{
-    Config, CounterKey, MAX_NET_RULES, MAX_SYSCALLS, NetRule, PATH_KEY_PATH_LEN, PathKey, PathRule,
+    Config, CounterKey, Governor, MAX_NET_RULES, MAX_SYSCALLS, NetRule, PATH_KEY_PATH_LEN, PathKey, PathRule,
     PolicyRecord, SYSCALL_WORDS, unmap_v4,
 };
 
@@ -50,8 +64,40 @@ pub mod map_name {
     pub const DROPS: &str = "DROPS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
+    pub const TASKS: &str = "TASKS";
     /// All maps the agent pins, in a stable order.
-    pub const ALL: [&str; 7] = [CGROUPS, POLICIES, PATHS, EVENTS, DROPS, COUNTERS, CONFIG];
+    pub const ALL: [&str; 8] = [CGROUPS, POLICIES, PATHS, EVENTS, DROPS, COUNTERS, TASKS, CONFIG];
+}
+
+/// Version of the map layout. An agent refuses to adopt pinned maps of
+/// another layout (it says so and how to start over), instead of reading
+/// records it would misunderstand.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Deepest cgroup level the agent governs (levels are bits of a `u64`).
+pub const MAX_GOVERNED_LEVEL: u32 = 63;
+
+/// Kernel functions (kfuncs) the programs call. aya 0.14 cannot relocate
+/// kfunc calls, so a program calls a placeholder helper number no kernel
+/// has, and the agent rewrites each such call before loading: into a call of
+/// the kfunc by its BTF id in the running kernel, or into `r0 = -ENOSYS`
+/// where the kernel lacks it (the program then takes its fallback).
+pub mod kfunc {
+    /// Placeholder for `bpf_send_signal_task(task, sig, type, value)`
+    /// (kernels from 6.13).
+    pub const SIGNAL_TASK_CALL: i32 = 0x7ff0;
+    /// The kfunc the placeholder stands for.
+    pub const SIGNAL_TASK: &str = "bpf_send_signal_task";
+}
+
+/// How a containment breach ended, in [`Event::nr`] of `ESCAPE_*` events.
+pub mod escape {
+    /// The escaped task was killed by the kernel program before it ran on.
+    pub const KILLED: u32 = 1;
+    /// This kernel cannot signal another task from the hook: the caller
+    /// that made the escape was killed, and the agent must kill the escaped
+    /// task (`Event::target_pid`).
+    pub const LEFT_TO_AGENT: u32 = 2;
 }
 
 /// Capacity of the maps; the agent and the kernel object agree on these.
@@ -64,6 +110,8 @@ pub mod capacity {
     pub const PATH_RULES: u32 = 16_384;
     /// Counter entries (cgroup x hook x verdict x mode).
     pub const COUNTERS: u32 = 16_384;
+    /// Processes inside governed subtrees that `TASKS` can remember.
+    pub const TASKS: u32 = 65_536;
     /// Default ring buffer size in bytes (power of two, multiple of the page
     /// size); the agent may load the object with another size.
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
@@ -89,7 +137,23 @@ pub mod hook {
     pub const PROC_EXIT: u16 = 16;
     /// Exec deny fallback: the new image is killed at `sched_process_exec`.
     pub const EXEC_TRACEPOINT: u16 = 17;
-    pub const MAX: u16 = 17;
+    /// Writes to cgroup and bpffs files (containment, self-protection).
+    pub const LSM_INODE_PERMISSION: u16 = 18;
+    /// Unmounting bpffs or cgroup2 (self-protection).
+    pub const LSM_SB_UMOUNT: u16 = 19;
+    /// SIGIO/SIGURG (`F_SETOWN`, `F_SETSIG`) aimed at the agent.
+    pub const LSM_FILE_SIGIOTASK: u16 = 20;
+    /// A child forked into a cgroup outside its parent's governed subtree
+    /// (`clone3(CLONE_INTO_CGROUP)`).
+    pub const ESCAPE_FORK: u16 = 21;
+    /// A task moved (`cgroup.procs`, `cgroup.threads`) out of its governed
+    /// subtree.
+    pub const ESCAPE_ATTACH: u16 = 22;
+    /// A cgroup v2 directory was made.
+    pub const CGROUP_MKDIR: u16 = 23;
+    /// A cgroup v2 directory was removed.
+    pub const CGROUP_RMDIR: u16 = 24;
+    pub const MAX: u16 = 24;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].
@@ -105,6 +169,8 @@ pub mod op {
     pub const PROTECT: u8 = 7;
     /// Process lifecycle (exec, exit): informational.
     pub const PROCESS: u8 = 8;
+    /// cgroup lifecycle (mkdir, rmdir): informational.
+    pub const CGROUP: u8 = 9;
     /// Number of classes that carry a default action.
     pub const COUNT: usize = 8;
 }
@@ -161,5 +227,8 @@ pub mod rule_id {
     pub const DEFAULT: u32 = 0;
     /// Built-in self-protection of the agent.
     pub const SELF_PROTECT: u32 = 1;
+    /// Built-in containment: a governed task may not leave its governed
+    /// subtree, nor write cgroup files outside it.
+    pub const CONTAINMENT: u32 = 2;
     pub const FIRST: u32 = 16;
 }

@@ -229,11 +229,42 @@ const _: () = assert!(size_of::<CounterKey>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// Thread-group id of the running agent (target of self-protection).
+    /// Thread-group id of the running agent (target of self-protection;
+    /// never governed itself).
     pub agent_tgid: u32,
-    pub _pad: u32,
+    /// [`crate::LAYOUT_VERSION`] of the agent that wrote the maps.
+    pub layout: u32,
+    /// The cgroup levels at which some cgroup is governed, bit-reversed:
+    /// bit `63 - level` is set for a governed cgroup at `level` (the root
+    /// cgroup is level 0). Reversed so that the lowest set bit is the
+    /// deepest level, the first one a walk for the nearest governed
+    /// ancestor looks at.
+    pub levels_rev: u64,
 }
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 16);
+
+impl Config {
+    /// `levels_rev` for governed cgroups at `levels` (levels above
+    /// [`crate::MAX_GOVERNED_LEVEL`] are ignored; the agent refuses them).
+    pub fn levels_rev_of(levels: impl IntoIterator<Item = u32>) -> u64 {
+        levels
+            .into_iter()
+            .filter(|l| *l <= crate::MAX_GOVERNED_LEVEL)
+            .fold(0, |acc, l| acc | 1u64 << (crate::MAX_GOVERNED_LEVEL - l))
+    }
+}
+
+/// A governed cgroup's entry in `CGROUPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Governor {
+    /// The `POLICIES` slot of its record.
+    pub slot: u32,
+    /// Its level in the cgroup v2 hierarchy (root = 0): where to look for it
+    /// among a descendant's ancestors.
+    pub level: u32,
+}
+const _: () = assert!(size_of::<Governor>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -250,6 +281,8 @@ mod pod {
     unsafe impl aya::Pod for super::CounterKey {}
     // SAFETY: integers and explicit padding only.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: two integers, no padding.
+    unsafe impl aya::Pod for super::Governor {}
 }
 
 #[cfg(test)]
@@ -298,6 +331,18 @@ mod tests {
     fn zero_prefix_matches_every_address() {
         let r = rule(0, 0, 0, u16::MAX);
         assert!(r.matches(op::NET_CONNECT, family::INET, &[v4(8, 8, 8, 8), 0, 0, 0], 53));
+    }
+
+    #[test]
+    fn governed_levels_are_bit_reversed() {
+        assert_eq!(Config::levels_rev_of([]), 0);
+        assert_eq!(Config::levels_rev_of([0]), 1 << 63);
+        assert_eq!(Config::levels_rev_of([63]), 1);
+        let m = Config::levels_rev_of([2, 5, 5]);
+        assert_eq!(m, (1 << 61) | (1 << 58));
+        // The lowest set bit is the deepest level.
+        assert_eq!(63 - m.trailing_zeros(), 5);
+        assert_eq!(Config::levels_rev_of([64, 1000]), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! cgroup sock_addr hooks, attached to each governed cgroup: connect, bind
-//! and UDP sendmsg for IPv4 and IPv6. Return 1 to allow, 0 to deny (the
-//! syscall fails with EPERM).
+//! cgroup sock_addr hooks, attached to each governed cgroup that has no
+//! governed ancestor (the kernel runs them for the whole subtree below):
+//! connect, bind and UDP sendmsg for IPv4 and IPv6. Return 1 to allow, 0 to
+//! deny (the syscall fails with EPERM).
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use forge_common::{family, flags, hook, op, verdict};
@@ -15,9 +16,10 @@ const DENY: i32 = 0;
 
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
-    let Some((cgroup_id, _slot, record)) = governing() else {
+    let Some(g) = governing() else {
         return ALLOW;
     };
+    let record = g.record;
     if record.flags & flags::NET_VIA_LSM != 0 {
         // The LSM socket hooks decide for this cgroup.
         return ALLOW;
@@ -39,7 +41,7 @@ fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
         return ALLOW;
     }
     let v = if d.allows() { verdict::ALLOW } else { verdict::DENY };
-    let mut r = Report::new(cgroup_id, h, op_class, v, d.mode, d.rule_id);
+    let mut r = Report::of(&g, h, op_class, v, d.mode, d.rule_id);
     r.family = fam;
     r.addr = ip;
     r.port = port;

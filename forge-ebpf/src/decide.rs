@@ -1,20 +1,115 @@
 //! Shared decision logic: which record governs the caller, and what it says.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, generated::bpf_d_path};
-use forge_common::{PathKey, PolicyRecord, mode, verdict};
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+    generated::bpf_d_path,
+};
+use forge_common::{Governor, MAX_GOVERNED_LEVEL, PathKey, PolicyRecord, mode, verdict};
 
-use crate::maps::{CGROUPS, PATHS, POLICIES, SCRATCH, Scratch};
+use crate::{
+    kernel,
+    maps::{CGROUPS, CONFIG, PATHS, POLICIES, SCRATCH, Scratch},
+};
 
-/// The record governing the current cgroup, with its cgroup id and slot.
-/// `None` for ungoverned cgroups: one hash lookup and nothing else.
+/// The governed cgroup whose record decides for a task, and the record.
+pub(crate) struct Governing {
+    /// The governed cgroup: the task's own, or its nearest governed ancestor.
+    pub(crate) id: u64,
+    /// The task's own cgroup.
+    pub(crate) actual: u64,
+    pub(crate) slot: u32,
+    /// Level of the governed cgroup.
+    pub(crate) level: u32,
+    pub(crate) record: &'static PolicyRecord,
+}
+
+/// The record governing the current task: its cgroup's, or its nearest
+/// governed ancestor's. `None` outside every governed subtree, and for the
+/// agent itself. A task in a governed cgroup costs one hash lookup; one
+/// outside costs that plus one lookup per level at which some cgroup is
+/// governed (most hosts: one).
 #[inline(always)]
-pub(crate) fn governing() -> Option<(u64, u32, &'static PolicyRecord)> {
+pub(crate) fn governing() -> Option<Governing> {
     // SAFETY: the helper has no preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: the value is a plain u32 that the agent writes whole.
-    let slot = *unsafe { CGROUPS.get(cgroup_id) }?;
-    let record = POLICIES.get(slot)?;
-    Some((cgroup_id, slot, record))
+    let actual = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is two integers the agent writes whole.
+    let (id, gov) = match unsafe { CGROUPS.get(actual) } {
+        Some(g) => (actual, *g),
+        None => {
+            let id = nearest_current_ancestor(actual);
+            // SAFETY: as above.
+            (id, *unsafe { CGROUPS.get(id) }?)
+        }
+    };
+    let record = POLICIES.get(gov.slot)?;
+    let agent = CONFIG.get(0).map_or(0, |c| c.agent_tgid);
+    if agent != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == agent {
+        return None;
+    }
+    Some(Governing { id, actual, slot: gov.slot, level: gov.level, record })
+}
+
+/// Walks the governed levels, deepest first, as `CONFIG.levels_rev` lists
+/// them, calling `at(level)` until it answers a cgroup id; 0 when none does.
+/// (Plain ids, 0 for none: an `Option` payload left undefined on `None` is
+/// a register the verifier refuses to read.)
+#[inline(always)]
+fn deepest_first(mut at: impl FnMut(u32) -> u64) -> u64 {
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    let mut m = cfg.levels_rev;
+    let mut i = 0;
+    while i <= MAX_GOVERNED_LEVEL && m != 0 {
+        let low = m & m.wrapping_neg();
+        m ^= low;
+        let level = MAX_GOVERNED_LEVEL - low.trailing_zeros();
+        let found = at(level);
+        if found != 0 {
+            return found;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Whether `id` is a governed cgroup.
+#[inline(always)]
+fn is_governed(id: u64) -> bool {
+    // SAFETY: the value is two integers the agent writes whole.
+    unsafe { CGROUPS.get(id) }.is_some()
+}
+
+/// The current task's nearest governed ancestor (its own cgroup, `actual`,
+/// was looked up already); 0 when it has none.
+#[inline(always)]
+fn nearest_current_ancestor(actual: u64) -> u64 {
+    deepest_first(|level| {
+        // SAFETY: the helper has no preconditions; 0 means no such level.
+        let a = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if a != 0 && a != actual && is_governed(a) { a } else { 0 }
+    })
+}
+
+/// The nearest governed cgroup at or above the cgroup at `cgrp` (a `struct
+/// cgroup *`); 0 when there is none.
+#[inline(always)]
+pub(crate) fn nearest_governed(cgrp: *const u8) -> u64 {
+    deepest_first(|level| match kernel::cgroup_ancestor_id(cgrp, level) {
+        Some(a) if is_governed(a) => a,
+        _ => 0,
+    })
+}
+
+/// The entry of the governed cgroup `id`, if it is governed.
+#[inline(always)]
+pub(crate) fn governor(id: u64) -> Option<Governor> {
+    // SAFETY: the value is two integers the agent writes whole.
+    unsafe { CGROUPS.get(id) }.copied()
+}
+
+/// Whether the cgroup at `cgrp` is `gov_id` (at `gov_level`) or below it.
+#[inline(always)]
+pub(crate) fn within(cgrp: *const u8, gov_id: u64, gov_level: u32) -> bool {
+    kernel::cgroup_ancestor_id(cgrp, gov_level) == Some(gov_id)
 }
 
 /// What a rule or default says about one operation.

@@ -1,11 +1,15 @@
 //! Counting decisions and sending events to the agent.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    bpf_probe_read_kernel_buf,
 };
 use forge_common::{CounterKey, Event, PolicyRecord};
 
-use crate::maps::{COUNTERS, DROPS, EVENTS, Scratch};
+use crate::{
+    decide::Governing,
+    maps::{COUNTERS, DROPS, EVENTS, Scratch},
+};
 
 /// `BPF_NOEXIST`: insert only if absent.
 const BPF_NOEXIST: u64 = 1;
@@ -13,6 +17,9 @@ const BPF_NOEXIST: u64 = 1;
 /// What one event says, apart from the fields every event has.
 pub(crate) struct Report {
     pub(crate) cgroup_id: u64,
+    /// The caller's own cgroup; 0: filled in from the current task.
+    pub(crate) actual_cgroup_id: u64,
+    pub(crate) target_cgroup_id: u64,
     pub(crate) hook: u16,
     pub(crate) op: u8,
     pub(crate) verdict: u8,
@@ -31,6 +38,8 @@ impl Report {
     pub(crate) const fn new(cgroup_id: u64, hook: u16, op: u8, verdict: u8, mode: u8, rule_id: u32) -> Self {
         Self {
             cgroup_id,
+            actual_cgroup_id: 0,
+            target_cgroup_id: 0,
             hook,
             op,
             verdict,
@@ -43,6 +52,14 @@ impl Report {
             target_pid: 0,
             ppid: 0,
         }
+    }
+
+    /// A report for a decision of `g`'s record about the current task.
+    #[inline(always)]
+    pub(crate) const fn of(g: &Governing, hook: u16, op: u8, verdict: u8, mode: u8, rule_id: u32) -> Self {
+        let mut r = Self::new(g.id, hook, op, verdict, mode, rule_id);
+        r.actual_cgroup_id = g.actual;
+        r
     }
 }
 
@@ -63,7 +80,7 @@ pub(crate) fn count(cgroup_id: u64, hook: u16, verdict: u8, mode: u8) {
 }
 
 /// Counts the decision and sends the event. `path` is the scratch area when
-/// the event carries a resolved path. An event the full ring has no room for
+/// the event carries a resolved path (or a cgroup path). An event the full ring has no room for
 /// is counted twice: in the global `DROPS`, and per cgroup and hook under
 /// `verdict::DROPPED` in `COUNTERS` (process tracking included), so that a
 /// storm in one workload is attributed to it. The decision itself was taken
@@ -88,6 +105,9 @@ pub(crate) fn report(record: Option<&PolicyRecord>, r: &Report, path: Option<&Sc
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();
         (*ev).cgroup_id = r.cgroup_id;
+        (*ev).actual_cgroup_id =
+            if r.actual_cgroup_id != 0 { r.actual_cgroup_id } else { bpf_get_current_cgroup_id() };
+        (*ev).target_cgroup_id = r.target_cgroup_id;
         (*ev).generation = match record {
             Some(rec) => rec.generation,
             None => 0,

@@ -20,6 +20,57 @@ static OFF_TASK_REAL_PARENT: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_TASK_EXIT_CODE: u32 = 0;
 
+/// `offsetof(struct task_struct, cgroups)`.
+#[unsafe(no_mangle)]
+static OFF_TASK_CGROUPS: u32 = 0;
+/// `offsetof(struct css_set, dfl_cgrp)`.
+#[unsafe(no_mangle)]
+static OFF_CSS_SET_DFL_CGRP: u32 = 0;
+/// `offsetof(struct cgroup, kn)`.
+#[unsafe(no_mangle)]
+static OFF_CGROUP_KN: u32 = 0;
+/// `offsetof(struct cgroup, level)`.
+#[unsafe(no_mangle)]
+static OFF_CGROUP_LEVEL: u32 = 0;
+/// `offsetof(struct cgroup, root)`.
+#[unsafe(no_mangle)]
+static OFF_CGROUP_ROOT: u32 = 0;
+/// `offsetof(struct cgroup, ancestors)` (kernels from 6.0: `struct cgroup *`
+/// per level) or `offsetof(struct cgroup, ancestor_ids)` (before: the ids).
+#[unsafe(no_mangle)]
+static OFF_CGROUP_ANCESTORS: u32 = 0;
+/// 1 when `OFF_CGROUP_ANCESTORS` points at `u64 ancestor_ids[]`, 0 when at
+/// `struct cgroup *ancestors[]`.
+#[unsafe(no_mangle)]
+static CGROUP_ANCESTOR_IDS: u32 = 0;
+/// `offsetof(struct kernfs_node, id)`.
+#[unsafe(no_mangle)]
+static OFF_KN_ID: u32 = 0;
+/// `offsetof(struct kernfs_node, parent)` (`__parent` from 6.15).
+#[unsafe(no_mangle)]
+static OFF_KN_PARENT: u32 = 0;
+/// `offsetof(struct kernfs_node, priv)`.
+#[unsafe(no_mangle)]
+static OFF_KN_PRIV: u32 = 0;
+/// `offsetof(struct kernfs_node, flags)`.
+#[unsafe(no_mangle)]
+static OFF_KN_FLAGS: u32 = 0;
+/// `offsetof(struct kernfs_node, name)`.
+#[unsafe(no_mangle)]
+static OFF_KN_NAME: u32 = 0;
+/// `offsetof(struct inode, i_sb)`.
+#[unsafe(no_mangle)]
+static OFF_INODE_SB: u32 = 0;
+/// `offsetof(struct inode, i_private)`.
+#[unsafe(no_mangle)]
+static OFF_INODE_PRIVATE: u32 = 0;
+/// `offsetof(struct super_block, s_magic)`.
+#[unsafe(no_mangle)]
+static OFF_SB_MAGIC: u32 = 0;
+/// `offsetof(struct vfsmount, mnt_sb)`.
+#[unsafe(no_mangle)]
+static OFF_VFSMOUNT_SB: u32 = 0;
+
 #[inline(always)]
 fn get(v: &'static u32) -> usize {
     // SAFETY: reading a static; volatile so the compiler does not fold the
@@ -44,6 +95,135 @@ pub(crate) fn task_real_parent() -> usize {
 }
 pub(crate) fn task_exit_code() -> usize {
     get(&OFF_TASK_EXIT_CODE)
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub(crate) fn read<T>(base: *const u8, off: usize) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault returns Err.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.wrapping_add(off) as *const T).ok() }
+}
+
+/// Reads a kernel pointer at `base + off`; `None` if unreadable or null.
+#[inline(always)]
+pub(crate) fn read_ptr(base: *const u8, off: usize) -> Option<*const u8> {
+    read::<*const u8>(base, off).filter(|p| !p.is_null())
+}
+
+/// The cgroup v2 cgroup (`struct cgroup *`) of the task at `task`.
+#[inline(always)]
+pub(crate) fn task_cgroup(task: *const u8) -> Option<*const u8> {
+    let cset = read_ptr(task, get(&OFF_TASK_CGROUPS))?;
+    read_ptr(cset, get(&OFF_CSS_SET_DFL_CGRP))
+}
+
+/// The id of the cgroup at `cgrp` (its kernfs node id, what
+/// `bpf_get_current_cgroup_id` returns for a task in it).
+#[inline(always)]
+pub(crate) fn cgroup_id(cgrp: *const u8) -> Option<u64> {
+    let kn = read_ptr(cgrp, get(&OFF_CGROUP_KN))?;
+    read::<u64>(kn, get(&OFF_KN_ID))
+}
+
+/// The level of the cgroup at `cgrp` (root = 0).
+#[inline(always)]
+pub(crate) fn cgroup_level(cgrp: *const u8) -> Option<u32> {
+    read::<i32>(cgrp, get(&OFF_CGROUP_LEVEL)).map(|l| l as u32)
+}
+
+/// The hierarchy (`struct cgroup_root *`) the cgroup at `cgrp` belongs to.
+#[inline(always)]
+pub(crate) fn cgroup_root(cgrp: *const u8) -> Option<*const u8> {
+    read_ptr(cgrp, get(&OFF_CGROUP_ROOT))
+}
+
+/// The id of the ancestor of the cgroup at `cgrp` at `level` (itself at its
+/// own level); `None` when `level` is deeper than the cgroup.
+#[inline(always)]
+pub(crate) fn cgroup_ancestor_id(cgrp: *const u8, level: u32) -> Option<u64> {
+    if level > forge_common::MAX_GOVERNED_LEVEL || level > cgroup_level(cgrp)? {
+        return None;
+    }
+    let slot = get(&OFF_CGROUP_ANCESTORS) + 8 * level as usize;
+    if get(&CGROUP_ANCESTOR_IDS) != 0 { read::<u64>(cgrp, slot) } else { cgroup_id(read_ptr(cgrp, slot)?) }
+}
+
+/// `KERNFS_DIR` in `kernfs_node.flags & KERNFS_TYPE_MASK`.
+const KERNFS_DIR: u16 = 1;
+const KERNFS_TYPE_MASK: u16 = 0xf;
+
+/// A file or directory of a kernfs file system (cgroupfs) as an LSM hook
+/// sees it through its inode.
+pub(crate) struct KernfsEntry {
+    /// The cgroup (`struct cgroup *`) the entry belongs to: the directory
+    /// itself, or the directory holding the file.
+    pub(crate) cgroup: *const u8,
+    /// Whether the entry is the directory.
+    pub(crate) is_dir: bool,
+    /// The entry's kernfs node.
+    pub(crate) kn: *const u8,
+}
+
+/// The kernfs node behind a cgroupfs `inode` and the cgroup it belongs to.
+#[inline(always)]
+pub(crate) fn kernfs_entry(inode: *const u8) -> Option<KernfsEntry> {
+    let kn = read_ptr(inode, get(&OFF_INODE_PRIVATE))?;
+    let flags = read::<u16>(kn, get(&OFF_KN_FLAGS))?;
+    let is_dir = flags & KERNFS_TYPE_MASK == KERNFS_DIR;
+    let dir = if is_dir { kn } else { read_ptr(kn, get(&OFF_KN_PARENT))? };
+    let cgroup = read_ptr(dir, get(&OFF_KN_PRIV))?;
+    Some(KernfsEntry { cgroup, is_dir, kn })
+}
+
+/// Copies the name of the kernfs node `kn` into `buf` (NUL-terminated,
+/// truncated); returns the bytes copied without the NUL.
+#[inline(always)]
+pub(crate) fn kernfs_name(kn: *const u8, buf: &mut [u8]) -> usize {
+    let Some(name) = read_ptr(kn, get(&OFF_KN_NAME)) else { return 0 };
+    // SAFETY: the helper bounds the copy by `buf` and checks the source.
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name, buf) } {
+        Ok(b) => b.len(),
+        Err(_) => 0,
+    }
+}
+
+/// The magic number of the file system an `inode` lives on.
+#[inline(always)]
+pub(crate) fn inode_fs_magic(inode: *const u8) -> Option<u64> {
+    let sb = read_ptr(inode, get(&OFF_INODE_SB))?;
+    read::<u64>(sb, get(&OFF_SB_MAGIC))
+}
+
+/// The magic number of the file system a `struct vfsmount` mounts.
+#[inline(always)]
+pub(crate) fn mount_fs_magic(mnt: *const u8) -> Option<u64> {
+    let sb = read_ptr(mnt, get(&OFF_VFSMOUNT_SB))?;
+    read::<u64>(sb, get(&OFF_SB_MAGIC))
+}
+
+/// File system magic numbers (`include/uapi/linux/magic.h`).
+pub(crate) mod magic {
+    pub(crate) const CGROUP: u64 = 0x0027_e0eb;
+    pub(crate) const CGROUP2: u64 = 0x6367_7270;
+    pub(crate) const BPF_FS: u64 = 0xcafe_4a11;
+}
+
+/// `enum pid_type`'s `PIDTYPE_TGID`: signal the whole process.
+const PIDTYPE_TGID: u32 = 1;
+
+/// Sends `sig` to the process of `task` (a trusted `struct task_struct *`
+/// from the hook's arguments) through the `bpf_send_signal_task` kfunc, by
+/// way of the placeholder call the loader rewrites
+/// ([`forge_common::kfunc`]). Negative when this kernel cannot.
+#[inline(always)]
+pub(crate) fn signal_task(task: *const u8, sig: u32) -> i64 {
+    // SAFETY: the loader turns this call into the kfunc (whose prototype is
+    // this one) or into a constant result; it is never called as an address.
+    unsafe {
+        let f: unsafe extern "C" fn(*const u8, u32, u32, u64) -> i64 =
+            core::mem::transmute(forge_common::kfunc::SIGNAL_TASK_CALL as usize);
+        f(task, sig, PIDTYPE_TGID, 0)
+    }
 }
 
 /// `tgid` of the task at `task` (a `struct task_struct *`), 0 if unreadable.

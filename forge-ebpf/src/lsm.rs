@@ -1,5 +1,7 @@
 //! BPF-LSM hooks: exec and file opens by resolved path, socket connect/bind,
-//! and self-protection of the agent.
+//! containment (no cgroup writes outside the governed subtree, so no moves
+//! out of it, by `cgroup.procs` or `clone3(CLONE_INTO_CGROUP)`), and
+//! self-protection of the agent.
 //!
 //! Each hook returns a non-zero `retval` from an earlier BPF LSM program
 //! unchanged, 0 to allow and `-EPERM` to deny.
@@ -10,9 +12,9 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext
 use forge_common::{family, flags, hook, mode, op, rule_id, verdict};
 
 use crate::{
-    decide::{Decision, decide_net, decide_path, governing, resolve_path, scratch},
+    decide::{Decision, Governing, decide_net, decide_path, governing, resolve_path, scratch, within},
     emit::{Report, report},
-    kernel,
+    kernel::{self, magic},
     maps::CONFIG,
 };
 
@@ -37,8 +39,7 @@ macro_rules! prior {
 /// enforced deny into `-EPERM`.
 #[inline(always)]
 fn apply(
-    record: &forge_common::PolicyRecord,
-    cgroup_id: u64,
+    g: &Governing,
     h: u16,
     op_class: u8,
     d: Decision,
@@ -48,20 +49,20 @@ fn apply(
     if d.allows() {
         return 0;
     }
-    let mut r = Report::new(cgroup_id, h, op_class, verdict::DENY, d.mode, d.rule_id);
+    let mut r = Report::of(g, h, op_class, verdict::DENY, d.mode, d.rule_id);
     fill(&mut r);
     let path = if with_path { scratch().map(|s| &*s) } else { None };
-    report(Some(record), &r, path);
+    report(Some(g.record), &r, path);
     if d.enforced() { -EPERM } else { 0 }
 }
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    let Some((cgroup_id, slot, record)) = governing() else {
+    let Some(g) = governing() else {
         return 0;
     };
-    if record.flags & flags::HAS_PATH_RULES == 0 {
+    if g.record.flags & flags::HAS_PATH_RULES == 0 {
         return 0;
     }
     let bprm: *const u8 = ctx.arg(0);
@@ -74,17 +75,17 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     // SAFETY: `file->f_path` at its BTF offset: a `struct path *`.
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
     resolve_path(s, path);
-    let d = decide_path(record, slot, op::EXEC, s);
-    apply(record, cgroup_id, hook::LSM_BPRM_CHECK, op::EXEC, d, |_| {}, true)
+    let d = decide_path(g.record, g.slot, op::EXEC, s);
+    apply(&g, hook::LSM_BPRM_CHECK, op::EXEC, d, |_| {}, true)
 }
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    let Some((cgroup_id, slot, record)) = governing() else {
+    let Some(g) = governing() else {
         return 0;
     };
-    if record.flags & flags::HAS_PATH_RULES == 0 {
+    if g.record.flags & flags::HAS_PATH_RULES == 0 {
         return 0;
     }
     let file: *const u8 = ctx.arg(0);
@@ -96,15 +97,15 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
     resolve_path(s, path);
     if fmode & FMODE_READ != 0 {
-        let d = decide_path(record, slot, op::FILE_READ, s);
-        let ret = apply(record, cgroup_id, hook::LSM_FILE_OPEN, op::FILE_READ, d, |_| {}, true);
+        let d = decide_path(g.record, g.slot, op::FILE_READ, s);
+        let ret = apply(&g, hook::LSM_FILE_OPEN, op::FILE_READ, d, |_| {}, true);
         if ret != 0 {
             return ret;
         }
     }
     if fmode & FMODE_WRITE != 0 {
-        let d = decide_path(record, slot, op::FILE_WRITE, s);
-        return apply(record, cgroup_id, hook::LSM_FILE_OPEN, op::FILE_WRITE, d, |_| {}, true);
+        let d = decide_path(g.record, g.slot, op::FILE_WRITE, s);
+        return apply(&g, hook::LSM_FILE_OPEN, op::FILE_WRITE, d, |_| {}, true);
     }
     0
 }
@@ -133,20 +134,19 @@ fn sockaddr(addr: *const u8) -> Option<(u8, [u32; 4], u16)> {
 
 #[inline(always)]
 fn socket_op(ctx: &LsmContext, h: u16, op_class: u8) -> i32 {
-    let Some((cgroup_id, _slot, record)) = governing() else {
+    let Some(g) = governing() else {
         return 0;
     };
-    if record.flags & flags::NET_VIA_LSM == 0 {
+    if g.record.flags & flags::NET_VIA_LSM == 0 {
         return 0;
     }
     let addr: *const u8 = ctx.arg(1);
     let Some((fam, ip, port)) = sockaddr(addr) else {
         return 0;
     };
-    let d = decide_net(record, op_class, fam, &ip, port);
+    let d = decide_net(g.record, op_class, fam, &ip, port);
     apply(
-        record,
-        cgroup_id,
+        &g,
         h,
         op_class,
         d,
@@ -173,28 +173,20 @@ pub fn socket_bind(ctx: LsmContext) -> i32 {
 
 /// The governing record when it asks for self-protection.
 #[inline(always)]
-fn protected() -> Option<(u64, &'static forge_common::PolicyRecord)> {
-    let (cgroup_id, _slot, record) = governing()?;
-    if record.flags & flags::SELF_PROTECT == 0 {
-        return None;
-    }
-    Some((cgroup_id, record))
+fn protected() -> Option<Governing> {
+    governing().filter(|g| g.record.flags & flags::SELF_PROTECT != 0)
 }
 
-/// Self-protection: reports and (in enforce mode) denies.
+/// A built-in rule (`rule_id::SELF_PROTECT` or `CONTAINMENT`): reports and
+/// (unless the record is in monitor mode) denies.
 #[inline(always)]
-fn protect(
-    cgroup_id: u64,
-    record: &forge_common::PolicyRecord,
-    h: u16,
-    fill: impl FnOnce(&mut Report),
-) -> i32 {
+fn protect(g: &Governing, h: u16, rule: u32, fill: impl FnOnce(&mut Report)) -> i32 {
     let d = Decision {
         action: verdict::DENY,
-        mode: if record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE },
-        rule_id: rule_id::SELF_PROTECT,
+        mode: if g.record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE },
+        rule_id: rule,
     };
-    apply(record, cgroup_id, h, op::PROTECT, d, fill, false)
+    apply(g, h, op::PROTECT, d, fill, false)
 }
 
 /// The agent's tgid, 0 when no agent registered itself.
@@ -206,17 +198,17 @@ fn agent_tgid() -> u32 {
 #[lsm(hook = "bpf")]
 pub fn bpf(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);
-    let Some((cgroup_id, record)) = protected() else {
+    let Some(g) = protected() else {
         return 0;
     };
     let cmd: i32 = ctx.arg(0);
-    protect(cgroup_id, record, hook::LSM_BPF, |r| r.nr = cmd as u32)
+    protect(&g, hook::LSM_BPF, rule_id::SELF_PROTECT, |r| r.nr = cmd as u32)
 }
 
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
-    let Some((cgroup_id, record)) = protected() else {
+    let Some(g) = protected() else {
         return 0;
     };
     let child: *const u8 = ctx.arg(0);
@@ -225,13 +217,13 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     if agent == 0 || target != agent {
         return 0;
     }
-    protect(cgroup_id, record, hook::LSM_PTRACE, |r| r.target_pid = target)
+    protect(&g, hook::LSM_PTRACE, rule_id::SELF_PROTECT, |r| r.target_pid = target)
 }
 
 #[lsm(hook = "task_kill")]
 pub fn task_kill(ctx: LsmContext) -> i32 {
     prior!(ctx, 4);
-    let Some((cgroup_id, record)) = protected() else {
+    let Some(g) = protected() else {
         return 0;
     };
     let sig: i32 = ctx.arg(2);
@@ -244,8 +236,133 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     if agent == 0 || target != agent {
         return 0;
     }
-    protect(cgroup_id, record, hook::LSM_TASK_KILL, |r| {
+    protect(&g, hook::LSM_TASK_KILL, rule_id::SELF_PROTECT, |r| {
         r.nr = sig as u32;
         r.target_pid = target;
     })
+}
+
+/// `MAY_WRITE` in an `inode_permission` mask.
+const MAY_WRITE: i32 = 2;
+
+/// The files of its own governed cgroup a governed task may write: moving
+/// tasks between the cgroups of its subtree and enabling controllers for
+/// them. Its limits, `cgroup.freeze`, `cgroup.kill` and the rest are the
+/// operator's.
+const OWN_WRITABLE: [&[u8]; 3] = [b"cgroup.procs", b"cgroup.threads", b"cgroup.subtree_control"];
+
+/// Whether the NUL-less `name` is one of [`OWN_WRITABLE`].
+#[inline(always)]
+fn own_writable(name: &[u8; 24], len: usize) -> bool {
+    let mut i = 0;
+    while i < OWN_WRITABLE.len() {
+        let want = OWN_WRITABLE[i];
+        if len == want.len() {
+            let mut j = 0;
+            let mut same = true;
+            while j < want.len() && j < name.len() {
+                if name[j] != want[j] {
+                    same = false;
+                }
+                j += 1;
+            }
+            if same {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Containment and self-protection at the permission check every write to a
+/// file system object passes (opening for write, creating or removing an
+/// entry, and the kernel's own check on `cgroup.procs` when a task is moved
+/// or forked into another cgroup). A governed task may write cgroup v2 files
+/// only inside its governed subtree (see [`OWN_WRITABLE`] for the governed
+/// cgroup's own files); with self-protection it may not change bpffs (the
+/// agent's pins) or cgroup v1 hierarchies at all.
+#[lsm(hook = "inode_permission")]
+pub fn inode_permission(ctx: LsmContext) -> i32 {
+    prior!(ctx, 2);
+    let mask: i32 = ctx.arg(1);
+    if mask & MAY_WRITE == 0 {
+        return 0;
+    }
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let inode: *const u8 = ctx.arg(0);
+    let fs = kernel::inode_fs_magic(inode).unwrap_or(0);
+    let fill = |r: &mut Report| r.nr = mask as u32;
+    match fs {
+        magic::CGROUP2 => {
+            let Some(entry) = kernel::kernfs_entry(inode) else {
+                // Unreadable: the most restrictive answer.
+                return protect(&g, hook::LSM_INODE_PERMISSION, rule_id::CONTAINMENT, fill);
+            };
+            let target = kernel::cgroup_id(entry.cgroup).unwrap_or(0);
+            let inside = within(entry.cgroup, g.id, g.level);
+            let allowed = inside
+                && (entry.is_dir || target != g.id || {
+                    let mut name = [0u8; 24];
+                    let len = kernel::kernfs_name(entry.kn, &mut name);
+                    own_writable(&name, len)
+                });
+            if allowed {
+                return 0;
+            }
+            protect(&g, hook::LSM_INODE_PERMISSION, rule_id::CONTAINMENT, |r| {
+                r.nr = mask as u32;
+                r.target_cgroup_id = target;
+            })
+        }
+        magic::BPF_FS | magic::CGROUP if g.record.flags & flags::SELF_PROTECT != 0 => {
+            protect(&g, hook::LSM_INODE_PERMISSION, rule_id::SELF_PROTECT, fill)
+        }
+        _ => 0,
+    }
+}
+
+/// Self-protection: governed tasks may not unmount bpffs (dropping the
+/// agent's pins) or a cgroup hierarchy.
+#[lsm(hook = "sb_umount")]
+pub fn sb_umount(ctx: LsmContext) -> i32 {
+    prior!(ctx, 2);
+    let Some(g) = protected() else {
+        return 0;
+    };
+    let mnt: *const u8 = ctx.arg(0);
+    match kernel::mount_fs_magic(mnt).unwrap_or(0) {
+        magic::BPF_FS | magic::CGROUP2 | magic::CGROUP => {
+            protect(&g, hook::LSM_SB_UMOUNT, rule_id::SELF_PROTECT, |_| {})
+        }
+        _ => 0,
+    }
+}
+
+/// Self-protection: no SIGIO or SIGURG reaches the agent through a file's
+/// owner (`F_SETOWN`, `F_SETSIG`), whoever set it: the agent uses none, and
+/// the task that triggers the signal is not the one that aimed it.
+#[lsm(hook = "file_send_sigiotask")]
+pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
+    prior!(ctx, 3);
+    let task: *const u8 = ctx.arg(0);
+    let agent = agent_tgid();
+    if agent == 0 || kernel::tgid_of(task) != agent {
+        return 0;
+    }
+    let sig: i32 = ctx.arg(2);
+    let mut r = Report::new(
+        0,
+        hook::LSM_FILE_SIGIOTASK,
+        op::PROTECT,
+        verdict::DENY,
+        mode::ENFORCE,
+        rule_id::SELF_PROTECT,
+    );
+    r.nr = sig as u32;
+    r.target_pid = agent;
+    report(None, &r, None);
+    -EPERM
 }

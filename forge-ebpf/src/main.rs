@@ -1,13 +1,16 @@
 //! ForgeOne kernel programs.
 //!
-//! Every program starts the same way: find the current cgroup's slot in
-//! `CGROUPS` (one hash lookup; a miss means ungoverned and returns at once),
-//! then decide from the slot's `PolicyRecord`. Decisions other than a plain
+//! Every program starts the same way: find the record governing the current
+//! task in `CGROUPS`, by its own cgroup or its nearest governed ancestor
+//! (one hash lookup, and one per governed level on a miss; outside every
+//! governed subtree the program returns at once), then decide from that
+//! `PolicyRecord`. Decisions other than a plain
 //! allow are counted and sent to the agent through `EVENTS`.
 #![no_std]
 #![no_main]
 
 mod cgroup;
+mod contain;
 mod decide;
 mod emit;
 mod kernel;

@@ -4,10 +4,14 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
-use forge_common::{Config, CounterKey, PathKey, PathRule, PolicyRecord, capacity};
+use forge_common::{Config, CounterKey, Governor, PathKey, PathRule, PolicyRecord, capacity};
 
 #[map(name = "CGROUPS")]
-pub(crate) static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::MAX_GOVERNED, 0);
+pub(crate) static CGROUPS: HashMap<u64, Governor> = HashMap::with_max_entries(capacity::MAX_GOVERNED, 0);
+
+/// Process (tgid) -> the governed cgroup it belongs to.
+#[map(name = "TASKS")]
+pub(crate) static TASKS: HashMap<u32, u64> = HashMap::with_max_entries(capacity::TASKS, 0);
 
 #[map(name = "POLICIES")]
 pub(crate) static POLICIES: Array<PolicyRecord> = Array::with_max_entries(capacity::POLICY_SLOTS, 0);

@@ -13,6 +13,7 @@ use crate::{
     decide::{decide_path, governing, scratch},
     emit::{Report, report},
     kernel,
+    maps::TASKS,
 };
 
 const SIGKILL: u32 = 9;
@@ -20,9 +21,10 @@ const SIGKILL: u32 = 9;
 /// `raw_syscalls/sys_enter(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let Some((cgroup_id, _slot, record)) = governing() else {
+    let Some(g) = governing() else {
         return 0;
     };
+    let record = g.record;
     if record.flags & flags::HAS_SYSCALL_RULES == 0 {
         return 0;
     }
@@ -31,7 +33,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let m = if monitor || record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
-    let mut r = Report::new(cgroup_id, hook::SYS_ENTER, op::SYSCALL, verdict::KILL, m, rule_id);
+    let mut r = Report::of(&g, hook::SYS_ENTER, op::SYSCALL, verdict::KILL, m, rule_id);
     r.nr = nr as u32;
     report(Some(record), &r, None);
     if m == mode::ENFORCE {
@@ -49,9 +51,10 @@ const EXEC_FILENAME_LOC: usize = 8;
 /// kill it when exec is decided here (no LSM) and its path is denied.
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let Some((cgroup_id, slot, record)) = governing() else {
+    let Some(g) = governing() else {
         return 0;
     };
+    let record = g.record;
     let Some(s) = scratch() else { return 0 };
     s.path_len = 0;
     // SAFETY: reads inside the tracepoint record through the context helpers.
@@ -68,10 +71,9 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     }
     let ppid = kernel::current_ppid();
     if record.flags & flags::EXEC_VIA_TRACEPOINT != 0 && record.flags & flags::HAS_PATH_RULES != 0 {
-        let d = decide_path(record, slot, op::EXEC, s);
+        let d = decide_path(record, g.slot, op::EXEC, s);
         if !d.allows() {
-            let mut r =
-                Report::new(cgroup_id, hook::EXEC_TRACEPOINT, op::EXEC, verdict::KILL, d.mode, d.rule_id);
+            let mut r = Report::of(&g, hook::EXEC_TRACEPOINT, op::EXEC, verdict::KILL, d.mode, d.rule_id);
             r.ppid = ppid;
             report(Some(record), &r, Some(s));
             if d.enforced() {
@@ -81,26 +83,28 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    let mut r = Report::new(cgroup_id, hook::PROC_EXEC, op::PROCESS, verdict::INFO, record.mode, 0);
+    let mut r = Report::of(&g, hook::PROC_EXEC, op::PROCESS, verdict::INFO, record.mode, 0);
     r.ppid = ppid;
     report(Some(record), &r, Some(s));
     0
 }
 
 /// `sched/sched_process_exit`: report the exit of a governed process (once,
-/// for its thread-group leader).
+/// for its thread-group leader), and forget its `TASKS` entry.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let Some((cgroup_id, _slot, record)) = governing() else {
-        return 0;
-    };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 != tgid {
         return 0;
     }
-    let mut r = Report::new(cgroup_id, hook::PROC_EXIT, op::PROCESS, verdict::INFO, record.mode, 0);
+    let _ = TASKS.remove(&tgid);
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let mut r = Report::of(&g, hook::PROC_EXIT, op::PROCESS, verdict::INFO, g.record.mode, 0);
     r.ppid = kernel::current_ppid();
     r.nr = kernel::current_exit_code();
-    report(Some(record), &r, None);
+    report(Some(g.record), &r, None);
     0
 }

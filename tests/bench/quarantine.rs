@@ -120,6 +120,7 @@ fn run(pin_root: &str, cgroup: &Cgroup, data: &std::path::Path) -> Result<String
         let ev = DecisionEvent {
             ts_ns: kernel_now_ns(),
             cgroup_id: cgroup.id,
+            actual_cgroup_id: cgroup.id,
             generation: 0,
             pid: 1,
             tgid: 1,

@@ -22,6 +22,7 @@ fn ev(ts_ns: u64, hook: Hook, op: Op, verdict: Verdict, target: Target) -> Decis
     DecisionEvent {
         ts_ns,
         cgroup_id: ID,
+        actual_cgroup_id: ID,
         generation: 1,
         pid: 7,
         tgid: 7,

@@ -7,14 +7,23 @@
 //! u16 hook | u8 op | u8 verdict | u8 mode | u32 len + comm (UTF-8)
 //! u8 target tag, then: 0 none | 1 u32 len + path | 2 [4] addr + u16 port | 3 [16] addr + u16 port
 //!                      | 4 u32 nr | 5 u32 pid + u32 signal | 6 u32 cmd | 7 u32 code
+//!                      | 8 u64 cgroup + u32 mask | 9 u32 pid + u64 cgroup + u32 outcome
+//!                      | 10 u64 id + u32 level + u32 len + path
+//! [u8 1 | u64 actual_cgroup_id]   only when the task was below the governed cgroup
 //! ```
+//!
+//! Events written before the actual cgroup was recorded end after the
+//! target; they decode with the actual cgroup equal to the governed one.
 //!
 //! Decoding checks every tag and that the bytes end exactly where the event
 //! does; it returns a message, never panics.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::events::{DecisionEvent, Hook, Mode, Op, Target, Verdict};
+use crate::events::{DecisionEvent, EscapeOutcome, Hook, Mode, Op, Target, Verdict};
+
+/// Tag of the trailer carrying the actual cgroup.
+const ACTUAL_CGROUP: u8 = 1;
 
 pub(crate) fn encode(ev: &DecisionEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(&ev.ts_ns.to_le_bytes());
@@ -46,6 +55,27 @@ pub(crate) fn encode(ev: &DecisionEvent, out: &mut Vec<u8>) {
         Target::Process { pid, signal } => put_tagged(out, 5, &[*pid, *signal]),
         Target::BpfCmd { cmd } => put_tagged(out, 6, &[*cmd]),
         Target::Exit { code } => put_tagged(out, 7, &[*code]),
+        Target::Write { cgroup, mask } => {
+            out.push(8);
+            out.extend_from_slice(&cgroup.to_le_bytes());
+            out.extend_from_slice(&mask.to_le_bytes());
+        }
+        Target::Escape { pid, cgroup, outcome } => {
+            out.push(9);
+            out.extend_from_slice(&pid.to_le_bytes());
+            out.extend_from_slice(&cgroup.to_le_bytes());
+            out.extend_from_slice(&outcome.tag().to_le_bytes());
+        }
+        Target::Cgroup { id, level, path } => {
+            out.push(10);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&level.to_le_bytes());
+            put_str(out, path);
+        }
+    }
+    if ev.actual_cgroup_id != ev.cgroup_id && ev.actual_cgroup_id != 0 {
+        out.push(ACTUAL_CGROUP);
+        out.extend_from_slice(&ev.actual_cgroup_id.to_le_bytes());
     }
 }
 
@@ -83,7 +113,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<DecisionEvent, String> {
         5 => Target::Process { pid: c.u32()?, signal: c.u32()? },
         6 => Target::BpfCmd { cmd: c.u32()? },
         7 => Target::Exit { code: c.u32()? },
+        8 => Target::Write { cgroup: c.u64()?, mask: c.u32()? },
+        9 => Target::Escape { pid: c.u32()?, cgroup: c.u64()?, outcome: EscapeOutcome::from_tag(c.u32()?) },
+        10 => Target::Cgroup { id: c.u64()?, level: c.u32()?, path: c.string("cgroup path")? },
         other => return Err(format!("unknown target tag {other}")),
+    };
+    let actual_cgroup_id = if c.at == bytes.len() {
+        cgroup_id
+    } else {
+        match c.u8()? {
+            ACTUAL_CGROUP => c.u64()?,
+            other => return Err(format!("unknown event trailer tag {other}")),
+        }
     };
     if c.at != bytes.len() {
         return Err(format!("{} bytes after the event", bytes.len() - c.at));
@@ -91,6 +132,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<DecisionEvent, String> {
     Ok(DecisionEvent {
         ts_ns,
         cgroup_id,
+        actual_cgroup_id,
         generation,
         pid,
         tgid,
@@ -157,6 +199,7 @@ mod tests {
         DecisionEvent {
             ts_ns: 1_000_000_007,
             cgroup_id: 4242,
+            actual_cgroup_id: 4242,
             generation: 3,
             pid: 10,
             tgid: 11,
@@ -182,6 +225,11 @@ mod tests {
             Target::Process { pid: 99, signal: 9 },
             Target::BpfCmd { cmd: 5 },
             Target::Exit { code: 0x100 },
+            Target::Write { cgroup: 77, mask: 2 },
+            Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::Killed },
+            Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::LeftToAgent },
+            Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::Reported },
+            Target::Cgroup { id: 9000, level: 4, path: "/kubepods/pod-a/ctr".into() },
         ];
         for t in targets {
             let ev = event(t);
@@ -211,6 +259,28 @@ mod tests {
             assert!(decode(&b[..len]).is_err(), "a {len}-byte prefix decoded");
         }
         b.push(0);
+        assert_eq!(decode(&b).unwrap_err(), "unknown event trailer tag 0");
+        let mut b = Vec::new();
+        encode(&event(Target::None), &mut b);
+        b.extend_from_slice(&[ACTUAL_CGROUP, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(decode(&b).unwrap_err(), "1 bytes after the event");
+    }
+
+    #[test]
+    fn the_actual_cgroup_is_kept_when_it_differs() {
+        let ev = DecisionEvent { actual_cgroup_id: 5151, ..event(Target::Syscall { nr: 272 }) };
+        let mut b = Vec::new();
+        encode(&ev, &mut b);
+        let mut same = Vec::new();
+        encode(&event(Target::Syscall { nr: 272 }), &mut same);
+        // Nine bytes more than an event in the governed cgroup itself.
+        assert_eq!(b.len(), same.len() + 9);
+        assert_eq!(decode(&b).unwrap(), ev);
+        // Cut inside the trailer: an error, not a silently shorter event.
+        for cut in same.len() + 1..b.len() {
+            assert!(decode(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        // An event from before the trailer existed decodes as governed itself.
+        assert_eq!(decode(&same).unwrap().actual_cgroup_id, 4242);
     }
 }

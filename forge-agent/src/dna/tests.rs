@@ -49,6 +49,7 @@ fn event(i: u64) -> DecisionEvent {
     DecisionEvent {
         ts_ns: 1_000 + i,
         cgroup_id: 4242,
+        actual_cgroup_id: 4242,
         generation: 1,
         pid: 100 + i as u32,
         tgid: 100 + i as u32,

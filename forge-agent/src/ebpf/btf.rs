@@ -283,6 +283,23 @@ impl Btf {
         Ok(found.bit_offset / 8)
     }
 
+    /// Whether `struct struct_name` has `member` (directly or in an unnamed
+    /// struct/union member).
+    pub fn has_member(&self, struct_name: &str, member: &str) -> bool {
+        self.find(struct_name, member).is_ok()
+    }
+
+    /// The type id of the function `name` (a `FUNC` record), as the kernel
+    /// knows it: what a call to that kernel function (a kfunc) names.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        let strings = self.strings();
+        (1..=self.records.len() as u32).find(|&id| {
+            self.head(id).is_some_and(|(_, head)| {
+                head.kind == KIND_FUNC && name_at(strings, head.name_off) == Some(name.as_bytes())
+            })
+        })
+    }
+
     /// Locates `member` in every definition of `struct_name` that has members;
     /// the definitions that contain it must agree on where it is.
     fn find(&self, struct_name: &str, member: &str) -> Result<(u32, Found), BtfError> {
@@ -430,12 +447,40 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
     pub task_real_parent: u32,
     pub task_exit_code: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub cgroup_level: u32,
+    pub cgroup_root: u32,
+    /// `cgroup.ancestors` (pointers, from 6.0) or `cgroup.ancestor_ids`.
+    pub cgroup_ancestors: u32,
+    /// Whether `cgroup_ancestors` is `ancestor_ids` (u64 ids).
+    pub cgroup_ancestor_ids: bool,
+    pub kn_id: u32,
+    /// `kernfs_node.parent` (`__parent` from 6.15).
+    pub kn_parent: u32,
+    pub kn_priv: u32,
+    pub kn_flags: u32,
+    pub kn_name: u32,
+    pub inode_sb: u32,
+    pub inode_private: u32,
+    pub sb_magic: u32,
+    pub vfsmount_sb: u32,
 }
 
 impl KernelOffsets {
-    /// `linux_binprm.file`, `file.f_path`, `file.f_mode`, `task_struct.tgid`,
-    /// `task_struct.real_parent` and `task_struct.exit_code`.
+    /// The members the kernel programs read: the exec and file paths, the
+    /// task's process ids, its cgroup and the cgroup's ancestors, and the
+    /// kernfs node, inode and super block of a cgroup or bpffs file.
     pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        let either = |strukt: &str, new: &str, old: &str| {
+            if btf.has_member(strukt, new) {
+                btf.member_offset(strukt, new)
+            } else {
+                btf.member_offset(strukt, old)
+            }
+        };
+        let cgroup_ancestor_ids = !btf.has_member("cgroup", "ancestors");
         Ok(Self {
             bprm_file: btf.member_offset("linux_binprm", "file")?,
             file_f_path: btf.member_offset("file", "f_path")?,
@@ -443,18 +488,50 @@ impl KernelOffsets {
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_real_parent: btf.member_offset("task_struct", "real_parent")?,
             task_exit_code: btf.member_offset("task_struct", "exit_code")?,
+            task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
+            cgroup_kn: btf.member_offset("cgroup", "kn")?,
+            cgroup_level: btf.member_offset("cgroup", "level")?,
+            cgroup_root: btf.member_offset("cgroup", "root")?,
+            cgroup_ancestors: either("cgroup", "ancestors", "ancestor_ids")?,
+            cgroup_ancestor_ids,
+            kn_id: btf.member_offset("kernfs_node", "id")?,
+            kn_parent: either("kernfs_node", "__parent", "parent")?,
+            kn_priv: btf.member_offset("kernfs_node", "priv")?,
+            kn_flags: btf.member_offset("kernfs_node", "flags")?,
+            kn_name: btf.member_offset("kernfs_node", "name")?,
+            inode_sb: btf.member_offset("inode", "i_sb")?,
+            inode_private: btf.member_offset("inode", "i_private")?,
+            sb_magic: btf.member_offset("super_block", "s_magic")?,
+            vfsmount_sb: btf.member_offset("vfsmount", "mnt_sb")?,
         })
     }
 
     /// (global symbol name in the eBPF object, value) pairs.
-    pub fn globals(&self) -> [(&'static str, u32); 6] {
-        [
+    pub fn globals(&self) -> Vec<(&'static str, u32)> {
+        vec![
             ("OFF_BPRM_FILE", self.bprm_file),
             ("OFF_FILE_F_PATH", self.file_f_path),
             ("OFF_FILE_F_MODE", self.file_f_mode),
             ("OFF_TASK_TGID", self.task_tgid),
             ("OFF_TASK_REAL_PARENT", self.task_real_parent),
             ("OFF_TASK_EXIT_CODE", self.task_exit_code),
+            ("OFF_TASK_CGROUPS", self.task_cgroups),
+            ("OFF_CSS_SET_DFL_CGRP", self.css_set_dfl_cgrp),
+            ("OFF_CGROUP_KN", self.cgroup_kn),
+            ("OFF_CGROUP_LEVEL", self.cgroup_level),
+            ("OFF_CGROUP_ROOT", self.cgroup_root),
+            ("OFF_CGROUP_ANCESTORS", self.cgroup_ancestors),
+            ("CGROUP_ANCESTOR_IDS", u32::from(self.cgroup_ancestor_ids)),
+            ("OFF_KN_ID", self.kn_id),
+            ("OFF_KN_PARENT", self.kn_parent),
+            ("OFF_KN_PRIV", self.kn_priv),
+            ("OFF_KN_FLAGS", self.kn_flags),
+            ("OFF_KN_NAME", self.kn_name),
+            ("OFF_INODE_SB", self.inode_sb),
+            ("OFF_INODE_PRIVATE", self.inode_private),
+            ("OFF_SB_MAGIC", self.sb_magic),
+            ("OFF_VFSMOUNT_SB", self.vfsmount_sb),
         ]
     }
 }
@@ -531,6 +608,15 @@ mod tests {
 
         fn link(&mut self, kind: u32, name: &str, target: u32) -> u32 {
             self.record(name, kind, false, 0, target)
+        }
+
+        /// An array of `len` elements of type `elem` (index type: `elem`).
+        fn array(&mut self, elem: u32, len: u32) -> u32 {
+            let id = self.record("", KIND_ARRAY, false, 0, 0);
+            for v in [elem, elem, len] {
+                self.put(v);
+            }
+            id
         }
 
         /// `members`: (name, type id, offset word as stored).
@@ -678,6 +764,19 @@ mod tests {
 
     /// The six structs the agent needs, laid out like a (made up) kernel.
     fn kernel_like() -> Builder {
+        kernel_of(Generation::Current)
+    }
+
+    /// Layouts that differ between the kernels the agent supports.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Generation {
+        /// 5.10: `cgroup.ancestor_ids[]`, `kernfs_node.parent`.
+        Old,
+        /// 6.15 on: `cgroup.ancestors[]` (in a union), `kernfs_node.__parent`.
+        Current,
+    }
+
+    fn kernel_of(generation: Generation) -> Builder {
         let mut b = Builder::new();
         let int = b.int("int", 4);
         let uint = b.int_bits("unsigned int", 4, 0, 32);
@@ -700,6 +799,54 @@ mod tests {
             &[("f_lock", int, 0), ("f_mode", fmode_t, 4), ("", path_union, 16), ("f_pos", int, 32)],
         );
         b.strukt("linux_binprm", 32, &[("buf", int, 0), ("file", file_ptr, 24)]);
+        let u64_t = b.int_bits("u64", 8, 0, 64);
+        let ushort = b.int_bits("unsigned short", 2, 0, 16);
+        let void_ptr = b.link(KIND_PTR, "", 0);
+        b.strukt("css_set", 64, &[("refcount", int, 0), ("dfl_cgrp", void_ptr, 40)]);
+        b.strukt("cgroup_root", 16, &[("hierarchy_id", int, 0)]);
+        let parent = if generation == Generation::Old { "parent" } else { "__parent" };
+        b.strukt(
+            "kernfs_node",
+            128,
+            &[
+                ("count", int, 0),
+                (parent, void_ptr, 8),
+                ("name", void_ptr, 16),
+                ("priv", void_ptr, 88),
+                ("id", u64_t, 96),
+                ("flags", ushort, 104),
+            ],
+        );
+        let tail = if generation == Generation::Old {
+            let arr = b.array(u64_t, 0);
+            b.strukt("", 8, &[("ancestor_ids", arr, 0)])
+        } else {
+            let arr = b.array(void_ptr, 0);
+            b.union("", 8, &[("ancestors", arr), ("_root_ancestor", void_ptr)])
+        };
+        b.strukt(
+            "cgroup",
+            256,
+            &[
+                ("self", int, 0),
+                ("level", int, 200),
+                ("kn", void_ptr, 208),
+                ("root", void_ptr, 216),
+                ("", tail, 248),
+            ],
+        );
+        b.strukt("super_block", 128, &[("s_dev", int, 16), ("s_magic", u64_t, 96)]);
+        b.strukt(
+            "inode",
+            128,
+            &[("i_mode", ushort, 0), ("i_sb", void_ptr, 40), ("i_private", void_ptr, 120)],
+        );
+        b.strukt("vfsmount", 24, &[("mnt_root", void_ptr, 0), ("mnt_sb", void_ptr, 8)]);
+        // task_struct.cgroups, as a later definition of the same struct
+        // (every definition with members must agree).
+        b.strukt("task_struct", 64, &[("tgid", pid_t, 16), ("cgroups", void_ptr, 56)]);
+        let proto = b.record("", KIND_FUNC_PROTO, false, 0, int);
+        b.record("bpf_send_signal_task", KIND_FUNC, false, 0, proto);
         b
     }
 
@@ -911,10 +1058,27 @@ mod tests {
                 task_tgid: 16,
                 task_real_parent: 24,
                 task_exit_code: 8,
+                task_cgroups: 56,
+                css_set_dfl_cgrp: 40,
+                cgroup_kn: 208,
+                cgroup_level: 200,
+                cgroup_root: 216,
+                cgroup_ancestors: 248,
+                cgroup_ancestor_ids: false,
+                kn_id: 96,
+                kn_parent: 8,
+                kn_priv: 88,
+                kn_flags: 104,
+                kn_name: 16,
+                inode_sb: 40,
+                inode_private: 120,
+                sb_magic: 96,
+                vfsmount_sb: 8,
             }
         );
+        let globals = offsets.globals();
         assert_eq!(
-            offsets.globals(),
+            globals[..6],
             [
                 ("OFF_BPRM_FILE", 24),
                 ("OFF_FILE_F_PATH", 16),
@@ -924,6 +1088,30 @@ mod tests {
                 ("OFF_TASK_EXIT_CODE", 8),
             ]
         );
+        assert!(globals.contains(&("CGROUP_ANCESTOR_IDS", 0)));
+        assert!(globals.contains(&("OFF_CGROUP_ANCESTORS", 248)));
+        // Every global names a distinct symbol.
+        let names: HashSet<_> = globals.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names.len(), globals.len());
+    }
+
+    #[test]
+    fn older_kernels_use_ancestor_ids_and_parent() {
+        let btf = parse(&kernel_of(Generation::Old));
+        let offsets = KernelOffsets::from_btf(&btf).unwrap();
+        assert!(offsets.cgroup_ancestor_ids);
+        assert_eq!((offsets.cgroup_ancestors, offsets.kn_parent), (248, 8));
+        assert!(offsets.globals().contains(&("CGROUP_ANCESTOR_IDS", 1)));
+    }
+
+    #[test]
+    fn kfuncs_are_found_by_name() {
+        let btf = parse(&kernel_like());
+        let id = btf.func_id("bpf_send_signal_task").expect("declared");
+        assert_eq!(btf.head(id).map(|(_, h)| h.kind), Some(KIND_FUNC));
+        assert_eq!(btf.func_id("bpf_no_such_kfunc"), None);
+        // A struct of that name is not a function.
+        assert_eq!(btf.func_id("file"), None);
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //!
 //! A fresh load attaches and pins everything, then drops its handles and
 //! opens the pins like any later agent would: one code path for "just
-//! loaded" and "adopted after a restart".
+//! loaded" and "adopted after a restart". Adopting holds a descriptor on
+//! every global link ([`HeldLink`]) and attaches again, from the pinned
+//! program, any link whose pin is missing: a link is never silently dropped.
+//!
+//! BPF LSM counts only where the kernel runs it: `bpf` must be in the active
+//! LSM list ([`super::lsm_list`]); elsewhere the LSM programs are not
+//! attached and the tracepoint fallbacks stay on.
 
 use std::{fmt::Write as _, io, path::PathBuf};
 
@@ -11,16 +17,19 @@ use aya::{
     EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint,
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
-use forge_common::{Config, CounterKey, PathKey, PathRule, PolicyRecord, map_name};
+use forge_common::{Config, CounterKey, Governor, LAYOUT_VERSION, PathKey, PathRule, PolicyRecord, map_name};
 use serde::Serialize;
 
 use super::{
     btf::{Btf, BtfError, KernelOffsets},
-    object::{CGROUP_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER, TRACEPOINTS},
+    kfunc,
+    links::HeldLink,
+    lsm_list,
+    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER, TRACEPOINTS},
     pins::{Pins, ensure_bpffs},
 };
 
@@ -44,6 +53,14 @@ pub enum LoadError {
         "event ring size of {bytes} bytes is not a power-of-two multiple of the {page_size}-byte page size"
     )]
     RingBytes { bytes: u32, page_size: u64 },
+    #[error(
+        "the pinned state under {root} was made by another version of forge ({found}; this one writes map          layout {LAYOUT_VERSION}): it cannot be adopted. `forge reset --pin-root {root}` removes it          (enforcement ends until an agent starts again)"
+    )]
+    Layout { root: PathBuf, found: String },
+    #[error("the embedded eBPF object: {0}")]
+    Kfunc(#[from] kfunc::KfuncError),
+    #[error("link {name} at {path}: {message}")]
+    Link { name: String, path: PathBuf, message: String },
 }
 
 /// Which backends to use. `None` = whatever this kernel accepts.
@@ -73,13 +90,14 @@ pub struct Active {
 
 /// Typed handles on the pinned maps.
 pub struct Maps {
-    pub cgroups: HashMap<MapData, u64, u32>,
+    pub cgroups: HashMap<MapData, u64, Governor>,
     pub policies: Array<MapData, PolicyRecord>,
     pub paths: LpmTrie<MapData, PathKey, PathRule>,
     pub events: Option<RingBuf<MapData>>,
     pub drops: PerCpuArray<MapData, u64>,
     pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
     pub config: Array<MapData, Config>,
+    pub tasks: HashMap<MapData, u32, u64>,
 }
 
 /// Everything the map writer needs from the kernel side.
@@ -88,6 +106,18 @@ pub struct Handles {
     pub maps: Maps,
     pub cgroup_progs: Vec<(&'static str, CgroupSockAddr)>,
     pub sys_enter: Option<RawTracePoint>,
+    /// The global links (LSM hooks, tracepoints), held open.
+    pub links: Vec<HeldLink>,
+    /// The `sys_enter` link while it is attached.
+    pub sys_enter_link: Option<HeldLink>,
+    /// Global links that were missing when this agent adopted the pins and
+    /// were attached again.
+    pub reattached: Vec<String>,
+    /// Whether a hook can kill a task other than the current one here (the
+    /// `bpf_send_signal_task` kfunc, kernels from 6.13): an escaped child is
+    /// killed before it runs. Without it the caller is killed and the agent
+    /// kills the child when it reads the event.
+    pub signal_task: bool,
     pub active: Active,
     /// True when an existing pinned state was adopted instead of loaded.
     pub adopted: bool,
@@ -174,10 +204,13 @@ pub fn probe_with_tags() -> Result<(Vec<BackendStatus>, ProgramTags), LoadError>
     let mut ebpf = load_object(None)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
     let mut out = Vec::new();
-    let lsm = LSM_PROGRAMS.iter().try_for_each(|name| {
-        let p: &mut Lsm = program(&mut ebpf, name)?;
-        p.load(name, &aya_btf).map_err(|e| fail(name, &e))
-    });
+    let lsm = LSM_PROGRAMS
+        .iter()
+        .try_for_each(|name| {
+            let p: &mut Lsm = program(&mut ebpf, name)?;
+            p.load(name, &aya_btf).map_err(|e| fail(name, &e))
+        })
+        .and_then(|()| lsm_inactive());
     out.push(status("lsm", lsm));
     let cg = CGROUP_PROGRAMS.iter().try_for_each(|name| {
         let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
@@ -189,6 +222,12 @@ pub fn probe_with_tags() -> Result<(Vec<BackendStatus>, ProgramTags), LoadError>
         .try_for_each(|(name, _, _)| {
             let p: &mut TracePoint = program(&mut ebpf, name)?;
             p.load().map_err(|e| fail(name, &e))
+        })
+        .and_then(|()| {
+            BTF_TRACEPOINTS.iter().try_for_each(|name| {
+                let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
+                p.load(name, &aya_btf).map_err(|e| fail(name, &e))
+            })
         })
         .and_then(|()| {
             let p: &mut RawTracePoint = program(&mut ebpf, SYS_ENTER)?;
@@ -214,7 +253,18 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
         .copied()
         .chain(CGROUP_PROGRAMS.iter().copied())
         .chain(TRACEPOINTS.iter().map(|(name, _, _)| *name))
+        .chain(BTF_TRACEPOINTS.iter().copied())
         .chain(std::iter::once(SYS_ENTER))
+}
+
+/// `Err` (why) when BPF LSM would not run here although its programs load.
+fn lsm_inactive() -> Result<(), LoadError> {
+    lsm_list::bpf_active().map_err(|message| LoadError::Program { name: "lsm".into(), message })
+}
+
+/// Whether the running kernel has `bpf_send_signal_task`, and its BTF id.
+fn signal_task_kfunc(btf: &Btf) -> Option<u32> {
+    btf.func_id(forge_common::kfunc::SIGNAL_TASK)
 }
 
 /// The kernel tag of each pinned program under `pins` (`None`: not pinned
@@ -233,8 +283,10 @@ fn status(backend: &'static str, r: Result<(), LoadError>) -> BackendStatus {
 }
 
 fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
-    let offsets = KernelOffsets::from_btf(&Btf::from_running_kernel()?)?;
+    let btf = Btf::from_running_kernel()?;
+    let offsets = KernelOffsets::from_btf(&btf)?;
     let globals = offsets.globals();
+    let object = kfunc::patch(OBJECT, forge_common::kfunc::SIGNAL_TASK_CALL, signal_task_kfunc(&btf))?;
     let mut loader = EbpfLoader::new();
     for (name, value) in &globals {
         loader.override_global(name, value, true);
@@ -243,7 +295,7 @@ fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
         // For a ring buffer, max_entries is its size in bytes.
         loader.map_max_entries(map_name::EVENTS, bytes);
     }
-    loader.load(OBJECT).map_err(|e| LoadError::Object(chain(&e)))
+    loader.load(object.bytes()).map_err(|e| LoadError::Object(chain(&e)))
 }
 
 fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, LoadError>
@@ -274,9 +326,10 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     }
     // aya words an empty verifier log as "Verifier output: : <errno>".
     let s = s.replace("Verifier output: : ", "no verifier output: ");
-    // Verifier logs can be long; the first lines and the last carry the cause.
+    // Verifier logs can be long; the first lines and the last carry the cause
+    // (FORGE_VERIFIER_LOG=full keeps them whole).
     let lines: Vec<&str> = s.lines().collect();
-    if lines.len() > 12 {
+    if lines.len() > 12 && std::env::var_os("FORGE_VERIFIER_LOG").is_none_or(|v| v != "full") {
         let mut short = lines[..6].join("\n");
         let _ =
             write!(short, "\n... ({} lines) ...\n{}", lines.len() - 10, lines[lines.len() - 4..].join("\n"));
@@ -295,7 +348,7 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
     let mut statuses = Vec::new();
 
     if want.lsm != Some(false) {
-        let r = (|| -> Result<(), LoadError> {
+        let r = lsm_inactive().and_then(|()| {
             for name in LSM_PROGRAMS {
                 let p: &mut Lsm = program(&mut ebpf, name)?;
                 p.load(name, &aya_btf).map_err(|e| fail(name, &e))?;
@@ -308,7 +361,7 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
                 p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))?;
             }
             Ok(())
-        })();
+        });
         if r.is_err() {
             for name in LSM_PROGRAMS {
                 let _ = std::fs::remove_file(pins.link(name));
@@ -346,12 +399,20 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
                 link.pin(pins.link(name)).map_err(|e| pin_err(pins.link(name), &e))?;
                 p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))?;
             }
+            for name in BTF_TRACEPOINTS {
+                let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
+                p.load(name, &aya_btf).map_err(|e| fail(name, &e))?;
+                let id = p.attach().map_err(|e| fail(name, &e))?;
+                let link = FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?);
+                link.pin(pins.link(name)).map_err(|e| pin_err(pins.link(name), &e))?;
+                p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))?;
+            }
             let p: &mut RawTracePoint = program(&mut ebpf, SYS_ENTER)?;
             p.load().map_err(|e| fail(SYS_ENTER, &e))?;
             p.pin(pins.prog(SYS_ENTER)).map_err(|e| pin_err(pins.prog(SYS_ENTER), &e))
         })();
         if r.is_err() {
-            for (name, _, _) in TRACEPOINTS {
+            for name in TRACEPOINTS.iter().map(|(name, _, _)| *name).chain(BTF_TRACEPOINTS) {
                 let _ = std::fs::remove_file(pins.link(name));
                 let _ = std::fs::remove_file(pins.prog(name));
             }
@@ -422,16 +483,34 @@ fn typed<T: TryFrom<Map, Error = MapError>>(pins: &Pins, name: &str) -> Result<T
     typed_sized(pins, name).map(|(t, _)| t)
 }
 
+/// Opens the pinned state under `pins`: maps (checking their layout),
+/// programs, and every global link, held open (a missing link is attached
+/// again from its pinned program and named in `reattached`).
 fn adopt(pins: Pins) -> Result<Handles, LoadError> {
+    let mut reattached = Vec::new();
+    let reattached = &mut reattached;
+    let layout = |found: String| LoadError::Layout { root: pins.root().to_path_buf(), found };
+    let config: Array<MapData, Config> = typed(&pins, map_name::CONFIG)
+        .map_err(|e| layout(format!("its CONFIG map does not open as this version's: {e}")))?;
+    match config.get(&0, 0).map(|c| c.layout) {
+        // 0: loaded, but the loading agent died before registering.
+        Ok(0 | LAYOUT_VERSION) => {}
+        Ok(other) => return Err(layout(format!("map layout {other}"))),
+        Err(e) => return Err(layout(format!("its CONFIG map is unreadable: {}", chain(&e)))),
+    }
+    if !pins.map(map_name::TASKS).exists() {
+        return Err(layout("no TASKS map".to_string()));
+    }
     let (events, ring_bytes) = typed_sized(&pins, map_name::EVENTS)?;
     let maps = Maps {
-        cgroups: typed(&pins, map_name::CGROUPS)?,
+        cgroups: typed(&pins, map_name::CGROUPS).map_err(|e| layout(e.to_string()))?,
         policies: typed(&pins, map_name::POLICIES)?,
         paths: typed(&pins, map_name::PATHS)?,
         events: Some(events),
         drops: typed(&pins, map_name::DROPS)?,
         counters: typed(&pins, map_name::COUNTERS)?,
-        config: typed(&pins, map_name::CONFIG)?,
+        config,
+        tasks: typed(&pins, map_name::TASKS)?,
     };
     let mut cgroup_progs = Vec::new();
     for name in CGROUP_PROGRAMS {
@@ -448,21 +527,80 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
     } else {
         None
     };
-    let active = Active {
-        lsm: pins.link(LSM_PROGRAMS[0]).exists(),
-        cgroup: cgroup_progs.len() == CGROUP_PROGRAMS.len(),
-        tracepoint: pins.link(TRACEPOINTS[0].0).exists(),
+    let sys_enter_link = if pins.link(SYS_ENTER).exists() {
+        Some(HeldLink::open(SYS_ENTER, &pins.link(SYS_ENTER)).map_err(|e| link_err(&pins, SYS_ENTER, &e))?)
+    } else {
+        None
     };
+    let lsm_loaded = pins.prog(LSM_PROGRAMS[0]).exists();
+    let tracepoint_loaded = pins.prog(TRACEPOINTS[0].0).exists();
+    let mut links = Vec::new();
+    if lsm_loaded {
+        for name in LSM_PROGRAMS {
+            links.push(hold(&pins, name, reattached, || {
+                let mut p = Lsm::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
+                let id = p.attach().map_err(|e| fail(name, &e))?;
+                Ok(FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?))
+            })?);
+        }
+    }
+    if tracepoint_loaded {
+        for (name, category, tp) in TRACEPOINTS {
+            links.push(hold(&pins, name, reattached, || {
+                let mut p = TracePoint::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
+                let id = p.attach(category, tp).map_err(|e| fail(name, &e))?;
+                FdLink::try_from(p.take_link(id).map_err(|e| fail(name, &e))?).map_err(|e| fail(name, &e))
+            })?);
+        }
+        for name in BTF_TRACEPOINTS {
+            links.push(hold(&pins, name, reattached, || {
+                let mut p = BtfTracePoint::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
+                let id = p.attach().map_err(|e| fail(name, &e))?;
+                Ok(FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?))
+            })?);
+        }
+    }
+    let active = Active {
+        lsm: lsm_loaded && lsm_list::bpf_active().is_ok(),
+        cgroup: cgroup_progs.len() == CGROUP_PROGRAMS.len(),
+        tracepoint: tracepoint_loaded,
+    };
+    let signal_task = Btf::from_running_kernel().ok().as_ref().and_then(signal_task_kfunc).is_some();
     Ok(Handles {
         pins,
         maps,
         cgroup_progs,
         sys_enter,
+        links,
+        sys_enter_link,
+        reattached: std::mem::take(reattached),
+        signal_task,
         active,
         adopted: false,
         statuses: Vec::new(),
         ring_bytes,
     })
+}
+
+fn link_err(pins: &Pins, name: &str, e: &dyn std::error::Error) -> LoadError {
+    LoadError::Link { name: name.to_string(), path: pins.link(name), message: chain(e) }
+}
+
+/// Holds the global link `name`, attaching it again (with `attach`) and
+/// pinning it when its pin is missing.
+fn hold(
+    pins: &Pins,
+    name: &str,
+    reattached: &mut Vec<String>,
+    attach: impl FnOnce() -> Result<FdLink, LoadError>,
+) -> Result<HeldLink, LoadError> {
+    let path = pins.link(name);
+    if !path.exists() {
+        tracing::warn!(link = name, pin = %path.display(), "a global link was missing from the pins; attaching it again");
+        attach()?.pin(&path).map_err(|e| pin_err(path.clone(), &e))?;
+        reattached.push(name.to_string());
+    }
+    HeldLink::open(name, &path).map_err(|e| link_err(pins, name, &e))
 }
 
 fn attach_type(name: &str) -> CgroupSockAddrAttachType {

@@ -2,7 +2,10 @@
 //! loading and pinning, the single map writer, and the ring reader.
 
 pub mod btf;
+pub mod kfunc;
+pub mod links;
 pub mod loader;
+pub mod lsm_list;
 pub mod object;
 pub mod pins;
 pub mod ring;

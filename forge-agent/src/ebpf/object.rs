@@ -4,7 +4,7 @@
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forge-ebpf.o"));
 
 /// LSM programs and the hooks they attach to.
-pub const LSM_PROGRAMS: [&str; 7] = [
+pub const LSM_PROGRAMS: [&str; 10] = [
     "bprm_check_security",
     "file_open",
     "socket_connect",
@@ -12,6 +12,9 @@ pub const LSM_PROGRAMS: [&str; 7] = [
     "bpf",
     "ptrace_access_check",
     "task_kill",
+    "inode_permission",
+    "sb_umount",
+    "file_send_sigiotask",
 ];
 
 /// cgroup sock_addr programs, attached per governed cgroup.
@@ -22,6 +25,11 @@ pub const TRACEPOINTS: [(&str, &str, &str); 2] = [
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
+
+/// BTF tracepoints (program = tracepoint name), attached globally with the
+/// tracepoint backend: containment (fork, attach) and the cgroup lifecycle.
+pub const BTF_TRACEPOINTS: [&str; 4] =
+    ["sched_process_fork", "cgroup_attach_task", "cgroup_mkdir", "cgroup_rmdir"];
 
 /// The raw syscall tracepoint, attached only while some governed cgroup has
 /// syscall rules (it taxes every syscall on the host while attached).

@@ -5,17 +5,50 @@
 //! cgroup's entry in `CGROUPS` is pointed at it in one map update. The old
 //! slot stays intact until the next swap, so a program that read the old slot
 //! finishes its decision on a whole, consistent record.
+//!
+//! A governed cgroup governs its whole subtree (the kernel programs walk to
+//! the nearest governed ancestor). So that a cgroup and everything below it
+//! are governed from one instant on, a new governed cgroup is published in
+//! this order: its record; its level in `CONFIG.levels_rev` (lookups at that
+//! level miss until the next step); the sock_addr links, if it has no
+//! governed ancestor already holding them (the kernel runs a cgroup's
+//! programs for its whole subtree, so links are attached only at the top of
+//! each governed subtree); then its `CGROUPS` entry, the flip. Afterwards the
+//! processes already in the subtree are recorded in `TASKS` (the fork and
+//! attach tracepoints keep it from then on), and links of governed
+//! descendants that now sit below it are released. Ungoverning undoes it in
+//! the opposite order, attaching links to descendants that become the top
+//! of their subtree before releasing its own.
+//!
+//! The writer holds a descriptor on every link it attached or adopted
+//! ([`HeldLink`]); [`MapWriter::repair_links`] pins again any whose pin went
+//! missing.
 
-use std::{collections::BTreeMap, fs::File, io, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{MapData, RingBuf, lpm_trie::Key},
     programs::links::{CgroupAttachMode, FdLink},
 };
-use forge_common::{Config, CounterKey, PATH_KEY_PATH_LEN, PathKey, PolicyRecord, capacity, flags, verdict};
+use forge_common::{
+    Config, CounterKey, Governor, LAYOUT_VERSION, MAX_GOVERNED_LEVEL, PATH_KEY_PATH_LEN, PathKey,
+    PolicyRecord, capacity, flags, verdict,
+};
 
-use super::{loader::Handles, loader::chain, object::SYS_ENTER};
-use crate::{cgroup::Cgroup, policy::CompiledRecord};
+use super::{
+    links::{HeldLink, LinkState},
+    loader::{Handles, chain},
+    object::{CGROUP_PROGRAMS, SYS_ENTER},
+};
+use crate::{
+    cgroup::{Cgroup, CgroupError},
+    policy::CompiledRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -31,38 +64,110 @@ pub enum WriterError {
     Io { path: PathBuf, source: io::Error },
     #[error("path pattern of {len} bytes exceeds the {max}-byte key")]
     PathTooLong { len: usize, max: usize },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(
+        "{path} is at cgroup level {level}; the agent governs cgroups down to level {MAX_GOVERNED_LEVEL} \
+         (their descendants at any depth are governed with them)"
+    )]
+    TooDeep { path: PathBuf, level: u32 },
+    #[error(
+        "{path} contains the agent itself ({agent}): governing it would subject the agent to the policy \
+         it enforces; run the agent outside the governed subtree"
+    )]
+    ContainsAgent { path: PathBuf, agent: PathBuf },
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> WriterError {
     move |e| WriterError::Map { map, message: chain(&e) }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Governed {
     slot: u32,
     has_syscalls: bool,
+    level: u32,
+    /// The cgroup directory (how governed cgroups nest).
+    path: PathBuf,
 }
 
-/// Owns the maps; see the module docs for the swap protocol.
+/// A governed cgroup as the writer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GovernedCgroup {
+    pub id: u64,
+    pub slot: u32,
+    pub level: u32,
+    pub path: PathBuf,
+    /// Whether it holds the sock_addr links of its subtree (it has no
+    /// governed ancestor).
+    pub top: bool,
+}
+
+/// Owns the maps; see the module docs for the protocols.
 pub struct MapWriter {
     h: Handles,
     governed: BTreeMap<u64, Governed>,
+    /// sock_addr links of the governed cgroups at the top of their subtree.
+    cgroup_links: BTreeMap<u64, Vec<HeldLink>>,
     next_generation: u64,
     observe_net: bool,
+    /// Links attached again because their pin was missing (adoption, repair).
+    reattached: Vec<String>,
 }
 
 impl MapWriter {
     /// Takes over the handles, registers this process as the agent, and
-    /// rebuilds its view of governed cgroups from the maps (after adoption).
+    /// rebuilds its view of governed cgroups from the maps (after adoption):
+    /// each one's path (found by its id), its links (held, and attached
+    /// again where missing) and the processes below it.
     pub fn new(h: Handles) -> Result<Self, WriterError> {
-        let mut w = Self { h, governed: BTreeMap::new(), next_generation: 1, observe_net: false };
-        let cfg = Config { agent_tgid: std::process::id(), _pad: 0 };
-        w.h.maps.config.set(0, cfg, 0).map_err(map_err("CONFIG"))?;
-        let entries: Vec<(u64, u32)> = w.h.maps.cgroups.iter().filter_map(Result::ok).collect();
-        for (id, slot) in entries {
-            let rec = w.h.maps.policies.get(&slot, 0).map_err(map_err("POLICIES"))?;
+        let reattached = h.reattached.clone();
+        let mut w = Self {
+            h,
+            governed: BTreeMap::new(),
+            cgroup_links: BTreeMap::new(),
+            next_generation: 1,
+            observe_net: false,
+            reattached,
+        };
+        let entries: Vec<(u64, Governor)> = w.h.maps.cgroups.iter().filter_map(Result::ok).collect();
+        for (id, gov) in entries {
+            let rec = w.h.maps.policies.get(&gov.slot, 0).map_err(map_err("POLICIES"))?;
             w.next_generation = w.next_generation.max(rec.generation + 1);
-            w.governed.insert(id, Governed { slot, has_syscalls: rec.flags & flags::HAS_SYSCALL_RULES != 0 });
+            let path = match Cgroup::open_by_id(id) {
+                Ok(cg) => cg.path,
+                Err(CgroupError::NoSuchId { .. }) => {
+                    tracing::warn!(
+                        cgroup_id = id,
+                        "a governed cgroup was removed while no agent ran; forgetting it"
+                    );
+                    let _ = w.h.maps.cgroups.remove(&id);
+                    let _ = std::fs::remove_dir_all(w.h.pins.cgroup_dir(id));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            w.governed.insert(
+                id,
+                Governed {
+                    slot: gov.slot,
+                    has_syscalls: rec.flags & flags::HAS_SYSCALL_RULES != 0,
+                    level: gov.level,
+                    path,
+                },
+            );
+        }
+        w.write_config()?;
+        if w.h.active.cgroup {
+            let tops: Vec<u64> = w.governed.keys().copied().filter(|id| w.is_top(*id)).collect();
+            for id in tops {
+                let links = w.hold_cgroup_links(id)?;
+                w.cgroup_links.insert(id, links);
+            }
+        }
+        let all: Vec<PathBuf> = w.tops().map(|g| g.path.clone()).collect();
+        for path in all {
+            w.seed_tasks(&path);
         }
         Ok(w)
     }
@@ -87,15 +192,42 @@ impl MapWriter {
         self.governed.iter().map(|(id, g)| (*id, g.slot)).collect()
     }
 
+    /// The governed cgroups with their level, path and whether each holds
+    /// the links of its subtree.
+    pub fn governed_cgroups(&self) -> Vec<GovernedCgroup> {
+        self.governed
+            .iter()
+            .map(|(id, g)| GovernedCgroup {
+                id: *id,
+                slot: g.slot,
+                level: g.level,
+                path: g.path.clone(),
+                top: self.is_top(*id),
+            })
+            .collect()
+    }
+
     /// The record currently in force for `cgroup_id`.
     pub fn record(&self, cgroup_id: u64) -> Result<PolicyRecord, WriterError> {
         let g = self.governed.get(&cgroup_id).ok_or(WriterError::NotGoverned { id: cgroup_id })?;
         self.h.maps.policies.get(&g.slot, 0).map_err(map_err("POLICIES"))
     }
 
+    /// The governed cgroup whose record decides for a process in the cgroup
+    /// at `path`: the deepest governed one at or above it.
+    pub fn governing(&self, path: &Path) -> Option<u64> {
+        self.governed
+            .iter()
+            .filter(|(_, g)| path.starts_with(&g.path))
+            .max_by_key(|(_, g)| g.level)
+            .map(|(id, _)| *id)
+    }
+
     /// Governs `cgroup` with `compiled` (or swaps its policy), returning the
     /// generation written.
     pub fn govern(&mut self, cgroup: &Cgroup, compiled: &CompiledRecord) -> Result<u64, WriterError> {
+        let fresh = !self.governed.contains_key(&cgroup.id);
+        let level = if fresh { self.check_governable(cgroup)? } else { self.governed[&cgroup.id].level };
         let generation = self.next_generation;
         self.next_generation += 1;
         let mut record = compiled.record;
@@ -121,30 +253,119 @@ impl MapWriter {
             self.h.maps.paths.insert(&key, entry.kernel_rule(), 0).map_err(map_err("PATHS"))?;
         }
         self.h.maps.policies.set(slot, record, 0).map_err(map_err("POLICIES"))?;
-        if active.cgroup && !self.governed.contains_key(&cgroup.id) {
-            self.attach_cgroup(cgroup)?;
+        let has_syscalls = record.flags & flags::HAS_SYSCALL_RULES != 0;
+        let entry = Governed { slot, has_syscalls, level, path: cgroup.path.clone() };
+        if fresh {
+            // Known before the flip, so that the new cgroup's level is in
+            // CONFIG and whether it is the top of its subtree is decided.
+            self.governed.insert(cgroup.id, entry);
+            let published = self.publish_new(cgroup);
+            if let Err(e) = published {
+                self.governed.remove(&cgroup.id);
+                let _ = self.write_config();
+                return Err(e);
+            }
+        } else {
+            // The flip: from here on the kernel decides with the new record.
+            self.h.maps.cgroups.insert(cgroup.id, Governor { slot, level }, 0).map_err(map_err("CGROUPS"))?;
+            self.governed.insert(cgroup.id, entry);
         }
-        // The flip: from here on the kernel decides with the new record.
-        self.h.maps.cgroups.insert(cgroup.id, slot, 0).map_err(map_err("CGROUPS"))?;
-        self.governed
-            .insert(cgroup.id, Governed { slot, has_syscalls: record.flags & flags::HAS_SYSCALL_RULES != 0 });
         self.sync_sys_enter()?;
-        tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, slot, generation, policy = %compiled.policy_name, "governing");
+        tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, level, slot, generation, policy = %compiled.policy_name, "governing");
         Ok(generation)
     }
 
-    /// Stops governing `cgroup_id`: it is ungoverned from the first step on.
+    /// The level of `cgroup` if the agent may govern it.
+    fn check_governable(&self, cgroup: &Cgroup) -> Result<u32, WriterError> {
+        let level = cgroup.level()?;
+        if level > MAX_GOVERNED_LEVEL {
+            return Err(WriterError::TooDeep { path: cgroup.path.clone(), level });
+        }
+        if let Ok(me) = Cgroup::current()
+            && cgroup.contains(&me.path)
+        {
+            return Err(WriterError::ContainsAgent { path: cgroup.path.clone(), agent: me.path });
+        }
+        Ok(level)
+    }
+
+    /// Publishes a cgroup whose record is written and which is already in
+    /// `self.governed` (see the module docs for the order).
+    fn publish_new(&mut self, cgroup: &Cgroup) -> Result<(), WriterError> {
+        let g = self.governed[&cgroup.id].clone();
+        self.write_config()?;
+        let top = self.is_top(cgroup.id);
+        if self.h.active.cgroup && top {
+            let links = self.attach_cgroup(cgroup)?;
+            self.cgroup_links.insert(cgroup.id, links);
+        }
+        self.h
+            .maps
+            .cgroups
+            .insert(cgroup.id, Governor { slot: g.slot, level: g.level }, 0)
+            .map_err(map_err("CGROUPS"))?;
+        self.seed_tasks(&cgroup.path);
+        if top {
+            // Governed descendants that held their subtree's links now sit
+            // below this one, which holds them.
+            let below: Vec<u64> = self
+                .cgroup_links
+                .keys()
+                .copied()
+                .filter(|id| *id != cgroup.id && !self.is_top(*id))
+                .collect();
+            for id in below {
+                self.release_cgroup_links(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops governing `cgroup_id`: it is ungoverned from the first step on
+    /// (or governed by its nearest governed ancestor, if it has one).
     pub fn ungovern(&mut self, cgroup_id: u64) -> Result<(), WriterError> {
-        let g = self.governed.remove(&cgroup_id).ok_or(WriterError::NotGoverned { id: cgroup_id })?;
+        let g = self.governed.get(&cgroup_id).cloned().ok_or(WriterError::NotGoverned { id: cgroup_id })?;
+        let had_links = self.cgroup_links.contains_key(&cgroup_id);
+        self.governed.remove(&cgroup_id);
+        if had_links {
+            // Descendants that become the top of their subtree hold their
+            // own links before this one's go.
+            let tops: Vec<u64> = self
+                .governed
+                .iter()
+                .filter(|(id, d)| d.path.starts_with(&g.path) && self.is_top(**id))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in tops {
+                if !self.cgroup_links.contains_key(&id) {
+                    let cg = Cgroup { path: self.governed[&id].path.clone(), id };
+                    match self.attach_cgroup(&cg) {
+                        Ok(links) => {
+                            self.cgroup_links.insert(id, links);
+                        }
+                        Err(e) => {
+                            self.governed.insert(cgroup_id, g);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
         match self.h.maps.cgroups.remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("CGROUPS")(e)),
         }
+        self.write_config()?;
+        self.release_cgroup_links(cgroup_id)?;
         let dir = self.h.pins.cgroup_dir(cgroup_id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(WriterError::Io { path: dir, source }),
+        }
+        self.forget_tasks(cgroup_id);
+        if g.path.exists() {
+            self.seed_tasks(&g.path);
         }
         let pair = g.slot & !1;
         self.clear_paths(pair)?;
@@ -180,6 +401,125 @@ impl MapWriter {
         Ok(sum_dropped(self.counters()?))
     }
 
+    /// The governed cgroup `TASKS` says process `tgid` belongs to.
+    pub fn task_governor(&self, tgid: u32) -> Option<u64> {
+        self.h.maps.tasks.get(&tgid, 0).ok()
+    }
+
+    /// Every link the agent expects, with its state as the kernel reports it.
+    pub fn link_states(&self) -> Vec<LinkState> {
+        let global = self.h.links.iter().chain(self.h.sys_enter_link.as_ref());
+        global
+            .chain(self.cgroup_links.values().flatten())
+            .map(|l| {
+                let mut state = LinkState::of(&l.name, &l.pin);
+                if state.problem.is_some()
+                    && let Ok(info) = l.info()
+                {
+                    // The pin is gone but the agent's descriptor still holds it.
+                    state.info = Some(info);
+                    if info.attached() {
+                        state.problem = Some("pin missing (the agent still holds the link)".to_string());
+                    }
+                }
+                state
+            })
+            .collect()
+    }
+
+    /// Pins again every held link whose pin is missing; returns their names.
+    pub fn repair_links(&mut self) -> Vec<String> {
+        let mut repaired = Vec::new();
+        let global = self.h.links.iter().chain(self.h.sys_enter_link.as_ref());
+        for l in global.chain(self.cgroup_links.values().flatten()) {
+            match l.repin() {
+                Ok(true) => {
+                    tracing::warn!(link = %l.name, pin = %l.pin.display(), "a link's pin was removed; pinned it again");
+                    repaired.push(format!("{} ({})", l.name, l.pin.display()));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(link = %l.name, pin = %l.pin.display(), error = %e, "pinning a link again")
+                }
+            }
+        }
+        self.reattached.extend(repaired.iter().cloned());
+        repaired
+    }
+
+    /// Links attached or pinned again since this agent started.
+    pub fn reattached(&self) -> &[String] {
+        &self.reattached
+    }
+
+    fn is_top(&self, id: u64) -> bool {
+        let Some(g) = self.governed.get(&id) else { return false };
+        !self
+            .governed
+            .iter()
+            .any(|(other, o)| *other != id && g.path.starts_with(&o.path) && o.level < g.level)
+    }
+
+    fn tops(&self) -> impl Iterator<Item = &Governed> {
+        self.governed.iter().filter(|(id, _)| self.is_top(**id)).map(|(_, g)| g)
+    }
+
+    /// Writes `CONFIG`: this agent, the map layout, the governed levels.
+    fn write_config(&mut self) -> Result<(), WriterError> {
+        let cfg = Config {
+            agent_tgid: std::process::id(),
+            layout: LAYOUT_VERSION,
+            levels_rev: Config::levels_rev_of(self.governed.values().map(|g| g.level)),
+        };
+        self.h.maps.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
+    }
+
+    /// Records in `TASKS` every process in the subtree at `root` with the
+    /// governed cgroup it belongs to (or forgets it, outside every governed
+    /// subtree). Best effort: a cgroup that vanishes meanwhile is skipped.
+    fn seed_tasks(&mut self, root: &Path) {
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let governor = self.governing(&dir);
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for tgid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                    let r = match governor {
+                        Some(id) => self.h.maps.tasks.insert(tgid, id, 0),
+                        None => self.h.maps.tasks.remove(&tgid),
+                    };
+                    if let Err(e) = r
+                        && !matches!(e, aya::maps::MapError::KeyNotFound)
+                    {
+                        tracing::warn!(tgid, error = %chain(&e), "recording a governed process in TASKS");
+                    }
+                }
+            }
+            dirs.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+
+    /// Drops every `TASKS` entry that names `cgroup_id`.
+    fn forget_tasks(&mut self, cgroup_id: u64) {
+        let stale: Vec<u32> = self
+            .h
+            .maps
+            .tasks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, id)| *id == cgroup_id)
+            .map(|(t, _)| t)
+            .collect();
+        for tgid in stale {
+            let _ = self.h.maps.tasks.remove(&tgid);
+        }
+    }
+
     fn free_pair(&self) -> Result<u32, WriterError> {
         let used: Vec<u32> = self.governed.values().map(|g| g.slot / 2).collect();
         (0..capacity::MAX_GOVERNED)
@@ -209,11 +549,14 @@ impl MapWriter {
         Ok(())
     }
 
-    fn attach_cgroup(&mut self, cgroup: &Cgroup) -> Result<(), WriterError> {
+    /// Attaches the sock_addr programs to `cgroup`, pins the links and
+    /// holds them.
+    fn attach_cgroup(&mut self, cgroup: &Cgroup) -> Result<Vec<HeldLink>, WriterError> {
         let dir = self.h.pins.cgroup_dir(cgroup.id);
         std::fs::create_dir_all(&dir).map_err(|source| WriterError::Io { path: dir.clone(), source })?;
         let file = File::open(&cgroup.path)
             .map_err(|source| WriterError::Io { path: cgroup.path.clone(), source })?;
+        let mut held = Vec::new();
         for (name, prog) in &mut self.h.cgroup_progs {
             let attach_err = |e: &dyn std::error::Error| WriterError::Attach {
                 program: (*name).to_string(),
@@ -225,8 +568,41 @@ impl MapWriter {
             let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(&e))?;
             let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(&e))?)
                 .map_err(|e| attach_err(&e))?;
-            link.pin(dir.join(*name)).map_err(|e| attach_err(&e))?;
+            let pin = dir.join(*name);
+            link.pin(&pin).map_err(|e| attach_err(&e))?;
+            held.push(HeldLink::open(*name, &pin).map_err(|e| attach_err(&e))?);
         }
+        Ok(held)
+    }
+
+    /// Holds the pinned sock_addr links of the governed cgroup `id`,
+    /// attaching any that is missing again.
+    fn hold_cgroup_links(&mut self, id: u64) -> Result<Vec<HeldLink>, WriterError> {
+        let dir = self.h.pins.cgroup_dir(id);
+        let missing = CGROUP_PROGRAMS.iter().any(|name| !dir.join(name).exists());
+        if missing {
+            let path = self.governed[&id].path.clone();
+            tracing::warn!(cgroup = %path.display(), "the cgroup's sock_addr links were missing from the pins; attaching them again");
+            let _ = std::fs::remove_dir_all(&dir);
+            self.reattached.push(format!("sock_addr links of {}", path.display()));
+            return self.attach_cgroup(&Cgroup { path, id });
+        }
+        CGROUP_PROGRAMS
+            .iter()
+            .map(|name| {
+                let pin = dir.join(name);
+                HeldLink::open(*name, &pin).map_err(|source| WriterError::Io { path: pin, source })
+            })
+            .collect()
+    }
+
+    /// Releases the sock_addr links of `id` (if it holds any).
+    fn release_cgroup_links(&mut self, id: u64) -> Result<(), WriterError> {
+        for link in self.cgroup_links.remove(&id).unwrap_or_default() {
+            let pin = link.pin.clone();
+            link.release().map_err(|source| WriterError::Io { path: pin, source })?;
+        }
+        let _ = std::fs::remove_dir(self.h.pins.cgroup_dir(id));
         Ok(())
     }
 
@@ -235,7 +611,7 @@ impl MapWriter {
     fn sync_sys_enter(&mut self) -> Result<(), WriterError> {
         let need = self.governed.values().any(|g| g.has_syscalls);
         let pin = self.h.pins.link(SYS_ENTER);
-        let attached = pin.exists();
+        let attached = self.h.sys_enter_link.is_some();
         if need && !attached {
             let Some(prog) = self.h.sys_enter.as_mut() else {
                 tracing::warn!(
@@ -251,9 +627,12 @@ impl MapWriter {
             let id = prog.attach("sys_enter").map_err(|e| err(&e))?;
             let link = FdLink::from(prog.take_link(id).map_err(|e| err(&e))?);
             link.pin(&pin).map_err(|e| err(&e))?;
+            self.h.sys_enter_link = Some(HeldLink::open(SYS_ENTER, &pin).map_err(|e| err(&e))?);
             tracing::info!("attached raw_tp/sys_enter (syscall rules present)");
         } else if !need && attached {
-            std::fs::remove_file(&pin).map_err(|source| WriterError::Io { path: pin.clone(), source })?;
+            if let Some(link) = self.h.sys_enter_link.take() {
+                link.release().map_err(|source| WriterError::Io { path: pin.clone(), source })?;
+            }
             tracing::info!("detached raw_tp/sys_enter (no syscall rules governed)");
         }
         Ok(())

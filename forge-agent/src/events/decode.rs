@@ -73,6 +73,13 @@ tagged!(
     ProcExec = hook::PROC_EXEC => "tp/sched_process_exec",
     ProcExit = hook::PROC_EXIT => "tp/sched_process_exit",
     ExecTracepoint = hook::EXEC_TRACEPOINT => "tp/sched_process_exec(kill)",
+    LsmInodePermission = hook::LSM_INODE_PERMISSION => "lsm/inode_permission",
+    LsmSbUmount = hook::LSM_SB_UMOUNT => "lsm/sb_umount",
+    LsmFileSigiotask = hook::LSM_FILE_SIGIOTASK => "lsm/file_send_sigiotask",
+    EscapeFork = hook::ESCAPE_FORK => "tp_btf/sched_process_fork",
+    EscapeAttach = hook::ESCAPE_ATTACH => "tp_btf/cgroup_attach_task",
+    CgroupMkdir = hook::CGROUP_MKDIR => "tp_btf/cgroup_mkdir",
+    CgroupRmdir = hook::CGROUP_RMDIR => "tp_btf/cgroup_rmdir",
 });
 
 tagged!(
@@ -87,6 +94,7 @@ tagged!(
     Syscall = op::SYSCALL => "syscall",
     Protect = op::PROTECT => "self-protect",
     Process = op::PROCESS => "process",
+    Cgroup = op::CGROUP => "cgroup",
 });
 
 tagged!(
@@ -133,12 +141,83 @@ tagged!(
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Target {
     None,
-    Path { path: String },
-    Addr { addr: IpAddr, port: u16 },
-    Syscall { nr: u32 },
-    Process { pid: u32, signal: u32 },
-    BpfCmd { cmd: u32 },
-    Exit { code: u32 },
+    Path {
+        path: String,
+    },
+    Addr {
+        addr: IpAddr,
+        port: u16,
+    },
+    Syscall {
+        nr: u32,
+    },
+    Process {
+        pid: u32,
+        signal: u32,
+    },
+    BpfCmd {
+        cmd: u32,
+    },
+    Exit {
+        code: u32,
+    },
+    /// A write the containment or self-protection hook saw: to a file of
+    /// `cgroup` (0 when not a cgroup file), with the permission mask asked.
+    Write {
+        cgroup: u64,
+        mask: u32,
+    },
+    /// A governed process `pid` that left its subtree for `cgroup`.
+    Escape {
+        pid: u32,
+        cgroup: u64,
+        outcome: EscapeOutcome,
+    },
+    /// A cgroup v2 directory (made or removed).
+    Cgroup {
+        id: u64,
+        level: u32,
+        path: String,
+    },
+}
+
+/// How a containment breach ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapeOutcome {
+    /// The escaped process was killed by the kernel before it ran on.
+    Killed,
+    /// The kernel killed the process that made the escape; the escaped one
+    /// is left to the agent (kernels without `bpf_send_signal_task`).
+    LeftToAgent,
+    /// Monitor mode: nothing was killed.
+    Reported,
+}
+
+impl EscapeOutcome {
+    pub fn from_tag(v: u32) -> Self {
+        match v {
+            forge_common::escape::KILLED => Self::Killed,
+            forge_common::escape::LEFT_TO_AGENT => Self::LeftToAgent,
+            _ => Self::Reported,
+        }
+    }
+
+    pub const fn tag(self) -> u32 {
+        match self {
+            Self::Killed => forge_common::escape::KILLED,
+            Self::LeftToAgent => forge_common::escape::LEFT_TO_AGENT,
+            Self::Reported => 0,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Killed => "killed",
+            Self::LeftToAgent => "left to the agent",
+            Self::Reported => "reported",
+        }
+    }
 }
 
 impl fmt::Display for Target {
@@ -156,6 +235,12 @@ impl fmt::Display for Target {
             Self::Process { pid, signal } => write!(f, "pid {pid} signal {signal}"),
             Self::BpfCmd { cmd } => write!(f, "bpf cmd {cmd}"),
             Self::Exit { code } => write!(f, "exit status {code:#x}"),
+            Self::Write { cgroup: 0, mask } => write!(f, "write (mask {mask:#x})"),
+            Self::Write { cgroup, mask } => write!(f, "write to cgroup {cgroup} (mask {mask:#x})"),
+            Self::Escape { pid, cgroup, outcome } => {
+                write!(f, "pid {pid} into cgroup {cgroup} ({})", outcome.as_str())
+            }
+            Self::Cgroup { id, path, .. } => write!(f, "{path} (id {id})"),
         }
     }
 }
@@ -164,7 +249,12 @@ impl fmt::Display for Target {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DecisionEvent {
     pub ts_ns: u64,
+    /// The governed cgroup whose record decided (the task's own cgroup or
+    /// its nearest governed ancestor); 0 for events outside every governed
+    /// subtree.
     pub cgroup_id: u64,
+    /// The cgroup the task actually was in.
+    pub actual_cgroup_id: u64,
     pub generation: u64,
     pub pid: u32,
     pub tgid: u32,
@@ -210,16 +300,29 @@ impl DecisionEvent {
             Op::Exec | Op::FileRead | Op::FileWrite => path_target(raw, path_len),
             Op::Protect => match hook {
                 Hook::LsmBpf => Target::BpfCmd { cmd: raw.nr },
+                Hook::LsmInodePermission => Target::Write { cgroup: raw.target_cgroup_id, mask: raw.nr },
+                Hook::LsmSbUmount => Target::None,
+                Hook::EscapeFork | Hook::EscapeAttach => Target::Escape {
+                    pid: raw.target_pid,
+                    cgroup: raw.target_cgroup_id,
+                    outcome: EscapeOutcome::from_tag(raw.nr),
+                },
                 _ => Target::Process { pid: raw.target_pid, signal: raw.nr },
             },
             Op::Process => match hook {
                 Hook::ProcExit => Target::Exit { code: raw.nr },
                 _ => path_target(raw, path_len),
             },
+            Op::Cgroup => Target::Cgroup {
+                id: raw.target_cgroup_id,
+                level: raw.nr,
+                path: String::from_utf8_lossy(&raw.path[..path_len]).into_owned(),
+            },
         };
         Ok(Self {
             ts_ns: raw.ts_ns,
             cgroup_id: raw.cgroup_id,
+            actual_cgroup_id: raw.actual_cgroup_id,
             generation: raw.generation,
             pid: raw.pid,
             tgid: raw.tgid,
@@ -249,16 +352,17 @@ impl fmt::Display for DecisionEvent {
         };
         write!(
             f,
-            "{what} {op} {target} by pid {pid} ({comm}) in cgroup {cg} [hook {hook}, rule {rule}, gen {gen}]",
+            "{what} {op} {target} by pid {pid} ({comm}) in cgroup {cg}",
             op = self.op,
             target = self.target,
             pid = self.tgid,
             comm = self.comm,
             cg = self.cgroup_id,
-            hook = self.hook,
-            rule = self.rule_id,
-            gen = self.generation,
-        )
+        )?;
+        if self.actual_cgroup_id != self.cgroup_id && self.actual_cgroup_id != 0 {
+            write!(f, " (from cgroup {} below it)", self.actual_cgroup_id)?;
+        }
+        write!(f, " [hook {}, rule {}, gen {}]", self.hook, self.rule_id, self.generation)
     }
 }
 
@@ -300,6 +404,7 @@ mod tests {
     fn connect_event() -> Event {
         let mut ev = Event::zeroed();
         ev.cgroup_id = 42;
+        ev.actual_cgroup_id = 42;
         ev.pid = 7;
         ev.tgid = 7;
         ev.hook = hook::CGROUP_CONNECT4;
@@ -349,6 +454,54 @@ mod tests {
         let d = DecisionEvent::from_raw(&ev).unwrap();
         assert_eq!(d.target, Target::Path { path: "/bin/true".into() });
         assert!(!d.enforced());
+    }
+
+    #[test]
+    fn events_name_the_governed_and_the_actual_cgroup() {
+        let mut ev = connect_event();
+        ev.actual_cgroup_id = 4242;
+        let d = DecisionEvent::from_raw(&ev).unwrap();
+        assert_eq!((d.cgroup_id, d.actual_cgroup_id), (42, 4242));
+        assert_eq!(
+            d.to_string(),
+            "deny net.connect 127.0.0.1:9 by pid 7 (curl) in cgroup 42 (from cgroup 4242 below it) [hook cgroup/connect4, rule 17, gen 0]"
+        );
+    }
+
+    #[test]
+    fn decodes_containment_and_cgroup_lifecycle() {
+        let mut ev = connect_event();
+        ev.hook = hook::ESCAPE_FORK;
+        ev.op = op::PROTECT;
+        ev.verdict = verdict::KILL;
+        ev.rule_id = forge_common::rule_id::CONTAINMENT;
+        ev.target_pid = 77;
+        ev.target_cgroup_id = 1;
+        ev.nr = forge_common::escape::KILLED;
+        let d = DecisionEvent::from_raw(&ev).unwrap();
+        assert_eq!(d.target, Target::Escape { pid: 77, cgroup: 1, outcome: EscapeOutcome::Killed });
+        assert!(d.to_string().starts_with("kill self-protect pid 77 into cgroup 1 (killed) by pid 7"), "{d}");
+        ev.nr = forge_common::escape::LEFT_TO_AGENT;
+        let d = DecisionEvent::from_raw(&ev).unwrap();
+        assert!(matches!(d.target, Target::Escape { outcome: EscapeOutcome::LeftToAgent, .. }));
+
+        ev.hook = hook::LSM_INODE_PERMISSION;
+        ev.verdict = verdict::DENY;
+        ev.nr = 2;
+        ev.target_cgroup_id = 9;
+        assert_eq!(DecisionEvent::from_raw(&ev).unwrap().target, Target::Write { cgroup: 9, mask: 2 });
+
+        let mut ev = Event::zeroed();
+        ev.hook = hook::CGROUP_MKDIR;
+        ev.op = op::CGROUP;
+        ev.verdict = verdict::INFO;
+        ev.target_cgroup_id = 5150;
+        ev.nr = 3;
+        ev.path[..13].copy_from_slice(b"/kubepods/pod");
+        ev.path_len = 13;
+        let d = DecisionEvent::from_raw(&ev).unwrap();
+        assert_eq!(d.target, Target::Cgroup { id: 5150, level: 3, path: "/kubepods/pod".into() });
+        assert!(d.to_string().starts_with("mkdir cgroup /kubepods/pod (id 5150)"), "{d}");
     }
 
     #[test]
@@ -434,7 +587,7 @@ mod tests {
                 ok += 1;
             }
         }
-        // With 17 valid hooks out of 65536 values, random bytes almost never decode.
+        // With 24 valid hooks out of 65536 values, random bytes almost never decode.
         assert!(ok < 20, "{ok} random events decoded");
     }
 }

@@ -2,4 +2,6 @@
 
 pub mod decode;
 
-pub use decode::{CounterVerdict, DecisionEvent, DecodeError, Hook, Mode, Op, Target, Verdict};
+pub use decode::{
+    CounterVerdict, DecisionEvent, DecodeError, EscapeOutcome, Hook, Mode, Op, Target, Verdict,
+};

@@ -61,6 +61,7 @@ mod tests {
         DecisionEvent {
             ts_ns: 1,
             cgroup_id: 77,
+            actual_cgroup_id: 77,
             generation: 3,
             pid: 10,
             tgid: 10,

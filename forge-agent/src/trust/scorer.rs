@@ -370,6 +370,7 @@ mod tests {
         DecisionEvent {
             ts_ns: ts_s * S,
             cgroup_id: 9,
+            actual_cgroup_id: 9,
             generation: 1,
             pid: 100,
             tgid: 100,

@@ -326,7 +326,8 @@ fn compiled_modules_are_cached_by_digest_and_checked() {
     let good = std::fs::read(&file).unwrap();
     // A byte of the artifact, of its tag, of the trailer; and the file cut short.
     let n = good.len();
-    let changes: [&dyn Fn(&mut Vec<u8>); 4] =
+    type Change<'a> = &'a dyn Fn(&mut Vec<u8>);
+    let changes: [Change<'_>; 4] =
         [&|b| b[n / 2] ^= 1, &|b| b[n - 20] ^= 1, &|b| b[n - 1] ^= 1, &|b| b.truncate(n - 45)];
     for change in changes {
         let mut bytes = good.clone();
