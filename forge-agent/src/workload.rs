@@ -59,6 +59,31 @@ pub enum Action {
     /// Start a thread that moves itself into the (threaded) cgroup
     /// directory through `cgroup.threads` and performs the action there.
     Thread(PathBuf, Box<Action>),
+    /// How else a signal reaches a process: `tgkill(pid, pid, sig)`,
+    /// `pidfd_send_signal`, or a file owner's signal (`F_SETOWN` to `pid`,
+    /// `F_SETSIG` `sig`, `O_ASYNC` on a pipe, then a write to it).
+    Signal(SignalRoute, u32, i32),
+    /// unlink(2) of a path (a bpffs pin, say).
+    Unlink(PathBuf),
+    /// umount2(2) of a mount point.
+    Umount(PathBuf),
+}
+
+/// The ways of [`Action::Signal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalRoute {
+    Tgkill,
+    Pidfd,
+    Sigio,
+}
+
+impl SignalRoute {
+    const ALL: [(Self, &'static str); 3] =
+        [(Self::Tgkill, "tgkill"), (Self::Pidfd, "pidfd-kill"), (Self::Sigio, "sigio")];
+
+    fn verb(self) -> &'static str {
+        Self::ALL.iter().find(|(r, _)| *r == self).map_or("?", |(_, v)| v)
+    }
 }
 
 impl fmt::Display for Action {
@@ -81,6 +106,9 @@ impl fmt::Display for Action {
             Self::Clone3Into(dir, a) => write!(f, "clone3-into {} {a}", dir.display()),
             Self::MoveChild(dir, a) => write!(f, "move-child {} {a}", dir.display()),
             Self::Thread(dir, a) => write!(f, "thread-in {} {a}", dir.display()),
+            Self::Signal(route, pid, sig) => write!(f, "{} {pid} {sig}", route.verb()),
+            Self::Unlink(p) => write!(f, "unlink {}", p.display()),
+            Self::Umount(p) => write!(f, "umount {}", p.display()),
         }
     }
 }
@@ -123,6 +151,14 @@ impl FromStr for Action {
                 Self::Kill(p, sig)
             }
             "ptrace" => Self::PtraceAttach(pid(arg)?),
+            "unlink" => Self::Unlink(PathBuf::from(need(arg)?)),
+            "umount" => Self::Umount(PathBuf::from(need(arg)?)),
+            v if SignalRoute::ALL.iter().any(|(_, name)| *name == v) => {
+                let route =
+                    SignalRoute::ALL.iter().find(|(_, name)| *name == v).map(|(r, _)| *r).expect("found");
+                let sig = it.next().ok_or_else(|| format!("{verb} needs a signal"))?;
+                Self::Signal(route, pid(arg)?, sig.parse().map_err(|e| format!("{verb}: bad signal: {e}"))?)
+            }
             "connect-denied-loop" | "connect-storm" => {
                 let a = addr(arg)?;
                 let n = it
@@ -204,9 +240,14 @@ pub fn perform(action: &Action) -> io::Result<()> {
             unsafe { libc::ptrace(libc::PTRACE_DETACH, *pid as libc::pid_t, 0usize, 0usize) };
             Ok(())
         }
+        Action::Signal(route, pid, sig) => signal(*route, *pid, *sig),
+        Action::Unlink(p) => std::fs::remove_file(p),
+        Action::Umount(p) => {
+            nix::mount::umount2(p.as_path(), nix::mount::MntFlags::empty()).map_err(io::Error::from)
+        }
         Action::MoveSelf(dir, inner) => {
             if !dir.exists() {
-                std::fs::create_dir(dir)?;
+                std::fs::create_dir_all(dir)?;
             }
             std::fs::write(dir.join("cgroup.procs"), "0")?;
             perform(inner)
@@ -220,6 +261,44 @@ pub fn perform(action: &Action) -> io::Result<()> {
                 perform(&inner)
             });
             t.join().map_err(|_| io::Error::other("the thread panicked"))?
+        }
+    }
+}
+
+/// `F_SETSIG` from `<fcntl.h>` (Linux; not in the libc crate).
+const F_SETSIG: libc::c_int = 10;
+
+fn signal(route: SignalRoute, pid: u32, sig: i32) -> io::Result<()> {
+    let pid = pid as libc::pid_t;
+    match route {
+        // SAFETY: tgkill(2) has no memory arguments.
+        SignalRoute::Tgkill => errno_result(unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, sig) }),
+        SignalRoute::Pidfd => {
+            // SAFETY: pidfd_open(2) has no memory arguments.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            errno_result(fd)?;
+            // SAFETY: a null siginfo asks for a plain kill(2)-like signal.
+            let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, sig, 0usize, 0) };
+            // SAFETY: closing the pidfd opened above.
+            unsafe { libc::close(fd as i32) };
+            errno_result(r)
+        }
+        SignalRoute::Sigio => {
+            let mut fds = [0; 2];
+            // SAFETY: pipe(2) into a two-element array; fcntl(2) on its read
+            // end with integer arguments; a one-byte write to its write end.
+            unsafe {
+                if libc::pipe(fds.as_mut_ptr()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                errno_result(libc::fcntl(fds[0], libc::F_SETOWN, pid).into())?;
+                errno_result(libc::fcntl(fds[0], F_SETSIG, sig).into())?;
+                errno_result(libc::fcntl(fds[0], libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK).into())?;
+                errno_result(libc::write(fds[1], b"x".as_ptr().cast(), 1) as libc::c_long)?;
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            Ok(())
         }
     }
 }
@@ -579,6 +658,11 @@ mod tests {
             "clone3-into /sys/fs/cgroup syscall getppid",
             "move-child /sys/fs/cgroup move-self /x exec /bin/true",
             "thread-in /sys/fs/cgroup/t sendto 10.0.0.1:53",
+            "tgkill 1 23",
+            "pidfd-kill 1 23",
+            "sigio 1 23",
+            "unlink /sys/fs/bpf/forge/links/x",
+            "umount /sys/fs/bpf",
         ] {
             let a: Action = s.parse().unwrap();
             assert_eq!(a.to_string(), s);

@@ -102,8 +102,9 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 
 /// `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`, in the task that
 /// wrote `cgroup.procs` or `cgroup.threads`, after the move. A governed
-/// writer may move tasks only within its subtree; a process that belonged to
-/// a governed subtree and moved itself out is killed. Moves by anyone else
+/// writer may move tasks only within its subtree (what it moves out is
+/// killed); a process that belonged to a governed subtree and moved itself
+/// out is killed. Moves by anyone else
 /// (the operator, systemd, the agent) are the host's business: `TASKS`
 /// follows them.
 #[btf_tracepoint(function = "cgroup_attach_task")]
@@ -157,12 +158,11 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     mark(tgid, now);
+    // One signal only: this tracepoint runs with interrupts off, where the
+    // kernel defers a hook's signal to a per-CPU work item that a second
+    // signal would find busy. The escaped task is the one that matters; the
+    // writer stays governed, and its breach is reported.
     breach(&g, hook::ESCAPE_ATTACH, task, tgid, dst_id);
-    if me != tgid && record.mode != mode::MONITOR {
-        // The governed writer that moved another task out goes too.
-        // SAFETY: signals the current task; no memory arguments.
-        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGKILL) };
-    }
     0
 }
 

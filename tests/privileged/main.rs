@@ -12,12 +12,14 @@ mod api;
 mod capsule;
 mod capsule_api;
 mod capsule_component;
+mod contain;
 mod differential;
 mod doctor;
 mod fleet;
 mod hotswap;
 mod lost;
 mod lsm;
+mod lsm_contain;
 mod metrics;
 mod net;
 mod otlp;
@@ -35,6 +37,18 @@ use forge_agent::events::DecisionEvent;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 type TestFn = fn() -> Result<(), Failed>;
+/// A test that may find, once running, that it cannot run here (and says why).
+type MaybeFn = fn() -> Result<Completion, Failed>;
+
+/// A test with the backends it needs that may still report itself ignored.
+fn trial_maybe(name: &'static str, needs: &'static [&'static str], f: MaybeFn) -> Trial {
+    Trial::ignorable_test(name, move || {
+        if let Some(ignored) = forge_tests::gate(needs)? {
+            return Ok(ignored);
+        }
+        f()
+    })
+}
 
 /// A test with the backends it needs.
 fn trial(name: &'static str, needs: &'static [&'static str], f: TestFn) -> Trial {
@@ -201,11 +215,57 @@ fn main() {
             ],
             fleet::quarantine_propagates_forgeries_refused,
         ),
+        trial(
+            "subtree_child_cgroups_are_governed",
+            &["cgroup", "tracepoint"],
+            contain::child_cgroups_are_governed,
+        ),
+        trial(
+            "subtree_kubepods_layout_governed_from_the_top",
+            &["cgroup", "tracepoint"],
+            contain::kubepods_layout,
+        ),
+        trial(
+            "subtree_delegated_service_sub_cgroups_governed",
+            &["cgroup", "tracepoint"],
+            contain::delegated_service_layout,
+        ),
+        trial("subtree_threaded_cgroup_governed", &["cgroup", "tracepoint"], contain::threaded_cgroups),
+        trial(
+            "escape_move_self_out_killed_at_attach",
+            &["cgroup", "tracepoint"],
+            contain::move_self_out_is_killed,
+        ),
+        trial_maybe(
+            "escape_move_child_out_killed_before_it_runs",
+            &["cgroup", "tracepoint"],
+            contain::move_child_out_is_killed,
+        ),
+        trial_maybe(
+            "escape_clone3_into_cgroup_killed_at_fork",
+            &["cgroup", "tracepoint"],
+            contain::clone3_out_is_killed,
+        ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),
         trial("lsm_file_open_deny_resolves_paths", &["lsm"], lsm::file_open),
         trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),
         trial("lsm_self_protection", &["lsm"], lsm::self_protection),
+        trial(
+            "lsm_containment_ways_out_refused_before_the_effect",
+            &["lsm", "cgroup", "tracepoint"],
+            lsm_contain::ways_out_refused,
+        ),
+        trial(
+            "lsm_containment_cgroup_files_outside_refused",
+            &["lsm", "cgroup", "tracepoint"],
+            lsm_contain::cgroup_files_outside_refused,
+        ),
+        trial(
+            "lsm_self_protection_every_signal_route_pins_and_bpffs",
+            &["lsm", "cgroup", "tracepoint"],
+            lsm_contain::agent_out_of_reach,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

@@ -110,6 +110,24 @@ pub fn gate_program(name: &str, path: &std::path::Path) -> Result<Option<Complet
     Ok(Some(Completion::ignored_with(reason)))
 }
 
+/// Decides whether a test that needs a hook to kill a task other than the
+/// caller (`bpf_send_signal_task`, kernels from 6.13) can run: `signal_task`
+/// is what the agent found. Without it the test is ignored with the reason,
+/// or fails when `FORGE_REQUIRE` names `signal-task`.
+pub fn gate_signal_task(signal_task: bool) -> Result<Option<Completion>, Failed> {
+    if signal_task {
+        return Ok(None);
+    }
+    let reason = "this kernel has no bpf_send_signal_task kfunc (6.13+): without BPF LSM an escaped child \
+                  is killed by the agent after it starts, not before (docs/policy.md, Containment)";
+    let c = caps();
+    if c.require.contains("signal-task") {
+        let list = c.require.iter().cloned().collect::<Vec<_>>().join(",");
+        return Err(format!("FORGE_REQUIRE={list}: {reason}").into());
+    }
+    Ok(Some(Completion::ignored_with(reason)))
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
@@ -134,7 +152,9 @@ impl Fixture {
     /// Like [`Self::new`], with an event ring of `ring_bytes` (`None`: the default).
     pub fn with_ring(name: &str, yaml: &str, want: Want, ring_bytes: Option<u32>) -> Result<Self, Failed> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{}-{name}", std::process::id()));
+        // bpffs refuses names with dots.
+        let pin_name = name.replace('.', "-");
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/forge-test-{}-{pin_name}", std::process::id()));
         let agent = {
             let _guard = rt.enter();
             Agent::start(&AgentOptions { pin_root: pin_root.clone(), want, ring_bytes }).map_err(fail)?
@@ -194,6 +214,17 @@ impl Fixture {
         Ok((pid, Outcome::from_status(status)))
     }
 
+    /// Like [`Self::inside`], also returning what the process printed on
+    /// stdout (the compound actions report a child's outcome there).
+    pub fn inside_output(&self, action: &str) -> Result<(Outcome, String), Failed> {
+        let a: Action = action.parse().map_err(|e: String| Failed::from(e))?;
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.env(ACTION_ENV, a.to_string()).stdout(std::process::Stdio::piped());
+        let child = spawn_in(&self.cgroup, &mut cmd).map_err(fail)?;
+        let out = child.wait_with_output().map_err(fail)?;
+        Ok((Outcome::from_status(out.status), String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
     /// Runs `action` in a new process outside any governed cgroup.
     pub fn outside(&self, action: &str) -> Result<Outcome, Failed> {
         let a: Action = action.parse().map_err(|e: String| Failed::from(e))?;
@@ -231,6 +262,26 @@ impl Drop for Fixture {
         let _ = forge_agent::ebpf::Pins::new(&self.pin_root).remove_all();
         let _ = self.cgroup.destroy();
     }
+}
+
+/// A TCP listener on `addr` (port 0 = any) that counts the connections it
+/// accepts: what a deny test checks did not happen.
+pub fn counting_listener(
+    addr: &str,
+) -> Result<(std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>), Failed> {
+    use std::sync::{Arc, atomic::AtomicUsize};
+    let l = std::net::TcpListener::bind(addr).map_err(fail)?;
+    let local = l.local_addr().map_err(fail)?;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            if c.is_ok() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    Ok((local, hits))
 }
 
 pub fn fail(e: impl std::fmt::Display) -> Failed {
