@@ -40,8 +40,9 @@ pub(crate) struct RunArgs {
     /// strict mode: policy changes are applied only from signed bundles.
     #[arg(long, value_name = "FILE")]
     trust: Option<PathBuf>,
-    /// Where the last applied version of each bundle is kept (replay
-    /// protection). Default: /var/lib/forge/applied.json.
+    /// Where the trust domain's bundle version and the set of record (the
+    /// latest bundle of each name) are kept: no rollback, across restarts
+    /// too. Default: /var/lib/forge/applied.json.
     #[arg(long)]
     state: Option<PathBuf>,
     /// Trust config for Wasm capsules run through the API (`forge pkg run`

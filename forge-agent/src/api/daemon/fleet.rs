@@ -62,17 +62,15 @@ impl Daemon {
     }
 
     /// A bundle from the bus: verified and applied like `policy apply
-    /// --bundle`. The one already in force is skipped; an older one is a
-    /// replay and refused.
+    /// --bundle`, with the set of record. A bundle of record delivered
+    /// again while that set is in force changes nothing; one not newer than
+    /// the trust domain's version is a replay or rollback and refused.
     fn fleet_bundle(&mut self, key: &str, revision: u64, bytes: &[u8]) {
         let Some(link) = self.fleet.as_ref() else { return };
         let (name, version) = match wire::peek(bytes) {
             Ok(nv) => nv,
             Err(e) => return self.fleet_refused("bundle", key, revision, &e.to_string()),
         };
-        if self.origin.1.as_ref().is_some_and(|b| b.name == name && b.version == version) {
-            return;
-        }
         // Named by revision only: a bus key may hold `/` and `..`.
         let dir = link.config.dir.join("bundles").join(format!("revision-{revision}"));
         let result = wire::unpack(bytes, &dir)
@@ -80,6 +78,7 @@ impl Daemon {
             .and_then(|path| self.apply_bundle_at(&path, true).map_err(|e| e.message));
         let _ = std::fs::remove_dir_all(&dir);
         match result {
+            Ok(v) if v["unchanged"] == true => {}
             Ok(_) => {
                 let Some(link) = self.fleet.as_mut() else { return };
                 link.counts.bundles_applied += 1;
