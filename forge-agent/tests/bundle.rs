@@ -237,6 +237,37 @@ fn an_older_bundle_under_another_name_is_refused_through_the_state_file() {
 }
 
 #[test]
+fn an_operator_release_is_signed_k_of_n_like_a_bundle() {
+    let t = setup(1);
+    let d = t.path();
+    let id = format!("sha3-256:{}", "ab".repeat(32));
+    // One signature of the two the trust file asks for: not written.
+    let release = ["fleet", "release", &id, "--trust", "trust.toml", "--key", "keys/alice.key"];
+    let out = forge(d, &[&release[..], &["--out", "one.json"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 valid signature from distinct trusted keys, 2 required"), "{err}");
+    assert!(!d.join("one.json").exists());
+    // --key twice: two signatures.
+    ok(d, &[&release[..], &["--key", "keys/bob.key", "--out", "two.json"]].concat());
+    let env: serde_json::Value = serde_json::from_slice(&fs::read(d.join("two.json")).unwrap()).unwrap();
+    assert_eq!(env["signatures"].as_str().unwrap().lines().count(), 2, "{env}");
+    // Or one by one, as with `forge policy sign`; mallory's does not count.
+    ok(d, &["fleet", "release", &id, "--key", "keys/alice.key", "--out", "r.json"]);
+    for k in ["mallory", "carol", "carol"] {
+        ok(d, &["fleet", "sign", "r.json", "--key", &format!("keys/{k}.key"), "--json"]);
+    }
+    let env: serde_json::Value = serde_json::from_slice(&fs::read(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(env["signatures"].as_str().unwrap().lines().count(), 3, "{env}");
+    // Checked against the trust file before publishing: 2 of 3 count, so it
+    // goes on to the bus (none here: the connection is what fails).
+    let out =
+        forge(d, &["fleet", "publish", "r.json", "--trust", "trust.toml", "--nats", "nats://127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("connecting to nats://127.0.0.1:1"), "{err}");
+}
+
+#[test]
 fn malformed_bundle_says_where() {
     let t = setup(1);
     let d = t.path();

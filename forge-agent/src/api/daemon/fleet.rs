@@ -98,8 +98,7 @@ impl Daemon {
     /// the rule carried out for the local workloads it concerns.
     fn fleet_record(&mut self, key: &str, revision: u64, bytes: &[u8]) {
         let Some(link) = self.fleet.as_ref() else { return };
-        let Some(operators) = self.signing.as_ref().map(|s| &s.trust) else { return };
-        let v: Verified = match SignedRecord::verify(bytes, &link.nodes, operators) {
+        let v: Verified = match SignedRecord::verify(bytes, &link.nodes, &link.operators) {
             Ok(v) => v,
             Err(e) => return self.fleet_refused("record", key, revision, &e.to_string()),
         };
@@ -116,27 +115,28 @@ impl Daemon {
             );
             return self.fleet_refused("record", key, revision, &why);
         }
-        let operator = matches!(v.issuer, Issuer::Operator(_));
         let own = v.issuer == Issuer::Node(link.config.node.clone());
         let Some(link) = self.fleet.as_mut() else { return };
-        match link.ledger.admit(v.record.clone(), operator) {
+        let (issuer, signers, record) = (v.issuer.clone(), v.signers.clone(), v.record.clone());
+        match link.admit(v) {
             Admit::Duplicate => return,
             Admit::Stale { held_issued_at_ms } => {
                 let why = format!(
                     "older than the record held from {} (issued at {held_issued_at_ms} ms): a replay",
-                    v.record.node
+                    record.node
                 );
                 return self.fleet_refused("record", key, revision, &why);
             }
             Admit::New => link.counts.records_admitted += 1,
         }
         if !own {
+            let signers: Vec<String> = signers.iter().map(ToString::to_string).collect();
             self.audit.push(json!({
-                "action": "fleet_record", "revision": revision, "issuer": v.issuer, "key_id": v.key_id.to_string(),
-                "record": v.record,
+                "action": "fleet_record", "revision": revision, "issuer": issuer, "signers": signers,
+                "record": record,
             }));
         }
-        self.fleet_enforce(&v.record.identity);
+        self.fleet_enforce(&record.identity);
     }
 
     /// Carries out the fleet rule for the local workloads that are `identity`.
