@@ -29,7 +29,7 @@ use super::{
     record::SignedRecord,
 };
 use crate::sign::{
-    files::{self, Read},
+    files::{self, Unusable},
     trust::TrustConfig,
 };
 
@@ -64,12 +64,11 @@ struct File {
 /// Reads the stored envelopes; a missing file holds none.
 pub fn load(path: &Path) -> Result<Vec<SignedRecord>, StoreError> {
     let malformed = |reason: String| StoreError::Malformed { path: path.to_path_buf(), reason };
-    let bytes = match files::read_regular(path, MAX_BYTES) {
-        Ok(Read::Bytes(b)) => b,
-        Ok(Read::TooLarge(size)) => return Err(malformed(format!("{size} bytes, more than {MAX_BYTES}"))),
-        Ok(Read::NotRegular) => return Err(malformed("not a regular file".into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StoreError::Io { path: path.to_path_buf(), source }),
+    let bytes = match files::read_state(path, MAX_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Vec::new()),
+        Err(Unusable::Not(reason)) => return Err(malformed(reason)),
+        Err(Unusable::Io(source)) => return Err(StoreError::Io { path: path.to_path_buf(), source }),
     };
     let f: File = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
     if f.format != FORMAT {

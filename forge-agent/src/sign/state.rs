@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     bundle::{Bundle, BundleError, Document, VerifiedBundle},
-    files::{self, Read},
+    files::{self, Unusable},
     trust::TrustConfig,
     verify::Refusal,
 };
@@ -176,14 +176,11 @@ impl AppliedBundles {
     /// is an empty state.
     pub fn load(path: &Path) -> Result<Self, StateError> {
         let malformed = |reason: String| StateError::Malformed { path: path.to_path_buf(), reason };
-        let bytes = match files::read_regular(path, MAX_STATE_BYTES) {
-            Ok(Read::Bytes(b)) => b,
-            Ok(Read::TooLarge(size)) => {
-                return Err(malformed(format!("{size} bytes, more than {MAX_STATE_BYTES}")));
-            }
-            Ok(Read::NotRegular) => return Err(malformed("not a regular file".to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(StateError::Io { path: path.to_path_buf(), source }),
+        let bytes = match files::read_state(path, MAX_STATE_BYTES) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(Self::default()),
+            Err(Unusable::Not(reason)) => return Err(malformed(reason)),
+            Err(Unusable::Io(source)) => return Err(StateError::Io { path: path.to_path_buf(), source }),
         };
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
