@@ -183,7 +183,8 @@ fn replay_is_refused_through_the_state_file() {
     let verify = ["policy", "verify", "b", "--trust", "trust.toml", "--state", "state.json"];
     ok(d, &[&verify[..], &["--record"]].concat());
     let state: serde_json::Value = serde_json::from_slice(&fs::read(d.join("state.json")).unwrap()).unwrap();
-    assert_eq!(state["applied"]["prod"], 3);
+    assert_eq!(state["format"], "forgeone-applied v2");
+    assert_eq!((state["version"].as_u64(), state["bundles"]["prod"]["version"].as_u64()), (Some(3), Some(3)));
     let v = refused_json(d, &[&verify[..], &["--json"]].concat());
     assert_eq!(v["error"]["code"], "replay");
     assert!(
@@ -195,6 +196,75 @@ fn replay_is_refused_through_the_state_file() {
     let v =
         refused_json(d, &["policy", "verify", "b", "--trust", "trust.toml", "--min-version", "4", "--json"]);
     assert_eq!(v["error"]["code"], "replay");
+}
+
+#[test]
+fn an_older_bundle_under_another_name_is_refused_through_the_state_file() {
+    let t = setup(5);
+    let d = t.path();
+    for k in ["alice", "bob"] {
+        ok(d, &["policy", "sign", "b", "--key", &format!("keys/{k}.key")]);
+    }
+    ok(d, &["policy", "verify", "b", "--trust", "trust.toml", "--state", "state.json", "--record"]);
+    let default = repo_policy("default.yaml");
+    let args = ["policy", "bundle", "create", "--name", "other", "--version", "4", "--out", "b2"];
+    ok(d, &[&args[..], &[default.to_str().unwrap()]].concat());
+    for k in ["alice", "carol"] {
+        ok(d, &["policy", "sign", "b2", "--key", &format!("keys/{k}.key")]);
+    }
+    let verify = ["policy", "verify", "b2", "--trust", "trust.toml", "--json", "--state"];
+    let v = refused_json(d, &[&verify[..], &["state.json"]].concat());
+    assert_eq!(v["error"]["code"], "replay");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("\"other\" version 4 is not newer than the last applied version 5 (bundle \"prod\";"),
+        "{msg}"
+    );
+    // Without the state it verifies: the refusal is the version rule alone.
+    ok(d, &["policy", "verify", "b2", "--trust", "trust.toml"]);
+
+    // A state file of the old format (last version per name) is read as its highest version.
+    fs::write(d.join("old.json"), r#"{"applied": {"prod": 2, "web": 9}}"#).unwrap();
+    let v = refused_json(d, &[&verify[..], &["old.json"]].concat());
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("version 4 is not newer than the last applied version 9 (bundle \"web\";"), "{msg}");
+    // A corrupt one is an error naming it, not an empty state.
+    fs::write(d.join("bad.json"), "{\"applied\": ").unwrap();
+    let out = forge(d, &[&verify[..], &["bad.json"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json: not a bundle state file"), "{err}");
+}
+
+#[test]
+fn an_operator_release_is_signed_k_of_n_like_a_bundle() {
+    let t = setup(1);
+    let d = t.path();
+    let id = format!("sha3-256:{}", "ab".repeat(32));
+    // One signature of the two the trust file asks for: not written.
+    let release = ["fleet", "release", &id, "--trust", "trust.toml", "--key", "keys/alice.key"];
+    let out = forge(d, &[&release[..], &["--out", "one.json"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 valid signature from distinct trusted keys, 2 required"), "{err}");
+    assert!(!d.join("one.json").exists());
+    // --key twice: two signatures.
+    ok(d, &[&release[..], &["--key", "keys/bob.key", "--out", "two.json"]].concat());
+    let env: serde_json::Value = serde_json::from_slice(&fs::read(d.join("two.json")).unwrap()).unwrap();
+    assert_eq!(env["signatures"].as_str().unwrap().lines().count(), 2, "{env}");
+    // Or one by one, as with `forge policy sign`; mallory's does not count.
+    ok(d, &["fleet", "release", &id, "--key", "keys/alice.key", "--out", "r.json"]);
+    for k in ["mallory", "carol", "carol"] {
+        ok(d, &["fleet", "sign", "r.json", "--key", &format!("keys/{k}.key"), "--json"]);
+    }
+    let env: serde_json::Value = serde_json::from_slice(&fs::read(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(env["signatures"].as_str().unwrap().lines().count(), 3, "{env}");
+    // Checked against the trust file before publishing: 2 of 3 count, so it
+    // goes on to the bus (none here: the connection is what fails).
+    let out =
+        forge(d, &["fleet", "publish", "r.json", "--trust", "trust.toml", "--nats", "nats://127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("connecting to nats://127.0.0.1:1"), "{err}");
 }
 
 #[test]

@@ -101,8 +101,8 @@ fn scenario(
 }
 
 /// Strict mode: only signed bundles change the running policy. Unsigned
-/// documents, too few signers and a replayed version are refused with the
-/// reason, and enforcement stays as it was.
+/// documents, too few signers, a replayed version and an old version under
+/// a new name are refused with the reason, and enforcement stays as it was.
 pub(crate) fn signed_apply_in_strict_mode() -> Result<(), Failed> {
     use forge_agent::sign::{
         bundle::{Bundle, Document as BundleDoc},
@@ -124,11 +124,11 @@ pub(crate) fn signed_apply_in_strict_mode() -> Result<(), Failed> {
     .map_err(fail)?;
     let trust = TrustConfig::load(&work.join("trust.toml")).map_err(fail)?;
     let b = doc("signed-b", q.port());
-    let make = |dir: &str, version: u64, signers: &[&str]| -> Result<PathBuf, Failed> {
+    let make_named = |dir: &str, name: &str, version: u64, signers: &[&str]| -> Result<PathBuf, Failed> {
         let path = work.join(dir);
         Bundle::create(
             &path,
-            "prod",
+            name,
             version,
             vec![BundleDoc { name: b.name.clone(), bytes: b.text.clone().into_bytes() }],
         )
@@ -139,8 +139,11 @@ pub(crate) fn signed_apply_in_strict_mode() -> Result<(), Failed> {
         }
         Ok(path)
     };
+    let make = |dir: &str, version: u64, signers: &[&str]| make_named(dir, "prod", version, signers);
     let one_signer = make("b-one", 1, &["alice", "mallory"])?;
     let good = make("b-good", 1, &["alice", "bob"])?;
+    // Validly signed, a name never applied, but not newer than prod v1.
+    let renamed = make_named("b-renamed", "renamed", 1, &["alice", "bob"])?;
 
     let state = work.join("applied.json");
     let d = DaemonFixture::start(
@@ -173,6 +176,12 @@ pub(crate) fn signed_apply_in_strict_mode() -> Result<(), Failed> {
         expect("connect to P under the signed bundle", connect(p)?, Outcome::Ok)?;
         expect("connect to Q under the signed bundle", connect(q)?, EPERM)?;
         refused(Request::PolicyApplyBundle { path: good.display().to_string() }, "version")?;
+        refused(
+            Request::PolicyApplyBundle { path: renamed.display().to_string() },
+            "\"renamed\" version 1 is not newer than the last applied version 1 (bundle \"prod\"",
+        )?;
+        expect("connect to P after the renamed bundle", connect(p)?, Outcome::Ok)?;
+        expect("connect to Q after the renamed bundle", connect(q)?, EPERM)?;
         Ok(())
     })();
     drop(d);

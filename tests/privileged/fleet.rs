@@ -335,17 +335,211 @@ pub(crate) fn quarantine_propagates_forgeries_refused() -> Result<(), Failed> {
 /// lowered to trusted) but the old signature: a bad signature.
 fn tamper(f: &Fleet, digest: &str) -> Result<(), Failed> {
     use futures_util::StreamExt as _;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
-    rt.block_on(async {
-        let client = async_nats::connect(f.nats.url()).await.map_err(fail)?;
-        let js = async_nats::jetstream::new(client);
-        let kv = js.get_key_value(forge_agent::fleet::TRUST_BUCKET).await.map_err(fail)?;
-        let key = format!("d-{}.node-a", digest.trim_start_matches("sha3-256:"));
+    let key = format!("d-{}.node-a", digest.trim_start_matches("sha3-256:"));
+    on_trust_bucket(f, async |kv| {
         let mut h = kv.history(&key).await.map_err(fail)?;
         let first = h.next().await.ok_or("node-a's record")?.map_err(fail)?;
         let mut env: forge_agent::fleet::SignedRecord = serde_json::from_slice(&first.value).map_err(fail)?;
         env.body = env.body.replace("\"compromised\"", "\"trusted\"");
         kv.put(&key, env.to_bytes().into()).await.map_err(fail)?;
-        Ok::<_, Failed>(())
+        Ok(())
+    })
+}
+
+/// Runs `op` on the fleet's trust bucket, from this test process.
+fn on_trust_bucket(
+    f: &Fleet,
+    op: impl AsyncFnOnce(async_nats::jetstream::kv::Store) -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
+    rt.block_on(async {
+        let client = async_nats::connect(f.nats.url()).await.map_err(fail)?;
+        let js = async_nats::jetstream::new(client);
+        op(js.get_key_value(forge_agent::fleet::TRUST_BUCKET).await.map_err(fail)?).await
+    })
+}
+
+/// `text` as it appears inside a JSON string (quotes escaped), to find it
+/// in an audit entry with [`audit_has`].
+fn in_json(text: &str) -> String {
+    let quoted = serde_json::to_string(text).unwrap_or_default();
+    quoted.trim_matches('"').to_string()
+}
+
+/// Waits until every node's audit has an `action` entry containing `text`.
+fn wait_audit(f: &Fleet, what: &str, action: &str, text: &str) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let needle = in_json(text);
+    for i in 0..f.nodes.len() {
+        while !audit_has(&f.audit(i)?, action, &needle) {
+            check!(
+                Instant::now() < deadline,
+                "{what}: no {action} with {needle:?} on {}: {:?}",
+                f.nodes[i].name,
+                f.audit(i)?
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// Connects from node `i` to `ports` and checks each kernel decision:
+/// `denied` ports get EPERM, the others connect.
+fn enforces(f: &Fleet, i: usize, when: &str, ports: &[(u16, bool)]) -> Result<(), Failed> {
+    for (port, denied) in ports {
+        let want = if *denied { EPERM } else { forge_agent::workload::Outcome::Ok };
+        expect(&format!("{} {when}: connect to {port}", f.nodes[i].name), f.connect(i, *port)?, want)?;
+    }
+    Ok(())
+}
+
+/// Two bundle names are both in force on every node; an older validly
+/// signed bundle under a name never seen is refused everywhere and every
+/// kernel still enforces the newer set; a restarted agent puts the whole
+/// set of record back in force from the bus and refuses the old one again.
+pub(crate) fn bundle_names_compose_rollback_refused() -> Result<(), Failed> {
+    let mut f = Fleet::start("rollback", &forge_binary())?;
+    let p = listener("127.0.0.1:0")?.port();
+    let q = listener("127.0.0.1:0")?.port();
+    let r = listener("127.0.0.1:0")?.port();
+
+    // "fleet" v2 denies P, then "extra" v3 denies Q: both in force.
+    f.publish(&f.bundle(2, Some(p), true)?)?;
+    f.wait_all("fleet v2 applied", Duration::from_secs(20), |s| s["fleet"]["last_bundle"]["version"] == 2)?;
+    f.publish(&f.named_bundle("extra", 3, q)?)?;
+    f.wait_all("extra v3 applied", Duration::from_secs(20), |s| {
+        s["fleet"]["last_bundle"]["name"] == "extra"
+    })?;
+    for i in 0..3 {
+        enforces(&f, i, "under fleet v2 + extra v3", &[(p, true), (q, true), (r, false)])?;
+    }
+
+    // "old" v1: validly signed, a new name, older than v3. Accepted, it
+    // would deny R (and, as a whole set, allow P and Q).
+    f.publish(&f.named_bundle("old", 1, r)?)?;
+    let why = "\"old\" version 1 is not newer than the last applied version 3 (bundle \"extra\"";
+    wait_audit(&f, "old v1 refused", "fleet_bundle_refused", why)?;
+    for i in 0..3 {
+        enforces(&f, i, "after the old bundle", &[(p, true), (q, true), (r, false)])?;
+        let s = f.status(i)?;
+        check!(s["policy"]["bundle"]["name"] == "extra", "{}: {}", f.nodes[i].name, s["policy"]);
+    }
+
+    // node-b restarts from its files (no denies): the bus brings back the
+    // set of record, both names, and the old bundle is refused again.
+    f.stop_node(1)?;
+    f.start_node(1, "rollback")?;
+    f.wait_all("set of record back on node-b", Duration::from_secs(30), |s| {
+        s["fleet"]["counts"]["bundles_applied"].as_u64() >= Some(1)
+            && s["fleet"]["counts"]["bundles_refused"].as_u64() >= Some(1)
+    })?;
+    enforces(&f, 1, "after its restart", &[(p, true), (q, true), (r, false)])?;
+    let a = f.audit(1)?;
+    check!(
+        audit_has(&a, "fleet_bundle_refused", &in_json(why)),
+        "node-b refused the old bundle again: {a:?}"
+    );
+    let applied = a.iter().rev().find(|e| e["action"] == "policy_apply_bundle").ok_or("node-b's apply")?;
+    let set: Vec<(String, u64)> = applied["set_of_record"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| (b["name"].as_str().unwrap_or_default().to_string(), b["version"].as_u64().unwrap_or(0)))
+        .collect();
+    check!(set == [("extra".to_string(), 3), ("fleet".to_string(), 2)], "node-b's set of record: {set:?}");
+    Ok(())
+}
+
+/// With operators trusted 2 of 3: a fleet quarantine is still enforced by
+/// agents restarted after its bus key was purged and overwritten; a release
+/// signed by one operator is refused everywhere; one signed by two (made,
+/// signed and published separately) clears it.
+pub(crate) fn quarantine_kept_across_restart_release_k_of_n() -> Result<(), Failed> {
+    let mut f = Fleet::start_with("keep", &forge_binary(), 2)?;
+    let (pkg, digest) = spinner(&f)?;
+    let compromised = |s: &Value| {
+        s["fleet"]["identities"].as_array().is_some_and(|ids| {
+            ids.iter().any(|e| e["identity"]["digest"] == digest.as_str() && e["tier"] == "compromised")
+        })
+    };
+    let refused_here = |f: &Fleet, i: usize| -> Result<(), Failed> {
+        let r = run_capsule(f, i, &pkg)?;
+        let msg = r.err().ok_or_else(|| format!("{} runs the quarantined capsule", f.nodes[i].name))?;
+        check!(msg.contains("marked compromised in the fleet by node-a"), "{}: {msg}", f.nodes[i].name);
+        Ok(())
+    };
+    let cgroup = start_running(&mut f, 0, &pkg)?;
+    let quarantine = Request::Quarantine { cgroup, actor: "test".into(), reason: "exfiltration seen".into() };
+    f.call(0, &quarantine)?;
+    f.wait_all("the quarantine reached every node", Duration::from_secs(20), compromised)?;
+
+    // The bus loses the record: purged (no history left), then overwritten.
+    let key = format!("d-{}.node-a", digest.trim_start_matches("sha3-256:"));
+    purge_and_overwrite(&f, &key)?;
+    f.wait_all("the overwrite refused", Duration::from_secs(20), |s| {
+        s["fleet"]["counts"]["records_refused"].as_u64() >= Some(1)
+    })?;
+
+    // node-a (which issued the record) and node-b (which received it)
+    // restart: the bus holds nothing valid for it, their own files do.
+    for i in [0, 1] {
+        f.stop_node(i)?;
+        f.start_node(i, "keep")?;
+        check!(
+            compromised(&f.status(i)?),
+            "{} forgot the quarantine: {}",
+            f.nodes[i].name,
+            f.status(i)?["fleet"]
+        );
+        refused_here(&f, i)?;
+    }
+    f.wait_all("connected again", Duration::from_secs(20), |s| s["fleet"]["connected"] == true)?;
+
+    // One operator of the two the trust config asks for: refused everywhere.
+    let ops = |n: &str| f.dir.join(format!("{n}.key")).display().to_string();
+    f.forge(&["fleet", "release", &digest, "--key", &ops("ops"), "--reason", "one operator"])?;
+    wait_audit(
+        &f,
+        "1-of-3 release refused",
+        "fleet_record_refused",
+        "1 valid signature from distinct trusted keys, 2 required",
+    )?;
+    for i in 0..3 {
+        check!(compromised(&f.status(i)?), "{}: a 1-of-3 release cleared it", f.nodes[i].name);
+        refused_here(&f, i)?;
+    }
+
+    // Two operators, signing one after the other as with bundles: released everywhere.
+    let release = f.dir.join("release.json").display().to_string();
+    f.forge_json(&[
+        "fleet",
+        "release",
+        &digest,
+        "--key",
+        &ops("ops"),
+        "--reason",
+        "two operators",
+        "--out",
+        &release,
+    ])?;
+    f.forge_json(&["fleet", "sign", &release, "--key", &ops("ops2")])?;
+    let trust = f.dir.join("trust.toml").display().to_string();
+    f.forge(&["fleet", "publish", &release, "--trust", &trust])?;
+    f.wait_all("released by two operators", Duration::from_secs(20), |s| !compromised(s))?;
+    let r = run_capsule(&f, 1, &pkg)?.map_err(|e| format!("node-b runs it after the release: {e}"))?;
+    f.runs.push(r["cgroup"].as_str().unwrap_or_default().into());
+    wait_audit(&f, "the release audited", "fleet_record", "two operators")?;
+    Ok(())
+}
+
+/// Purges the bus key `key` of the trust bucket (its history too), then
+/// puts bytes that are no record under it.
+fn purge_and_overwrite(f: &Fleet, key: &str) -> Result<(), Failed> {
+    on_trust_bucket(f, async |kv| {
+        kv.purge(key).await.map_err(fail)?;
+        check!(kv.get(key).await.map_err(fail)?.is_none(), "the key is gone after the purge");
+        kv.put(key, b"{\"body\": \"nothing\"}".to_vec().into()).await.map_err(fail)?;
+        Ok(())
     })
 }

@@ -197,23 +197,21 @@ fn main() {
             ("forge", sigterm::forge_binary),
             doctor::policy_in_force_signed,
         ),
-        trial_with_programs(
+        fleet_trial(
             "fleet_bundles_reach_three_agents_survive_a_bus_partition_replays_refused",
-            &["cgroup"],
-            vec![
-                ("nats-server", || std::path::PathBuf::from(forge_tests::fleet::NATS_SERVER)),
-                ("forge", sigterm::forge_binary),
-            ],
             fleet::bundles_partition_and_replay,
         ),
-        trial_with_programs(
+        fleet_trial(
             "fleet_quarantine_refused_on_other_nodes_forged_records_refused",
-            &["cgroup"],
-            vec![
-                ("nats-server", || std::path::PathBuf::from(forge_tests::fleet::NATS_SERVER)),
-                ("forge", sigterm::forge_binary),
-            ],
             fleet::quarantine_propagates_forgeries_refused,
+        ),
+        fleet_trial(
+            "fleet_bundle_names_compose_older_bundle_under_a_new_name_refused",
+            fleet::bundle_names_compose_rollback_refused,
+        ),
+        fleet_trial(
+            "fleet_quarantine_survives_bus_purge_and_restart_release_needs_k_of_n",
+            fleet::quarantine_kept_across_restart_release_k_of_n,
         ),
         trial(
             "subtree_child_cgroups_are_governed",
@@ -268,6 +266,19 @@ fn main() {
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
+}
+
+/// A fleet test: the cgroup backend, nats-server and the forge binary.
+fn fleet_trial(name: &'static str, f: TestFn) -> Trial {
+    trial_with_programs(
+        name,
+        &["cgroup"],
+        vec![
+            ("nats-server", || std::path::PathBuf::from(forge_tests::fleet::NATS_SERVER)),
+            ("forge", sigterm::forge_binary),
+        ],
+        f,
+    )
 }
 
 /// A TCP listener on `addr` (port 0 = any) that accepts and drops

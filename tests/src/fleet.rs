@@ -97,24 +97,36 @@ pub struct Fleet {
     pub dir: PathBuf,
     pub nats: Nats,
     pub nodes: Vec<Node>,
+    /// The first operator key (`ops.key`); it also signs capsules.
     pub ops: SigningKey,
     pub ops_id: String,
+    /// The operator keys the agents' --trust lists: `ops`, `ops2`, `ops3`.
+    pub operators: Vec<PathBuf>,
+    /// The trust config's threshold: bundles get that many signatures.
+    pub threshold: usize,
     parent: String,
     forge: PathBuf,
     /// Capsule run cgroups to remove afterwards.
     pub runs: Vec<PathBuf>,
 }
 
-fn policy(parent: &str, ops_id: &str, deny_port: Option<u16>) -> Vec<Document> {
-    let allow = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
+const ALLOW: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
+
+/// Policy `name` for the nodes' cgroups: everything allowed but connects to
+/// `deny_port` on loopback.
+fn node_policy(parent: &str, name: &str, deny_port: Option<u16>) -> String {
     let rule = deny_port.map_or(String::new(), |p| {
-        format!("  rules:\n    - {{name: fleet-no-{p}, op: net.connect, action: deny, cidrs: [127.0.0.0/8], ports: \"{p}\"}}\n")
+        format!("  rules:\n    - {{name: {name}-no-{p}, op: net.connect, action: deny, cidrs: [127.0.0.0/8], ports: \"{p}\"}}\n")
     });
-    let base = format!(
-        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: fleet-nodes}}\nspec:\n  selector: {{cgroups: [{parent}/*]}}\n  trust: verified\n  defaults: {allow}\n{rule}"
-    );
+    format!(
+        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  selector: {{cgroups: [{parent}/*]}}\n  trust: verified\n  defaults: {ALLOW}\n{rule}"
+    )
+}
+
+fn policy(parent: &str, ops_id: &str, deny_port: Option<u16>) -> Vec<Document> {
+    let base = node_policy(parent, "fleet-nodes", deny_port);
     let capsules = format!(
-        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: fleet-capsules}}\nspec:\n  selector: {{signers: [\"{ops_id}\"]}}\n  trust: trusted\n  defaults: {allow}\n"
+        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: fleet-capsules}}\nspec:\n  selector: {{signers: [\"{ops_id}\"]}}\n  trust: trusted\n  defaults: {ALLOW}\n"
     );
     vec![
         Document { name: "nodes.yaml".into(), bytes: base.into_bytes() },
@@ -123,15 +135,30 @@ fn policy(parent: &str, ops_id: &str, deny_port: Option<u16>) -> Vec<Document> {
 }
 
 impl Fleet {
-    /// Starts the bus and three agents running the `forge` binary at `forge`.
+    /// Starts the bus and three agents running the `forge` binary at `forge`,
+    /// trusting one operator key.
     pub fn start(tag: &str, forge: &Path) -> Result<Self, Failed> {
+        Self::start_with(tag, forge, 1)
+    }
+
+    /// Like [`Fleet::start`], with three operator keys (`ops`, `ops2`,
+    /// `ops3`) of which the agents' --trust needs `threshold` (bundles and
+    /// operator releases). Capsules are signed by `ops` alone.
+    pub fn start_with(tag: &str, forge: &Path, threshold: usize) -> Result<Self, Failed> {
         let id = std::process::id();
         let dir = PathBuf::from(format!("/tmp/forge-test-{id}-fleet-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(fail)?;
         let ops = keys::generate_files(&dir, "ops").map_err(fail)?;
         let ops_id = ops.key_id.to_string();
-        std::fs::write(dir.join("trust.toml"), "threshold = 1\n[[key]]\nfile = \"ops.pub\"\n")
+        let mut operators = vec![ops.private_path.clone()];
+        let mut trust = format!("threshold = {threshold}\n[[key]]\nfile = \"ops.pub\"\n");
+        for n in ["ops2", "ops3"] {
+            operators.push(keys::generate_files(&dir, n).map_err(fail)?.private_path);
+            trust.push_str(&format!("[[key]]\nfile = \"{n}.pub\"\n"));
+        }
+        std::fs::write(dir.join("trust.toml"), trust).map_err(fail)?;
+        std::fs::write(dir.join("capsule-trust.toml"), "threshold = 1\n[[key]]\nfile = \"ops.pub\"\n")
             .map_err(fail)?;
         let mut nodes_toml = String::from("threshold = 1\n");
         for n in NODES {
@@ -149,6 +176,8 @@ impl Fleet {
         let mut fleet = Self {
             ops: SigningKey::load(&ops.private_path).map_err(fail)?,
             ops_id,
+            operators,
+            threshold,
             dir,
             nats,
             nodes: Vec::new(),
@@ -192,7 +221,7 @@ impl Fleet {
             .arg("--state")
             .arg(data.join("applied.json"))
             .arg("--capsule-trust")
-            .arg(d.join("trust.toml"))
+            .arg(d.join("capsule-trust.toml"))
             .args(["--fleet-nats", &self.nats.url(), "--fleet-node", name, "--fleet-nodes"])
             .arg(d.join("nodes.toml"))
             .stdout(Stdio::null())
@@ -278,25 +307,48 @@ impl Fleet {
     }
 
     /// A bundle of the fleet's policies at `version`, denying connects to
-    /// `deny_port` on loopback; signed by the operator unless `unsigned`.
+    /// `deny_port` on loopback; signed by the operators (as many as the
+    /// threshold) unless `unsigned`.
     pub fn bundle(&self, version: u64, deny_port: Option<u16>, signed: bool) -> Result<PathBuf, Failed> {
         let out = self.dir.join(format!("bundle-v{version}-{}", if signed { "signed" } else { "unsigned" }));
-        let _ = std::fs::remove_dir_all(&out);
-        Bundle::create(&out, "fleet", version, policy(&self.parent, &self.ops_id, deny_port))
-            .map_err(fail)?;
+        self.make_bundle(&out, "fleet", version, policy(&self.parent, &self.ops_id, deny_port), signed)
+    }
+
+    /// A signed bundle named `name` at `version` with one policy (`fleet-<name>`)
+    /// for the nodes' cgroups that denies connects to `deny_port` on loopback.
+    pub fn named_bundle(&self, name: &str, version: u64, deny_port: u16) -> Result<PathBuf, Failed> {
+        let out = self.dir.join(format!("bundle-{name}-v{version}"));
+        let text = node_policy(&self.parent, &format!("fleet-{name}"), Some(deny_port));
+        let docs = vec![Document { name: format!("{name}.yaml"), bytes: text.into_bytes() }];
+        self.make_bundle(&out, name, version, docs, true)
+    }
+
+    fn make_bundle(
+        &self,
+        out: &Path,
+        name: &str,
+        version: u64,
+        docs: Vec<Document>,
+        signed: bool,
+    ) -> Result<PathBuf, Failed> {
+        let _ = std::fs::remove_dir_all(out);
+        Bundle::create(out, name, version, docs).map_err(fail)?;
         if signed {
-            Bundle::sign(&out, &self.ops).map_err(fail)?;
+            for k in &self.operators[..self.threshold] {
+                Bundle::sign(out, &SigningKey::load(k).map_err(fail)?).map_err(fail)?;
+            }
         }
-        Ok(out)
+        Ok(out.to_path_buf())
     }
 
     /// `forge <args>` with the fleet's bus; its JSON answer.
     pub fn forge(&self, args: &[&str]) -> Result<Value, Failed> {
-        let out = Command::new(&self.forge)
-            .args(args)
-            .args(["--nats", &self.nats.url(), "--json"])
-            .output()
-            .map_err(fail)?;
+        self.forge_json(&[args, &["--nats", &self.nats.url()]].concat())
+    }
+
+    /// `forge <args> --json` (a command that does not use the bus); its JSON answer.
+    pub fn forge_json(&self, args: &[&str]) -> Result<Value, Failed> {
+        let out = Command::new(&self.forge).args(args).arg("--json").output().map_err(fail)?;
         if !out.status.success() {
             return Err(format!("forge {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
         }

@@ -716,10 +716,19 @@ impl Daemon {
         self.apply_bundle_at(path, false)
     }
 
-    /// `again`: the version last applied may be applied again (the fleet
-    /// redelivers it after a restart that began from local files).
+    /// Verifies a bundle and applies the policy set of record with it
+    /// (`sign::state`): signatures (k of n) and digests, then the trust
+    /// domain's version rule, then the set composed of the latest bundle of
+    /// each name, every one verified again; nothing is applied before all
+    /// of that passed. `again`: the bundle of record of its name is
+    /// accepted again (the fleet redelivers it after a restart or a
+    /// partition); if the set of record is already in force, nothing
+    /// changes and the answer says `unchanged`.
     fn apply_bundle_at(&mut self, path: &std::path::Path, again: bool) -> Result<Value, ApiError> {
-        use crate::sign::{bundle::Bundle, state::AppliedVersions};
+        use crate::sign::{
+            bundle::Bundle,
+            state::{Admission, AppliedBundles},
+        };
         let Some(signing) = &self.signing else {
             return Err(ApiError::new(
                 ErrorCode::Refused,
@@ -730,16 +739,24 @@ impl Daemon {
             ApiError::new(ErrorCode::Refused, format!("{e}; nothing was changed"))
         };
         let bundle = Bundle::load(path).map_err(|e| refused(&e))?;
-        let mut state = AppliedVersions::load(&signing.state).map_err(|e| refused(&e))?;
-        let last = state.last(bundle.manifest().name());
-        let same = again && last == Some(bundle.manifest().version());
-        let floor = if same { last.map(|l| l.saturating_sub(1)).filter(|l| *l > 0) } else { last };
-        let verified = bundle.verify(&signing.trust, floor).map_err(|e| refused(&e))?;
+        let mut state = AppliedBundles::load(&signing.state).map_err(|e| refused(&e))?;
+        let verified = bundle.verify(&signing.trust, None).map_err(|e| refused(&e))?;
+        let admission = state.admit(&verified, again).map_err(|e| refused(&e))?;
+        let set = state.compose(&signing.state, &signing.trust, &verified).map_err(|e| refused(&e))?;
         let mut documents = Vec::new();
-        for d in &verified.documents {
-            let text = d.text().map_err(|e| refused(&format!("{}: not UTF-8: {e}", d.name)))?;
-            documents
-                .push(Document { name: format!("{}:{}", verified.name, d.name), text: text.to_string() });
+        for b in &set {
+            for d in &b.documents {
+                let text =
+                    d.text().map_err(|e| refused(&format!("{}:{}: not UTF-8: {e}", b.name, d.name)))?;
+                documents.push(Document { name: format!("{}:{}", b.name, d.name), text: text.to_string() });
+            }
+        }
+        let signers: Vec<String> = verified.signer_ids().iter().map(ToString::to_string).collect();
+        let bundle_json = json!({"name": verified.name, "version": verified.version, "signers": signers});
+        let of_record: Vec<Value> =
+            set.iter().map(|b| json!({"name": b.name, "version": b.version})).collect();
+        if admission == Admission::OfRecord && documents == self.documents {
+            return Ok(json!({"unchanged": true, "bundle": bundle_json, "set_of_record": of_record}));
         }
         if signing.require_enforceable {
             let set = build_set(&documents)?;
@@ -750,18 +767,18 @@ impl Daemon {
         }
         let state_path = signing.state.clone();
         let mut result = self.apply(documents)?;
-        if !same {
-            state
-                .record(&state_path, &verified.name, verified.version)
-                .map_err(|e| kernel(format!("applied, but recording the version failed: {e}")))?;
-        }
-        let signers: Vec<String> = verified.signer_ids().iter().map(ToString::to_string).collect();
-        result["bundle"] = json!({"name": verified.name, "version": verified.version, "signers": signers});
+        state
+            .record(&state_path, &verified)
+            .map_err(|e| kernel(format!("applied, but recording it in the state failed: {e}")))?;
+        result["bundle"] = bundle_json;
+        result["set_of_record"] = json!(of_record);
         self.origin = (
             origin::Source::Bundle,
             Some(origin::BundleSource { name: verified.name.clone(), version: verified.version, signers }),
         );
-        self.audit.push(json!({"action": "policy_apply_bundle", "bundle": result["bundle"]}));
+        self.audit.push(
+            json!({"action": "policy_apply_bundle", "bundle": result["bundle"], "set_of_record": of_record}),
+        );
         Ok(result)
     }
 

@@ -1,5 +1,6 @@
-//! `forge fleet`: publish signed bundles, release identities fleet-wide,
-//! and read the fleet's history from NATS JetStream (docs/fleet.md).
+//! `forge fleet`: publish signed bundles, release identities fleet-wide
+//! (signed k of n by operators), and read the fleet's history from NATS
+//! JetStream (docs/fleet.md).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -17,32 +18,42 @@ use forge_agent::{
         wire,
     },
     policy::Tier,
-    sign::{Bundle, SigningKey, trust::TrustConfig},
+    sign::{Bundle, SigningKey, files::write_atomic, signature::AddOutcome, trust::TrustConfig},
 };
 
 use super::{print_json, text_lines};
 
 #[derive(Subcommand)]
 pub(crate) enum FleetCommand {
-    /// Publish a signed policy bundle to every agent of the fleet. Each
-    /// agent verifies it against its own trust config (k-of-n) and applies
-    /// it atomically; an unsigned, under-quorum or older bundle is refused
-    /// and reported by every agent. With --trust the bundle is checked here
-    /// first and not published if it would be refused.
+    /// Publish a signed policy bundle (a directory), or a signed release
+    /// made with `forge fleet release --out` (a file), to every agent of the
+    /// fleet. Each agent verifies it against its own trust config (k-of-n)
+    /// and applies it; an unsigned, under-quorum or older bundle or release
+    /// is refused and reported by every agent. With --trust it is checked
+    /// here first and not published if it would be refused.
     #[command(
         after_help = "Example:\n  forge policy bundle create --name prod --version 8 --out prod-8 policies/\n  \
 forge policy sign prod-8 --key alice.key\n  \
 forge fleet publish prod-8 --nats nats://10.0.0.5:4222 --trust trust.toml"
     )]
     Publish(PublishArgs),
-    /// Clear an identity fleet-wide (operator): every record about it issued
-    /// before now stops counting, on every node. Signed with an operator key
-    /// (one the agents' --trust lists); `IDENTITY` is `sha3-256:<hex>` or
-    /// `cgroup:<path>`.
+    /// Clear an identity fleet-wide (operators): every record about it
+    /// issued before now stops counting, on every node. Signed with operator
+    /// keys (ones the agents' --trust lists), as many as its threshold asks:
+    /// give --key once per key, or write the release with --out, add
+    /// signatures with `forge fleet sign` and publish it with `forge fleet
+    /// publish`. `IDENTITY` is `sha3-256:<hex>` or `cgroup:<path>`.
     #[command(
-        after_help = "Example:\n  forge fleet release sha3-256:6f1e… --key ops.key --reason \"rebuilt from clean source\""
+        after_help = "Examples:\n  forge fleet release sha3-256:6f1e… --key alice.key --key bob.key --reason \"rebuilt from clean source\"\n  \
+forge fleet release sha3-256:6f1e… --key alice.key --out release.json\n  \
+forge fleet sign release.json --key bob.key          # on bob's machine\n  \
+forge fleet publish release.json --trust trust.toml"
     )]
     Release(ReleaseArgs),
+    /// Add your operator signature to a release written by `forge fleet
+    /// release --out` (signing again with the same key replaces yours).
+    #[command(after_help = "Example:\n  forge fleet sign release.json --key bob.key")]
+    Sign(SignRecordArgs),
     /// The fleet's history: every bundle and trust record still in the
     /// stream, oldest first, with who signed it. With --nodes and --trust
     /// each entry is verified; exit 4 if any does not verify.
@@ -58,7 +69,8 @@ pub(crate) struct BusArgs {
 
 #[derive(Args)]
 pub(crate) struct PublishArgs {
-    /// The bundle directory (`forge policy bundle create`, then `sign`).
+    /// The bundle directory (`forge policy bundle create`, then `sign`), or a
+    /// release file (`forge fleet release --out`, then `forge fleet sign`).
     bundle: PathBuf,
     #[command(flatten)]
     bus: BusArgs,
@@ -75,18 +87,40 @@ pub(crate) struct ReleaseArgs {
     /// What to release: `sha3-256:<hex>` (a capsule or executable digest,
     /// as `forge status` lists it under fleet) or `cgroup:<path>`.
     identity: String,
-    /// The operator's private key.
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
-    /// The name the agents' trust config gives this key (default: the key
-    /// file's stem, as `file = "ops.pub"` names it `ops`).
+    /// An operator's private key; repeat it for each signer (the agents
+    /// need as many as their trust config's threshold).
+    #[arg(long, value_name = "FILE", required = true)]
+    key: Vec<PathBuf>,
+    /// The issuer the record names: the name the agents' trust config gives
+    /// one of the signing keys (default: the first key file's stem, as
+    /// `file = "ops.pub"` names it `ops`).
     #[arg(long = "as", value_name = "NAME")]
     name: Option<String>,
     /// Why, for the audit trail.
     #[arg(long, default_value = "released by an operator")]
     reason: String,
+    /// Write the signed release to FILE (new) instead of publishing it, for
+    /// more signatures (`forge fleet sign`) and `forge fleet publish`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Check the release against this trust config (the agents' --trust)
+    /// and publish it only if it has enough signatures.
+    #[arg(long, value_name = "FILE")]
+    trust: Option<PathBuf>,
     #[command(flatten)]
     bus: BusArgs,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct SignRecordArgs {
+    /// The release file (`forge fleet release --out`).
+    file: PathBuf,
+    /// Your operator private key.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -113,6 +147,7 @@ pub(crate) fn run(cmd: &FleetCommand) -> anyhow::Result<ExitCode> {
         match cmd {
             FleetCommand::Publish(a) => publish(a).await,
             FleetCommand::Release(a) => release(a).await,
+            FleetCommand::Sign(a) => sign_record(a),
             FleetCommand::History(a) => history(a).await,
         }
     })
@@ -137,6 +172,10 @@ fn emit(v: &Value, json: bool) -> anyhow::Result<()> {
 }
 
 async fn publish(a: &PublishArgs) -> anyhow::Result<ExitCode> {
+    if !a.bundle.is_dir() {
+        let bytes = read_record(&a.bundle)?;
+        return put_record(&a.bus, &bytes, a.trust.as_deref(), a.json).await;
+    }
     let bundle = Bundle::load(&a.bundle)?;
     if let Some(t) = &a.trust {
         let trust = TrustConfig::load(t)?;
@@ -156,10 +195,10 @@ async fn publish(a: &PublishArgs) -> anyhow::Result<ExitCode> {
 
 async fn release(a: &ReleaseArgs) -> anyhow::Result<ExitCode> {
     let identity = Identity::parse(&a.identity)?;
-    let key = SigningKey::load(&a.key)?;
+    let keys = a.key.iter().map(|k| SigningKey::load(k)).collect::<Result<Vec<_>, _>>()?;
     let name = match &a.name {
         Some(n) => n.clone(),
-        None => a.key.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        None => a.key[0].file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
     };
     anyhow::ensure!(fleet::valid_name(&name), "--as {name:?}: 1-64 of [A-Za-z0-9_-]");
     let record = TrustRecord {
@@ -172,13 +211,89 @@ async fn release(a: &ReleaseArgs) -> anyhow::Result<ExitCode> {
         issued_at_ms: now_ms(),
         seq: 0,
     };
-    let js = connect(&a.bus).await?;
+    let mut env = record.sign(&keys[0]);
+    for k in &keys[1..] {
+        env.cosign(k)?;
+    }
+    let Some(out) = &a.out else {
+        return put_record(&a.bus, &env.to_bytes(), a.trust.as_deref(), a.json).await;
+    };
+    if let Some(t) = &a.trust {
+        check_record(&env.to_bytes(), t)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &env.to_bytes()))
+        .with_context(|| format!("writing {}", out.display()))?;
+    let v = json!({"written": out, "release": record.identity.to_string(), "by": record.node, "signatures": signature_ids(&env)?});
+    emit(&v, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a release file (at most a record's size).
+fn read_record(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(fleet::record::MAX_RECORD_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Key ids of the signatures an envelope carries (verified or not).
+fn signature_ids(env: &SignedRecord) -> anyhow::Result<Vec<String>> {
+    Ok(env.signature_list()?.entries().iter().map(|e| e.key.id().to_string()).collect())
+}
+
+/// Verifies an operator record against `trust` (k of n).
+fn check_record(bytes: &[u8], trust: &std::path::Path) -> anyhow::Result<Verified> {
+    let t = TrustConfig::load(trust)?;
+    SignedRecord::verify_operator(bytes, &t)
+        .with_context(|| format!("checked against {}: not published", trust.display()))
+}
+
+/// Publishes a signed record under its bucket key, checked first against
+/// `trust` when given.
+async fn put_record(
+    bus: &BusArgs,
+    bytes: &[u8],
+    trust: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let env: SignedRecord = serde_json::from_slice(bytes).context("not a signed trust record")?;
+    let record: TrustRecord = serde_json::from_str(&env.body).context("the record's body")?;
+    if let Some(t) = trust {
+        check_record(bytes, t)?;
+    }
+    let js = connect(bus).await?;
     let store = bucket(&js, fleet::TRUST_BUCKET).await.map_err(anyhow::Error::msg)?;
     let revision = store
-        .put(record.bucket_key(), record.sign(&key).to_bytes().into())
+        .put(record.bucket_key(), bytes.to_vec().into())
         .await
         .with_context(|| format!("publishing to {}", fleet::TRUST_BUCKET))?;
-    let v = json!({"released": record.identity.to_string(), "by": record.node, "revision": revision, "key_id": key.public_key().id().to_string()});
+    let v = json!({"released": record.identity.to_string(), "action": record.action, "by": record.node, "revision": revision, "signatures": signature_ids(&env)?});
+    emit(&v, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign_record(a: &SignRecordArgs) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::load(&a.key)?;
+    let bytes = read_record(&a.file)?;
+    let mut env: SignedRecord = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a signed trust record", a.file.display()))?;
+    let outcome = env.cosign(&key).with_context(|| a.file.display().to_string())?;
+    if outcome != AddOutcome::Unchanged {
+        write_atomic(&a.file, &env.to_bytes(), 0o644)
+            .with_context(|| format!("writing {}", a.file.display()))?;
+    }
+    let v = json!({
+        "file": a.file,
+        "key_id": key.public_key().id().to_string(),
+        "outcome": format!("{outcome:?}").to_lowercase(),
+        "signatures": signature_ids(&env)?,
+    });
     emit(&v, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -323,7 +438,7 @@ fn record_row(
         Issuer::Node(_) => "node",
         Issuer::Operator(_) => "operator",
     });
-    row["key_id"] = json!(v.key_id.to_string());
+    row["signers"] = json!(v.signers.iter().map(ToString::to_string).collect::<Vec<_>>());
     row["verified"] = json!(true);
     Ok(())
 }

@@ -40,8 +40,9 @@ pub(crate) struct RunArgs {
     /// strict mode: policy changes are applied only from signed bundles.
     #[arg(long, value_name = "FILE")]
     trust: Option<PathBuf>,
-    /// Where the last applied version of each bundle is kept (replay
-    /// protection). Default: /var/lib/forge/applied.json.
+    /// Where the trust domain's bundle version and the set of record (the
+    /// latest bundle of each name) are kept: no rollback, across restarts
+    /// too. Default: /var/lib/forge/applied.json.
     #[arg(long)]
     state: Option<PathBuf>,
     /// Trust config for Wasm capsules run through the API (`forge pkg run`
@@ -261,11 +262,15 @@ pub(crate) fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>>
 }
 
 /// Joins the fleet at `nats` (the connection itself is made in the background).
-async fn fleet(a: &RunArgs, nats: &str, strict: bool) -> anyhow::Result<forge_agent::fleet::FleetLink> {
-    anyhow::ensure!(
-        strict,
-        "--fleet-nats needs --trust: bundles from the bus are applied only when signed k-of-n by those keys"
-    );
+/// `operators`: the agent's trust config (bundles and operator records are verified against it).
+async fn fleet(
+    a: &RunArgs,
+    nats: &str,
+    operators: Option<forge_agent::sign::TrustConfig>,
+) -> anyhow::Result<forge_agent::fleet::FleetLink> {
+    let operators = operators.context(
+        "--fleet-nats needs --trust: bundles from the bus are applied only when signed k-of-n by those keys",
+    )?;
     let nodes = a.fleet_nodes.clone().context("--fleet-nats needs --fleet-nodes (the fleet's node keys)")?;
     let node = match &a.fleet_node {
         Some(n) => n.clone(),
@@ -283,7 +288,9 @@ async fn fleet(a: &RunArgs, nats: &str, strict: bool) -> anyhow::Result<forge_ag
         dir: a.data_dir().join("fleet"),
     };
     let key = std::sync::Arc::new(agent_key(a)?);
-    forge_agent::fleet::FleetLink::start(config, key).await.map_err(|e| anyhow::anyhow!("--fleet-nats: {e}"))
+    forge_agent::fleet::FleetLink::start(config, key, operators)
+        .await
+        .map_err(|e| anyhow::anyhow!("--fleet-nats: {e}"))
 }
 
 async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -331,7 +338,7 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         daemon.traces = Some(api::traces::Traces::new(settings));
     }
     if let Some(nats) = &a.fleet_nats {
-        daemon.fleet = Some(fleet(a, nats, daemon.signing.is_some()).await?);
+        daemon.fleet = Some(fleet(a, nats, daemon.signing.as_ref().map(|s| s.trust.clone())).await?);
     }
     if let Some(config) = otlp {
         daemon.telemetry = Some(Otlp::start(config).context("starting OTLP export")?);

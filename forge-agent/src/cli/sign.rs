@@ -14,7 +14,7 @@ use forge_agent::{
         bundle::{DOCUMENTS_DIR, MANIFEST_FILE, SIGNATURES_FILE},
         keys,
         signature::{AddOutcome, Rejection},
-        state::AppliedVersions,
+        state::AppliedBundles,
     },
 };
 use serde_json::json;
@@ -59,16 +59,18 @@ MANIFEST     format, kind, bundle name, version, and each document's SHA3-256 di
 SIGNATURES   one line per signature (empty until someone signs)\n  \
 documents/   the policy files, by file name\n\n\
 The policies are checked first (as `forge policy check` does). The version is the bundle's \
-generation: a host refuses a bundle whose version is not greater than the last one it applied, \
-so raise it with every release.\n\n\
+generation in its trust domain: a host refuses a bundle whose version is not greater than the \
+last one it applied under any name, so raise it with every release of any bundle. Bundles of \
+different names compose on a host: each name's latest bundle stays in force.\n\n\
 Example:\n  forge policy bundle create --name prod --version 7 --out prod-7 policies/*.yaml\n  \
 forge policy sign prod-7 --key ~/.forge/alice.key"
     )]
     Create {
-        /// Bundle name (A-Z a-z 0-9 . _ -); versions are compared per name.
+        /// Bundle name (A-Z a-z 0-9 . _ -); a newer bundle of a name replaces that name's
+        /// documents only. Versions are compared across every name.
         #[arg(long)]
         name: String,
-        /// The bundle's version (generation), greater than every earlier release.
+        /// The bundle's version (generation), greater than every earlier release of any name.
         #[arg(long)]
         version: u64,
         /// Directory to create (must not exist).
@@ -112,9 +114,9 @@ Example:\n  forge policy sign prod-7 --key ~/.forge/alice.key")]
     /// Verify a policy bundle: digests, k-of-n trusted signatures, no replay.
     #[command(long_about = "Verify a policy bundle against a trust file.\n\n\
 Accepted only if: at least k valid signatures from distinct trusted keys cover the manifest \
-(untrusted signers, bad signatures and repeated keys are reported and not counted); the \
-version is newer than the last applied one (from --state or --min-version); and every document \
-matches its SHA3-256 digest. Exits 0 when verified, 1 when refused, naming the document, \
+(untrusted signers, bad signatures and repeated keys are reported and not counted); every \
+document matches its SHA3-256 digest; and the version is newer than the last applied one \
+(--min-version, or --state: the trust domain's version, whatever the bundle's name). Exits 0 when verified, 1 when refused, naming the document, \
 signer or version concerned.\n\n\
 Trust file (TOML):\n  \
 threshold = 2\n  \
@@ -147,11 +149,14 @@ pub(crate) struct VerifyArgs {
     /// Refuse a bundle whose version is below N (e.g. the last applied version + 1).
     #[arg(long, value_name = "N", conflicts_with = "state")]
     min_version: Option<u64>,
-    /// JSON file of last applied versions by bundle name; a version not greater than the
-    /// recorded one is refused as a replay. A missing file means nothing was applied yet.
+    /// The agent's state file (its --state): the trust domain's version and the set of
+    /// record. A version not greater than the recorded one is refused as a replay or
+    /// rollback, whatever the bundle's name. A missing file means nothing was applied yet;
+    /// a file in the old per-name format is read as its highest version.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
-    /// After a successful verification, record the version in --state.
+    /// After a successful verification, record the bundle in --state (the domain's
+    /// version and its name's bundle of record).
     #[arg(long, requires = "state")]
     record: bool,
     /// Print the result as JSON on stdout, a refusal too (exit status 1).
@@ -357,36 +362,39 @@ fn sign(a: &SignArgs) -> anyhow::Result<ExitCode> {
 fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let trust = TrustConfig::load(&a.trust).map_err(plain)?;
     let mut state = match &a.state {
-        Some(p) => Some(AppliedVersions::load(p).map_err(plain)?),
+        Some(p) => Some(AppliedBundles::load(p).map_err(plain)?),
         None => None,
     };
     let bundle = match Bundle::load(&a.bundle) {
         Ok(b) => b,
         Err(e) => return refused(a, &e),
     };
-    let name = bundle.manifest().name().to_string();
-    let (last_applied, replay_check) = match (&state, a.min_version) {
-        (Some(s), _) => {
-            let last = s.last(&name);
-            let file = display(a.state.as_deref());
-            let how = match last {
-                Some(v) => format!("newer than the last applied version {v} (from {file})"),
-                None => format!("no earlier version of {name:?} recorded in {file}"),
-            };
-            (last, Some(how))
-        }
-        (None, Some(min)) => (min.checked_sub(1), Some(format!("at least the minimum version {min}"))),
-        (None, None) => (None, None),
-    };
-    let v = match bundle.verify(&trust, last_applied) {
+    let v = match bundle.verify(&trust, a.min_version.and_then(|m| m.checked_sub(1))) {
         Ok(v) => v,
         Err(e) => return refused(a, &e),
+    };
+    let replay_check = match (&state, a.min_version) {
+        (Some(s), _) => {
+            if let Err(e) = s.admit(&v, false) {
+                return refused(a, &e);
+            }
+            let file = display(a.state.as_deref());
+            Some(match s.newest() {
+                _ if s.version == 0 => format!("no earlier version recorded in {file}"),
+                Some(n) => {
+                    format!("newer than the last applied version {} (bundle {n:?}, from {file})", s.version)
+                }
+                None => format!("newer than the last applied version {} (from {file})", s.version),
+            })
+        }
+        (None, Some(min)) => Some(format!("at least the minimum version {min}")),
+        (None, None) => None,
     };
     let mut recorded = false;
     if a.record
         && let (Some(s), Some(path)) = (state.as_mut(), a.state.as_deref())
     {
-        s.record(path, &v.name, v.version).map_err(plain)?;
+        s.record(path, &v).map_err(plain)?;
         recorded = true;
     }
     if a.json {

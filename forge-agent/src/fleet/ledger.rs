@@ -11,13 +11,14 @@
 //! 4. Of the records left, the least trusted tier wins.
 //!
 //! The outcome depends only on the set of records, not on the order they
-//! arrive in.
+//! arrive in. The ledger keeps each record's signed envelope, so what it
+//! holds can be stored and verified again ([`super::store`]).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::record::{Identity, RecordAction, TrustRecord};
+use super::record::{Identity, Issuer, RecordAction, SignedRecord, TrustRecord, Verified};
 use crate::policy::Tier;
 
 /// What admitting a record did.
@@ -46,8 +47,8 @@ pub struct Effective {
 #[derive(Clone, Debug, Default)]
 struct Held {
     identity: Identity,
-    by_issuer: BTreeMap<String, TrustRecord>,
-    operator_release: Option<TrustRecord>,
+    by_issuer: BTreeMap<String, Verified>,
+    operator_release: Option<Verified>,
 }
 
 /// Records in force, by identity.
@@ -61,28 +62,30 @@ fn order(r: &TrustRecord) -> (u64, u64) {
 }
 
 impl Ledger {
-    /// Takes in a verified record; `operator`: signed by an operator key.
-    pub fn admit(&mut self, rec: TrustRecord, operator: bool) -> Admit {
+    /// Takes in a verified record.
+    pub fn admit(&mut self, v: Verified) -> Admit {
+        let operator_release =
+            matches!(v.issuer, Issuer::Operator(_)) && v.record.action == RecordAction::Release;
         let held = self
             .ids
-            .entry(rec.identity.key())
-            .or_insert_with(|| Held { identity: rec.identity.clone(), ..Held::default() });
-        let held_rec = if operator && rec.action == RecordAction::Release {
+            .entry(v.record.identity.key())
+            .or_insert_with(|| Held { identity: v.record.identity.clone(), ..Held::default() });
+        let old = if operator_release {
             held.operator_release.as_ref()
         } else {
-            held.by_issuer.get(&rec.node)
+            held.by_issuer.get(&v.record.node)
         };
-        match held_rec {
-            Some(old) if *old == rec => return Admit::Duplicate,
-            Some(old) if order(old) >= order(&rec) => {
-                return Admit::Stale { held_issued_at_ms: old.issued_at_ms };
+        match old {
+            Some(old) if old.record == v.record => return Admit::Duplicate,
+            Some(old) if order(&old.record) >= order(&v.record) => {
+                return Admit::Stale { held_issued_at_ms: old.record.issued_at_ms };
             }
             _ => {}
         }
-        if operator && rec.action == RecordAction::Release {
-            held.operator_release = Some(rec);
+        if operator_release {
+            held.operator_release = Some(v);
         } else {
-            held.by_issuer.insert(rec.node.clone(), rec);
+            held.by_issuer.insert(v.record.node.clone(), v);
         }
         Admit::New
     }
@@ -90,10 +93,11 @@ impl Ledger {
     /// The resolved state of `identity`, if any record is in force for it.
     pub fn effective(&self, identity: &Identity) -> Option<Effective> {
         let held = self.ids.get(&identity.key())?;
-        let cutoff = held.operator_release.as_ref().map(order);
+        let cutoff = held.operator_release.as_ref().map(|v| order(&v.record));
         let active: Vec<&TrustRecord> = held
             .by_issuer
             .values()
+            .map(|v| &v.record)
             .filter(|r| r.action != RecordAction::Release)
             .filter(|r| cutoff.is_none_or(|c| order(r) > c))
             .collect();
@@ -110,5 +114,15 @@ impl Ledger {
     /// Every identity with a record in force.
     pub fn all(&self) -> Vec<Effective> {
         self.ids.values().filter_map(|h| self.effective(&h.identity)).collect()
+    }
+
+    /// The envelope of every record held (each issuer's latest and the
+    /// operator releases), what [`super::store`] keeps on disk.
+    pub fn signed(&self) -> Vec<&SignedRecord> {
+        self.ids
+            .values()
+            .flat_map(|h| h.by_issuer.values().chain(h.operator_release.as_ref()))
+            .map(|v| &v.envelope)
+            .collect()
     }
 }

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 
 use super::{
     bus::{Bus, Inbound},
-    ledger::{Effective, Ledger},
-    record::{Identity, RecordAction, TrustRecord},
+    ledger::{Admit, Effective, Ledger},
+    record::{Identity, Issuer, RecordAction, TrustRecord, Verified},
+    store,
 };
 use crate::{
     policy::Tier,
@@ -46,7 +47,8 @@ pub struct FleetConfig {
     pub rule: Rule,
     /// The tier from which the rule applies.
     pub refuse_at: Tier,
-    /// Where received bundles are unpacked before verification.
+    /// The fleet's directory: received bundles are unpacked in `bundles/`
+    /// before verification; the ledger is kept in [`store::FILE`].
     pub dir: PathBuf,
 }
 
@@ -65,7 +67,11 @@ pub struct FleetCounts {
 pub struct FleetLink {
     pub config: FleetConfig,
     pub nodes: TrustConfig,
+    /// The operators' trust config (the agent's `--trust`): their records
+    /// need its threshold of signatures, like bundles.
+    pub operators: TrustConfig,
     key: Arc<SigningKey>,
+    /// Read only through [`FleetLink::admit`], which keeps it on disk.
     pub ledger: Ledger,
     pub counts: FleetCounts,
     /// Receives from the bus (taken by the daemon's loop).
@@ -87,8 +93,14 @@ pub fn now_ms() -> u64 {
 }
 
 impl FleetLink {
-    /// Connects to the bus (in the background) and returns the link.
-    pub async fn start(config: FleetConfig, key: Arc<SigningKey>) -> Result<Self, String> {
+    /// Restores the ledger kept on disk (every record verified again),
+    /// connects to the bus (in the background) and returns the link.
+    /// `operators`: the agent's trust config.
+    pub async fn start(
+        config: FleetConfig,
+        key: Arc<SigningKey>,
+        operators: TrustConfig,
+    ) -> Result<Self, String> {
         if !super::valid_name(&config.node) {
             return Err(format!("fleet node name {:?}: 1-64 of [A-Za-z0-9_-]", config.node));
         }
@@ -111,14 +123,34 @@ impl FleetLink {
                 ));
             }
         }
+        let mut ledger = Ledger::default();
+        let mut counts = FleetCounts::default();
+        let mut last_error = None;
+        let path = config.dir.join(store::FILE);
+        let stored = store::load(&path).map_err(|e| e.to_string())?;
+        let restored = store::restore(&mut ledger, &stored, &nodes, &operators, &path);
+        for why in &restored.dropped {
+            tracing::warn!(error = %why, "fleet: a stored record no longer verifies; dropped");
+            counts.records_refused += 1;
+            last_error = Some(why.clone());
+        }
+        if !stored.is_empty() {
+            tracing::info!(
+                file = %path.display(),
+                restored = restored.admitted,
+                dropped = restored.dropped.len(),
+                "fleet: records restored from disk"
+            );
+        }
         let (tx, rx) = mpsc::channel(1024);
         let bus = super::bus::spawn(&config.nats, tx).await.map_err(|e| format!("{}: {e}", config.nats))?;
         Ok(Self {
             config,
             nodes,
+            operators,
             key,
-            ledger: Ledger::default(),
-            counts: FleetCounts::default(),
+            ledger,
+            counts,
             inbox: Some(rx),
             bus: Some(bus),
             seq: 0,
@@ -126,9 +158,24 @@ impl FleetLink {
             ever_connected: false,
             down_since: Some(Instant::now()),
             partitions_s: Vec::new(),
-            last_error: None,
+            last_error,
             last_bundle: None,
         })
+    }
+
+    /// Admits a verified record to the ledger and, if it counts now, keeps
+    /// the ledger on disk ([`store`]). A failed write is logged and shown in
+    /// `last_error`; the record is in force here either way.
+    pub fn admit(&mut self, v: Verified) -> Admit {
+        let admitted = self.ledger.admit(v);
+        if admitted == Admit::New {
+            let path = self.config.dir.join(store::FILE);
+            if let Err(e) = store::save(&path, &self.ledger.signed()) {
+                tracing::error!(error = %e, "fleet: keeping the ledger on disk failed; a restart would lose it");
+                self.last_error = Some(e.to_string());
+            }
+        }
+        admitted
     }
 
     /// Signs a record of this node about `identity`, admits it to the
@@ -152,11 +199,16 @@ impl FleetLink {
             issued_at_ms: now_ms(),
             seq: self.seq,
         };
-        self.ledger.admit(record.clone(), false);
         let signed = record.sign(&self.key);
         if let Some(bus) = &self.bus {
             let _ = bus.outbox.send((record.bucket_key(), signed.to_bytes()));
         }
+        self.admit(Verified {
+            record: record.clone(),
+            issuer: Issuer::Node(self.config.node.clone()),
+            signers: vec![self.key.public_key().id()],
+            envelope: signed,
+        });
         self.counts.records_published += 1;
         record
     }

@@ -5,6 +5,7 @@
 //! - [`record`]: trust records, signed by the node that issues them.
 //! - [`ledger`]: what the records received say about each identity, and
 //!   the deterministic rule that resolves conflicting ones.
+//! - [`store`]: the ledger's signed records on disk, verified again at start.
 //! - [`bus`]: the connection task (watch, publish, reconnect).
 //! - [`link`]: the daemon's side: configuration, counters, partitions.
 //!
@@ -15,6 +16,7 @@ pub mod bus;
 pub mod ledger;
 pub mod link;
 pub mod record;
+pub mod store;
 pub mod wire;
 
 #[cfg(test)]

@@ -1,18 +1,37 @@
-//! Trust records: what one node (or an operator) says about a workload
-//! identity, signed with its key. On the bus a record travels as an
-//! envelope holding the exact bytes signed:
+//! Trust records: what one node (or the operators) say about a workload
+//! identity, signed. On the bus a record travels as an envelope holding the
+//! exact bytes signed. A node signs its records alone, with its agent key:
 //!
 //! ```json
 //! {"body": "{\"node\":\"node-a\",…}", "key": "<public key hex>", "sig": "<signature hex>"}
 //! ```
 //!
-//! The signature is ed25519 over [`DOMAIN`] followed by the body bytes.
+//! Operators sign theirs (releases, in practice) k of n, as they sign policy
+//! bundles: the same trust config and threshold. Several signatures travel
+//! as the lines of a bundle's `SIGNATURES` file (`sign::signature`):
+//!
+//! ```json
+//! {"body": "{\"node\":\"alice\",…}", "signatures": "ed25519 <key hex> <sig hex>\ned25519 …\n"}
+//! ```
+//!
+//! Every signature is ed25519 over [`DOMAIN`] followed by the body bytes. A
+//! record of one signature whose key is a node key is that node's record;
+//! any other record is an operator record, and counts only with at least the
+//! threshold's number of valid signatures from distinct operator keys (one
+//! signature in the first form counts as one). Why nodes sign alone: a node
+//! reports what it saw on its own host, there is nobody else to co-sign it,
+//! and a node record only ever restricts (docs/fleet.md).
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     policy::{Tier, Workload},
-    sign::{KeyId, PublicKey, SigningKey, digest::sha3_256, trust::TrustConfig},
+    sign::{
+        KeyId, PublicKey, Refusal, SigningKey,
+        digest::sha3_256,
+        signature::{AddOutcome, Rejection, SignatureEntry, Signatures, Signer, Tally},
+        trust::TrustConfig,
+    },
 };
 
 /// Domain separation: a record signature is never valid as anything else.
@@ -33,6 +52,8 @@ pub enum RecordError {
     BadSignature(KeyId),
     #[error("record names node {node:?} but is signed by the key of {label:?}")]
     NodeMismatch { node: String, label: String },
+    #[error("operator record: {0}")]
+    Quorum(Box<Refusal>),
     #[error("invalid record: {0}")]
     Invalid(String),
 }
@@ -158,22 +179,29 @@ impl TrustRecord {
         format!("{}.{}", self.identity.key(), self.node)
     }
 
-    /// Signs this record with `key`.
+    /// Signs this record with `key` (one signature: a node's record, or an
+    /// operator's when one suffices; [`SignedRecord::cosign`] adds more).
     pub fn sign(&self, key: &SigningKey) -> SignedRecord {
         let body = serde_json::to_string(self).unwrap_or_default();
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(body.as_bytes());
-        SignedRecord { body, key: key.public_key().to_hex(), sig: hex::encode(key.sign(&msg)) }
+        let mut env = SignedRecord { body, key: key.public_key().to_hex(), ..SignedRecord::default() };
+        env.sig = hex::encode(key.sign(&env.message()));
+        env
     }
 }
 
-/// A record as it travels on the bus.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A record as it travels on the bus: the body and either one signature
+/// (`key`, `sig`) or several (`signatures`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedRecord {
     pub body: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sig: String,
+    /// `ed25519 <key> <signature>` lines, sorted (a bundle's SIGNATURES format).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signatures: String,
 }
 
 /// Who signed a verified record.
@@ -184,12 +212,15 @@ pub enum Issuer {
     Operator(String),
 }
 
-/// A record whose signature checked out.
+/// A record whose signatures checked out.
 #[derive(Clone, Debug)]
 pub struct Verified {
     pub record: TrustRecord,
     pub issuer: Issuer,
-    pub key_id: KeyId,
+    /// The keys whose signatures counted (a node's one, or k operators').
+    pub signers: Vec<KeyId>,
+    /// The envelope as received (kept by the ledger, stored on disk).
+    pub envelope: SignedRecord,
 }
 
 impl SignedRecord {
@@ -197,12 +228,64 @@ impl SignedRecord {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses and verifies an envelope. A node key (in `nodes`) may only
-    /// speak for the node its name says; an operator key (in `operators`)
-    /// may issue any record, typically a release.
+    /// The bytes every signature covers: [`DOMAIN`] and the body.
+    pub fn message(&self) -> Vec<u8> {
+        let mut msg = DOMAIN.to_vec();
+        msg.extend_from_slice(self.body.as_bytes());
+        msg
+    }
+
+    /// The signatures, whichever form they travel in.
+    pub fn signature_list(&self) -> Result<Signatures, RecordError> {
+        match (self.key.is_empty() && self.sig.is_empty(), self.signatures.is_empty()) {
+            (false, true) => {
+                let key = PublicKey::parse(&self.key, "record key")
+                    .map_err(|e| RecordError::Malformed(e.to_string()))?;
+                let signature: [u8; 64] = hex::decode(&self.sig)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| RecordError::Malformed("sig: not 64 hex-encoded bytes".into()))?;
+                Ok(Signatures::from_entries(vec![SignatureEntry { key, signature }]))
+            }
+            (true, false) => Signatures::parse(self.signatures.as_bytes())
+                .map_err(|e| RecordError::Malformed(format!("signatures: {e}"))),
+            _ => Err(RecordError::Malformed("needs either key and sig, or signatures".into())),
+        }
+    }
+
+    /// Adds `key`'s signature (operator records, k of n); the envelope then
+    /// carries its signatures as `signatures` lines. Signing twice with one
+    /// key replaces its signature.
+    pub fn cosign(&mut self, key: &SigningKey) -> Result<AddOutcome, RecordError> {
+        let mut list = self.signature_list()?;
+        let outcome = list.add(key, &self.message());
+        self.key.clear();
+        self.sig.clear();
+        self.signatures = String::from_utf8_lossy(&list.to_bytes()).into_owned();
+        Ok(outcome)
+    }
+
+    /// Parses and verifies an envelope. A node key (in `nodes`) signing
+    /// alone may only speak for the node its name says; any other record
+    /// needs the threshold of `operators` (k of n distinct operator keys)
+    /// and must name one of the operators who signed it.
     pub fn verify(
         bytes: &[u8],
         nodes: &TrustConfig,
+        operators: &TrustConfig,
+    ) -> Result<Verified, RecordError> {
+        Self::verify_with(bytes, Some(nodes), operators)
+    }
+
+    /// Verifies an operator record alone (what `forge fleet` checks before
+    /// publishing one).
+    pub fn verify_operator(bytes: &[u8], operators: &TrustConfig) -> Result<Verified, RecordError> {
+        Self::verify_with(bytes, None, operators)
+    }
+
+    fn verify_with(
+        bytes: &[u8],
+        nodes: Option<&TrustConfig>,
         operators: &TrustConfig,
     ) -> Result<Verified, RecordError> {
         if bytes.len() > MAX_RECORD_BYTES {
@@ -210,32 +293,62 @@ impl SignedRecord {
         }
         let env: SignedRecord =
             serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(e.to_string()))?;
-        let key =
-            PublicKey::parse(&env.key, "record key").map_err(|e| RecordError::Malformed(e.to_string()))?;
-        let sig: [u8; 64] = hex::decode(&env.sig)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| RecordError::Malformed("sig: not 64 hex-encoded bytes".into()))?;
-        let (issuer_label, operator) = match (nodes.find(&key), operators.find(&key)) {
-            (Some(k), _) => (k.label.clone(), false),
-            (None, Some(k)) => (k.label.clone(), true),
-            (None, None) => return Err(RecordError::UnknownKey(key.id())),
+        let list = env.signature_list()?;
+        let msg = env.message();
+        let node = match list.entries() {
+            [one] if env.signatures.is_empty() => {
+                nodes.and_then(|n| n.find(&one.key)).map(|k| (one, k.label.clone()))
+            }
+            _ => None,
         };
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(env.body.as_bytes());
-        if !key.verify(&msg, &sig) {
-            return Err(RecordError::BadSignature(key.id()));
-        }
+        let (node_label, counted) = match node {
+            Some((one, label)) => {
+                if !one.key.verify(&msg, &one.signature) {
+                    return Err(RecordError::BadSignature(one.key.id()));
+                }
+                (Some(label.clone()), vec![Signer { key_id: one.key.id(), label }])
+            }
+            None => (None, operator_quorum(&list, &msg, operators)?),
+        };
         let record: TrustRecord =
             serde_json::from_str(&env.body).map_err(|e| RecordError::Malformed(format!("body: {e}")))?;
         record.identity.check()?;
         if !super::valid_name(&record.node) {
             return Err(RecordError::Invalid(format!("node {:?}: 1-64 of [A-Za-z0-9_-]", record.node)));
         }
-        if record.node != issuer_label {
-            return Err(RecordError::NodeMismatch { node: record.node, label: issuer_label });
+        if !counted.iter().any(|s| s.label == record.node) {
+            let labels: Vec<&str> = counted.iter().map(|s| s.label.as_str()).collect();
+            return Err(RecordError::NodeMismatch { node: record.node, label: labels.join(", ") });
         }
-        let issuer = if operator { Issuer::Operator(issuer_label) } else { Issuer::Node(issuer_label) };
-        Ok(Verified { record, issuer, key_id: key.id() })
+        let issuer = match node_label {
+            Some(label) => Issuer::Node(label),
+            None => Issuer::Operator(record.node.clone()),
+        };
+        let signers = counted.iter().map(|s| s.key_id).collect();
+        Ok(Verified { record, issuer, signers, envelope: env })
+    }
+}
+
+/// The operator signatures that count, if they meet the threshold. A lone
+/// signature by nobody's key, or one that does not verify, is reported as
+/// just that.
+fn operator_quorum(
+    list: &Signatures,
+    msg: &[u8],
+    operators: &TrustConfig,
+) -> Result<Vec<Signer>, RecordError> {
+    let Tally { counted, rejected } = list.tally(msg, operators);
+    if counted.len() >= operators.threshold() {
+        return Ok(counted);
+    }
+    match (counted.as_slice(), rejected.as_slice()) {
+        ([], [Rejection::Untrusted { key_id }]) => Err(RecordError::UnknownKey(*key_id)),
+        ([], [Rejection::BadSignature { key_id, .. }]) => Err(RecordError::BadSignature(*key_id)),
+        _ => Err(RecordError::Quorum(Box::new(Refusal::TooFewSignatures {
+            valid: counted.len(),
+            required: operators.threshold(),
+            counted,
+            rejected,
+        }))),
     }
 }

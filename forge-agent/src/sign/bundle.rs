@@ -147,6 +147,10 @@ pub struct VerifiedBundle {
     /// Signatures that did not count (untrusted, bad, duplicate): worth a warning.
     pub rejected: Vec<Rejection>,
     pub threshold: usize,
+    /// The signed manifest and the signatures, as verified (kept with the
+    /// set of record so it can be verified again).
+    pub manifest: Manifest,
+    pub signatures: Signatures,
 }
 
 impl VerifiedBundle {
@@ -221,6 +225,30 @@ impl Bundle {
         Ok(Self { path: dir.to_path_buf(), manifest, signatures, documents })
     }
 
+    /// A bundle from bytes kept elsewhere (the set of record in the state
+    /// file): the manifest, the signatures and exactly the documents the
+    /// manifest lists. `path` names where they came from in errors.
+    pub fn from_parts(
+        path: &Path,
+        manifest: &[u8],
+        signatures: &[u8],
+        mut documents: Vec<Document>,
+    ) -> Result<Self, BundleError> {
+        let manifest = Manifest::parse(manifest)
+            .map_err(|source| BundleError::Manifest { path: path.to_path_buf(), source })?;
+        let signatures = Signatures::parse(signatures)
+            .map_err(|source| BundleError::Signatures { path: path.to_path_buf(), source })?;
+        let doc_path = |name: &str| path.join(DOCUMENTS_DIR).join(name);
+        if let Some(d) = documents.iter().find(|d| manifest.entry(&d.name).is_none()) {
+            return Err(BundleError::UnlistedFile { path: doc_path(&d.name) });
+        }
+        if let Some(e) = manifest.entries().iter().find(|e| !documents.iter().any(|d| d.name == e.name)) {
+            return Err(BundleError::MissingDocument { path: doc_path(&e.name) });
+        }
+        documents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self { path: path.to_path_buf(), manifest, signatures, documents })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -257,6 +285,8 @@ impl Bundle {
             signers: v.signers,
             rejected: v.rejected,
             threshold: v.threshold,
+            manifest: self.manifest.clone(),
+            signatures: self.signatures.clone(),
         })
     }
 

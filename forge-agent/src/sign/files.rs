@@ -42,6 +42,26 @@ pub(crate) fn read_regular(path: &Path, limit: u64) -> io::Result<Read> {
     Ok(Read::Bytes(bytes))
 }
 
+/// Why a state file (one the agent writes and reads back) cannot be used.
+pub(crate) enum Unusable {
+    Io(io::Error),
+    /// Too large, or not a regular file: the reason.
+    Not(String),
+}
+
+/// Reads a state file of at most `limit` bytes with [`read_regular`]; a
+/// missing file is `None` (nothing recorded yet), anything else that is not
+/// its bytes is [`Unusable`].
+pub(crate) fn read_state(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Unusable> {
+    match read_regular(path, limit) {
+        Ok(Read::Bytes(b)) => Ok(Some(b)),
+        Ok(Read::TooLarge(size)) => Err(Unusable::Not(format!("{size} bytes, more than {limit}"))),
+        Ok(Read::NotRegular) => Err(Unusable::Not("not a regular file".to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Unusable::Io(e)),
+    }
+}
+
 /// Replaces `path` with `bytes` atomically: a temporary file in the same
 /// directory, fsync, rename. Readers see the old or the new file, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {

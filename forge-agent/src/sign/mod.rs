@@ -13,12 +13,14 @@
 //! | [`trust`] | `trust.toml`: trusted keys and the threshold k |
 //! | [`verify`] | verification independent of storage; refusals |
 //! | [`bundle`] | policy bundle directories: create, load, sign, verify |
-//! | [`state`] | last applied versions (replay protection across restarts) |
+//! | [`state`] | the trust domain's version and the policy set of record (no rollback, across restarts) |
 //!
 //! A verifier believes nothing in a manifest before k distinct trusted keys
 //! have signed its exact bytes; then it refuses a version not newer than the
 //! last applied one; then it checks every payload's digest. Each refusal is
 //! its own [`verify::Refusal`] variant naming the document, signer or version.
+//! For policy bundles the last applied version is the trust domain's, across
+//! every bundle name, and bundle names compose ([`state`]).
 
 pub mod bundle;
 pub mod digest;

@@ -115,6 +115,11 @@ impl Signatures {
         &self.0
     }
 
+    /// Signatures already parsed elsewhere (a trust record's single signer).
+    pub fn from_entries(entries: Vec<SignatureEntry>) -> Self {
+        Self(entries)
+    }
+
     /// Parses a signatures file (empty means unsigned).
     pub fn parse(bytes: &[u8]) -> Result<Self, SignatureError> {
         let mut out = Vec::new();

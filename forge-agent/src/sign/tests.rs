@@ -179,7 +179,7 @@ fn replayed_or_older_version_is_refused() {
     let bundle = Bundle::load(&b).unwrap();
     for last in [5, 6] {
         let r = refusal(bundle.verify(&f.trust(1, 1), Some(last)));
-        assert_eq!(r, Refusal::Replay { name: "prod".into(), version: 5, last_applied: last });
+        assert_eq!(r, Refusal::Replay { name: "prod".into(), version: 5, last_applied: last, newest: None });
         assert!(r.to_string().contains("not newer than the last applied version"), "{r}");
     }
     assert!(bundle.verify(&f.trust(1, 1), Some(4)).is_ok());

@@ -25,10 +25,17 @@ pub enum Refusal {
     )]
     TooFewSignatures { valid: usize, required: usize, counted: Vec<Signer>, rejected: Vec<Rejection> },
     #[error(
-        "{name:?} version {version} is not newer than the last applied version {last_applied}: \
-         refused as a replay or rollback"
+        "{name:?} version {version} is not newer than the last applied version {last_applied}{}: \
+         refused as a replay or rollback",
+        applied_as(.newest)
     )]
-    Replay { name: String, version: u64, last_applied: u64 },
+    Replay {
+        name: String,
+        version: u64,
+        last_applied: u64,
+        /// The bundle of record that holds `last_applied`, when known.
+        newest: Option<String>,
+    },
     #[error("document {name:?} is listed in the signed manifest but missing")]
     MissingPayload { name: String },
     #[error(
@@ -36,6 +43,12 @@ pub enum Refusal {
          the signed manifest says {expected} ({expected_size} bytes)"
     )]
     DigestMismatch { name: String, expected: Digest, expected_size: u64, actual: Digest, actual_size: u64 },
+}
+
+fn applied_as(newest: &Option<String>) -> String {
+    newest.as_ref().map_or_else(String::new, |n| {
+        format!(" (bundle {n:?}; versions increase across every bundle name of the trust domain)")
+    })
 }
 
 fn not_counted(rejected: &[Rejection]) -> String {
@@ -110,6 +123,7 @@ pub fn verify<'a>(
             name: manifest.name().to_string(),
             version: manifest.version(),
             last_applied: last,
+            newest: None,
         });
     }
     for e in manifest.entries() {

@@ -62,17 +62,15 @@ impl Daemon {
     }
 
     /// A bundle from the bus: verified and applied like `policy apply
-    /// --bundle`. The one already in force is skipped; an older one is a
-    /// replay and refused.
+    /// --bundle`, with the set of record. A bundle of record delivered
+    /// again while that set is in force changes nothing; one not newer than
+    /// the trust domain's version is a replay or rollback and refused.
     fn fleet_bundle(&mut self, key: &str, revision: u64, bytes: &[u8]) {
         let Some(link) = self.fleet.as_ref() else { return };
         let (name, version) = match wire::peek(bytes) {
             Ok(nv) => nv,
             Err(e) => return self.fleet_refused("bundle", key, revision, &e.to_string()),
         };
-        if self.origin.1.as_ref().is_some_and(|b| b.name == name && b.version == version) {
-            return;
-        }
         // Named by revision only: a bus key may hold `/` and `..`.
         let dir = link.config.dir.join("bundles").join(format!("revision-{revision}"));
         let result = wire::unpack(bytes, &dir)
@@ -80,6 +78,7 @@ impl Daemon {
             .and_then(|path| self.apply_bundle_at(&path, true).map_err(|e| e.message));
         let _ = std::fs::remove_dir_all(&dir);
         match result {
+            Ok(v) if v["unchanged"] == true => {}
             Ok(_) => {
                 let Some(link) = self.fleet.as_mut() else { return };
                 link.counts.bundles_applied += 1;
@@ -99,8 +98,7 @@ impl Daemon {
     /// the rule carried out for the local workloads it concerns.
     fn fleet_record(&mut self, key: &str, revision: u64, bytes: &[u8]) {
         let Some(link) = self.fleet.as_ref() else { return };
-        let Some(operators) = self.signing.as_ref().map(|s| &s.trust) else { return };
-        let v: Verified = match SignedRecord::verify(bytes, &link.nodes, operators) {
+        let v: Verified = match SignedRecord::verify(bytes, &link.nodes, &link.operators) {
             Ok(v) => v,
             Err(e) => return self.fleet_refused("record", key, revision, &e.to_string()),
         };
@@ -117,27 +115,28 @@ impl Daemon {
             );
             return self.fleet_refused("record", key, revision, &why);
         }
-        let operator = matches!(v.issuer, Issuer::Operator(_));
         let own = v.issuer == Issuer::Node(link.config.node.clone());
         let Some(link) = self.fleet.as_mut() else { return };
-        match link.ledger.admit(v.record.clone(), operator) {
+        let (issuer, signers, record) = (v.issuer.clone(), v.signers.clone(), v.record.clone());
+        match link.admit(v) {
             Admit::Duplicate => return,
             Admit::Stale { held_issued_at_ms } => {
                 let why = format!(
                     "older than the record held from {} (issued at {held_issued_at_ms} ms): a replay",
-                    v.record.node
+                    record.node
                 );
                 return self.fleet_refused("record", key, revision, &why);
             }
             Admit::New => link.counts.records_admitted += 1,
         }
         if !own {
+            let signers: Vec<String> = signers.iter().map(ToString::to_string).collect();
             self.audit.push(json!({
-                "action": "fleet_record", "revision": revision, "issuer": v.issuer, "key_id": v.key_id.to_string(),
-                "record": v.record,
+                "action": "fleet_record", "revision": revision, "issuer": issuer, "signers": signers,
+                "record": record,
             }));
         }
-        self.fleet_enforce(&v.record.identity);
+        self.fleet_enforce(&record.identity);
     }
 
     /// Carries out the fleet rule for the local workloads that are `identity`.
