@@ -140,6 +140,8 @@ fn scoring(c: &mut Criterion) {
             tier: Tier::Verified,
             policies: "bench".into(),
             generation: 1,
+            cgroup_id: None,
+            previous_cgroup_id: None,
             quarantine_at: vec![Tier::Compromised],
             scoring: config.clone(),
             thresholds: Thresholds::default(),

@@ -175,6 +175,28 @@ impl Cgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
+    /// [`Self::destroy`] for the cgroup and every cgroup below it, deepest
+    /// first.
+    pub fn destroy_tree(&self) -> Result<(), CgroupError> {
+        let mut dirs = vec![self.path.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(entries) = fs::read_dir(&dirs[i]) {
+                dirs.extend(
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            i += 1;
+        }
+        for dir in dirs.iter().rev() {
+            Self { path: dir.clone(), id: 0 }.destroy()?;
+        }
+        Ok(())
+    }
+
     /// Kills every process in the cgroup (SIGKILL) and removes it; waits
     /// briefly for the processes to be gone.
     pub fn destroy(&self) -> Result<(), CgroupError> {

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub state: Option<PathBuf>,
     pub strict: Option<bool>,
     pub socket: Option<PathBuf>,
+    /// A group whose members may use the API besides root.
+    pub api_group: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub agent_key: Option<PathBuf>,
     pub traces: Option<bool>,

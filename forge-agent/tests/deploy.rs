@@ -53,3 +53,17 @@ fn daemonset_policy_configmap_validates() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn the_agent_is_kept_out_of_the_oom_killers_way() {
+    let unit = std::fs::read_to_string(root("deploy/forge.service")).unwrap();
+    assert!(
+        unit.lines().any(|l| l.trim() == "OOMScoreAdjust=-1000"),
+        "forge.service: no OOMScoreAdjust=-1000"
+    );
+    let ds = std::fs::read_to_string(root("deploy/daemonset.yaml")).unwrap();
+    assert!(
+        ds.contains("priorityClassName: system-node-critical"),
+        "daemonset.yaml: not system-node-critical"
+    );
+}

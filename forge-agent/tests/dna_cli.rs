@@ -237,6 +237,8 @@ fn scored_trace(dir: &Path, tamper_score: bool) -> PathBuf {
         tier: Tier::Verified,
         policies: "demo".into(),
         generation: 1,
+        cgroup_id: None,
+        previous_cgroup_id: None,
         quarantine_at: vec![Tier::Compromised],
         scoring: scoring.clone(),
         thresholds: Thresholds::default(),

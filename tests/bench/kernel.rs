@@ -2,7 +2,10 @@
 //!   A. with no ForgeOne programs loaded,
 //!   B. ungoverned, with the agent loaded and a 100-rule policy governing
 //!      another cgroup (so every hook, including raw_tp/sys_enter, is attached),
-//!   C. governed by that 100-rule policy (rules that do not deny the loop).
+//!   C. governed by that 100-rule policy (rules that do not deny the loop),
+//!   D. ungoverned in a cgroup six levels deep, while cgroups at two other
+//!      levels are governed (the hooks walk the task's ancestors at every
+//!      governed level before they know it is ungoverned).
 //! Each configuration runs REPEATS times, interleaved; the report gives the
 //! median ns/op with min and max, and B/A and C/A as ratios from the same run.
 //! Needs root. `cargo xtask bench` runs it; alone: `cargo bench -p forge-tests --bench kernel`.
@@ -122,17 +125,21 @@ fn main() {
     let pin_root = format!("/sys/fs/bpf/forge-bench-{id}");
     let governed = Cgroup::create(&format!("forge-bench/{id}-governed")).expect("cgroup");
     let other = Cgroup::create(&format!("forge-bench/{id}-other")).expect("cgroup");
+    // Level 6 (forge-bench is level 1): ungoverned, below no governed cgroup.
+    let deep = Cgroup::create(&format!("forge-bench/{id}-deep/a/b/c/d")).expect("cgroup");
+    // A second governed level (5), for configuration D.
+    let nested = Cgroup::create(&format!("forge-bench/{id}-other/x/y/z")).expect("cgroup");
     let compiled = compile(&Policy::from_yaml(&policy_100(), "bench-100").expect("policy"), "bench-100", 1)
         .expect("compile");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let _guard = rt.enter();
 
     // samples[loop][config] = ns/op per repeat
-    let mut samples = vec![vec![Vec::new(); 3]; LOOPS.len()];
+    let mut samples = vec![vec![Vec::new(); 4]; LOOPS.len()];
     let mut backends = String::new();
     let mut swaps: Vec<f64> = Vec::new();
     for rep in 0..REPEATS {
-        for config in [(rep) % 3, (rep + 1) % 3, (rep + 2) % 3] {
+        for config in [rep % 4, (rep + 1) % 4, (rep + 2) % 4, (rep + 3) % 4] {
             let agent = (config > 0).then(|| {
                 let mut a = Agent::start(&AgentOptions {
                     pin_root: pin_root.clone().into(),
@@ -141,16 +148,23 @@ fn main() {
                 })
                 .expect("agent");
                 a.writer.govern(&governed, &compiled).expect("govern");
-                if config == 1 {
+                if config == 1 || config == 3 {
                     // Ungoverned run: the policy governs another cgroup.
                     a.writer.govern(&other, &compiled).expect("govern other");
                     a.writer.ungovern(governed.id).expect("ungovern");
+                }
+                if config == 3 {
+                    a.writer.govern(&nested, &compiled).expect("govern nested");
                 }
                 backends = format!("{:?}", a.writer.handles().active);
                 a
             });
             for (i, l) in LOOPS.iter().enumerate() {
-                let cg = (config == 2).then_some(&governed);
+                let cg = match config {
+                    2 => Some(&governed),
+                    3 => Some(&deep),
+                    _ => None,
+                };
                 samples[i][config].push(measure(&exe, cg, i, l.iterations, port));
             }
             if let Some(mut a) = agent {
@@ -168,30 +182,30 @@ fn main() {
     }
     let _ = Pins::new(&pin_root).remove_all();
     let _ = governed.destroy();
-    let _ = other.destroy();
+    let _ = Cgroup::resolve(&format!("forge-bench/{id}-deep")).map(|c| c.destroy_tree());
+    let _ = other.destroy_tree();
 
     println!("## Kernel overhead (ns per operation, {REPEATS} repeats: median [min-max])\n");
     println!(
         "Backends with the agent loaded: {backends}. 100-rule policy: 16 net, 1 syscall list, 83 path rules.\n"
     );
-    println!("| loop | A: no agent | B: agent, ungoverned | C: governed, 100 rules | B/A | C/A |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| loop | A: no agent | B: agent, ungoverned | C: governed, 100 rules | D: ungoverned, 6 levels deep, 2 governed levels | B/A | C/A | D/A |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (i, l) in LOOPS.iter().enumerate() {
-        let [a, b, c] = [0, 1, 2].map(|k| stats(&mut samples[i][k]));
+        let [a, b, c, d] = [0, 1, 2, 3].map(|k| stats(&mut samples[i][k]));
+        let cell = |x: (f64, f64, f64)| format!("{:.0} [{:.0}-{:.0}]", x.1, x.0, x.2);
         println!(
-            "| {} | {:.0} [{:.0}-{:.0}] | {:.0} [{:.0}-{:.0}] | {:.0} [{:.0}-{:.0}] | {:.3} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |",
             l.name,
-            a.1,
-            a.0,
-            a.2,
-            b.1,
-            b.0,
-            b.2,
-            c.1,
-            c.0,
-            c.2,
+            cell(a),
+            cell(b),
+            cell(c),
+            cell(d),
             b.1 / a.1,
-            c.1 / a.1
+            c.1 / a.1,
+            d.1 / a.1
         );
     }
     let (lo, med, hi) = stats(&mut swaps);

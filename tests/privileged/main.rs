@@ -17,6 +17,7 @@ mod differential;
 mod doctor;
 mod fleet;
 mod hotswap;
+mod lifecycle;
 mod lost;
 mod lsm;
 mod lsm_contain;
@@ -243,6 +244,36 @@ fn main() {
             "escape_clone3_into_cgroup_killed_at_fork",
             &["cgroup", "tracepoint"],
             contain::clone3_out_is_killed,
+        ),
+        trial_with_program(
+            "recreated_cgroup_governed_again_from_the_kernel_event_quarantine_kept",
+            &["cgroup", "tracepoint"],
+            ("forge", sigterm::forge_binary),
+            lifecycle::recreated_cgroup_governed_again,
+        ),
+        trial_with_program(
+            "selector_governs_cgroups_as_they_appear",
+            &["cgroup", "tracepoint"],
+            ("forge", sigterm::forge_binary),
+            lifecycle::selector_governs_new_children,
+        ),
+        trial_with_program(
+            "api_governed_callers_cannot_change_the_agent",
+            &["cgroup", "tracepoint"],
+            ("forge", sigterm::forge_binary),
+            lifecycle::governed_callers_cannot_change_the_agent,
+        ),
+        trial_with_program(
+            "restart_resumes_workloads_quarantine_traces_and_applies",
+            &["cgroup", "tracepoint"],
+            ("forge", sigterm::forge_binary),
+            lifecycle::restart_resumes_everything,
+        ),
+        trial_with_program(
+            "links_held_repinned_reattached_and_checked_by_doctor",
+            &["cgroup", "tracepoint"],
+            ("forge", sigterm::forge_binary),
+            lifecycle::links_held_repinned_and_checked,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

@@ -6,6 +6,7 @@
 //! reported as ignored with the kernel's reason, unless `FORGE_REQUIRE` names
 //! that backend, in which case it fails.
 
+pub mod agent;
 pub mod fleet;
 
 use std::{collections::BTreeSet, path::PathBuf, sync::OnceLock, time::Duration};
@@ -364,7 +365,7 @@ impl DaemonFixture {
                     d.traces = Some(forge_agent::api::traces::Traces::new(traces));
                     configure(&mut d);
                     d.govern(&cg_name).map_err(|e| e.message)?;
-                    let l = server::bind(&sock).map_err(|e| e.to_string())?;
+                    let l = server::bind(&sock, None).map_err(|e| e.to_string())?;
                     Ok::<_, String>((d, l))
                 })();
                 match started {

@@ -2,8 +2,13 @@
 //! it is the only caller of the map writer.
 
 mod fleet;
+mod lifecycle;
+mod persist;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
+
+pub use lifecycle::{Origin, Selector};
+pub use persist::{STATE_FILE, StateError};
 
 use serde_json::{Value, json};
 
@@ -37,6 +42,10 @@ struct Governed {
     quarantine_at: Vec<Tier>,
     /// Quarantined by the fleet rule (released when the fleet clears it).
     fleet_hold: bool,
+    /// How the agent came to govern it.
+    origin: Origin,
+    /// The ids its cgroup had before it was made again, oldest first.
+    previous_ids: Vec<u64>,
 }
 
 pub struct Daemon {
@@ -64,13 +73,26 @@ pub struct Daemon {
     pub capsules: Option<super::capsules::CapsuleRunner>,
     /// Policy and trust shared through NATS (none: a single host).
     pub fleet: Option<crate::fleet::FleetLink>,
+    /// Workloads named by path whose cgroup is gone, by path: governed
+    /// again, as they were, when the path is made again.
+    waiting: BTreeMap<PathBuf, Governed>,
+    /// `DIR/*` selectors: the cgroups below `DIR` are governed as they appear.
+    selectors: Vec<Selector>,
+    /// Where what the agent governs is kept across restarts (none: not kept).
+    pub state_file: Option<PathBuf>,
+    /// The group whose members may call the API besides root.
+    pub api_group: Option<u32>,
+    /// Something the state file keeps changed since it was written.
+    dirty: bool,
+    /// Digest of the start files (see [`persist`]).
+    files_digest: Option<String>,
 }
 
 /// The agent's signing rules for policy bundles.
 pub struct Signing {
     pub trust: crate::sign::trust::TrustConfig,
     /// Where the last applied version of each bundle name is kept.
-    pub state: std::path::PathBuf,
+    pub state: PathBuf,
     /// Also refuse rules no available backend can enforce.
     pub require_enforceable: bool,
 }
@@ -136,12 +158,68 @@ impl Daemon {
             origin: (origin::Source::Files, None),
             capsules: None,
             fleet: None,
+            waiting: BTreeMap::new(),
+            selectors: Vec::new(),
+            state_file: None,
+            api_group: None,
+            dirty: false,
+            files_digest: None,
         })
+    }
+
+    /// Handles a request from `caller`: a caller inside a governed subtree
+    /// may only read (see [`super::caller`]); its attempt is audited.
+    pub fn handle_call(&mut self, req: Request, caller: super::caller::Caller) -> Result<Value, ApiError> {
+        if req.mutates()
+            && let Some(why) = self.caller_governed(&caller)
+        {
+            let method = req.method();
+            tracing::warn!(pid = caller.pid, uid = caller.uid, method, why = %why, "API call refused: the caller is governed");
+            self.audit.push(json!({"action": "api_refused", "method": method, "pid": caller.pid, "uid": caller.uid, "why": why}));
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "{method} refused: the caller (pid {}) {why}; a governed workload may not change the agent",
+                    caller.pid
+                ),
+            ));
+        }
+        let r = self.handle(req);
+        if r.is_ok() {
+            self.save_state();
+        }
+        r
+    }
+
+    /// Why `caller` counts as governed (inside a governed subtree), if it
+    /// does: the kernel's record of its process, or its cgroup's path. A
+    /// caller whose cgroup cannot be read (it exited) counts as governed.
+    fn caller_governed(&self, caller: &super::caller::Caller) -> Option<String> {
+        let w = &self.agent.writer;
+        if let Some(id) = w.task_governor(caller.pid) {
+            return Some(format!("belongs to governed cgroup {id}"));
+        }
+        match Cgroup::of_pid(&caller.pid.to_string()) {
+            Ok(cg) => {
+                w.governing(&cg.path).map(|id| format!("is in {} (governed cgroup {id})", cg.path.display()))
+            }
+            Err(e) => Some(format!("cannot be placed ({e})")),
+        }
     }
 
     /// Scores an event and carries out what the trust controller decides.
     /// Returns the actions taken (also appended to the audit log).
     pub fn observe(&mut self, ev: &crate::events::DecisionEvent) -> Vec<Value> {
+        if ev.op == crate::events::Op::Cgroup {
+            self.on_cgroup_event(ev);
+            return Vec::new();
+        }
+        if let crate::events::Target::Escape {
+            pid, outcome: crate::events::EscapeOutcome::LeftToAgent, ..
+        } = ev.target
+        {
+            self.kill_escaped(pid, ev);
+        }
         let Some(g) = self.governed.get(&ev.cgroup_id) else { return Vec::new() };
         if let Some(t) = &self.telemetry {
             t.decision(ev, g.compiled.tier, Some(&g.compiled));
@@ -174,6 +252,7 @@ impl Daemon {
                 Err(e) => tracing::error!(error = %e.message, action = ?a, "trust action failed"),
             }
         }
+        self.save_state();
         done
     }
 
@@ -219,6 +298,7 @@ impl Daemon {
         };
         tracing::warn!(entry = %entry, "trust action");
         self.audit.push(entry.clone());
+        self.dirty = true;
         Ok(entry)
     }
 
@@ -232,6 +312,7 @@ impl Daemon {
         reason: &[String],
         since: std::time::Instant,
     ) -> Result<Value, ApiError> {
+        self.dirty = true;
         let g = self.governed.get_mut(&cgroup_id).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
         })?;
@@ -300,6 +381,7 @@ impl Daemon {
     }
 
     fn release(&mut self, cgroup_id: u64, actor: &str) -> Result<Value, ApiError> {
+        self.dirty = true;
         let started = std::time::Instant::now();
         let g = self.governed.get_mut(&cgroup_id).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("cgroup {cgroup_id} is not governed"))
@@ -437,19 +519,7 @@ impl Daemon {
                 Some(c) => Ok(c.list()),
                 None => Err(capsules_off()),
             },
-            Request::Ungovern { cgroup } => {
-                let cg = Cgroup::resolve(&cgroup)
-                    .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
-                self.agent
-                    .writer
-                    .ungovern(cg.id)
-                    .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
-                self.end_run(cg.id, spans::RunEnd::Ungoverned);
-                self.governed.remove(&cg.id);
-                self.scorer.reset(cg.id);
-                self.end_trace(cg.id, "no longer governed (ungovern)");
-                Ok(json!({"cgroup": cg.path, "id": cg.id, "governed": false}))
-            }
+            Request::Ungovern { cgroup } => self.ungovern(&cgroup),
         }
     }
 
@@ -474,15 +544,6 @@ impl Daemon {
         }
     }
 
-    /// Governs a cgroup with what the current set says for it.
-    pub fn govern(&mut self, spec: &str) -> Result<Value, ApiError> {
-        let cgroup = Cgroup::resolve(spec)
-            .or_else(|_| Cgroup::create(spec))
-            .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?;
-        let workload = workload_of(&cgroup);
-        self.govern_as(cgroup, workload)
-    }
-
     /// Starts a capsule run: verify, a cgroup governed as the capsule, the child.
     fn capsule_run(&mut self, req: super::capsules::RunRequest) -> Result<Value, ApiError> {
         let runner = self.capsules.as_ref().ok_or_else(capsules_off)?;
@@ -499,7 +560,7 @@ impl Daemon {
         workload.digest = Some(digest);
         workload.signers = verified.signer_ids();
         let (path, id) = (cgroup.path.clone(), cgroup.id);
-        let governed = match self.govern_as(cgroup, workload) {
+        let governed = match self.govern_as(cgroup, workload, Origin::Capsule) {
             Ok(g) => g,
             Err(e) => {
                 let _ = std::fs::remove_dir(&path);
@@ -524,24 +585,46 @@ impl Daemon {
     }
 
     /// Governs `cgroup` as `workload`.
-    fn govern_as(&mut self, cgroup: Cgroup, workload: Workload) -> Result<Value, ApiError> {
+    fn govern_as(&mut self, cgroup: Cgroup, workload: Workload, origin: Origin) -> Result<Value, ApiError> {
         let tier = self.set.initial_tier(&workload).map_err(invalid)?;
+        self.govern_at(cgroup, workload, origin, tier, None)
+    }
+
+    /// Governs `cgroup` as `workload` at `tier`; `resumed`: what a workload
+    /// governed before a restart brings back (its quarantine among it).
+    fn govern_at(
+        &mut self,
+        cgroup: Cgroup,
+        workload: Workload,
+        origin: Origin,
+        tier: Tier,
+        resumed: Option<persist::Resumed>,
+    ) -> Result<Value, ApiError> {
         let compiled = self.set.compile_for(&workload, tier, 1).map_err(|e| invalid(e.0))?;
+        let before_escalation = match resumed.as_ref().and_then(|r| r.before_escalation) {
+            Some(t) => Some(self.set.compile_for(&workload, t, 1).map_err(|e| invalid(e.0))?),
+            None => None,
+        };
         let generation = self.agent.writer.govern(&cgroup, &compiled).map_err(kernel)?;
         let out = json!({"cgroup": cgroup.path, "id": cgroup.id, "policies": compiled.policy_name, "tier": compiled.tier, "generation": generation});
         self.trust.track(cgroup.id, tier);
         self.scorer.reset(cgroup.id);
         let quarantine_at = quarantine_tiers(&self.set, &workload);
+        let (frozen, fleet_hold, previous_ids) =
+            resumed.map_or((false, false, Vec::new()), |r| (r.frozen, r.fleet_hold, r.previous_ids));
         let g = Governed {
             cgroup,
             workload,
             compiled,
             generation,
-            before_escalation: None,
-            frozen: false,
+            before_escalation,
+            frozen,
             quarantine_at,
-            fleet_hold: false,
+            fleet_hold,
+            origin,
+            previous_ids,
         };
+        self.dirty = true;
         let record = self.governed_record(&g, true);
         if let Some(t) = &mut self.traces {
             t.govern(&g.cgroup, record);
@@ -562,6 +645,21 @@ impl Daemon {
         Ok(out)
     }
 
+    /// An escaped process the kernel could not kill (it could only kill the
+    /// one that made the escape): killed now.
+    fn kill_escaped(&mut self, pid: u32, ev: &crate::events::DecisionEvent) {
+        // SAFETY: kill(2) has no memory arguments.
+        let r = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let killed = r == 0;
+        tracing::warn!(
+            pid,
+            killed,
+            cgroup_id = ev.cgroup_id,
+            "killed a process that escaped its governed subtree (the kernel could not)"
+        );
+        self.audit.push(json!({"action": "escaped_process_killed", "pid": pid, "cgroup_id": ev.cgroup_id, "killed": killed}));
+    }
+
     /// What a trace needs to know to replay this workload's scoring.
     fn governed_record(&self, g: &Governed, fresh: bool) -> dna::Governed {
         dna::Governed {
@@ -570,6 +668,8 @@ impl Daemon {
             tier: self.trust.tier(g.cgroup.id).unwrap_or(g.compiled.tier),
             policies: g.compiled.policy_name.clone(),
             generation: g.generation,
+            cgroup_id: Some(g.cgroup.id),
+            previous_cgroup_id: None,
             quarantine_at: g.quarantine_at.clone(),
             scoring: self.scorer.config.clone(),
             thresholds: self.trust.thresholds.clone(),
@@ -624,16 +724,11 @@ impl Daemon {
                 }
             }
         }
-        let gone: Vec<u64> =
-            self.governed.values().filter(|g| !g.cgroup.path.exists()).map(|g| g.cgroup.id).collect();
-        for id in gone {
-            let _ = self.agent.writer.ungovern(id);
-            self.end_run(id, spans::RunEnd::CgroupRemoved);
-            self.governed.remove(&id);
-            self.scorer.reset(id);
-            tracing::info!(cgroup_id = id, "governed cgroup removed; its trace is closed");
-            self.end_trace(id, "cgroup removed");
+        self.check_cgroups();
+        for link in self.agent.writer.repair_links() {
+            self.audit.push(json!({"action": "link_repinned", "link": link}));
         }
+        self.save_state();
         if let Some(t) = &self.telemetry {
             t.publish(self.metrics_sample());
         }
@@ -823,6 +918,7 @@ impl Daemon {
             self.trace(id, Record::Governed(r));
         }
         self.documents = documents;
+        self.dirty = true;
         tracing::info!(policies = self.set.docs.len(), workloads = done.len(), "policy set applied");
         Ok(json!({
             "policies": self.set.docs.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
@@ -883,8 +979,15 @@ impl Daemon {
         let known: Vec<Value> = self
             .governed
             .values()
-            .map(|g| json!({"cgroup": g.cgroup.path, "id": g.cgroup.id, "policies": g.compiled.policy_name, "tier": g.compiled.tier, "generation": g.generation, "frozen": g.frozen, "lost_events": lost.get(&g.cgroup.id).copied().unwrap_or(0), "trace": self.traces.as_ref().map(|t| t.status(g.cgroup.id))}))
+            .map(|g| json!({"cgroup": g.cgroup.path, "id": g.cgroup.id, "previous_ids": g.previous_ids, "origin": g.origin, "policies": g.compiled.policy_name, "tier": g.compiled.tier, "generation": g.generation, "frozen": g.frozen, "lost_events": lost.get(&g.cgroup.id).copied().unwrap_or(0), "trace": self.traces.as_ref().map(|t| t.status(g.cgroup.id))}))
             .collect();
+        let waiting: Vec<Value> = self
+            .waiting
+            .values()
+            .map(|g| json!({"cgroup": g.cgroup.path, "old_id": g.cgroup.id, "previous_ids": g.previous_ids, "tier": g.compiled.tier, "frozen": g.frozen}))
+            .collect();
+        let links = self.agent.writer.link_states();
+        let links_missing: Vec<&crate::ebpf::links::LinkState> = links.iter().filter(|l| !l.ok()).collect();
         let adopted_only: Vec<u64> = self
             .agent
             .writer
@@ -914,7 +1017,11 @@ impl Daemon {
             "adopted": h.adopted,
             "backends": h.active,
             "governed": known,
+            "waiting_for_cgroup": waiting,
+            "selectors": self.selectors.iter().map(|s| &s.pattern).collect::<Vec<_>>(),
             "governed_from_pins_only": adopted_only,
+            "links": {"expected": links.len(), "problems": links_missing, "reattached": self.agent.writer.reattached()},
+            "kill_other_task_in_kernel": h.signal_task,
             "counters": counters,
             "ring_drops": self.agent.writer.drops().unwrap_or(0),
             "traces": self.traces.as_ref().map(|t| json!({"dir": t.store().dir(), "errors": t.errors, "last_error": t.last_error})),
@@ -983,7 +1090,7 @@ pub async fn run(
         }
         None => None,
     };
-    let server = tokio::spawn(super::server::serve(listener, calls_tx));
+    let server = tokio::spawn(super::server::serve(listener, calls_tx, daemon.api_group));
     let mut fleet_inbox = daemon.fleet.as_mut().and_then(|f| f.inbox.take());
     tokio::pin!(shutdown);
     let mut batch = Vec::new();
@@ -1001,8 +1108,8 @@ pub async fn run(
                     on_event(daemon, ev);
                 }
             }
-            Some((req, reply)) = calls.recv() => {
-                let resp = match daemon.handle(req) {
+            Some((req, caller, reply)) = calls.recv() => {
+                let resp = match daemon.handle_call(req, caller) {
                     Ok(v) => super::Response::ok(v),
                     Err(e) => super::Response::err(e),
                 };
@@ -1011,7 +1118,10 @@ pub async fn run(
             Some(reply) = scrapes.recv() => {
                 let _ = reply.send(daemon.metrics());
             }
-            Some(msg) = async { fleet_inbox.as_mut()?.recv().await } => daemon.fleet_inbound(msg),
+            Some(msg) = async { fleet_inbox.as_mut()?.recv().await } => {
+                daemon.fleet_inbound(msg);
+                daemon.save_state();
+            }
             () = &mut shutdown => break Ok(()),
         }
     };

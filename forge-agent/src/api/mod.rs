@@ -1,6 +1,8 @@
-//! The agent's local API: JSON lines over a unix socket (mode 0600, root).
+//! The agent's local API: JSON lines over a unix socket (root, or an API
+//! group; callers inside governed subtrees may only read).
 //! Reference: docs/api.md.
 
+pub mod caller;
 pub mod capsules;
 pub mod client;
 pub mod daemon;

@@ -73,6 +73,44 @@ pub enum Request {
     CapsuleList,
 }
 
+impl Request {
+    /// The method name, as on the wire.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::PolicyApply { .. } => "policy_apply",
+            Self::PolicyApplyBundle { .. } => "policy_apply_bundle",
+            Self::PolicyGet => "policy_get",
+            Self::Govern { .. } => "govern",
+            Self::Ungovern { .. } => "ungovern",
+            Self::TrustSet { .. } => "trust_set",
+            Self::Quarantine { .. } => "quarantine",
+            Self::Release { .. } => "release",
+            Self::Audit => "audit",
+            Self::Explain { .. } => "explain",
+            Self::TraceExport { .. } => "trace_export",
+            Self::Metrics => "metrics",
+            Self::CapsuleRun { .. } => "capsule_run",
+            Self::CapsuleList => "capsule_list",
+        }
+    }
+
+    /// Whether the method changes what the agent enforces or runs (refused
+    /// to callers inside a governed subtree).
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            Self::Status
+                | Self::PolicyGet
+                | Self::Audit
+                | Self::Explain { .. }
+                | Self::TraceExport { .. }
+                | Self::Metrics
+                | Self::CapsuleList
+        )
+    }
+}
+
 /// A policy document as text, with the name errors should cite.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Document {
@@ -93,6 +131,9 @@ pub enum ErrorCode {
     /// Refused by the agent's signing rules (unsigned in strict mode, too few
     /// signers, modified bytes, a replayed version); nothing changed.
     Refused,
+    /// The caller may not do this: not root nor in the API group, or inside
+    /// a governed subtree asking for a change (docs/api.md, "Who may call").
+    Forbidden,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +203,37 @@ mod tests {
             assert_eq!(parse_request(&line).unwrap(), r);
         }
         assert_eq!(parse_request(br#"{"method":"status"}"#).unwrap(), Request::Status);
+    }
+
+    #[test]
+    fn methods_name_themselves_and_say_whether_they_mutate() {
+        let reads = [
+            r#"{"method":"status"}"#,
+            r#"{"method":"policy_get"}"#,
+            r#"{"method":"audit"}"#,
+            r#"{"method":"metrics"}"#,
+            r#"{"method":"capsule_list"}"#,
+            r#"{"method":"explain","params":{"cgroup":"x"}}"#,
+            r#"{"method":"trace_export","params":{"cgroup":"x"}}"#,
+        ];
+        let writes = [
+            r#"{"method":"govern","params":{"cgroup":"x"}}"#,
+            r#"{"method":"ungovern","params":{"cgroup":"x"}}"#,
+            r#"{"method":"policy_apply","params":{"documents":[]}}"#,
+            r#"{"method":"policy_apply_bundle","params":{"path":"/b"}}"#,
+            r#"{"method":"trust_set","params":{"cgroup":"x","tier":"trusted","actor":"a","reason":"r"}}"#,
+            r#"{"method":"quarantine","params":{"cgroup":"x","actor":"a","reason":"r"}}"#,
+            r#"{"method":"release","params":{"cgroup":"x","actor":"a"}}"#,
+            r#"{"method":"capsule_run","params":{"package":"/p"}}"#,
+        ];
+        for (lines, mutating) in [(&reads[..], false), (&writes[..], true)] {
+            for line in lines {
+                let r = parse_request(line.as_bytes()).unwrap();
+                assert_eq!(r.mutates(), mutating, "{line}");
+                let wire: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(r.method(), wire["method"], "{line}");
+            }
+        }
     }
 
     #[test]

@@ -190,6 +190,14 @@ impl Traces {
         }
     }
 
+    /// The trace of cgroup `old` goes on for cgroup `new` (the workload's
+    /// cgroup was made again): same file, same chain.
+    pub fn rekey(&mut self, old: u64, new: u64) {
+        if let Some(o) = self.open.remove(&old) {
+            self.open.insert(new, o);
+        }
+    }
+
     /// Closes one workload's trace (signed and synced).
     pub fn close(&mut self, cgroup_id: u64) {
         if let Some(mut o) = self.open.remove(&cgroup_id)

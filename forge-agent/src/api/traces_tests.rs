@@ -87,6 +87,8 @@ fn governed(fresh: bool, tier: Tier, config: &ScoreConfig) -> Governed {
         tier,
         policies: "base".into(),
         generation: 1,
+        cgroup_id: None,
+        previous_cgroup_id: None,
         quarantine_at: vec![Tier::Compromised],
         scoring: config.clone(),
         thresholds: Thresholds::default(),

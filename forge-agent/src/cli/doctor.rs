@@ -85,6 +85,8 @@ fn print_integrity(i: &forge_agent::integrity::Integrity) {
             i.pin_root.display(),
             i.programs.len()
         );
+        let attached = i.links.iter().filter(|l| l.ok()).count();
+        println!("links            {attached} of {} expected are pinned and attached", i.links.len());
     } else {
         println!("pinned state     none at {} (no agent has loaded)", i.pin_root.display());
     }

@@ -57,6 +57,11 @@ pub(crate) struct RunArgs {
     /// The API socket. Default: /run/forge/agent.sock.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// A group whose members may use the API besides root (the socket is
+    /// then mode 0660, owned by root and this group). Callers inside a
+    /// governed cgroup may only read, whoever they are (docs/api.md).
+    #[arg(long, value_name = "GROUP")]
+    api_group: Option<String>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP, no
     /// authentication: bind to loopback or a protected network; see
     /// docs/metrics.md). Off by default.
@@ -153,6 +158,7 @@ impl RunArgs {
             a.state = a.state.or(c.state);
             a.strict |= c.strict.unwrap_or(false);
             a.socket = a.socket.or(c.socket);
+            a.api_group = a.api_group.or(c.api_group);
             if a.metrics_addr.is_none()
                 && let Some(m) = c.metrics_addr
             {
@@ -293,8 +299,23 @@ async fn fleet(
         .map_err(|e| anyhow::anyhow!("--fleet-nats: {e}"))
 }
 
+/// Keeps this process out of the OOM killer's way (the units set it too;
+/// this covers a plain start). Best effort: said when refused.
+fn shield_from_oom_killer() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        tracing::warn!(error = %e, "could not set oom_score_adj to -1000: the OOM killer may pick the agent");
+    }
+}
+
 async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    shield_from_oom_killer();
+    let api_group = a
+        .api_group
+        .as_deref()
+        .map(|g| api::caller::group_id(g).map_err(|e| anyhow::anyhow!("--api-group: {e}")))
+        .transpose()?;
     let documents = read_documents(&a.policies)?;
+    let start_documents = documents.clone();
     let otlp = a.otlp()?;
     let scoring = a.scoring.as_deref().map(forge_agent::trust::config::load).transpose()?;
     let agent = Agent::start(&AgentOptions {
@@ -343,6 +364,10 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(config) = otlp {
         daemon.telemetry = Some(Otlp::start(config).context("starting OTLP export")?);
     }
+    daemon.api_group = api_group;
+    daemon.state_file = Some(a.data_dir().join(daemon::STATE_FILE));
+    let resumed = daemon.restore(&start_documents)?;
+    tracing::info!(resumed = %resumed, "resumed what the agent governed");
     for cg in &a.govern {
         daemon.govern(cg).map_err(|e| anyhow::anyhow!("--govern {cg}: {}", e.message))?;
     }
@@ -353,7 +378,8 @@ async fn agent(a: &RunArgs) -> anyhow::Result<ExitCode> {
         daemon.metrics_listener = Some(l);
     }
     let socket = a.socket();
-    let listener = server::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        server::bind(&socket, api_group).with_context(|| format!("binding {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "API listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -242,6 +242,13 @@ pub struct Governed {
     /// The policies that apply, joined with `+`.
     pub policies: String,
     pub generation: u64,
+    /// The governed cgroup's id (absent in traces written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// The id of the cgroup this one replaced: the workload's cgroup was
+    /// removed and made again at the same path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_cgroup_id: Option<u64>,
     /// The tiers at which the policy quarantines the workload.
     pub quarantine_at: Vec<Tier>,
     pub scoring: ScoreConfig,
@@ -462,7 +469,15 @@ impl fmt::Display for Record {
                 r.unix_ns, r.torn_bytes, r.torn_offset
             ),
             Self::Governed(g) => {
-                let start = if g.fresh { "governed" } else { "policy changed" };
+                let remade;
+                let start = match (g.fresh, g.previous_cgroup_id, g.cgroup_id) {
+                    (_, Some(old), Some(new)) => {
+                        remade = format!("cgroup made again (id {old} -> {new}), governed as before");
+                        remade.as_str()
+                    }
+                    (true, ..) => "governed",
+                    (false, ..) => "policy changed",
+                };
                 let q: Vec<&str> = g.quarantine_at.iter().map(|t| t.as_str()).collect();
                 write!(
                     f,

@@ -27,7 +27,7 @@ use serde::Serialize;
 use super::{
     btf::{Btf, BtfError, KernelOffsets},
     kfunc,
-    links::HeldLink,
+    links::{HeldLink, LinkState},
     lsm_list,
     object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER, TRACEPOINTS},
     pins::{Pins, ensure_bpffs},
@@ -255,6 +255,48 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
         .chain(TRACEPOINTS.iter().map(|(name, _, _)| *name))
         .chain(BTF_TRACEPOINTS.iter().copied())
         .chain(std::iter::once(SYS_ENTER))
+}
+
+/// Every link the pinned state under `pins` should hold, with its state as
+/// the kernel reports it: the global links of each backend that was loaded,
+/// `sys_enter` while a governed record has syscall rules, and the sock_addr
+/// links of each governed cgroup at the top of its subtree.
+pub fn link_states(pins: &Pins) -> Vec<LinkState> {
+    let mut out = Vec::new();
+    let mut global = |name: &str| out.push(LinkState::of(name, &pins.link(name)));
+    if pins.prog(LSM_PROGRAMS[0]).exists() {
+        LSM_PROGRAMS.iter().for_each(|n| global(n));
+    }
+    if pins.prog(TRACEPOINTS[0].0).exists() {
+        TRACEPOINTS.iter().for_each(|(n, _, _)| global(n));
+        BTF_TRACEPOINTS.iter().for_each(|n| global(n));
+    }
+    let Ok(cgroups) = typed::<HashMap<MapData, u64, Governor>>(pins, map_name::CGROUPS) else { return out };
+    let Ok(policies) = typed::<Array<MapData, PolicyRecord>>(pins, map_name::POLICIES) else { return out };
+    let entries: Vec<(u64, Governor)> = cgroups.iter().filter_map(Result::ok).collect();
+    let syscalls = entries.iter().any(|(_, g)| {
+        policies.get(&g.slot, 0).is_ok_and(|r| r.flags & forge_common::flags::HAS_SYSCALL_RULES != 0)
+    });
+    if syscalls || pins.link(SYS_ENTER).exists() {
+        global(SYS_ENTER);
+    }
+    if pins.prog(CGROUP_PROGRAMS[0]).exists() {
+        let paths: Vec<(u64, PathBuf)> = entries
+            .iter()
+            .filter_map(|(id, _)| crate::cgroup::Cgroup::open_by_id(*id).ok().map(|c| (*id, c.path)))
+            .collect();
+        for (id, path) in &paths {
+            if super::writer::has_governed_ancestor(path, paths.iter().map(|(i, p)| (*i, p.as_path())), *id) {
+                continue;
+            }
+            for name in CGROUP_PROGRAMS {
+                let mut state = LinkState::of(name, &pins.cgroup_dir(*id).join(name));
+                state.name = format!("{name} of {}", path.display());
+                out.push(state);
+            }
+        }
+    }
+    out
 }
 
 /// `Err` (why) when BPF LSM would not run here although its programs load.

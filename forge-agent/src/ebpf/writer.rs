@@ -639,6 +639,17 @@ impl MapWriter {
     }
 }
 
+/// Whether the cgroup `id` at `path` has a governed ancestor among
+/// `governed` (id, path): then the ancestor holds the sock_addr links of its
+/// subtree, and this one holds none.
+pub fn has_governed_ancestor<'a>(
+    path: &Path,
+    governed: impl IntoIterator<Item = (u64, &'a Path)>,
+    id: u64,
+) -> bool {
+    governed.into_iter().any(|(other, o)| other != id && path != o && path.starts_with(o))
+}
+
 /// Sums the `verdict::DROPPED` counters per cgroup id; other verdicts are
 /// decisions, not losses, and are left out.
 pub fn sum_dropped(counters: impl IntoIterator<Item = (CounterKey, u64)>) -> BTreeMap<u64, u64> {

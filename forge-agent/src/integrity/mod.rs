@@ -49,6 +49,8 @@ pub struct Integrity {
     pub pinned: bool,
     pub missing_maps: Vec<String>,
     pub programs: Vec<ProgramCheck>,
+    /// Every link the pinned state should hold, and whether it is there and attached.
+    pub links: Vec<crate::ebpf::links::LinkState>,
     pub data_dir: PathBuf,
     /// The key traces were checked against (none: each checkpoint's own key).
     pub trace_key: Option<String>,
@@ -93,7 +95,18 @@ pub fn check(
     let pinned = pin_root.exists();
     let mut missing_maps = Vec::new();
     let mut programs = Vec::new();
+    let mut links = Vec::new();
     if pinned {
+        links = loader::link_states(&pins);
+        for l in links.iter().filter(|l| !l.ok()) {
+            problems.push(format!(
+                "link {} ({}): {}; the hook it attaches does not run (a running agent pins it again; \
+                 an agent that starts attaches it again)",
+                l.name,
+                l.pin.display(),
+                l.problem.as_deref().unwrap_or("?")
+            ));
+        }
         for name in forge_common::map_name::ALL {
             if !pins.map(name).exists() {
                 missing_maps.push(name.to_string());
@@ -163,6 +176,7 @@ pub fn check(
         pinned,
         missing_maps,
         programs,
+        links,
         data_dir: data_dir.to_path_buf(),
         trace_key: key.map(|k| k.id().to_string()),
         traces,

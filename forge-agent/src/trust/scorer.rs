@@ -352,6 +352,14 @@ impl Scorer {
     pub fn reset(&mut self, cgroup_id: u64) {
         self.models.remove(&cgroup_id);
     }
+
+    /// The workload of cgroup `old` goes on as cgroup `new` (its cgroup was
+    /// made again): its baseline and windows go with it.
+    pub fn rekey(&mut self, old: u64, new: u64) {
+        if let Some(m) = self.models.remove(&old) {
+            self.models.insert(new, m);
+        }
+    }
 }
 
 fn spiking(m: &Model, cfg: &ScoreConfig, learned_per_window: u64) -> bool {
