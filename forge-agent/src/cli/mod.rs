@@ -110,7 +110,15 @@ enum Command {
     /// records. q quits, s changes the sort. `--once` prints one table.
     Top(top::TopArgs),
     /// Ask the running agent to govern a cgroup with what its policy set says.
+    ///
+    /// The whole subtree below it is governed with it, including cgroups
+    /// made later. If the cgroup is removed and made again at the same path,
+    /// the agent governs the new one as it was. `DIR/*` governs every cgroup
+    /// directly below DIR, now and as they appear.
+    #[command(after_help = "Examples:\n  forge govern system.slice/nginx.service\n  forge govern 'kubepods.slice/*'")]
     Govern {
+        /// A cgroup, relative to the cgroup v2 mount (or absolute; made if
+        /// missing), or a selector `DIR/*`.
         cgroup: String,
         /// Print the agent's answer as JSON.
         #[arg(long)]
@@ -118,7 +126,8 @@ enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
-    /// Ask the running agent to stop governing a cgroup.
+    /// Ask the running agent to stop governing a cgroup (or drop a `DIR/*`
+    /// selector, or a workload waiting for its cgroup to be made again).
     Ungovern {
         cgroup: String,
         /// Print the agent's answer as JSON.
@@ -326,6 +335,25 @@ pub(crate) fn call(socket: &SocketArgs, req: &Request, json: bool) -> anyhow::Re
             if let Some(path) = g["trace"]["path"].as_str() {
                 println!("  trace {path} ({} records)", g["trace"]["records"]);
             }
+            if let Some(prev) = g["previous_ids"].as_array().filter(|p| !p.is_empty()) {
+                let ids: Vec<String> = prev.iter().map(ToString::to_string).collect();
+                println!("  its cgroup was made again; earlier ids {}", ids.join(", "));
+            }
+        }
+        for w in v["waiting_for_cgroup"].as_array().into_iter().flatten() {
+            println!(
+                "waiting  {} (was id {}, tier {}): governed again when it is made again",
+                w["cgroup"], w["old_id"], w["tier"]
+            );
+        }
+        for sel in v["selectors"].as_array().into_iter().flatten() {
+            println!("selector {sel}: the cgroups below it are governed as they appear");
+        }
+        let links = &v["links"];
+        let problems = links["problems"].as_array().map_or(0, Vec::len);
+        println!("links: {} expected, {problems} with a problem", links["expected"]);
+        for l in links["problems"].as_array().into_iter().flatten() {
+            println!("  {} ({}): {}", l["name"], l["pin"], l["problem"]);
         }
         println!("ring drops: {}, undecodable events: {}", v["ring_drops"], v["decode_errors"]);
         if let Some(t) = v["traces"].as_object()

@@ -33,7 +33,8 @@ pub(crate) struct RunArgs {
     #[arg(long = "policy", value_name = "PATH")]
     policies: Vec<PathBuf>,
     /// Govern this cgroup (relative to the cgroup v2 mount, or absolute; created if missing)
-    /// with what the policy set says for it. Repeatable.
+    /// with what the policy set says for it, with its whole subtree; or `DIR/*`: every
+    /// cgroup directly below DIR, now and as they appear. Repeatable.
     #[arg(long, value_name = "CGROUP")]
     govern: Vec<String>,
     /// Trust config (`trust.toml`: keys and threshold). With it the agent is in
