@@ -25,6 +25,8 @@ pub enum CgroupError {
     Outside { path: PathBuf, mount: PathBuf },
     #[error("no cgroup with id {id} exists (it was removed)")]
     NoSuchId { id: u64 },
+    #[error("{path} is not a cgroup v2 directory (a mount over it?)")]
+    NotCgroup { path: PathBuf },
     #[error("finding the cgroup with id {id}: {source}")]
     ById {
         id: u64,
@@ -85,10 +87,16 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Opens an existing cgroup by absolute path.
+    /// Opens an existing cgroup by absolute path (it must be a directory of
+    /// the cgroup v2 file system, not something mounted over one).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, CgroupError> {
         let path = path.into();
         let id = fs::metadata(&path).map_err(io_err(&path))?.ino();
+        let fs = nix::sys::statfs::statfs(&path)
+            .map_err(|e| CgroupError::Io { path: path.clone(), source: e.into() })?;
+        if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+            return Err(CgroupError::NotCgroup { path });
+        }
         Ok(Self { path, id })
     }
 
@@ -117,12 +125,13 @@ impl Cgroup {
     }
 
     /// Opens the cgroup whose id (kernfs node id, as `bpf_get_current_cgroup_id`
-    /// reports it) is `id`, by file handle: finds it wherever it is, and
-    /// tells a removed cgroup from a re-created one at the same path.
+    /// reports it) is `id`, by file handle: finds it wherever it is, tells a
+    /// removed cgroup from a re-created one at the same path, and is not
+    /// fooled by a mount over the path (the handle is resolved on the
+    /// hierarchy held open since [`hold_hierarchy`]).
     pub fn open_by_id(id: u64) -> Result<Self, CgroupError> {
-        let mount = cgroup2_mount()?;
-        let dir = fs::File::open(&mount).map_err(io_err(&mount))?;
-        let fd = open_by_handle(&dir, id)?;
+        let dir = hold_hierarchy()?;
+        let fd = open_by_handle(dir, id)?;
         let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         let path = fs::read_link(&link).map_err(|source| CgroupError::ById { id, source })?;
         Ok(Self { path, id })
@@ -221,6 +230,23 @@ impl Cgroup {
             Err(e) => Err(CgroupError::Io { path: self.path.clone(), source: e }),
         }
     }
+}
+
+/// `CGROUP2_SUPER_MAGIC` from linux/magic.h.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The cgroup v2 hierarchy's mount, opened once and held for the life of
+/// the process: the agent opens it at start, before any workload could
+/// mount something over `/sys/fs/cgroup`, and finds cgroups by id through
+/// it from then on.
+pub fn hold_hierarchy() -> Result<&'static fs::File, CgroupError> {
+    static HELD: std::sync::OnceLock<fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = HELD.get() {
+        return Ok(f);
+    }
+    let mount = cgroup2_mount()?;
+    let file = fs::File::open(&mount).map_err(io_err(&mount))?;
+    Ok(HELD.get_or_init(|| file))
 }
 
 /// The cgroup v2 path in `/proc/<pid>/cgroup` text (the `0::/path` line).

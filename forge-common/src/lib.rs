@@ -16,6 +16,7 @@
 //! COUNTERS  percpu hash CounterKey -> u64                 per cgroup, hook, verdict (or DROPPED), mode
 //! CONFIG    array   [Config; 1]                           agent tgid, layout, governed levels
 //! TASKS     hash    tgid (u32) -> governed cgroup id (u64) processes inside a governed subtree
+//! DOOMED    hash    tgid (u32) -> 1                       escaped processes the agent must kill
 //! ```
 //!
 //! A governed cgroup governs its whole subtree. A program first looks up the
@@ -65,14 +66,15 @@ pub mod map_name {
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
     pub const TASKS: &str = "TASKS";
+    pub const DOOMED: &str = "DOOMED";
     /// All maps the agent pins, in a stable order.
-    pub const ALL: [&str; 8] = [CGROUPS, POLICIES, PATHS, EVENTS, DROPS, COUNTERS, TASKS, CONFIG];
+    pub const ALL: [&str; 9] = [CGROUPS, POLICIES, PATHS, EVENTS, DROPS, COUNTERS, TASKS, DOOMED, CONFIG];
 }
 
 /// Version of the map layout. An agent refuses to adopt pinned maps of
 /// another layout (it says so and how to start over), instead of reading
 /// records it would misunderstand.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Deepest cgroup level the agent governs (levels are bits of a `u64`).
 pub const MAX_GOVERNED_LEVEL: u32 = 63;
@@ -95,9 +97,12 @@ pub mod escape {
     /// The escaped task was killed by the kernel program before it ran on.
     pub const KILLED: u32 = 1;
     /// This kernel cannot signal another task from the hook: the caller
-    /// that made the escape was killed, and the agent must kill the escaped
-    /// task (`Event::target_pid`).
+    /// that made the escape was killed, and the escaped process is doomed
+    /// (`DOOMED`, with everything it forks) for the agent to kill.
     pub const LEFT_TO_AGENT: u32 = 2;
+    /// A governed task moved a process that was not its own (another
+    /// workload's, the agent): the move stands, the writer was killed.
+    pub const WRITER_KILLED: u32 = 3;
 }
 
 /// Capacity of the maps; the agent and the kernel object agree on these.
@@ -110,8 +115,9 @@ pub mod capacity {
     pub const PATH_RULES: u32 = 16_384;
     /// Counter entries (cgroup x hook x verdict x mode).
     pub const COUNTERS: u32 = 16_384;
-    /// Processes inside governed subtrees that `TASKS` can remember.
-    pub const TASKS: u32 = 65_536;
+    /// Entries of the per-process maps (`TASKS`, `DOOMED`): `PID_MAX_LIMIT`,
+    /// every pid the kernel can hand out (allocated as used, not up front).
+    pub const PIDS: u32 = 4 * 1024 * 1024;
     /// Default ring buffer size in bytes (power of two, multiple of the page
     /// size); the agent may load the object with another size.
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
@@ -153,7 +159,12 @@ pub mod hook {
     pub const CGROUP_MKDIR: u16 = 23;
     /// A cgroup v2 directory was removed.
     pub const CGROUP_RMDIR: u16 = 24;
-    pub const MAX: u16 = 24;
+    /// Changing the agent's limits, nice value, scheduling or I/O priority.
+    pub const LSM_TASK_CONTROL: u16 = 25;
+    /// Mounting, moving a mount or pivoting the root in the agent's mount
+    /// namespace.
+    pub const LSM_MOUNT: u16 = 26;
+    pub const MAX: u16 = 26;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].

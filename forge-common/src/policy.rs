@@ -240,8 +240,12 @@ pub struct Config {
     /// deepest level, the first one a walk for the nearest governed
     /// ancestor looks at.
     pub levels_rev: u64,
+    /// Inode number of the agent's mount namespace: governed tasks in it may
+    /// not mount (self-protection under BPF LSM).
+    pub agent_mnt_ns: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<Config>() == 24);
 
 impl Config {
     /// `levels_rev` for governed cgroups at `levels` (levels above

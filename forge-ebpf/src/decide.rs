@@ -106,6 +106,15 @@ pub(crate) fn governor(id: u64) -> Option<Governor> {
     unsafe { CGROUPS.get(id) }.copied()
 }
 
+/// Whether a process governed by `id` (at `level`) may be in the cgroup at
+/// `cgrp`: inside `id`'s subtree and not inside a governed subtree nested
+/// in it (whose record would decide for it instead: moving there is
+/// leaving, both ways).
+#[inline(always)]
+pub(crate) fn stays(cgrp: *const u8, id: u64, level: u32) -> bool {
+    within(cgrp, id, level) && nearest_governed(cgrp) == id
+}
+
 /// Whether the cgroup at `cgrp` is `gov_id` (at `gov_level`) or below it.
 #[inline(always)]
 pub(crate) fn within(cgrp: *const u8, gov_id: u64, gov_level: u32) -> bool {

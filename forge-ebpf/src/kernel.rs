@@ -70,6 +70,33 @@ static OFF_SB_MAGIC: u32 = 0;
 /// `offsetof(struct vfsmount, mnt_sb)`.
 #[unsafe(no_mangle)]
 static OFF_VFSMOUNT_SB: u32 = 0;
+/// `offsetof(struct task_struct, signal)`.
+#[unsafe(no_mangle)]
+static OFF_TASK_SIGNAL: u32 = 0;
+/// `offsetof(struct signal_struct, live)`.
+#[unsafe(no_mangle)]
+static OFF_SIGNAL_LIVE: u32 = 0;
+/// `offsetof(struct task_struct, nsproxy)`.
+#[unsafe(no_mangle)]
+static OFF_TASK_NSPROXY: u32 = 0;
+/// `offsetof(struct nsproxy, mnt_ns)`.
+#[unsafe(no_mangle)]
+static OFF_NSPROXY_MNT_NS: u32 = 0;
+/// `offsetof(struct mnt_namespace, ns) + offsetof(struct ns_common, inum)`.
+#[unsafe(no_mangle)]
+static OFF_MNT_NS_INUM: u32 = 0;
+/// `offsetof(struct proc_inode, vfs_inode)`.
+#[unsafe(no_mangle)]
+static OFF_PROC_INODE_VFS: u32 = 0;
+/// `offsetof(struct proc_inode, pid)`.
+#[unsafe(no_mangle)]
+static OFF_PROC_INODE_PID: u32 = 0;
+/// `offsetof(struct pid, tasks)` (`tasks[PIDTYPE_PID]` is the first).
+#[unsafe(no_mangle)]
+static OFF_PID_TASKS: u32 = 0;
+/// `offsetof(struct task_struct, pid_links)` (`pid_links[PIDTYPE_PID]` first).
+#[unsafe(no_mangle)]
+static OFF_TASK_PID_LINKS: u32 = 0;
 
 #[inline(always)]
 fn get(v: &'static u32) -> usize {
@@ -206,6 +233,35 @@ pub(crate) mod magic {
     pub(crate) const CGROUP: u64 = 0x0027_e0eb;
     pub(crate) const CGROUP2: u64 = 0x6367_7270;
     pub(crate) const BPF_FS: u64 = 0xcafe_4a11;
+    pub(crate) const PROC: u64 = 0x9fa0;
+}
+
+/// Whether the thread group of `task` is gone (its last thread exiting):
+/// `signal->live` is 0. Unreadable counts as not gone.
+#[inline(always)]
+pub(crate) fn group_dead(task: *const u8) -> bool {
+    let Some(signal) = read_ptr(task, get(&OFF_TASK_SIGNAL)) else { return false };
+    read::<i32>(signal, get(&OFF_SIGNAL_LIVE)) == Some(0)
+}
+
+/// The inode number of the mount namespace of `task` (0 if unreadable).
+#[inline(always)]
+pub(crate) fn mnt_ns(task: *const u8) -> u32 {
+    let Some(nsproxy) = read_ptr(task, get(&OFF_TASK_NSPROXY)) else { return 0 };
+    let Some(ns) = read_ptr(nsproxy, get(&OFF_NSPROXY_MNT_NS)) else { return 0 };
+    read::<u32>(ns, get(&OFF_MNT_NS_INUM)).unwrap_or(0)
+}
+
+/// The thread-group id of the process a procfs `inode` is about
+/// (`/proc/<pid>/...`, `/proc/<pid>/task/<tid>/...`); `None` for procfs
+/// files about no process.
+#[inline(always)]
+pub(crate) fn proc_inode_tgid(inode: *const u8) -> Option<u32> {
+    let proc_inode = inode.wrapping_sub(get(&OFF_PROC_INODE_VFS));
+    let pid = read_ptr(proc_inode, get(&OFF_PROC_INODE_PID))?;
+    let first = read_ptr(pid, get(&OFF_PID_TASKS))?;
+    let task = first.wrapping_sub(get(&OFF_TASK_PID_LINKS));
+    Some(tgid_of(task))
 }
 
 /// `enum pid_type`'s `PIDTYPE_TGID`: signal the whole process.
@@ -214,16 +270,25 @@ const PIDTYPE_TGID: u32 = 1;
 /// Sends `sig` to the process of `task` (a trusted `struct task_struct *`
 /// from the hook's arguments) through the `bpf_send_signal_task` kfunc, by
 /// way of the placeholder call the loader rewrites
-/// ([`forge_common::kfunc`]). Negative when this kernel cannot.
+/// ([`forge_common::kfunc`]). Negative when this kernel cannot, or when the
+/// kernel refused (an `int`, as the kfunc returns: read as 32 bits).
 #[inline(always)]
-pub(crate) fn signal_task(task: *const u8, sig: u32) -> i64 {
+pub(crate) fn signal_task(task: *const u8, sig: u32) -> i32 {
     // SAFETY: the loader turns this call into the kfunc (whose prototype is
     // this one) or into a constant result; it is never called as an address.
     unsafe {
-        let f: unsafe extern "C" fn(*const u8, u32, u32, u64) -> i64 =
+        let f: unsafe extern "C" fn(*const u8, u32, u32, u64) -> i32 =
             core::mem::transmute(forge_common::kfunc::SIGNAL_TASK_CALL as usize);
         f(task, sig, PIDTYPE_TGID, 0)
     }
+}
+
+/// Sends `sig` to the current process; negative when the kernel refused
+/// (one deferred signal per CPU at a time where interrupts are off).
+#[inline(always)]
+pub(crate) fn signal_current(sig: u32) -> i64 {
+    // SAFETY: the helper signals the current task; no memory arguments.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal(sig) }
 }
 
 /// `tgid` of the task at `task` (a `struct task_struct *`), 0 if unreadable.

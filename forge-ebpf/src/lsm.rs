@@ -12,7 +12,7 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext
 use forge_common::{family, flags, hook, mode, op, rule_id, verdict};
 
 use crate::{
-    decide::{Decision, Governing, decide_net, decide_path, governing, resolve_path, scratch, within},
+    decide::{Decision, Governing, decide_net, decide_path, governing, resolve_path, scratch, stays},
     emit::{Report, report},
     kernel::{self, magic},
     maps::CONFIG,
@@ -279,9 +279,11 @@ fn own_writable(name: &[u8; 24], len: usize) -> bool {
 /// file system object passes (opening for write, creating or removing an
 /// entry, and the kernel's own check on `cgroup.procs` when a task is moved
 /// or forked into another cgroup). A governed task may write cgroup v2 files
-/// only inside its governed subtree (see [`OWN_WRITABLE`] for the governed
-/// cgroup's own files); with self-protection it may not change bpffs (the
-/// agent's pins) or cgroup v1 hierarchies at all.
+/// only inside its governed subtree, not inside a governed subtree nested in
+/// it (see [`OWN_WRITABLE`] for the governed cgroup's own files); with
+/// self-protection it may not change bpffs (the agent's pins) or cgroup v1
+/// hierarchies at all, nor the agent's `/proc/<pid>` files
+/// (`oom_score_adj`, ...).
 #[lsm(hook = "inode_permission")]
 pub fn inode_permission(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
@@ -293,16 +295,18 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
         return 0;
     };
     let inode: *const u8 = ctx.arg(0);
-    let fs = kernel::inode_fs_magic(inode).unwrap_or(0);
     let fill = |r: &mut Report| r.nr = mask as u32;
+    let Some(fs) = kernel::inode_fs_magic(inode) else {
+        // Unreadable: the most restrictive answer.
+        return protect(&g, hook::LSM_INODE_PERMISSION, rule_id::CONTAINMENT, fill);
+    };
     match fs {
         magic::CGROUP2 => {
             let Some(entry) = kernel::kernfs_entry(inode) else {
-                // Unreadable: the most restrictive answer.
                 return protect(&g, hook::LSM_INODE_PERMISSION, rule_id::CONTAINMENT, fill);
             };
             let target = kernel::cgroup_id(entry.cgroup).unwrap_or(0);
-            let inside = within(entry.cgroup, g.id, g.level);
+            let inside = stays(entry.cgroup, g.id, g.level);
             let allowed = inside
                 && (entry.is_dir || target != g.id || {
                     let mut name = [0u8; 24];
@@ -320,8 +324,100 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
         magic::BPF_FS | magic::CGROUP if g.record.flags & flags::SELF_PROTECT != 0 => {
             protect(&g, hook::LSM_INODE_PERMISSION, rule_id::SELF_PROTECT, fill)
         }
+        magic::PROC if g.record.flags & flags::SELF_PROTECT != 0 => {
+            let agent = agent_tgid();
+            match kernel::proc_inode_tgid(inode) {
+                Some(t) if agent != 0 && t == agent => {
+                    protect(&g, hook::LSM_INODE_PERMISSION, rule_id::SELF_PROTECT, |r| {
+                        r.nr = mask as u32;
+                        r.target_pid = agent;
+                    })
+                }
+                _ => 0,
+            }
+        }
         _ => 0,
     }
+}
+
+/// Self-protection for hooks whose first argument is the target task:
+/// governed tasks may not change the agent's resource limits, nice value,
+/// scheduling policy or affinity, or I/O priority (routes that kill or
+/// starve it without a signal).
+#[inline(always)]
+fn agent_targeted(ctx: &LsmContext, h: u16, prior_arg: usize) -> i32 {
+    let ret: i32 = ctx.arg(prior_arg);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(g) = protected() else {
+        return 0;
+    };
+    let task: *const u8 = ctx.arg(0);
+    let target = kernel::tgid_of(task);
+    let agent = agent_tgid();
+    if agent == 0 || target != agent {
+        return 0;
+    }
+    protect(&g, h, rule_id::SELF_PROTECT, |r| r.target_pid = target)
+}
+
+#[lsm(hook = "task_setrlimit")]
+pub fn task_setrlimit(ctx: LsmContext) -> i32 {
+    agent_targeted(&ctx, hook::LSM_TASK_CONTROL, 3)
+}
+
+#[lsm(hook = "task_setnice")]
+pub fn task_setnice(ctx: LsmContext) -> i32 {
+    agent_targeted(&ctx, hook::LSM_TASK_CONTROL, 2)
+}
+
+#[lsm(hook = "task_setscheduler")]
+pub fn task_setscheduler(ctx: LsmContext) -> i32 {
+    agent_targeted(&ctx, hook::LSM_TASK_CONTROL, 1)
+}
+
+#[lsm(hook = "task_setioprio")]
+pub fn task_setioprio(ctx: LsmContext) -> i32 {
+    agent_targeted(&ctx, hook::LSM_TASK_CONTROL, 2)
+}
+
+/// Self-protection: a governed task in the agent's own mount namespace
+/// (a host service, not a container with its own) may not mount, move a
+/// mount or pivot the root there: a mount over the cgroup hierarchy, bpffs
+/// or the API socket's directory would change what the agent sees.
+#[inline(always)]
+fn mount_op(ctx: &LsmContext, prior_arg: usize) -> i32 {
+    let ret: i32 = ctx.arg(prior_arg);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(g) = protected() else {
+        return 0;
+    };
+    let agent_ns = CONFIG.get(0).map_or(0, |c| c.agent_mnt_ns);
+    // SAFETY: the helper returns the current task; reads go through probes.
+    let current = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let ns = kernel::mnt_ns(current);
+    if agent_ns == 0 || (ns != 0 && ns != agent_ns) {
+        return 0;
+    }
+    protect(&g, hook::LSM_MOUNT, rule_id::SELF_PROTECT, |r| r.nr = ns)
+}
+
+#[lsm(hook = "sb_mount")]
+pub fn sb_mount(ctx: LsmContext) -> i32 {
+    mount_op(&ctx, 5)
+}
+
+#[lsm(hook = "move_mount")]
+pub fn move_mount(ctx: LsmContext) -> i32 {
+    mount_op(&ctx, 2)
+}
+
+#[lsm(hook = "sb_pivotroot")]
+pub fn sb_pivotroot(ctx: LsmContext) -> i32 {
+    mount_op(&ctx, 2)
 }
 
 /// Self-protection: governed tasks may not unmount bpffs (dropping the

@@ -9,9 +9,19 @@ use forge_common::{Config, CounterKey, Governor, PathKey, PathRule, PolicyRecord
 #[map(name = "CGROUPS")]
 pub(crate) static CGROUPS: HashMap<u64, Governor> = HashMap::with_max_entries(capacity::MAX_GOVERNED, 0);
 
-/// Process (tgid) -> the governed cgroup it belongs to.
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are inserted, so a
+/// map sized for every possible pid costs only what it holds.
+const NO_PREALLOC: u32 = 1;
+
+/// Process (tgid) -> the governed cgroup it belongs to. Room for every pid
+/// the kernel can hand out: it cannot fill up.
 #[map(name = "TASKS")]
-pub(crate) static TASKS: HashMap<u32, u64> = HashMap::with_max_entries(capacity::TASKS, 0);
+pub(crate) static TASKS: HashMap<u32, u64> = HashMap::with_max_entries(capacity::PIDS, NO_PREALLOC);
+
+/// Processes the agent must kill (escaped where the kernel could not kill
+/// them from the hook), and every process they fork.
+#[map(name = "DOOMED")]
+pub(crate) static DOOMED: HashMap<u32, u8> = HashMap::with_max_entries(capacity::PIDS, NO_PREALLOC);
 
 #[map(name = "POLICIES")]
 pub(crate) static POLICIES: Array<PolicyRecord> = Array::with_max_entries(capacity::POLICY_SLOTS, 0);

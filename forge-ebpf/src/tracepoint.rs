@@ -13,7 +13,7 @@ use crate::{
     decide::{decide_path, governing, scratch},
     emit::{Report, report},
     kernel,
-    maps::TASKS,
+    maps::{DOOMED, TASKS},
 };
 
 const SIGKILL: u32 = 9;
@@ -89,16 +89,22 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched/sched_process_exit`: report the exit of a governed process (once,
-/// for its thread-group leader), and forget its `TASKS` entry.
+/// `sched/sched_process_exit`: forget a process in `TASKS` and `DOOMED`
+/// when its last thread exits; report the exit of a governed process (once,
+/// for its thread-group leader).
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the helper returns the current task; reads go through probes.
+    let current = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    if kernel::group_dead(current) {
+        let _ = TASKS.remove(&tgid);
+        let _ = DOOMED.remove(&tgid);
+    }
     if pid_tgid as u32 != tgid {
         return 0;
     }
-    let _ = TASKS.remove(&tgid);
     let Some(g) = governing() else {
         return 0;
     };

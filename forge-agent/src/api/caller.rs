@@ -19,22 +19,23 @@ pub struct Caller {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
+    /// When process `pid` started (`/proc/<pid>/stat`, clock ticks since
+    /// boot), read when it connected: a later request from a connection
+    /// whose process is gone (its pid maybe reused) is told apart.
+    pub start: Option<u64>,
 }
 
 impl Caller {
     /// The peer's credentials, as recorded by the kernel when it connected.
     pub fn of(socket: &impl AsFd) -> io::Result<Self> {
         let cred = getsockopt(socket, PeerCredentials).map_err(io::Error::from)?;
-        Ok(Self { pid: cred.pid() as u32, uid: cred.uid(), gid: cred.gid() })
+        let pid = cred.pid() as u32;
+        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), start: start_time(pid) })
     }
 
-    /// The agent itself (requests it makes on its own behalf, tests).
-    pub fn agent() -> Self {
-        Self {
-            pid: std::process::id(),
-            uid: nix::unistd::geteuid().as_raw(),
-            gid: nix::unistd::getegid().as_raw(),
-        }
+    /// Whether the process that connected still runs (same pid, same start).
+    pub fn still_there(&self) -> bool {
+        self.start.is_some() && start_time(self.pid) == self.start
     }
 
     /// Whether the caller may use the API at all: root, or a member of
@@ -46,6 +47,19 @@ impl Caller {
         let Some(group) = group else { return false };
         self.gid == group || supplementary_groups(self.pid).is_ok_and(|g| g.contains(&group))
     }
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`).
+pub fn start_time(pid: u32) -> Option<u64> {
+    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line (after the `(comm)`, which may
+/// hold spaces and parentheses).
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The supplementary groups of process `pid` (`Groups:` in its status).
@@ -76,6 +90,13 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 }
 
 #[cfg(test)]
+impl Caller {
+    fn of_pid_for_test(pid: u32) -> Self {
+        Self { pid, uid: 0, gid: 0, start: start_time(pid) }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -88,10 +109,22 @@ mod tests {
     }
 
     #[test]
+    fn start_time_is_field_22_after_the_command() {
+        let stat =
+            "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("garbage"), None);
+        let me = Caller::of_pid_for_test(std::process::id());
+        assert!(me.still_there());
+        let gone = Caller { start: Some(1), ..me };
+        assert!(!gone.still_there());
+    }
+
+    #[test]
     fn root_always_others_by_group() {
-        let root = Caller { pid: 1, uid: 0, gid: 0 };
+        let root = Caller { pid: 1, uid: 0, gid: 0, start: None };
         assert!(root.allowed(None));
-        let user = Caller { pid: u32::MAX, uid: 1000, gid: 998 };
+        let user = Caller { pid: u32::MAX, uid: 1000, gid: 998, start: None };
         assert!(!user.allowed(None));
         assert!(user.allowed(Some(998)));
         // Not its primary group, and the process does not exist: refused.

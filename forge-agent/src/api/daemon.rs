@@ -195,6 +195,9 @@ impl Daemon {
     /// does: the kernel's record of its process, or its cgroup's path. A
     /// caller whose cgroup cannot be read (it exited) counts as governed.
     fn caller_governed(&self, caller: &super::caller::Caller) -> Option<String> {
+        if !caller.still_there() {
+            return Some("is gone (the process that connected exited; its pid may be another's now)".into());
+        }
         let w = &self.agent.writer;
         if let Some(id) = w.task_governor(caller.pid) {
             return Some(format!("belongs to governed cgroup {id}"));
@@ -214,11 +217,10 @@ impl Daemon {
             self.on_cgroup_event(ev);
             return Vec::new();
         }
-        if let crate::events::Target::Escape {
-            pid, outcome: crate::events::EscapeOutcome::LeftToAgent, ..
-        } = ev.target
+        if let crate::events::Target::Escape { outcome: crate::events::EscapeOutcome::LeftToAgent, .. } =
+            ev.target
         {
-            self.kill_escaped(pid, ev);
+            self.kill_doomed();
         }
         let Some(g) = self.governed.get(&ev.cgroup_id) else { return Vec::new() };
         if let Some(t) = &self.telemetry {
@@ -645,19 +647,22 @@ impl Daemon {
         Ok(out)
     }
 
-    /// An escaped process the kernel could not kill (it could only kill the
-    /// one that made the escape): killed now.
-    fn kill_escaped(&mut self, pid: u32, ev: &crate::events::DecisionEvent) {
-        // SAFETY: kill(2) has no memory arguments.
-        let r = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        let killed = r == 0;
-        tracing::warn!(
-            pid,
-            killed,
-            cgroup_id = ev.cgroup_id,
-            "killed a process that escaped its governed subtree (the kernel could not)"
-        );
-        self.audit.push(json!({"action": "escaped_process_killed", "pid": pid, "cgroup_id": ev.cgroup_id, "killed": killed}));
+    /// Kills the processes the kernel doomed: escaped where it could not
+    /// kill them from the hook, and everything they forked since (the kernel
+    /// dooms a doomed process's children at the fork, so none is missed).
+    /// On such events and at every tick.
+    fn kill_doomed(&mut self) {
+        for pid in self.agent.writer.doomed() {
+            // SAFETY: kill(2) has no memory arguments.
+            let r = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let killed = r == 0;
+            tracing::warn!(
+                pid,
+                killed,
+                "killed a process that escaped its governed subtree (the kernel could not)"
+            );
+            self.audit.push(json!({"action": "escaped_process_killed", "pid": pid, "killed": killed}));
+        }
     }
 
     /// What a trace needs to know to replay this workload's scoring.
@@ -725,6 +730,7 @@ impl Daemon {
             }
         }
         self.check_cgroups();
+        self.kill_doomed();
         for link in self.agent.writer.repair_links() {
             self.audit.push(json!({"action": "link_repinned", "link": link}));
         }
@@ -838,14 +844,7 @@ impl Daemon {
         let verified = bundle.verify(&signing.trust, None).map_err(|e| refused(&e))?;
         let admission = state.admit(&verified, again).map_err(|e| refused(&e))?;
         let set = state.compose(&signing.state, &signing.trust, &verified).map_err(|e| refused(&e))?;
-        let mut documents = Vec::new();
-        for b in &set {
-            for d in &b.documents {
-                let text =
-                    d.text().map_err(|e| refused(&format!("{}:{}: not UTF-8: {e}", b.name, d.name)))?;
-                documents.push(Document { name: format!("{}:{}", b.name, d.name), text: text.to_string() });
-            }
-        }
+        let documents = documents_of(&set).map_err(|e| refused(&e))?;
         let signers: Vec<String> = verified.signer_ids().iter().map(ToString::to_string).collect();
         let bundle_json = json!({"name": verified.name, "version": verified.version, "signers": signers});
         let of_record: Vec<Value> =
@@ -1037,6 +1036,18 @@ impl Daemon {
             "events_by_hook": self.agent.events.per_hook.iter().map(|(h, n)| (h.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
+}
+
+/// The documents of a policy set of record, named `<bundle>:<file>`.
+fn documents_of(set: &[crate::sign::bundle::VerifiedBundle]) -> Result<Vec<Document>, String> {
+    let mut documents = Vec::new();
+    for b in set {
+        for d in &b.documents {
+            let text = d.text().map_err(|e| format!("{}:{}: not UTF-8: {e}", b.name, d.name))?;
+            documents.push(Document { name: format!("{}:{}", b.name, d.name), text: text.to_string() });
+        }
+    }
+    Ok(documents)
 }
 
 /// The tiers at which the set's policy for `workload` asks for quarantine.

@@ -115,7 +115,9 @@ enum Command {
     /// made later. If the cgroup is removed and made again at the same path,
     /// the agent governs the new one as it was. `DIR/*` governs every cgroup
     /// directly below DIR, now and as they appear.
-    #[command(after_help = "Examples:\n  forge govern system.slice/nginx.service\n  forge govern 'kubepods.slice/*'")]
+    #[command(
+        after_help = "Examples:\n  forge govern system.slice/nginx.service\n  forge govern 'kubepods.slice/*'"
+    )]
     Govern {
         /// A cgroup, relative to the cgroup v2 mount (or absolute; made if
         /// missing), or a selector `DIR/*`.

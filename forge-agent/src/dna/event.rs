@@ -229,6 +229,7 @@ mod tests {
             Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::Killed },
             Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::LeftToAgent },
             Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::Reported },
+            Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::WriterKilled },
             Target::Cgroup { id: 9000, level: 4, path: "/kubepods/pod-a/ctr".into() },
         ];
         for t in targets {

@@ -466,6 +466,16 @@ pub struct KernelOffsets {
     pub inode_private: u32,
     pub sb_magic: u32,
     pub vfsmount_sb: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns` + `ns_common.inum`.
+    pub mnt_ns_inum: u32,
+    pub proc_inode_vfs: u32,
+    pub proc_inode_pid: u32,
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
 }
 
 impl KernelOffsets {
@@ -504,6 +514,16 @@ impl KernelOffsets {
             inode_private: btf.member_offset("inode", "i_private")?,
             sb_magic: btf.member_offset("super_block", "s_magic")?,
             vfsmount_sb: btf.member_offset("vfsmount", "mnt_sb")?,
+            task_signal: btf.member_offset("task_struct", "signal")?,
+            signal_live: btf.member_offset("signal_struct", "live")?,
+            task_nsproxy: btf.member_offset("task_struct", "nsproxy")?,
+            nsproxy_mnt_ns: btf.member_offset("nsproxy", "mnt_ns")?,
+            mnt_ns_inum: btf.member_offset("mnt_namespace", "ns")?
+                + btf.member_offset("ns_common", "inum")?,
+            proc_inode_vfs: btf.member_offset("proc_inode", "vfs_inode")?,
+            proc_inode_pid: btf.member_offset("proc_inode", "pid")?,
+            pid_tasks: btf.member_offset("pid", "tasks")?,
+            task_pid_links: btf.member_offset("task_struct", "pid_links")?,
         })
     }
 
@@ -532,6 +552,15 @@ impl KernelOffsets {
             ("OFF_INODE_PRIVATE", self.inode_private),
             ("OFF_SB_MAGIC", self.sb_magic),
             ("OFF_VFSMOUNT_SB", self.vfsmount_sb),
+            ("OFF_TASK_SIGNAL", self.task_signal),
+            ("OFF_SIGNAL_LIVE", self.signal_live),
+            ("OFF_TASK_NSPROXY", self.task_nsproxy),
+            ("OFF_NSPROXY_MNT_NS", self.nsproxy_mnt_ns),
+            ("OFF_MNT_NS_INUM", self.mnt_ns_inum),
+            ("OFF_PROC_INODE_VFS", self.proc_inode_vfs),
+            ("OFF_PROC_INODE_PID", self.proc_inode_pid),
+            ("OFF_PID_TASKS", self.pid_tasks),
+            ("OFF_TASK_PID_LINKS", self.task_pid_links),
         ]
     }
 }
@@ -842,9 +871,26 @@ mod tests {
             &[("i_mode", ushort, 0), ("i_sb", void_ptr, 40), ("i_private", void_ptr, 120)],
         );
         b.strukt("vfsmount", 24, &[("mnt_root", void_ptr, 0), ("mnt_sb", void_ptr, 8)]);
-        // task_struct.cgroups, as a later definition of the same struct
-        // (every definition with members must agree).
-        b.strukt("task_struct", 64, &[("tgid", pid_t, 16), ("cgroups", void_ptr, 56)]);
+        // task_struct.cgroups and friends, as a later definition of the same
+        // struct (every definition with members must agree).
+        b.strukt(
+            "task_struct",
+            64,
+            &[
+                ("tgid", pid_t, 16),
+                ("cgroups", void_ptr, 56),
+                ("signal", void_ptr, 32),
+                ("nsproxy", void_ptr, 40),
+                ("pid_links", void_ptr, 48),
+            ],
+        );
+        b.strukt("signal_struct", 64, &[("sigcnt", int, 0), ("live", int, 4)]);
+        b.strukt("nsproxy", 48, &[("count", int, 0), ("uts_ns", void_ptr, 8), ("mnt_ns", void_ptr, 24)]);
+        let ns_common =
+            b.strukt("ns_common", 24, &[("stashed", void_ptr, 0), ("ops", void_ptr, 8), ("inum", int, 16)]);
+        b.strukt("mnt_namespace", 64, &[("ns", ns_common, 8)]);
+        b.strukt("proc_inode", 256, &[("pid", void_ptr, 0), ("fd", int, 8), ("vfs_inode", int, 96)]);
+        b.strukt("pid", 64, &[("count", int, 0), ("tasks", void_ptr, 16)]);
         let proto = b.record("", KIND_FUNC_PROTO, false, 0, int);
         b.record("bpf_send_signal_task", KIND_FUNC, false, 0, proto);
         b
@@ -1074,6 +1120,15 @@ mod tests {
                 inode_private: 120,
                 sb_magic: 96,
                 vfsmount_sb: 8,
+                task_signal: 32,
+                signal_live: 4,
+                task_nsproxy: 40,
+                nsproxy_mnt_ns: 24,
+                mnt_ns_inum: 8 + 16,
+                proc_inode_vfs: 96,
+                proc_inode_pid: 0,
+                pid_tasks: 16,
+                task_pid_links: 48,
             }
         );
         let globals = offsets.globals();

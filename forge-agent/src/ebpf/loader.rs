@@ -98,6 +98,7 @@ pub struct Maps {
     pub counters: PerCpuHashMap<MapData, CounterKey, u64>,
     pub config: Array<MapData, Config>,
     pub tasks: HashMap<MapData, u32, u64>,
+    pub doomed: HashMap<MapData, u32, u8>,
 }
 
 /// Everything the map writer needs from the kernel side.
@@ -540,8 +541,10 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
         Ok(other) => return Err(layout(format!("map layout {other}"))),
         Err(e) => return Err(layout(format!("its CONFIG map is unreadable: {}", chain(&e)))),
     }
-    if !pins.map(map_name::TASKS).exists() {
-        return Err(layout("no TASKS map".to_string()));
+    for name in [map_name::TASKS, map_name::DOOMED] {
+        if !pins.map(name).exists() {
+            return Err(layout(format!("no {name} map")));
+        }
     }
     let (events, ring_bytes) = typed_sized(&pins, map_name::EVENTS)?;
     let maps = Maps {
@@ -553,6 +556,7 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
         counters: typed(&pins, map_name::COUNTERS)?,
         config,
         tasks: typed(&pins, map_name::TASKS)?,
+        doomed: typed(&pins, map_name::DOOMED)?,
     };
     let mut cgroup_progs = Vec::new();
     for name in CGROUP_PROGRAMS {

@@ -4,7 +4,7 @@
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forge-ebpf.o"));
 
 /// LSM programs and the hooks they attach to.
-pub const LSM_PROGRAMS: [&str; 10] = [
+pub const LSM_PROGRAMS: [&str; 17] = [
     "bprm_check_security",
     "file_open",
     "socket_connect",
@@ -15,6 +15,13 @@ pub const LSM_PROGRAMS: [&str; 10] = [
     "inode_permission",
     "sb_umount",
     "file_send_sigiotask",
+    "task_setrlimit",
+    "task_setnice",
+    "task_setscheduler",
+    "task_setioprio",
+    "sb_mount",
+    "move_mount",
+    "sb_pivotroot",
 ];
 
 /// cgroup sock_addr programs, attached per governed cgroup.

@@ -121,6 +121,7 @@ impl MapWriter {
     /// each one's path (found by its id), its links (held, and attached
     /// again where missing) and the processes below it.
     pub fn new(h: Handles) -> Result<Self, WriterError> {
+        crate::cgroup::hold_hierarchy()?;
         let reattached = h.reattached.clone();
         let mut w = Self {
             h,
@@ -401,6 +402,12 @@ impl MapWriter {
         Ok(sum_dropped(self.counters()?))
     }
 
+    /// Processes the kernel doomed (escaped, and everything they forked)
+    /// for the agent to kill.
+    pub fn doomed(&self) -> Vec<u32> {
+        self.h.maps.doomed.keys().filter_map(Result::ok).collect()
+    }
+
     /// The governed cgroup `TASKS` says process `tgid` belongs to.
     pub fn task_governor(&self, tgid: u32) -> Option<u64> {
         self.h.maps.tasks.get(&tgid, 0).ok()
@@ -470,6 +477,8 @@ impl MapWriter {
             agent_tgid: std::process::id(),
             layout: LAYOUT_VERSION,
             levels_rev: Config::levels_rev_of(self.governed.values().map(|g| g.level)),
+            agent_mnt_ns: own_mount_namespace(),
+            _pad: 0,
         };
         self.h.maps.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
     }
@@ -637,6 +646,12 @@ impl MapWriter {
         }
         Ok(())
     }
+}
+
+/// The inode number of this process's mount namespace (0 if unreadable).
+fn own_mount_namespace() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/mnt").map_or(0, |m| m.ino() as u32)
 }
 
 /// Whether the cgroup `id` at `path` has a governed ancestor among

@@ -80,6 +80,8 @@ tagged!(
     EscapeAttach = hook::ESCAPE_ATTACH => "tp_btf/cgroup_attach_task",
     CgroupMkdir = hook::CGROUP_MKDIR => "tp_btf/cgroup_mkdir",
     CgroupRmdir = hook::CGROUP_RMDIR => "tp_btf/cgroup_rmdir",
+    LsmTaskControl = hook::LSM_TASK_CONTROL => "lsm/task_set*",
+    LsmMount = hook::LSM_MOUNT => "lsm/sb_mount",
 });
 
 tagged!(
@@ -190,6 +192,9 @@ pub enum EscapeOutcome {
     /// The kernel killed the process that made the escape; the escaped one
     /// is left to the agent (kernels without `bpf_send_signal_task`).
     LeftToAgent,
+    /// A governed task moved a process that was not its own: the move
+    /// stands, the task that made it was killed.
+    WriterKilled,
     /// Monitor mode: nothing was killed.
     Reported,
 }
@@ -199,6 +204,7 @@ impl EscapeOutcome {
         match v {
             forge_common::escape::KILLED => Self::Killed,
             forge_common::escape::LEFT_TO_AGENT => Self::LeftToAgent,
+            forge_common::escape::WRITER_KILLED => Self::WriterKilled,
             _ => Self::Reported,
         }
     }
@@ -207,6 +213,7 @@ impl EscapeOutcome {
         match self {
             Self::Killed => forge_common::escape::KILLED,
             Self::LeftToAgent => forge_common::escape::LEFT_TO_AGENT,
+            Self::WriterKilled => forge_common::escape::WRITER_KILLED,
             Self::Reported => 0,
         }
     }
@@ -215,6 +222,7 @@ impl EscapeOutcome {
         match self {
             Self::Killed => "killed",
             Self::LeftToAgent => "left to the agent",
+            Self::WriterKilled => "its mover killed",
             Self::Reported => "reported",
         }
     }
@@ -301,7 +309,7 @@ impl DecisionEvent {
             Op::Protect => match hook {
                 Hook::LsmBpf => Target::BpfCmd { cmd: raw.nr },
                 Hook::LsmInodePermission => Target::Write { cgroup: raw.target_cgroup_id, mask: raw.nr },
-                Hook::LsmSbUmount => Target::None,
+                Hook::LsmSbUmount | Hook::LsmMount => Target::None,
                 Hook::EscapeFork | Hook::EscapeAttach => Target::Escape {
                     pid: raw.target_pid,
                     cgroup: raw.target_cgroup_id,
@@ -587,7 +595,7 @@ mod tests {
                 ok += 1;
             }
         }
-        // With 24 valid hooks out of 65536 values, random bytes almost never decode.
+        // With 26 valid hooks out of 65536 values, random bytes almost never decode.
         assert!(ok < 20, "{ok} random events decoded");
     }
 }

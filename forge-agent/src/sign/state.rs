@@ -259,9 +259,31 @@ impl AppliedBundles {
         trust: &TrustConfig,
         new: &VerifiedBundle,
     ) -> Result<Vec<VerifiedBundle>, StateError> {
+        let mut set = self.held(path, trust, Some(&new.name))?;
+        set.push(new.clone());
+        set.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(set)
+    }
+
+    /// The policy set of record as it stands: every held bundle, each
+    /// verified again against `trust`, in name order (what a restarted agent
+    /// resumes in strict mode). `path` is the state file.
+    pub fn set_of_record(&self, path: &Path, trust: &TrustConfig) -> Result<Vec<VerifiedBundle>, StateError> {
+        self.held(path, trust, None)
+    }
+
+    /// The held bundles but `skip`'s, verified again (name order).
+    fn held(
+        &self,
+        path: &Path,
+        trust: &TrustConfig,
+        skip: Option<&str>,
+    ) -> Result<Vec<VerifiedBundle>, StateError> {
         let mut set = Vec::with_capacity(self.bundles.len() + 1);
         for (name, h) in &self.bundles {
-            let Some(manifest) = h.manifest.as_deref().filter(|_| *name != new.name) else { continue };
+            let Some(manifest) = h.manifest.as_deref().filter(|_| Some(name.as_str()) != skip) else {
+                continue;
+            };
             let documents = h
                 .documents
                 .iter()
@@ -285,8 +307,6 @@ impl AppliedBundles {
             }
             set.push(held);
         }
-        set.push(new.clone());
-        set.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(set)
     }
 

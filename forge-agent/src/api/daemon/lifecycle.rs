@@ -137,11 +137,14 @@ impl Daemon {
 
     /// A cgroup lifecycle event from the kernel.
     pub(super) fn on_cgroup_event(&mut self, ev: &DecisionEvent) {
-        let Target::Cgroup { id, path, .. } = &ev.target else { return };
-        let Ok(mount) = cgroup2_mount() else { return };
-        let path = mount.join(path.trim_start_matches('/'));
+        let Target::Cgroup { id, .. } = &ev.target else { return };
         match ev.hook {
-            Hook::CgroupMkdir => self.cgroup_made(Cgroup { path, id: *id }, Found::KernelEvent),
+            Hook::CgroupMkdir => {
+                // Its path as the kernel has it now (the event's may be cut).
+                if let Ok(cgroup) = Cgroup::open_by_id(*id) {
+                    self.cgroup_made(cgroup, Found::KernelEvent);
+                }
+            }
             Hook::CgroupRmdir => {
                 if self.governed.contains_key(id) {
                     self.cgroup_gone(*id, "cgroup removed");
@@ -238,10 +241,11 @@ impl Daemon {
     /// governed path gone or made again under another id, a waiting path
     /// back, a selector's new child.
     pub(super) fn check_cgroups(&mut self) {
+        // Gone means gone by id (a mount over a path changes nothing).
         let changed: Vec<u64> = self
             .governed
             .values()
-            .filter(|g| Cgroup::open(&g.cgroup.path).map_or(true, |now| now.id != g.cgroup.id))
+            .filter(|g| matches!(Cgroup::open_by_id(g.cgroup.id), Err(CgroupError::NoSuchId { .. })))
             .map(|g| g.cgroup.id)
             .collect();
         for id in changed {

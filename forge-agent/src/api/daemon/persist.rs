@@ -15,7 +15,9 @@
 //! the `--policy` files changed since that set began from them (then the
 //! files, as an operator who edits them and restarts expects). In strict
 //! mode a set that came from signed bundles is resumed whatever the files
-//! say (files never override a signed set there).
+//! say (files never override a signed set there), and it is composed again
+//! from the bundle state, every bundle verified k of n again: the documents
+//! in this file are not trusted for it.
 //!
 //! Format (`version` 1):
 //!
@@ -248,10 +250,32 @@ impl Daemon {
     }
 
     /// Takes the kept policy set when it is the one to resume (module docs).
+    /// In strict mode the set is composed again from the bundle state (each
+    /// bundle verified k of n again), never taken from this file.
     fn resume_set(&mut self, state: &State, digest: &str, report: &mut Value) {
-        let signed = state.source == origin::Source::Bundle && self.signing.is_some();
-        let unchanged = state.files_digest.as_deref() == Some(digest);
-        if !(signed || unchanged) {
+        if let Some(signing) = &self.signing
+            && state.source == origin::Source::Bundle
+        {
+            let composed = crate::sign::state::AppliedBundles::load(&signing.state)
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.set_of_record(&signing.state, &signing.trust).map_err(|e| e.to_string()));
+            let documents = composed.and_then(|set| super::documents_of(&set));
+            match documents.and_then(|d| build_set(&d).map(|set| (d, set)).map_err(|e| e.message)) {
+                Ok((documents, set)) if !documents.is_empty() => {
+                    self.set = set;
+                    self.documents = documents;
+                    self.origin = (state.source, state.bundle.clone());
+                    report["policy"] = json!("resumed (bundles of record, verified again)");
+                }
+                Ok(_) => report["policy"] = json!("files (no bundle of record)"),
+                Err(e) => {
+                    tracing::error!(error = %e, "the bundles of record do not verify again; starting from the files");
+                    report["policy"] = json!(format!("files (the bundles of record did not verify: {e})"));
+                }
+            }
+            return;
+        }
+        if state.files_digest.as_deref() != Some(digest) {
             tracing::info!("the policy files changed since the last run: starting from them");
             report["policy"] = json!("files (changed since the last run)");
             return;
