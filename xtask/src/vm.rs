@@ -198,11 +198,15 @@ The guest:
 Examples:
   cargo xtask vm-run -- python3 -c 'print(1)'
   cargo xtask vm-run -- forge doctor
-  # an attack under BPF LSM: govern a shell's cgroup with a policy denying exec of
-  # /usr/bin/id, then try it from inside
-  cargo xtask vm-run -- sh -c 'forge agent run --policy policies/ --govern attack & sleep 5; ...'
-  cargo xtask vm-run --kernel 5.10 --lsm default -- forge doctor   # BPF LSM present, inert
+  # Attacks under BPF LSM: the agent governs a cgroup denying a file and an exec; a shell
+  # inside tries them directly and through symlinks, `..`, a hard link and kill -9 on
+  # the agent. Exit 0: all denied; 1: one got through (the script says which).
+  cargo xtask vm-run -- sh tests/vm/lsm-attack.sh
+  cargo xtask vm-run --kernel 5.10 --lsm default -- forge doctor   # BPF LSM built in, inert
   cargo xtask vm-run -- touch /usr/x /src/x                        # fails: read-only
+  # every kernel program loaded on its own, whole verifier logs:
+  cargo build -p forge-tests --example verifier_logs
+  cargo xtask vm-run --kernel 5.10 -- target/debug/examples/verifier_logs
 ";
 
 /// How a command fared in one guest.
