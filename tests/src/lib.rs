@@ -144,7 +144,7 @@ pub fn check_expected_unavailable() -> Result<Completion, Failed> {
         std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_else(|e| format!("unreadable: {e}"));
     let mut wrong = Vec::new();
     for name in &expected {
-        match c.backends.iter().find(|b| &b.backend == name) {
+        match c.backends.iter().find(|b| b.backend == name.as_str()) {
             Some(b) if !b.available => {
                 eprintln!(
                     "backend {name} reported unavailable, as expected: {}",
