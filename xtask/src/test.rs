@@ -123,9 +123,16 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
                 }
                 if !lsm_list_matches(guest.lsm, &o.lsm) {
                     verdict = "FAILED";
+                    let want = match guest.lsm {
+                        vm::Lsm::Bpf => "with bpf (booted with lsm=...,bpf)",
+                        vm::Lsm::Default => {
+                            "without bpf (--lsm default is the inert case: only for kernels whose \
+                             default list lacks bpf, such as 5.10)"
+                        }
+                    };
                     failures.push(format!(
-                        "{label}: the guest's LSM list is {:?}, not what {:?} asks for",
-                        o.lsm, guest.lsm
+                        "{label}: the guest's active LSM list is {:?}, expected one {want}",
+                        o.lsm
                     ));
                 }
                 rows.push(format!(
