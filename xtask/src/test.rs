@@ -139,6 +139,9 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
                     "  {label:<17} {verdict:<6} {:>4} passed {:>3} failed {:>3} ignored  {:>6.1} s  {}  lsm {}",
                     counts.passed, counts.failed, counts.ignored, o.seconds, o.kernel_release, o.lsm
                 ));
+                rows.extend(
+                    o.panics.iter().map(|p| format!("  {label:<17} retried after a guest kernel panic: {p}")),
+                );
             }
             Err(e) => {
                 rows.push(format!("  {label:<17} FAILED no result: {}", first_line(&format!("{e:#}"))));

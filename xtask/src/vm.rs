@@ -31,7 +31,9 @@
 //! 5. [`qemu::boot`] runs `qemu-system-x86_64 -accel tcg` (never KVM), streams
 //!    the serial console to `target/vm/runs/<guest>/serial-<attempt>.log` and
 //!    to stdout, and kills QEMU at a deadline. A boot that dies before the start
-//!    marker is retried once; a run without the exit marker is a failure.
+//!    marker is retried once; a run without the exit marker is a failure,
+//!    except that vm-test (and `cargo xtask test`) run the binary once more
+//!    when the guest kernel panicked during the run, and report that panic.
 //!
 //! `vm-test` runs a host-built binary (a test binary) in each guest of the
 //! matrix and prints a summary; `vm-run` runs any command in one guest and
@@ -225,6 +227,8 @@ pub(crate) struct VmOutcome {
     pub(crate) lsm: String,
     /// Serial log of the boot that ran the command.
     pub(crate) log: PathBuf,
+    /// Guest kernel panics of earlier attempts that were retried.
+    pub(crate) panics: Vec<String>,
 }
 
 /// One command to run in one guest.
@@ -241,6 +245,8 @@ pub(crate) struct Run<'a> {
     /// Keep kernel messages off the console while the command runs.
     pub(crate) quiet_kernel: bool,
     pub(crate) timeout: Duration,
+    /// Whether a run whose guest kernel panicked may be run again (once).
+    pub(crate) retry_panic: bool,
 }
 
 /// Runs the binary in every selected guest, prints a summary; `Err` if any failed.
@@ -269,6 +275,9 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
                     "  {label:<17} {verdict}  release {}  boot attempts {}  {:.1} s  exit {}  lsm {}",
                     o.kernel_release, o.boot_attempts, o.seconds, o.exit_code, o.lsm
                 );
+                for panic in &o.panics {
+                    let _ = writeln!(out, "        retried after a guest kernel panic: {panic}");
+                }
                 if o.exit_code != 0 {
                     failed.push(label.as_str());
                     if !echoed() {
@@ -325,6 +334,7 @@ pub(crate) fn binary_run<'a>(
         echo: if echoed() { Echo::Console } else { Echo::Nothing },
         quiet_kernel: false,
         timeout: Duration::from_secs(env_number("FORGE_VM_TIMEOUT", 1800)?),
+        retry_panic: true,
     })
 }
 
@@ -360,6 +370,7 @@ fn try_run_command(args: &VmRunArgs) -> anyhow::Result<i32> {
         echo: if args.console { Echo::Console } else { Echo::Command },
         quiet_kernel: !args.console,
         timeout: Duration::from_secs(env_number("FORGE_VM_TIMEOUT", 600)?),
+        retry_panic: false,
     })?;
     eprintln!(
         "vm-run: {} exited {} in the {} guest ({}, lsm {}); {:.1} s",
@@ -495,6 +506,7 @@ pub(crate) fn run_in_vm(run: &Run<'_>) -> anyhow::Result<VmOutcome> {
 
     let sockets = virtiofs::SocketDir::new(&shares)?;
     let mut failures = Vec::new();
+    let mut panics = Vec::new();
     for attempt in 1..=MAX_BOOT_ATTEMPTS {
         let nonce = nonce(attempt);
         let initrd = run_dir.join("initramfs.cpio");
@@ -557,6 +569,21 @@ pub(crate) fn run_in_vm(run: &Run<'_>) -> anyhow::Result<VmOutcome> {
                 }
                 continue;
             }
+            // A guest kernel that panics mid-run is retried once when the
+            // run may be repeated (vm-test): emulation has shown rare
+            // oopses in kernel code being live-patched ("Oops: int3" in
+            // a static-branch site). The panic is reported either way; one
+            // our programs cause panics again and fails.
+            markers::Verdict::Died(why)
+                if p.panic.is_some() && run.retry_panic && attempt < MAX_BOOT_ATTEMPTS =>
+            {
+                eprintln!(
+                    "vm {label}: WARNING: the guest kernel panicked during the run, retrying once: {why} (log {})",
+                    log.display()
+                );
+                panics.push(format!("attempt {attempt}: {why} (log {})", log.display()));
+                continue;
+            }
             markers::Verdict::Died(why) => bail!(
                 "{label}: the command started but no exit marker was seen: {why} (log {}):\n{}",
                 log.display(),
@@ -597,6 +624,7 @@ pub(crate) fn run_in_vm(run: &Run<'_>) -> anyhow::Result<VmOutcome> {
             seconds: result.seconds,
             lsm: p.lsm.clone().unwrap_or_default(),
             log,
+            panics,
         });
     }
     unreachable!("the last boot attempt returns or bails")
