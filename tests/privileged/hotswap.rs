@@ -3,9 +3,15 @@
 //! and every decision must come whole from one generation: its rule id is
 //! the one of the policy that generation was compiled from.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
-use forge_agent::{events::Op, workload::Outcome};
+use forge_agent::{
+    events::{DecisionEvent, Op, Verdict},
+    workload::Outcome,
+};
 use forge_tests::{Fixture, check, expect, fail};
 use libtest_mimic::Failed;
 
@@ -50,6 +56,16 @@ pub(crate) fn hot_swap() -> Result<(), Failed> {
     let (mut rule_a, mut rule_b) = (0, 0);
 
     let mut child = f.start_inside(&format!("connect-denied-loop {target} {CONNECTS}"))?;
+    // Swap only once the workload connects: a child can take longer to
+    // start (a QEMU guest under emulation pages its binary in from the host)
+    // than all the swaps take, and then nothing runs across a swap.
+    let is_connect = |e: &DecisionEvent| e.op == Op::NetConnect && e.verdict != Verdict::Info;
+    let started = Instant::now();
+    let mut early = Vec::new();
+    while early.is_empty() && started.elapsed() < Duration::from_secs(60) {
+        early.extend(f.events_until(|evs| evs.iter().any(is_connect)).into_iter().filter(is_connect));
+    }
+    check!(!early.is_empty(), "the workload made no connect within 60 s");
     for i in 0..SWAPS {
         let (generation, compiled) = f.swap(if i % 2 == 0 { &b } else { &a })?;
         let deny_id =
@@ -66,8 +82,8 @@ pub(crate) fn hot_swap() -> Result<(), Failed> {
     expect("every connect during the swaps denied with EPERM", Outcome::from_status(status), Outcome::Ok)?;
     check!(rule_a != rule_b, "the two policies must deny with different rule ids ({rule_a})");
 
-    let events: Vec<_> =
-        f.decisions(CONNECTS as usize).into_iter().filter(|e| e.op == Op::NetConnect).collect();
+    let rest = f.decisions(CONNECTS as usize - early.len()).into_iter().filter(|e| e.op == Op::NetConnect);
+    let events: Vec<_> = early.into_iter().chain(rest).collect();
     let drops = f.agent_mut().writer.drops().map_err(fail)?;
     check!(
         events.len() as u64 + drops == u64::from(CONNECTS),

@@ -4,8 +4,12 @@
 //! backend this kernel refuses are reported as ignored with the kernel's
 //! reason; `FORGE_REQUIRE=tracepoint,cgroup,lsm` turns those into failures
 //! (`prometheus` in it makes a missing /usr/bin/prometheus a failure too,
-//! `tmux` a missing /usr/bin/tmux, `clang` a missing WASI C compiler, `forge` a missing agent binary).
-//! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`.
+//! `tmux` a missing /usr/bin/tmux, `clang` a missing WASI C compiler,
+//! `nats-server` a missing NATS server, `forge` a missing agent binary).
+//! `FORGE_EXPECT_UNAVAILABLE=lsm` makes the probe's report of BPF LSM as
+//! unavailable a checked expectation (the guest whose LSM list has no `bpf`).
+//! The `lsm_*` tests run inside QEMU guests through `cargo xtask vm-test`,
+//! where the host's /usr is shared so every program above is there too.
 
 mod agent_restart;
 mod api;
@@ -274,6 +278,10 @@ fn main() {
             &["cgroup", "tracepoint"],
             ("forge", sigterm::forge_binary),
             lifecycle::links_held_repinned_and_checked,
+        ),
+        Trial::ignorable_test(
+            "probe_reports_expected_backends_unavailable",
+            forge_tests::check_expected_unavailable,
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
         trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),

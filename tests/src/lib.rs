@@ -89,8 +89,8 @@ pub fn gate(needs: &[&str]) -> Result<Option<Completion>, Failed> {
 
 /// Decides whether a test that runs the program at `path` can run here:
 /// `Ok(None)` if it is installed; else ignored with the reason, or `Err` when
-/// `FORGE_REQUIRE` names `name` (the host CI run does; the VM guests, which
-/// have no such program, do not).
+/// `FORGE_REQUIRE` names `name` (the host CI run does, and so do the VM
+/// guests, which run the host's programs from its /usr shared read-only).
 pub fn gate_program(name: &str, path: &std::path::Path) -> Result<Option<Completion>, Failed> {
     if path.is_file() {
         return Ok(None);
@@ -127,6 +127,64 @@ pub fn gate_signal_task(signal_task: bool) -> Result<Option<Completion>, Failed>
         return Err(format!("FORGE_REQUIRE={list}: {reason}").into());
     }
     Ok(Some(Completion::ignored_with(reason)))
+}
+
+/// Backends this machine is expected to report unavailable: the
+/// comma-separated `FORGE_EXPECT_UNAVAILABLE` (the QEMU guest booted with
+/// its kernel's default LSM list, which has no `bpf`, sets `lsm`).
+pub fn expected_unavailable() -> Vec<String> {
+    std::env::var("FORGE_EXPECT_UNAVAILABLE")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Checks that the probe reports every backend of [`expected_unavailable`]
+/// unavailable (a backend that loads but cannot enforce, such as BPF LSM
+/// without `bpf` in the active LSM list, must not count). Ignored with the
+/// reason when nothing is expected; the outcome names each backend's state.
+pub fn check_expected_unavailable() -> Result<Completion, Failed> {
+    let expected = expected_unavailable();
+    if expected.is_empty() {
+        return Ok(Completion::ignored_with(
+            "FORGE_EXPECT_UNAVAILABLE is not set: no backend is expected to be unavailable here",
+        ));
+    }
+    let c = caps();
+    if !c.root {
+        return Err("needs root to probe the backends".into());
+    }
+    if let Some(e) = &c.probe_error {
+        return Err(format!("backend probe failed: {e}").into());
+    }
+    let lsm_list =
+        std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_else(|e| format!("unreadable: {e}"));
+    let mut wrong = Vec::new();
+    for name in &expected {
+        match c.backends.iter().find(|b| b.backend == name.as_str()) {
+            Some(b) if !b.available => {
+                eprintln!(
+                    "backend {name} reported unavailable, as expected: {}",
+                    first_line(b.error.as_deref().unwrap_or("?"))
+                );
+            }
+            Some(_) => wrong.push(format!("backend {name} is reported available")),
+            None => wrong.push(format!("backend {name} was not probed")),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(Completion::Completed)
+    } else {
+        Err(format!(
+            "FORGE_EXPECT_UNAVAILABLE={}: {} (active LSM list: {})",
+            expected.join(","),
+            wrong.join("; "),
+            lsm_list.trim()
+        )
+        .into())
+    }
 }
 
 fn first_line(s: &str) -> &str {

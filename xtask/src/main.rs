@@ -1,4 +1,4 @@
-//! `cargo xtask`: install the toolchain, build, test, demo, VM tests, benchmarks.
+//! `cargo xtask`: install the toolchain, build, test, demo, VM tests and runs, benchmarks.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -30,8 +30,11 @@ enum Cmd {
     Demo,
     /// Set up and run the whole test suite: unit, privileged host tests, VM tests.
     Test(test::TestArgs),
-    /// Run the privileged test binary inside QEMU guests booted with BPF LSM.
+    /// Run a test binary inside QEMU guests: 6.1, 6.12, 5.10 with BPF LSM, and 5.10 without.
     VmTest(vm::VmTestArgs),
+    /// Run any command as root in a QEMU guest (host /usr and this tree read-only, forge on
+    /// PATH); exit with its status.
+    VmRun(vm::VmRunArgs),
     /// Run every benchmark and write target/bench/report.md (root, for the kernel overhead).
     Bench(bench::BenchArgs),
     /// Run each fuzz target briefly (cargo-fuzz, installed on demand).
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Demo => test::demo(),
         Cmd::Test(args) => test::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
+        Cmd::VmRun(args) => return vm::run_command(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
     };

@@ -9,7 +9,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages: the eBPF compiler (rustc-web with a prebuilt `core` for
-/// bpfel), LLVM 22 for bpf-linker, QEMU + busybox for the VM tests, and the
+/// bpfel), LLVM 22 for bpf-linker, QEMU + busybox for the VM tests (QEMU's
+/// `qemu-system-common` brings `/usr/lib/qemu/virtiofsd`, which shares the
+/// host's /usr and the tree with the guests), and the
 /// Prometheus server that scrapes the agent's `/metrics` in a privileged test
 /// (the test runs its own instance; the packaged service is disabled), and
 /// tmux, the terminal the `forge top` test drives.

@@ -14,12 +14,19 @@ pub(crate) struct TestArgs {
     /// Skip the QEMU guests (BPF-LSM tests); they are reported as not run.
     #[arg(long)]
     pub(crate) no_vm: bool,
-    /// Kernels for the VM tests (default: 6.1 and 6.12).
+    /// Only the QEMU guests: no unit, host or fuzz runs (the privileged test binary is built).
+    #[arg(long, conflicts_with = "no_vm")]
+    pub(crate) vm_only: bool,
+    /// Kernels for the VM tests, repeatable (default: the matrix: 6.1, 6.12, 5.10, and 5.10
+    /// with its default LSM list).
     #[arg(long = "kernel")]
     pub(crate) kernels: Vec<String>,
-    /// Make every backend this machine kind supports mandatory (default when CI is set):
-    /// the host run requires tracepoint, cgroup, the Prometheus server, tmux and clang, the guests
-    /// lsm, tracepoint and cgroup.
+    /// LSM list of the guests: bpf or default (see `cargo xtask vm-test --help`).
+    #[arg(long, value_enum)]
+    pub(crate) lsm: Option<vm::Lsm>,
+    /// Make every backend and program this machine kind supports mandatory on the host
+    /// (default when CI is set): tracepoint, cgroup, prometheus, tmux, clang, nats-server,
+    /// forge. The guests always require theirs.
     #[arg(long)]
     pub(crate) strict: bool,
 }
@@ -40,28 +47,52 @@ fn cargo() -> Command {
 /// bus; `forge` is the agent binary `cargo test` builds next to the test
 /// binaries.
 const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,tmux,clang,nats-server,forge";
-/// Guests boot with `lsm=...,bpf`: every backend is required there. Their
-/// initramfs has no Prometheus server, tmux, clang or nats-server, so the
-/// metrics, `forge top`, C capsule and fleet tests are ignored there.
-const GUEST_REQUIRE: &str = "lsm,tracepoint,cgroup";
+/// Programs the guests run from the host's /usr (shared read-only) and the
+/// forge binary from the shared target directory: required in every guest.
+const GUEST_PROGRAMS: &str = "prometheus,tmux,clang,nats-server,forge";
+
+/// What the privileged suite must find in `guest`: `FORGE_REQUIRE`, and
+/// `FORGE_EXPECT_UNAVAILABLE` for the backends that must be reported
+/// unavailable. With `lsm=...,bpf` every backend is required. With the
+/// kernel's default LSM list (5.10: no `bpf`) BPF LSM must be reported
+/// unavailable, and the fallbacks (cgroup hooks, tracepoints) are required.
+pub(crate) fn guest_env(guest: &vm::Guest) -> Vec<(String, String)> {
+    match guest.lsm {
+        vm::Lsm::Bpf => vec![("FORGE_REQUIRE".to_owned(), format!("lsm,tracepoint,cgroup,{GUEST_PROGRAMS}"))],
+        vm::Lsm::Default => vec![
+            ("FORGE_REQUIRE".to_owned(), format!("tracepoint,cgroup,{GUEST_PROGRAMS}")),
+            ("FORGE_EXPECT_UNAVAILABLE".to_owned(), "lsm".to_owned()),
+        ],
+    }
+}
+
+/// Whether the guest's active LSM list (`/sys/kernel/security/lsm`) is
+/// the one its mode asks for: `bpf` in it exactly when booted with `lsm=...,bpf`.
+fn lsm_list_matches(lsm: vm::Lsm, list: &str) -> bool {
+    list.split(',').any(|l| l.trim() == "bpf") == (lsm == vm::Lsm::Bpf)
+}
 
 pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run(&setup::SetupArgs::default())?;
     let strict = args.strict || std::env::var_os("CI").is_some();
     let require = std::env::var("FORGE_REQUIRE").ok().or_else(|| strict.then(|| HOST_REQUIRE.to_string()));
 
-    println!("== unit and host integration tests (cargo test --workspace)");
-    let mut test = cargo();
-    test.args(["test", "--workspace", "--exclude", "forge-ebpf"]);
-    if let Some(r) = &require {
-        println!("   FORGE_REQUIRE={r}");
-        test.env("FORGE_REQUIRE", r);
-    }
     let mut tally = Tally::default();
-    run_counting(&mut test, &mut tally)?;
+    if args.vm_only {
+        println!("== unit, host and fuzz runs NOT RUN (--vm-only)");
+    } else {
+        println!("== unit and host integration tests (cargo test --workspace)");
+        let mut test = cargo();
+        test.args(["test", "--workspace", "--exclude", "forge-ebpf"]);
+        if let Some(r) = &require {
+            println!("   FORGE_REQUIRE={r}");
+            test.env("FORGE_REQUIRE", r);
+        }
+        run_counting(&mut test, &mut tally)?;
 
-    println!("== fuzz targets, briefly");
-    crate::fuzz::run(&crate::fuzz::FuzzArgs { seconds: 20 })?;
+        println!("== fuzz targets, briefly");
+        crate::fuzz::run(&crate::fuzz::FuzzArgs { seconds: 20 })?;
+    }
 
     if args.no_vm {
         println!("== VM tests NOT RUN (--no-vm): the BPF-LSM paths were not proven by this run");
@@ -69,45 +100,67 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let binary = privileged_test_binary()?;
-    let kernels: Vec<String> = if args.kernels.is_empty() {
-        vm::DEFAULT_KERNELS.iter().map(|s| (*s).to_string()).collect()
-    } else {
-        args.kernels.clone()
-    };
-    let env = vec![("FORGE_REQUIRE".to_string(), GUEST_REQUIRE.to_string())];
+    let guests = vm::guests(&args.kernels, args.lsm);
     let mut failures = Vec::new();
-    for kernel in &kernels {
-        println!("== privileged tests in a QEMU guest: Debian {kernel} kernel, lsm=...,bpf");
-        match vm::run_in_vm(kernel, &binary, &[], &env) {
+    let mut rows = Vec::new();
+    for guest in &guests {
+        let label = guest.label();
+        let env = guest_env(guest);
+        let wants = env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        println!("== privileged tests in the {label} guest ({wants})");
+        let mut counts = Tally::default();
+        let result = vm::binary_run(guest, &binary, &[], &env).and_then(|r| vm::run_in_vm(&r));
+        match result {
             Ok(o) => {
-                o.output.lines().for_each(|l| tally.add_line(l));
-                let summary = o
-                    .output
-                    .lines()
-                    .rev()
-                    .find(|l| l.starts_with("test result:"))
-                    .unwrap_or("no test summary");
-                println!(
-                    "   {kernel}: {} boot(s), {:.1}s, kernel {}, LSMs {}: exit {} — {summary}",
-                    o.boot_attempts, o.seconds, o.kernel_release, o.lsm, o.exit_code
-                );
+                o.output.lines().for_each(|l| counts.add_line(l));
+                let mut verdict = if o.exit_code == 0 { "ok" } else { "FAILED" };
                 if o.exit_code != 0 {
                     failures.push(format!(
-                        "{kernel}: tests failed (exit {}); serial log {}",
+                        "{label}: tests failed (exit {}); serial log {}",
                         o.exit_code,
                         o.log.display()
                     ));
                 }
+                if !lsm_list_matches(guest.lsm, &o.lsm) {
+                    verdict = "FAILED";
+                    let want = match guest.lsm {
+                        vm::Lsm::Bpf => "with bpf (booted with lsm=...,bpf)",
+                        vm::Lsm::Default => {
+                            "without bpf (--lsm default is the inert case: only for kernels whose \
+                             default list lacks bpf, such as 5.10)"
+                        }
+                    };
+                    failures.push(format!(
+                        "{label}: the guest's active LSM list is {:?}, expected one {want}",
+                        o.lsm
+                    ));
+                }
+                rows.push(format!(
+                    "  {label:<17} {verdict:<6} {:>4} passed {:>3} failed {:>3} ignored  {:>6.1} s  {}  lsm {}",
+                    counts.passed, counts.failed, counts.ignored, o.seconds, o.kernel_release, o.lsm
+                ));
+                rows.extend(
+                    o.panics.iter().map(|p| format!("  {label:<17} retried after a guest kernel panic: {p}")),
+                );
             }
-            Err(e) => failures.push(format!("{kernel}: {e:#}")),
+            Err(e) => {
+                rows.push(format!("  {label:<17} FAILED no result: {}", first_line(&format!("{e:#}"))));
+                failures.push(format!("{label}: {e:#}"));
+            }
         }
+        tally.add(&counts);
     }
-    println!("== host and {} guest kernel(s) done", kernels.len());
+    println!("== host and {} guest(s) done; per guest:", guests.len());
+    rows.iter().for_each(|r| println!("{r}"));
     tally.print();
     if !failures.is_empty() {
         bail!("VM tests failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
 }
 
 /// Test counts summed over every `test result:` line (host and guests).
@@ -134,6 +187,12 @@ impl Tally {
         }
     }
 
+    fn add(&mut self, other: &Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+
     fn print(&self) {
         println!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.ignored);
     }
@@ -157,10 +216,13 @@ fn run_counting(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the privileged test binary and returns its path.
+/// Builds the privileged test binary (and the forge binary next to it) and
+/// returns its path. The same package selection as the host run, so the
+/// same features: after it, nothing is rebuilt (`-p forge-tests` alone
+/// unifies features differently and rebuilds forge-agent and its dependents).
 pub(crate) fn privileged_test_binary() -> anyhow::Result<PathBuf> {
     let out = cargo()
-        .args(["test", "-p", "forge-tests", "--test", "privileged", "--no-run", "--message-format=json"])
+        .args(["test", "--workspace", "--exclude", "forge-ebpf", "--no-run", "--message-format=json"])
         .output()
         .context("building the privileged test binary")?;
     if !out.status.success() {
@@ -187,7 +249,7 @@ pub(crate) fn demo() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Tally;
+    use super::*;
 
     #[test]
     fn tally_sums_cargo_test_summaries() {
@@ -198,5 +260,27 @@ mod tests {
         t.add_line("[6.1] ignored noise");
         t.add_line("test result: FAILED. 20 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
         assert_eq!((t.passed, t.failed, t.ignored), (28, 1, 4));
+    }
+
+    #[test]
+    fn inert_guests_expect_lsm_unavailable_and_require_the_fallbacks() {
+        let g = |lsm| vm::Guest { kernel: "5.10".to_owned(), lsm };
+        let env = guest_env(&g(vm::Lsm::Default));
+        let get = |env: &[(String, String)], k: &str| env.iter().find(|e| e.0 == k).map(|e| e.1.clone());
+        assert_eq!(get(&env, "FORGE_EXPECT_UNAVAILABLE").as_deref(), Some("lsm"));
+        let require = get(&env, "FORGE_REQUIRE").unwrap();
+        assert!(require.starts_with("tracepoint,cgroup,") && !require.contains("lsm"), "{require}");
+        let env = guest_env(&g(vm::Lsm::Bpf));
+        assert_eq!(get(&env, "FORGE_EXPECT_UNAVAILABLE"), None);
+        assert!(get(&env, "FORGE_REQUIRE").unwrap().starts_with("lsm,tracepoint,cgroup,"));
+    }
+
+    #[test]
+    fn lsm_list_must_match_the_mode() {
+        assert!(lsm_list_matches(vm::Lsm::Bpf, "lockdown,capability,landlock,bpf,ima,evm"));
+        assert!(!lsm_list_matches(vm::Lsm::Bpf, "lockdown,capability,yama,apparmor"));
+        assert!(lsm_list_matches(vm::Lsm::Default, "lockdown,capability,yama,apparmor"));
+        assert!(!lsm_list_matches(vm::Lsm::Default, "capability,bpf"));
+        assert!(!lsm_list_matches(vm::Lsm::Bpf, ""));
     }
 }

@@ -4,12 +4,23 @@
 //!
 //! Series known by a short name:
 //!
-//! | series | package |
-//! |---|---|
-//! | `6.1`  | `linux-image-6.1.0-<abi>-cloud-amd64` or `...-unsigned` (same image) |
-//! | `6.12` | `linux-image-6.12.<patch>+deb12-cloud-amd64-unsigned` |
+//! | series | suite | package |
+//! |---|---|---|
+//! | `5.10` | bullseye (Debian 11) | `linux-image-5.10.0-<abi>-cloud-amd64` or `...-unsigned` (same image) |
+//! | `6.1`  | the host's (bookworm) | `linux-image-6.1.0-<abi>-cloud-amd64` or `...-unsigned` |
+//! | `6.12` | the host's (bookworm) | `linux-image-6.12.<patch>+deb12-cloud-amd64-unsigned` |
 //!
-//! Any full package name starting with `linux-image-` is accepted as is.
+//! Any full package name starting with `linux-image-` is accepted as is (from
+//! the host's suites).
+//!
+//! The host's apt configuration is never changed. Bullseye packages are found
+//! through a private apt state under `target/vm/kernels/apt-bullseye/`: a
+//! `sources.list` naming the same mirrors as the host's own bookworm and
+//! bookworm-security entries (read from `/etc/apt/sources.list` and
+//! `/etc/apt/sources.list.d/`), with the suites renamed, and its own lists and
+//! cache directories, passed to `apt-get`/`apt-cache` as `-o Dir::...`
+//! options. Security mirrors may list a newer package than they still serve
+//! (HTTP 404); the next older one is tried.
 
 use std::{
     fs,
@@ -19,6 +30,13 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
+/// Short names of the known series.
+pub(crate) const SERIES: &[&str] = &["5.10", "6.1", "6.12"];
+
+/// Packages tried per series, newest first, before giving up: mirrors may
+/// list packages they no longer (or do not yet) serve.
+const MAX_TRIES: usize = 6;
+
 /// A kernel ready to boot.
 pub(crate) struct Kernel {
     /// Debian package the image came from.
@@ -26,52 +44,78 @@ pub(crate) struct Kernel {
     /// `uname -r` the image should report, from `boot/vmlinuz-<release>`.
     pub(crate) release: String,
     pub(crate) vmlinuz: PathBuf,
+    /// The unpacked package (`boot/`, `lib/modules/<release>/`).
+    pub(crate) tree: PathBuf,
     /// Whether this run downloaded it (false: found in the cache).
     pub(crate) downloaded: bool,
+}
+
+impl Kernel {
+    /// The value of `CONFIG_<option>` in the kernel's `boot/config-<release>`
+    /// (`y`, `m`, a quoted string), if set.
+    pub(crate) fn config(&self, option: &str) -> anyhow::Result<Option<String>> {
+        let path = self.tree.join("boot").join(format!("config-{}", self.release));
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(config_value(&text, option))
+    }
+}
+
+/// `CONFIG_<option>=value` from a kernel config text.
+pub(super) fn config_value(text: &str, option: &str) -> Option<String> {
+    let key = format!("CONFIG_{option}=");
+    text.lines().find_map(|l| l.strip_prefix(&key)).map(|v| v.trim().to_owned())
 }
 
 /// Finds (or downloads into `cache`) the newest kernel of `series`.
 pub(crate) fn fetch(series: &str, cache: &Path) -> anyhow::Result<Kernel> {
     ensure!(
-        series.starts_with("linux-image-") || matches!(series, "6.1" | "6.12"),
-        "unknown kernel series {series:?}: use 6.1, 6.12 or a linux-image-* package name"
+        series.starts_with("linux-image-") || SERIES.contains(&series),
+        "unknown kernel series {series:?}: use {} or a linux-image-* package name",
+        SERIES.join(", ")
     );
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let _lock = super::lock(&cache.join(".lock"), "vm kernels")?;
+    let apt = if series == "5.10" { Apt::bullseye(&cache.join("apt-bullseye"))? } else { Apt::host() };
 
     let mut updated = false;
-    if !apt_lists_present() {
-        apt_update()?;
+    if !apt.lists_present() {
+        apt.update()?;
         updated = true;
     }
-    let mut names = candidates(series)?;
+    let mut names = candidates(&apt, series)?;
     if names.is_empty() && !updated {
-        apt_update()?;
+        apt.update()?;
         updated = true;
-        names = candidates(series)?;
+        names = candidates(&apt, series)?;
     }
 
     let mut last_err = None;
-    for name in names.iter().take(3) {
-        if let Some(kernel) = cached(cache, name)? {
-            return Ok(kernel);
+    for name in names.iter().take(MAX_TRIES) {
+        // A cached package of the same image (the signed or unsigned twin) is as good.
+        for twin in names.iter().filter(|n| image_key(series, n) == image_key(series, name)) {
+            if let Some(kernel) = cached(cache, twin)? {
+                return Ok(kernel);
+            }
         }
-        if apt_candidate(name)?.is_none() {
+        if apt_candidate(&apt, name)?.is_none() {
             continue;
         }
-        match download(cache, name) {
+        match download(&apt, cache, name) {
             Ok(k) => return Ok(k),
             Err(err) if !updated => {
                 // Stale package lists point at files the mirror no longer has.
                 eprintln!("vm: download of {name} failed ({err:#}); running apt-get update");
-                apt_update()?;
+                apt.update()?;
                 updated = true;
-                match download(cache, name) {
+                match download(&apt, cache, name) {
                     Ok(k) => return Ok(k),
                     Err(err) => last_err = Some(err),
                 }
             }
-            Err(err) => last_err = Some(err),
+            Err(err) => {
+                eprintln!("vm: download of {name} failed ({err:#}); trying an older package");
+                last_err = Some(err);
+            }
         }
     }
 
@@ -98,11 +142,12 @@ pub(crate) fn fetch(series: &str, cache: &Path) -> anyhow::Result<Kernel> {
 }
 
 /// Package names of `series` known to apt, newest first.
-fn candidates(series: &str) -> anyhow::Result<Vec<String>> {
+fn candidates(apt: &Apt, series: &str) -> anyhow::Result<Vec<String>> {
     if series.starts_with("linux-image-") {
         return Ok(vec![series.to_owned()]);
     }
-    let out = Command::new("apt-cache")
+    let out = apt
+        .command("apt-cache")
         .args(["search", "--names-only", "^linux-image-.*cloud-amd64"])
         .output()
         .context("running apt-cache search")?;
@@ -133,9 +178,9 @@ pub(super) fn newest_first(series: &str, names: impl Iterator<Item = String>) ->
 /// name is not a package of that series.
 pub(super) fn series_key(series: &str, name: &str) -> Option<Vec<u64>> {
     match series {
-        "6.1" => {
-            // linux-image-6.1.0-<abi>-cloud-amd64[-unsigned]
-            let rest = name.strip_prefix("linux-image-6.1.0-")?;
+        "6.1" | "5.10" => {
+            // linux-image-<series>.0-<abi>-cloud-amd64[-unsigned]
+            let rest = name.strip_prefix(&format!("linux-image-{series}.0-"))?;
             let (abi, flavour) = rest.split_once('-')?;
             let unsigned = match flavour {
                 "cloud-amd64" => 0,
@@ -154,6 +199,16 @@ pub(super) fn series_key(series: &str, name: &str) -> Option<Vec<u64>> {
     }
 }
 
+/// What identifies the kernel image of `name`: its sort key without the
+/// signed/unsigned flag (both packages of an ABI carry the same image).
+pub(super) fn image_key(series: &str, name: &str) -> Option<Vec<u64>> {
+    let mut key = series_key(series, name)?;
+    if matches!(series, "6.1" | "5.10") {
+        key.pop();
+    }
+    Some(key)
+}
+
 fn number(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -162,9 +217,8 @@ fn number(s: &str) -> Option<u64> {
 }
 
 /// The `Candidate:` version from `apt-cache policy <name>`, if installable.
-fn apt_candidate(name: &str) -> anyhow::Result<Option<String>> {
-    let out =
-        Command::new("apt-cache").args(["policy", name]).output().context("running apt-cache policy")?;
+fn apt_candidate(apt: &Apt, name: &str) -> anyhow::Result<Option<String>> {
+    let out = apt.command("apt-cache").args(["policy", name]).output().context("running apt-cache policy")?;
     Ok(policy_candidate(&String::from_utf8_lossy(&out.stdout)))
 }
 
@@ -183,7 +237,7 @@ fn cached(cache: &Path, name: &str) -> anyhow::Result<Option<Kernel>> {
         return Ok(None);
     }
     let (release, vmlinuz) = find_vmlinuz(&dir)?;
-    Ok(Some(Kernel { package: name.to_owned(), release, vmlinuz, downloaded: false }))
+    Ok(Some(Kernel { package: name.to_owned(), release, vmlinuz, tree: dir, downloaded: false }))
 }
 
 fn find_vmlinuz(tree: &Path) -> anyhow::Result<(String, PathBuf)> {
@@ -199,12 +253,13 @@ fn find_vmlinuz(tree: &Path) -> anyhow::Result<(String, PathBuf)> {
 }
 
 /// Downloads and unpacks `name`; the cache entry appears atomically (rename).
-fn download(cache: &Path, name: &str) -> anyhow::Result<Kernel> {
+fn download(apt: &Apt, cache: &Path, name: &str) -> anyhow::Result<Kernel> {
     let work = cache.join(format!(".download-{name}"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     eprintln!("vm: apt-get download {name}");
-    let out = Command::new("apt-get")
+    let out = apt
+        .command("apt-get")
         .args(["download", name])
         .current_dir(&work)
         .output()
@@ -229,21 +284,204 @@ fn download(cache: &Path, name: &str) -> anyhow::Result<Kernel> {
     fs::rename(&tree, &dest).with_context(|| format!("moving {} to {}", tree.display(), dest.display()))?;
     let _ = fs::remove_dir_all(&work);
     let (release, vmlinuz) = find_vmlinuz(&dest)?;
-    Ok(Kernel { package: name.to_owned(), release, vmlinuz, downloaded: true })
+    Ok(Kernel { package: name.to_owned(), release, vmlinuz, tree: dest, downloaded: true })
 }
 
-fn apt_lists_present() -> bool {
-    // Lists may be stored compressed (`..._Packages.lz4`).
-    fs::read_dir("/var/lib/apt/lists").is_ok_and(|d| {
-        d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains("_Packages"))
-    })
+/// How apt is run: with the host's configuration, or with a private one.
+struct Apt {
+    /// `-o` options for every apt command.
+    options: Vec<String>,
+    lists: PathBuf,
+    /// What `apt-get update` refreshes, for messages.
+    what: &'static str,
 }
 
-fn apt_update() -> anyhow::Result<()> {
-    eprintln!("vm: apt-get update");
-    let status = Command::new("apt-get").arg("update").status().context("running apt-get update")?;
-    ensure!(status.success(), "apt-get update failed");
-    Ok(())
+impl Apt {
+    fn host() -> Self {
+        Self { options: Vec::new(), lists: PathBuf::from("/var/lib/apt/lists"), what: "the host's suites" }
+    }
+
+    /// A private apt state in `dir` for Debian 11 (bullseye), from the
+    /// mirrors the host's own sources name.
+    fn bullseye(dir: &Path) -> anyhow::Result<Self> {
+        let host = HostSources::read()?;
+        let list = host.renamed("bullseye").with_context(|| {
+            format!(
+                "no Debian {} entry with the main component in the host's apt sources to take the mirror from",
+                host.codename
+            )
+        })?;
+        let lists = dir.join("lists");
+        for d in [lists.join("partial"), dir.join("cache/archives/partial"), dir.join("sources.list.d")] {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let sources = dir.join("sources.list");
+        if fs::read_to_string(&sources).ok().as_deref() != Some(list.as_str()) {
+            fs::write(&sources, &list).with_context(|| format!("writing {}", sources.display()))?;
+            // Lists fetched for other mirrors would be stale.
+            let _ = fs::remove_dir_all(&lists);
+            fs::create_dir_all(lists.join("partial"))?;
+        }
+        let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
+        Ok(Self {
+            options: vec![
+                opt("Dir::Etc::SourceList", &sources),
+                opt("Dir::Etc::SourceParts", &dir.join("sources.list.d")),
+                opt("Dir::State::Lists", &lists),
+                opt("Dir::Cache", &dir.join("cache")),
+                // Package lists only: no AppStream metadata.
+                "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".to_owned(),
+                "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false".to_owned(),
+                "Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false".to_owned(),
+            ],
+            lists,
+            what: "Debian 11 (bullseye), private lists",
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for o in &self.options {
+            cmd.arg("-o").arg(o);
+        }
+        cmd
+    }
+
+    fn lists_present(&self) -> bool {
+        // Lists may be stored compressed (`..._Packages.lz4`).
+        fs::read_dir(&self.lists).is_ok_and(|d| {
+            d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        })
+    }
+
+    fn update(&self) -> anyhow::Result<()> {
+        eprintln!("vm: apt-get update ({})", self.what);
+        // Progress to stderr: vm-run's stdout is the guest command's.
+        let status = self
+            .command("apt-get")
+            .arg("update")
+            .stdout(std::io::stderr())
+            .status()
+            .context("running apt-get update")?;
+        ensure!(status.success(), "apt-get update ({}) failed", self.what);
+        Ok(())
+    }
+}
+
+/// The Debian entries of the host's apt sources: the release's codename
+/// and, per suite kind, a mirror URI and its keyring.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct HostSources {
+    pub(super) codename: String,
+    /// (suite suffix: "" or "-security", URI, Signed-By), in file order.
+    pub(super) entries: Vec<(String, String, Option<String>)>,
+}
+
+impl HostSources {
+    fn read() -> anyhow::Result<Self> {
+        let os_release = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+        let codename = os_release
+            .lines()
+            .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+            .map(|v| v.trim_matches('"').to_owned())
+            .filter(|v| !v.is_empty())
+            .context("/etc/os-release has no VERSION_CODENAME")?;
+        let mut texts = Vec::new();
+        if let Ok(t) = fs::read_to_string("/etc/apt/sources.list") {
+            texts.push((false, t));
+        }
+        if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+            let mut paths: Vec<PathBuf> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
+            paths.sort();
+            for p in paths {
+                let deb822 = match p.extension().and_then(|e| e.to_str()) {
+                    Some("sources") => true,
+                    Some("list") => false,
+                    _ => continue,
+                };
+                if let Ok(t) = fs::read_to_string(&p) {
+                    texts.push((deb822, t));
+                }
+            }
+        }
+        let mut s = Self { codename, entries: Vec::new() };
+        for (deb822, text) in &texts {
+            if *deb822 { s.add_deb822(text) } else { s.add_one_line(text) }
+        }
+        Ok(s)
+    }
+
+    fn add(&mut self, suite: &str, uri: &str, components: &[&str], signed_by: Option<&str>) {
+        if !components.contains(&"main") {
+            return;
+        }
+        let Some(kind) = suite.strip_prefix(self.codename.as_str()) else { return };
+        if !matches!(kind, "" | "-security") {
+            return;
+        }
+        let entry = (kind.to_owned(), uri.trim_end_matches('/').to_owned(), signed_by.map(str::to_owned));
+        if !self.entries.iter().any(|e| e.0 == entry.0) {
+            self.entries.push(entry);
+        }
+    }
+
+    /// Adds the `deb` entries of a deb822 `.sources` text.
+    pub(super) fn add_deb822(&mut self, text: &str) {
+        for stanza in text.split("\n\n") {
+            let field = |name: &str| {
+                stanza.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                })
+            };
+            let enabled = field("Enabled").is_none_or(|v| v != "no");
+            let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+            let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else { continue };
+            if !enabled || !is_deb {
+                continue;
+            }
+            let components = field("Components").unwrap_or_default();
+            let components: Vec<&str> = components.split_whitespace().collect();
+            let signed_by = field("Signed-By");
+            for uri in uris.split_whitespace() {
+                for suite in suites.split_whitespace() {
+                    self.add(suite, uri, &components, signed_by.as_deref());
+                }
+            }
+        }
+    }
+
+    /// Adds the `deb` lines of a one-line-style `sources.list` text.
+    pub(super) fn add_one_line(&mut self, text: &str) {
+        for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()) {
+            let Some(rest) = line.strip_prefix("deb ") else { continue };
+            let mut rest = rest.trim_start();
+            let mut signed_by = None;
+            if let Some(opts) = rest.strip_prefix('[') {
+                let Some((opts, after)) = opts.split_once(']') else { continue };
+                signed_by = opts.split_whitespace().find_map(|o| o.strip_prefix("signed-by="));
+                rest = after.trim_start();
+            }
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            if let [uri, suite, components @ ..] = words.as_slice() {
+                self.add(suite, uri, components, signed_by);
+            }
+        }
+    }
+
+    /// A one-line `sources.list` for `codename` with the same mirrors, or
+    /// `None` without a main-archive entry.
+    pub(super) fn renamed(&self, codename: &str) -> Option<String> {
+        self.entries.iter().any(|e| e.0.is_empty()).then(|| {
+            self.entries
+                .iter()
+                .map(|(kind, uri, signed_by)| {
+                    let opts = signed_by.as_ref().map(|k| format!("[signed-by={k}] ")).unwrap_or_default();
+                    format!("deb {opts}{uri} {codename}{kind} main\n")
+                })
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +526,77 @@ linux-image-cloud-amd64 - Linux for x86-64 cloud (meta-package)
                 "linux-image-6.12.99+deb12-cloud-amd64-unsigned",
             ]
         );
+    }
+
+    #[test]
+    fn picks_newest_5_10_like_6_1() {
+        let search = "linux-image-5.10.0-46-cloud-amd64-unsigned - Linux 5.10\n\
+                      linux-image-5.10.0-43-cloud-amd64 - Linux 5.10 (signed)\n\
+                      linux-image-5.10.0-43-cloud-amd64-unsigned - Linux 5.10\n\
+                      linux-image-5.10.0-46-cloud-amd64-dbg - Debug symbols\n\
+                      linux-image-6.1.0-56-cloud-amd64-unsigned - Linux 6.1\n";
+        assert_eq!(
+            newest_first("5.10", search_names(search)),
+            [
+                "linux-image-5.10.0-46-cloud-amd64-unsigned",
+                "linux-image-5.10.0-43-cloud-amd64-unsigned",
+                "linux-image-5.10.0-43-cloud-amd64",
+            ]
+        );
+    }
+
+    #[test]
+    fn signed_and_unsigned_packages_share_an_image() {
+        let key = |n: &str| image_key("5.10", n);
+        assert_eq!(
+            key("linux-image-5.10.0-46-cloud-amd64"),
+            key("linux-image-5.10.0-46-cloud-amd64-unsigned")
+        );
+        assert_ne!(key("linux-image-5.10.0-46-cloud-amd64"), key("linux-image-5.10.0-43-cloud-amd64"));
+        assert_ne!(
+            image_key("6.12", "linux-image-6.12.117+deb12-cloud-amd64-unsigned"),
+            image_key("6.12", "linux-image-6.12.118+deb12-cloud-amd64-unsigned")
+        );
+    }
+
+    #[test]
+    fn host_sources_give_the_mirrors_for_another_suite() {
+        let mut s = HostSources { codename: "bookworm".to_owned(), entries: Vec::new() };
+        s.add_deb822(
+            "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+             Types: deb\n# a comment\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+             Types: deb\nURIs: https://other.example/node\nSuites: nodistro\nComponents: main\n",
+        );
+        s.add_one_line(
+            "deb [arch=amd64 signed-by=/k.gpg] http://third.example/debian bookworm contrib main\n",
+        );
+        assert_eq!(
+            s.renamed("bullseye").unwrap(),
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian bullseye main\n\
+             deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian-security bullseye-security main\n"
+        );
+
+        let mut s = HostSources { codename: "bookworm".to_owned(), entries: Vec::new() };
+        s.add_one_line("# deb http://x/debian bookworm main\ndeb http://x/debian bookworm main # trailing\n");
+        assert_eq!(s.renamed("bullseye").unwrap(), "deb http://x/debian bullseye main\n");
+
+        let mut s = HostSources { codename: "bookworm".to_owned(), entries: Vec::new() };
+        s.add_deb822(
+            "Types: deb\nURIs: http://x/debian-security\nSuites: bookworm-security\nComponents: main\n",
+        );
+        s.add_deb822("Enabled: no\nTypes: deb\nURIs: http://x/debian\nSuites: bookworm\nComponents: main\n");
+        assert_eq!(s.renamed("bullseye"), None, "a security mirror alone is not enough");
+    }
+
+    #[test]
+    fn config_values() {
+        let text = "# CONFIG_SECURITY_LANDLOCK is not set\nCONFIG_BPF_LSM=y\nCONFIG_LSM=\"lockdown,yama\"\n";
+        assert_eq!(config_value(text, "BPF_LSM").as_deref(), Some("y"));
+        assert_eq!(config_value(text, "LSM").as_deref(), Some("\"lockdown,yama\""));
+        assert_eq!(config_value(text, "SECURITY_LANDLOCK"), None);
+        assert_eq!(config_value(text, "BPF"), None);
     }
 
     #[test]

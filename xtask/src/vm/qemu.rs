@@ -1,5 +1,8 @@
 //! One QEMU boot: software emulation only, serial console streamed to a log
-//! file and to stdout, wall-clock deadlines, QEMU killed when one passes.
+//! file (each line stamped with the seconds since QEMU started) and to
+//! stdout, wall-clock deadlines, QEMU killed when one passes.
+//! Host directories reach the guest through vhost-user-fs devices (one per
+//! running virtiofsd), which need the guest's memory in a shared memfd.
 
 use std::{
     fs::File,
@@ -15,23 +18,39 @@ use anyhow::Context as _;
 
 use super::markers;
 
-/// Kernel command line: BPF in the active LSM list; on panic, reboot at once,
+/// Kernel command line before the `lsm=` choice: on panic, reboot at once,
 /// which `-no-reboot` turns into QEMU exiting.
-pub(crate) const APPEND: &str = "console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 quiet";
+pub(crate) const APPEND: &str = "console=ttyS0 panic=-1 quiet";
 
 pub(crate) struct Boot<'a> {
     pub(crate) label: &'a str,
     pub(crate) vmlinuz: &'a Path,
     pub(crate) initrd: &'a Path,
+    /// The whole kernel command line.
+    pub(crate) append: &'a str,
     pub(crate) cpu: &'a str,
+    /// Guest memory in MiB.
+    pub(crate) mem_mib: u64,
+    /// (virtiofs tag, vhost-user socket) per share.
+    pub(crate) shares: &'a [(String, PathBuf)],
     pub(crate) nonce: &'a str,
     pub(crate) log: &'a Path,
     /// The start marker must appear within this.
     pub(crate) boot_timeout: Duration,
     /// The whole boot, run and power-off must fit in this.
     pub(crate) timeout: Duration,
-    /// Echo guest lines to stdout.
-    pub(crate) echo: bool,
+    pub(crate) echo: Echo,
+}
+
+/// What of the guest's console reaches stdout while it runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Echo {
+    /// Nothing (the log file has everything).
+    Nothing,
+    /// Every console line, prefixed with the guest's label.
+    Console,
+    /// Only the command's output, as it printed it.
+    Command,
 }
 
 /// How one boot ended.
@@ -58,17 +77,23 @@ pub(crate) fn boot(b: &Boot<'_>) -> anyhow::Result<BootResult> {
     // Never KVM: it is a nested software hypervisor here and QEMU hangs when
     // the guest faults under it.
     cmd.args(["-accel", "tcg", "-cpu", b.cpu])
-        .args(["-m", "1G", "-smp", "2", "-nographic", "-no-reboot"])
+        .args(["-m", &format!("{}M", b.mem_mib), "-smp", "2", "-nographic", "-no-reboot"])
+        // vhost-user devices need guest memory the daemons can map.
+        .args(["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", b.mem_mib)])
+        .args(["-machine", "memory-backend=mem"])
         // No NIC: the guest needs only loopback, and skipping the iPXE ROM saves boot time.
         .args(["-nic", "none"])
         .arg("-kernel")
         .arg(b.vmlinuz)
         .arg("-initrd")
         .arg(b.initrd)
-        .args(["-append", APPEND])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(["-append", b.append]);
+    for (i, (tag, socket)) in b.shares.iter().enumerate() {
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=fs{i},path={}", socket.display()))
+            .args(["-device", &format!("vhost-user-fs-pci,chardev=fs{i},tag={tag}")]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
 
@@ -85,6 +110,7 @@ pub(crate) fn boot(b: &Boot<'_>) -> anyhow::Result<BootResult> {
         BufWriter::new(File::create(b.log).with_context(|| format!("creating {}", b.log.display()))?);
     let mut log = String::new();
     let start_tag = format!("{} {}", markers::START, b.nonce);
+    let mut command_echo = CommandEcho::default();
     let mut boot_seconds = None;
     let mut timed_out = None;
     let mut status = None;
@@ -99,9 +125,21 @@ pub(crate) fn boot(b: &Boot<'_>) -> anyhow::Result<BootResult> {
                 if boot_seconds.is_none() && text.contains(&start_tag) {
                     boot_seconds = Some(start.elapsed().as_secs_f64());
                 }
-                let _ = writeln!(log_file, "{stream}{text}");
-                if b.echo {
-                    let _ = writeln!(out, "[{}] {stream}{text}", b.label);
+                // Seconds since QEMU started, so slow steps show in the log.
+                let _ = writeln!(log_file, "{:8.2} {stream}{text}", start.elapsed().as_secs_f64());
+                match b.echo {
+                    Echo::Nothing => {}
+                    Echo::Console => {
+                        let _ = writeln!(out, "[{}] {stream}{text}", b.label);
+                    }
+                    Echo::Command if stream.is_empty() => {
+                        if let Some(lines) = command_echo.line(&text, b.nonce) {
+                            lines.iter().for_each(|l| drop(writeln!(out, "{l}")));
+                        }
+                    }
+                    Echo::Command => {
+                        let _ = writeln!(std::io::stderr(), "qemu: {text}");
+                    }
                 }
                 log.push_str(stream);
                 log.push_str(&text);
@@ -147,6 +185,44 @@ pub(crate) fn boot(b: &Boot<'_>) -> anyhow::Result<BootResult> {
         timed_out,
         qemu_status: status.map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
     })
+}
+
+/// Picks the command's output out of the console as it arrives: the lines
+/// between the run and exit markers, less the empty line /init prints
+/// before the exit marker.
+#[derive(Default)]
+struct CommandEcho {
+    running: bool,
+    done: bool,
+    /// An empty line held back: it may be the one before the exit marker.
+    held_empty: bool,
+}
+
+impl CommandEcho {
+    /// The lines to print now for console line `text`.
+    fn line(&mut self, text: &str, nonce: &str) -> Option<Vec<String>> {
+        if self.done {
+            return None;
+        }
+        if !self.running {
+            self.running = markers::value(text, markers::RUN, nonce).is_some();
+            return None;
+        }
+        if markers::value(text, markers::EXIT, nonce).is_some() {
+            self.done = true;
+            return None;
+        }
+        let mut lines = Vec::new();
+        if std::mem::take(&mut self.held_empty) {
+            lines.push(String::new());
+        }
+        if text.is_empty() {
+            self.held_empty = true;
+        } else {
+            lines.push(text.to_owned());
+        }
+        Some(lines)
+    }
 }
 
 /// Sends each line of `r` (lossy UTF-8, `\r` removed) until EOF.
@@ -226,6 +302,25 @@ mod tests {
         assert_eq!(printable("a\tb \u{1b}]0;title\u{7}c\u{0}"), "a\tb c");
         assert_eq!(printable("x\u{1b}]2;t\u{1b}\\y"), "xy");
         assert_eq!(printable("FORGE-VM-EXIT n 0   \r"), "FORGE-VM-EXIT n 0");
+    }
+
+    #[test]
+    fn command_echo_prints_only_the_command_output() {
+        let n = "ab";
+        let console = [
+            "[    1.0] booting",
+            "FORGE-VM-START ab 6.12",
+            "FORGE-VM-RUN ab",
+            "hello",
+            "",
+            "world",
+            "",
+            "FORGE-VM-EXIT ab 0",
+            "[    9.0] reboot: Power down",
+        ];
+        let mut e = CommandEcho::default();
+        let printed: Vec<String> = console.iter().filter_map(|l| e.line(l, n)).flatten().collect();
+        assert_eq!(printed, ["hello", "", "world"]);
     }
 
     #[test]

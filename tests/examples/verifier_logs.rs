@@ -1,0 +1,90 @@
+//! Loads each kernel program of the agent's eBPF object on its own, the
+//! way the agent does (same object, same BTF offsets), and prints per
+//! program `ok` or the kernel's whole answer, verifier log included: `forge
+//! doctor` stops a backend at its first refused program and shortens the
+//! log. Nothing is attached or pinned.
+//!
+//! For a guest kernel (root, in a QEMU guest):
+//! `cargo build -p forge-tests --example verifier_logs &&
+//!  cargo xtask vm-run --kernel 5.10 -- target/debug/examples/verifier_logs`.
+//! Exits 1 when a program was refused.
+#![allow(clippy::print_stdout, reason = "a diagnostic tool: its output is the interface")]
+
+use std::{error::Error, process::ExitCode};
+
+use aya::{
+    Btf, EbpfLoader,
+    programs::{CgroupSockAddr, Lsm, Program, ProgramError, RawTracePoint, TracePoint},
+};
+use forge_agent::ebpf::{
+    btf::KernelOffsets,
+    object::{CGROUP_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER, TRACEPOINTS},
+};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            println!("error: {}", chain(e.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<bool, Box<dyn Error>> {
+    let offsets = KernelOffsets::from_btf(&forge_agent::ebpf::btf::Btf::from_running_kernel()?)?;
+    let mut loader = EbpfLoader::new();
+    let globals = offsets.globals();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    let mut ebpf = loader.load(OBJECT)?;
+    let btf = Btf::from_sys_fs()?;
+    let mut all_ok = true;
+    let mut report = |kind: &str, name: &str, r: Result<(), ProgramError>| match r {
+        Ok(()) => println!("{kind:<10} {name:<22} ok"),
+        Err(e) => {
+            all_ok = false;
+            println!("{kind:<10} {name:<22} REFUSED: {}", chain(&e));
+        }
+    };
+    for name in LSM_PROGRAMS {
+        let r = program::<Lsm>(&mut ebpf, name).and_then(|p| p.load(name, &btf));
+        report("lsm", name, r);
+    }
+    for name in CGROUP_PROGRAMS {
+        let r = program::<CgroupSockAddr>(&mut ebpf, name).and_then(CgroupSockAddr::load);
+        report("cgroup", name, r);
+    }
+    for (name, _, _) in TRACEPOINTS {
+        let r = program::<TracePoint>(&mut ebpf, name).and_then(TracePoint::load);
+        report("tracepoint", name, r);
+    }
+    let r = program::<RawTracePoint>(&mut ebpf, SYS_ENTER).and_then(RawTracePoint::load);
+    report("raw_tp", SYS_ENTER, r);
+    Ok(all_ok)
+}
+
+fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, ProgramError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| ProgramError::UnexpectedProgramType)?;
+    p.try_into()
+}
+
+/// The error and its sources, whole.
+fn chain(e: &dyn Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let text = src.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = src.source();
+    }
+    s
+}
