@@ -14,6 +14,10 @@ pub struct Report {
     pub bpffs_mounted: bool,
     pub lsm_list: Option<String>,
     pub bpf_in_lsm_list: bool,
+    /// The kernel can kill an escaped child from a hook (the
+    /// `bpf_send_signal_task` kfunc, 6.13+); without it and without BPF LSM
+    /// the agent kills it (docs/policy.md, "Containment").
+    pub kill_other_task_in_kernel: bool,
     pub backends: Vec<BackendStatus>,
     /// Why probing could not run at all (e.g. not root), if it could not.
     pub probe_error: Option<String>,
@@ -46,6 +50,8 @@ pub fn gather() -> Report {
         bpffs_mounted: fs::read_to_string("/proc/self/mounts")
             .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf"))),
         bpf_in_lsm_list: lsm_list.as_deref().is_some_and(crate::ebpf::lsm_list::names_bpf),
+        kill_other_task_in_kernel: crate::ebpf::btf::Btf::from_running_kernel()
+            .is_ok_and(|b| b.func_id(forge_common::kfunc::SIGNAL_TASK).is_some()),
         lsm_list,
         backends,
         probe_error,

@@ -4,6 +4,9 @@
 /// `offsetof(struct linux_binprm, file)`.
 #[unsafe(no_mangle)]
 static OFF_BPRM_FILE: u32 = 0;
+/// `offsetof(struct linux_binprm, filename)`.
+#[unsafe(no_mangle)]
+static OFF_BPRM_FILENAME: u32 = 0;
 /// `offsetof(struct file, f_path)`.
 #[unsafe(no_mangle)]
 static OFF_FILE_F_PATH: u32 = 0;
@@ -107,6 +110,9 @@ fn get(v: &'static u32) -> usize {
 
 pub(crate) fn bprm_file() -> usize {
     get(&OFF_BPRM_FILE)
+}
+pub(crate) fn bprm_filename() -> usize {
+    get(&OFF_BPRM_FILENAME)
 }
 pub(crate) fn file_f_path() -> usize {
     get(&OFF_FILE_F_PATH)

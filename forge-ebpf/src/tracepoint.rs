@@ -2,10 +2,9 @@
 //! the exec-deny fallback for kernels without BPF LSM.
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use forge_common::{flags, hook, mode, op, verdict};
 
@@ -43,24 +42,20 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Offsets in the `sched_process_exec` record (stable since 4.x; the
-/// `filename` field is a `__data_loc`: offset in the low 16 bits).
-const EXEC_FILENAME_LOC: usize = 8;
-
-/// `sched/sched_process_exec`: report the exec of a governed process, and
-/// kill it when exec is decided here (no LSM) and its path is denied.
-#[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+/// `sched_process_exec(p, old_pid, bprm)` (a BTF tracepoint: its link can
+/// be pinned on every supported kernel): report the exec of a governed
+/// process, and kill it when exec is decided here (no LSM path hooks) and
+/// its path is denied.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let Some(g) = governing() else {
         return 0;
     };
     let record = g.record;
     let Some(s) = scratch() else { return 0 };
     s.path_len = 0;
-    // SAFETY: reads inside the tracepoint record through the context helpers.
-    if let Ok(loc) = unsafe { ctx.read_at::<u32>(EXEC_FILENAME_LOC) } {
-        let off = (loc & 0xffff) as usize;
-        let src = (ctx.as_ptr() as *const u8).wrapping_add(off);
+    let bprm: *const u8 = ctx.arg(2);
+    if let Some(src) = kernel::read_ptr(bprm, kernel::bprm_filename()) {
         // SAFETY: bpf_probe_read_kernel_str_bytes bounds the copy by the
         // destination and checks the source address.
         let dst = unsafe { &mut *core::ptr::addr_of_mut!(s.key.data.path) };
@@ -89,11 +84,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched/sched_process_exit`: forget a process in `TASKS` and `DOOMED`
-/// when its last thread exits; report the exit of a governed process (once,
-/// for its thread-group leader).
-#[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+/// `sched_process_exit(p)` (BTF tracepoint): forget a process in `TASKS`
+/// and `DOOMED` when its last thread exits; report the exit of a governed
+/// process (once, for its thread-group leader).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: the helper returns the current task; reads go through probes.

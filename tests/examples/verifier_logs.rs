@@ -1,5 +1,6 @@
 //! Loads each kernel program of the agent's eBPF object on its own, the
-//! way the agent does (same object, same BTF offsets), and prints per
+//! way the agent does (same object, same BTF offsets, kfunc calls
+//! rewritten), and prints per
 //! program `ok` or the kernel's whole answer, verifier log included: `forge
 //! doctor` stops a backend at its first refused program and shortens the
 //! log. Nothing is attached or pinned.
@@ -13,12 +14,12 @@
 use std::{error::Error, process::ExitCode};
 
 use aya::{
-    Btf, EbpfLoader,
-    programs::{CgroupSockAddr, Lsm, Program, ProgramError, RawTracePoint, TracePoint},
+    Btf,
+    programs::{BtfTracePoint, CgroupSockAddr, Lsm, Program, ProgramError, RawTracePoint},
 };
 use forge_agent::ebpf::{
-    btf::KernelOffsets,
-    object::{CGROUP_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER, TRACEPOINTS},
+    loader,
+    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, SYS_ENTER},
 };
 
 fn main() -> ExitCode {
@@ -33,13 +34,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool, Box<dyn Error>> {
-    let offsets = KernelOffsets::from_btf(&forge_agent::ebpf::btf::Btf::from_running_kernel()?)?;
-    let mut loader = EbpfLoader::new();
-    let globals = offsets.globals();
-    for (name, value) in &globals {
-        loader.override_global(name, value, true);
-    }
-    let mut ebpf = loader.load(OBJECT)?;
+    let mut ebpf = loader::load_object(None)?;
     let btf = Btf::from_sys_fs()?;
     let mut all_ok = true;
     let mut report = |kind: &str, name: &str, r: Result<(), ProgramError>| match r {
@@ -49,7 +44,7 @@ fn run() -> Result<bool, Box<dyn Error>> {
             println!("{kind:<10} {name:<22} REFUSED: {}", chain(&e));
         }
     };
-    for name in LSM_PROGRAMS {
+    for name in LSM_PROGRAMS.iter().chain(&LSM_PATH_PROGRAMS) {
         let r = program::<Lsm>(&mut ebpf, name).and_then(|p| p.load(name, &btf));
         report("lsm", name, r);
     }
@@ -57,9 +52,9 @@ fn run() -> Result<bool, Box<dyn Error>> {
         let r = program::<CgroupSockAddr>(&mut ebpf, name).and_then(CgroupSockAddr::load);
         report("cgroup", name, r);
     }
-    for (name, _, _) in TRACEPOINTS {
-        let r = program::<TracePoint>(&mut ebpf, name).and_then(TracePoint::load);
-        report("tracepoint", name, r);
+    for name in BTF_TRACEPOINTS {
+        let r = program::<BtfTracePoint>(&mut ebpf, name).and_then(|p| p.load(name, &btf));
+        report("tp_btf", name, r);
     }
     let r = program::<RawTracePoint>(&mut ebpf, SYS_ENTER).and_then(RawTracePoint::load);
     report("raw_tp", SYS_ENTER, r);

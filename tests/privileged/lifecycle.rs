@@ -409,3 +409,62 @@ pub(crate) fn links_held_repinned_and_checked() -> Result<(), Failed> {
     let _ = cg.destroy();
     r
 }
+
+/// Processes whose command line environment holds `needle` (the workload
+/// action a forked process inherits), other than zombies.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+            !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// An escaped process ends dead, with what it forks, whatever the kernel:
+/// killed by the kernel before it runs (6.13+), or doomed there, with
+/// every process it forks, and killed by the agent (older kernels; the
+/// event says so and the audit log names each pid).
+pub(crate) fn escaped_processes_end_dead() -> Result<(), Failed> {
+    let (denied, _) = counting_listener("127.0.0.1:0")?;
+    let mut a = AgentProcess::new("doomed", &policy(denied))?;
+    let name = format!("forge-test/{}-doomed", std::process::id());
+    let cg = Cgroup::create(&name).map_err(fail)?;
+    let r = (|| {
+        a.start(&["--govern", &name])?;
+        let in_kernel = a.ask(&Request::Status)?["kill_other_task_in_kernel"] == true;
+        let root = cgroup2_mount().map_err(fail)?;
+        // The escaped child escapes again, and its child sleeps.
+        let action = format!(
+            "clone3-into {r} clone3-into {r} sleep {}",
+            3_600_000 + std::process::id(),
+            r = root.display()
+        );
+        let needle = format!("{}={action}", forge_agent::workload::ACTION_ENV);
+        let exe = std::env::current_exe().map_err(fail)?;
+        let a_action: Action = action.parse().map_err(|e: String| Failed::from(e))?;
+        let got = run_action_in(&cg, &exe, &a_action).map_err(fail)?;
+        if in_kernel {
+            expect("the parent of a child killed in the kernel", got, Outcome::Ok)?;
+        } else {
+            expect("the parent that made the escape (the kernel kills it)", got, SIGKILL)?;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !processes_with(&needle).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = processes_with(&needle);
+        check!(left.is_empty(), "escaped processes still alive: {left:?}");
+        if !in_kernel {
+            let killed = audit(&a, "escaped_process_killed")?;
+            check!(!killed.is_empty(), "the agent did not kill the doomed processes: {killed:?}");
+        }
+        Ok(())
+    })();
+    let _ = cg.destroy();
+    r
+}

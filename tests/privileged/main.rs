@@ -274,6 +274,12 @@ fn main() {
             lifecycle::restart_resumes_everything,
         ),
         trial_with_program(
+            "escaped_processes_and_their_children_end_dead",
+            &["cgroup", "tracepoint"],
+            ("forge", sigterm::forge_binary),
+            lifecycle::escaped_processes_end_dead,
+        ),
+        trial_with_program(
             "links_held_repinned_reattached_and_checked_by_doctor",
             &["cgroup", "tracepoint"],
             ("forge", sigterm::forge_binary),
@@ -283,9 +289,9 @@ fn main() {
             "probe_reports_expected_backends_unavailable",
             forge_tests::check_expected_unavailable,
         ),
-        trial("lsm_differential_evaluator_vs_kernel", &["lsm"], differential::lsm),
-        trial("lsm_exec_deny", &["lsm"], lsm::exec_deny),
-        trial("lsm_file_open_deny_resolves_paths", &["lsm"], lsm::file_open),
+        trial("lsm_differential_evaluator_vs_kernel", &["lsm", "lsm-paths"], differential::lsm),
+        trial("lsm_exec_deny", &["lsm", "lsm-paths"], lsm::exec_deny),
+        trial("lsm_file_open_deny_resolves_paths", &["lsm", "lsm-paths"], lsm::file_open),
         trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),
         trial("lsm_self_protection", &["lsm"], lsm::self_protection),
         trial(

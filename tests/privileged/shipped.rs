@@ -82,7 +82,7 @@ pub(crate) fn shipped_profiles() -> Result<(), Failed> {
                 Ok(o) => o,
                 Err(e) => Outcome::Errno(e.raw_os_error().ok_or_else(|| fail(&e))?),
             };
-        let lsm = daemon.agent.writer.handles().active.lsm;
+        let lsm = daemon.agent.writer.handles().active.lsm_paths;
         expect("strict: exec of an unlisted binary", strict_outcome, if lsm { EPERM } else { SIGKILL })?;
         Ok(())
     })();

@@ -46,22 +46,33 @@ fn cargo() -> Command {
 /// the terminal the `forge top` test drives; `nats-server` the fleet tests'
 /// bus; `forge` is the agent binary `cargo test` builds next to the test
 /// binaries.
-const HOST_REQUIRE: &str = "tracepoint,cgroup,prometheus,tmux,clang,nats-server,forge";
+/// `signal-task`: this host's kernel (6.18) kills an escaped child from the
+/// hook itself (the `bpf_send_signal_task` kfunc, 6.13+).
+const HOST_REQUIRE: &str = "tracepoint,cgroup,signal-task,prometheus,tmux,clang,nats-server,forge";
 /// Programs the guests run from the host's /usr (shared read-only) and the
 /// forge binary from the shared target directory: required in every guest.
 const GUEST_PROGRAMS: &str = "prometheus,tmux,clang,nats-server,forge";
 
 /// What the privileged suite must find in `guest`: `FORGE_REQUIRE`, and
 /// `FORGE_EXPECT_UNAVAILABLE` for the backends that must be reported
-/// unavailable. With `lsm=...,bpf` every backend is required. With the
-/// kernel's default LSM list (5.10: no `bpf`) BPF LSM must be reported
-/// unavailable, and the fallbacks (cgroup hooks, tracepoints) are required.
+/// unavailable. With `lsm=...,bpf` every backend is required, but on 5.10
+/// the LSM path hooks, which need `bpf_d_path` in LSM programs (5.11+), must
+/// be reported unavailable. With the kernel's default LSM list (5.10: no
+/// `bpf`) BPF LSM must be reported unavailable, and the fallbacks (cgroup
+/// hooks, tracepoints) are required.
 pub(crate) fn guest_env(guest: &vm::Guest) -> Vec<(String, String)> {
+    let old = guest.kernel == "5.10";
     match guest.lsm {
-        vm::Lsm::Bpf => vec![("FORGE_REQUIRE".to_owned(), format!("lsm,tracepoint,cgroup,{GUEST_PROGRAMS}"))],
+        vm::Lsm::Bpf if old => vec![
+            ("FORGE_REQUIRE".to_owned(), format!("lsm,tracepoint,cgroup,{GUEST_PROGRAMS}")),
+            ("FORGE_EXPECT_UNAVAILABLE".to_owned(), "lsm-paths".to_owned()),
+        ],
+        vm::Lsm::Bpf => {
+            vec![("FORGE_REQUIRE".to_owned(), format!("lsm,lsm-paths,tracepoint,cgroup,{GUEST_PROGRAMS}"))]
+        }
         vm::Lsm::Default => vec![
             ("FORGE_REQUIRE".to_owned(), format!("tracepoint,cgroup,{GUEST_PROGRAMS}")),
-            ("FORGE_EXPECT_UNAVAILABLE".to_owned(), "lsm".to_owned()),
+            ("FORGE_EXPECT_UNAVAILABLE".to_owned(), "lsm,lsm-paths".to_owned()),
         ],
     }
 }
@@ -267,12 +278,15 @@ mod tests {
         let g = |lsm| vm::Guest { kernel: "5.10".to_owned(), lsm };
         let env = guest_env(&g(vm::Lsm::Default));
         let get = |env: &[(String, String)], k: &str| env.iter().find(|e| e.0 == k).map(|e| e.1.clone());
-        assert_eq!(get(&env, "FORGE_EXPECT_UNAVAILABLE").as_deref(), Some("lsm"));
+        assert_eq!(get(&env, "FORGE_EXPECT_UNAVAILABLE").as_deref(), Some("lsm,lsm-paths"));
         let require = get(&env, "FORGE_REQUIRE").unwrap();
         assert!(require.starts_with("tracepoint,cgroup,") && !require.contains("lsm"), "{require}");
         let env = guest_env(&g(vm::Lsm::Bpf));
-        assert_eq!(get(&env, "FORGE_EXPECT_UNAVAILABLE"), None);
+        assert_eq!(get(&env, "FORGE_EXPECT_UNAVAILABLE").as_deref(), Some("lsm-paths"));
         assert!(get(&env, "FORGE_REQUIRE").unwrap().starts_with("lsm,tracepoint,cgroup,"));
+        let env = guest_env(&vm::Guest { kernel: "6.12".to_owned(), lsm: vm::Lsm::Bpf });
+        assert_eq!(get(&env, "FORGE_EXPECT_UNAVAILABLE"), None);
+        assert!(get(&env, "FORGE_REQUIRE").unwrap().starts_with("lsm,lsm-paths,tracepoint,cgroup,"));
     }
 
     #[test]

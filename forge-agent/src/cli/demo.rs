@@ -102,7 +102,7 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
             "denied (EPERM)",
         ),
     ];
-    if active.lsm {
+    if active.lsm_paths {
         plan.push(("read /etc/shadow", Action::OpenRead("/etc/shadow".into()), "denied (EPERM)"));
     }
     plan.push((
@@ -146,7 +146,7 @@ async fn demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
         for e in &explanations {
             println!("  - {e}");
         }
-        if !active.lsm {
+        if !active.lsm_paths {
             println!();
             println!(
                 "File and exec rules need BPF LSM, which this kernel does not accept (see `forge doctor`);"

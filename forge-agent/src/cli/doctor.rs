@@ -52,6 +52,14 @@ pub(crate) fn run(a: &DoctorArgs) -> anyhow::Result<ExitCode> {
         );
         println!("LSM list         {}", r.lsm_list.as_deref().unwrap_or("unreadable"));
         println!("bpf in LSM list  {}", yes_no(r.bpf_in_lsm_list));
+        println!(
+            "escapes killed   {}",
+            if r.kill_other_task_in_kernel {
+                "in the kernel, before they run (bpf_send_signal_task)"
+            } else {
+                "by the agent after they start, unless BPF LSM refuses them (no bpf_send_signal_task)"
+            }
+        );
         println!();
         println!("{:<12} {:<10} detail", "backend", "available");
         for b in &r.backends {

@@ -46,8 +46,12 @@ pub(crate) fn run(a: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let set = PolicySet::load(&a.policies)?;
     let mut c = record_for(&set, a.workload.as_deref(), a.tier)?;
     let has = |b| a.backends.contains(&b);
-    let active =
-        Active { lsm: has(Backend::Lsm), cgroup: has(Backend::Cgroup), tracepoint: has(Backend::Tracepoint) };
+    let active = Active {
+        lsm: has(Backend::Lsm),
+        lsm_paths: has(Backend::Lsm),
+        cgroup: has(Backend::Cgroup),
+        tracepoint: has(Backend::Tracepoint),
+    };
     c.record.flags |= eval::backend_flags(&active);
     let ev = eval::evaluate(&c, &a.op);
     if a.json {

@@ -128,6 +128,7 @@ fn check(paths: &[PathBuf], host: bool, strict: bool, json: bool) -> anyhow::Res
                 let on = |b: &str| statuses.iter().any(|s| s.backend == b && s.available);
                 let active = forge_agent::ebpf::Active {
                     lsm: on("lsm"),
+                    lsm_paths: on("lsm-paths"),
                     cgroup: on("cgroup"),
                     tracepoint: on("tracepoint"),
                 };

@@ -442,6 +442,7 @@ fn name_at(strings: &[u8], off: u32) -> Option<&[u8]> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelOffsets {
     pub bprm_file: u32,
+    pub bprm_filename: u32,
     pub file_f_path: u32,
     pub file_f_mode: u32,
     pub task_tgid: u32,
@@ -493,6 +494,7 @@ impl KernelOffsets {
         let cgroup_ancestor_ids = !btf.has_member("cgroup", "ancestors");
         Ok(Self {
             bprm_file: btf.member_offset("linux_binprm", "file")?,
+            bprm_filename: btf.member_offset("linux_binprm", "filename")?,
             file_f_path: btf.member_offset("file", "f_path")?,
             file_f_mode: btf.member_offset("file", "f_mode")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,
@@ -531,6 +533,7 @@ impl KernelOffsets {
     pub fn globals(&self) -> Vec<(&'static str, u32)> {
         vec![
             ("OFF_BPRM_FILE", self.bprm_file),
+            ("OFF_BPRM_FILENAME", self.bprm_filename),
             ("OFF_FILE_F_PATH", self.file_f_path),
             ("OFF_FILE_F_MODE", self.file_f_mode),
             ("OFF_TASK_TGID", self.task_tgid),
@@ -807,6 +810,7 @@ mod tests {
 
     fn kernel_of(generation: Generation) -> Builder {
         let mut b = Builder::new();
+        let void_ptr0 = b.link(KIND_PTR, "", 0);
         let int = b.int("int", 4);
         let uint = b.int_bits("unsigned int", 4, 0, 32);
         let pid_t = b.link(KIND_TYPEDEF, "pid_t", int);
@@ -827,7 +831,7 @@ mod tests {
             48,
             &[("f_lock", int, 0), ("f_mode", fmode_t, 4), ("", path_union, 16), ("f_pos", int, 32)],
         );
-        b.strukt("linux_binprm", 32, &[("buf", int, 0), ("file", file_ptr, 24)]);
+        b.strukt("linux_binprm", 40, &[("buf", int, 0), ("file", file_ptr, 24), ("filename", void_ptr0, 32)]);
         let u64_t = b.int_bits("u64", 8, 0, 64);
         let ushort = b.int_bits("unsigned short", 2, 0, 16);
         let void_ptr = b.link(KIND_PTR, "", 0);
@@ -1099,6 +1103,7 @@ mod tests {
             offsets,
             KernelOffsets {
                 bprm_file: 24,
+                bprm_filename: 32,
                 file_f_path: 16,
                 file_f_mode: 4,
                 task_tgid: 16,
@@ -1133,9 +1138,10 @@ mod tests {
         );
         let globals = offsets.globals();
         assert_eq!(
-            globals[..6],
+            globals[..7],
             [
                 ("OFF_BPRM_FILE", 24),
+                ("OFF_BPRM_FILENAME", 32),
                 ("OFF_FILE_F_PATH", 16),
                 ("OFF_FILE_F_MODE", 4),
                 ("OFF_TASK_TGID", 16),

@@ -17,7 +17,7 @@ use aya::{
     EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        BtfTracePoint, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupSockAddr, Lsm, ProgramError, RawTracePoint,
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
@@ -29,7 +29,7 @@ use super::{
     kfunc,
     links::{HeldLink, LinkState},
     lsm_list,
-    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER, TRACEPOINTS},
+    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER},
     pins::{Pins, ensure_bpffs},
 };
 
@@ -84,6 +84,8 @@ pub struct BackendStatus {
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Active {
     pub lsm: bool,
+    /// The LSM exec and file-open hooks (kernel-resolved paths); needs `lsm`.
+    pub lsm_paths: bool,
     pub cgroup: bool,
     pub tracepoint: bool,
 }
@@ -205,30 +207,25 @@ pub fn probe_with_tags() -> Result<(Vec<BackendStatus>, ProgramTags), LoadError>
     let mut ebpf = load_object(None)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
     let mut out = Vec::new();
-    let lsm = LSM_PROGRAMS
-        .iter()
-        .try_for_each(|name| {
-            let p: &mut Lsm = program(&mut ebpf, name)?;
-            p.load(name, &aya_btf).map_err(|e| fail(name, &e))
-        })
-        .and_then(|()| lsm_inactive());
+    let lsm = load_lsm(&mut ebpf, &aya_btf, &LSM_PROGRAMS).and_then(|()| lsm_inactive());
+    let paths = match &lsm {
+        Ok(()) => load_lsm(&mut ebpf, &aya_btf, &LSM_PATH_PROGRAMS),
+        Err(_) => {
+            Err(LoadError::Program { name: "lsm-paths".into(), message: "needs the lsm backend".into() })
+        }
+    };
     out.push(status("lsm", lsm));
+    out.push(status("lsm-paths", paths));
     let cg = CGROUP_PROGRAMS.iter().try_for_each(|name| {
         let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
         p.load().map_err(|e| fail(name, &e))
     });
     out.push(status("cgroup", cg));
-    let tp = TRACEPOINTS
+    let tp = BTF_TRACEPOINTS
         .iter()
-        .try_for_each(|(name, _, _)| {
-            let p: &mut TracePoint = program(&mut ebpf, name)?;
-            p.load().map_err(|e| fail(name, &e))
-        })
-        .and_then(|()| {
-            BTF_TRACEPOINTS.iter().try_for_each(|name| {
-                let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
-                p.load(name, &aya_btf).map_err(|e| fail(name, &e))
-            })
+        .try_for_each(|name| {
+            let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            p.load(name, &aya_btf).map_err(|e| fail(name, &e))
         })
         .and_then(|()| {
             let p: &mut RawTracePoint = program(&mut ebpf, SYS_ENTER)?;
@@ -252,10 +249,39 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
     LSM_PROGRAMS
         .iter()
         .copied()
+        .chain(LSM_PATH_PROGRAMS.iter().copied())
         .chain(CGROUP_PROGRAMS.iter().copied())
-        .chain(TRACEPOINTS.iter().map(|(name, _, _)| *name))
         .chain(BTF_TRACEPOINTS.iter().copied())
         .chain(std::iter::once(SYS_ENTER))
+}
+
+/// Loads (without attaching) the LSM programs `names`.
+fn load_lsm(ebpf: &mut aya::Ebpf, btf: &aya::Btf, names: &[&str]) -> Result<(), LoadError> {
+    names.iter().try_for_each(|name| {
+        let p: &mut Lsm = program(ebpf, name)?;
+        p.load(name, btf).map_err(|e| fail(name, &e))
+    })
+}
+
+/// Loads, attaches and pins the LSM programs `names`; on failure removes
+/// what it pinned.
+fn attach_lsm(ebpf: &mut aya::Ebpf, btf: &aya::Btf, pins: &Pins, names: &[&str]) -> Result<(), LoadError> {
+    let r = load_lsm(ebpf, btf, names).and_then(|()| {
+        names.iter().try_for_each(|name| {
+            let p: &mut Lsm = program(ebpf, name)?;
+            let id = p.attach().map_err(|e| fail(name, &e))?;
+            let link = FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?);
+            link.pin(pins.link(name)).map_err(|e| pin_err(pins.link(name), &e))?;
+            p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))
+        })
+    });
+    if r.is_err() {
+        for name in names {
+            let _ = std::fs::remove_file(pins.link(name));
+            let _ = std::fs::remove_file(pins.prog(name));
+        }
+    }
+    r
 }
 
 /// Every link the pinned state under `pins` should hold, with its state as
@@ -268,8 +294,10 @@ pub fn link_states(pins: &Pins) -> Vec<LinkState> {
     if pins.prog(LSM_PROGRAMS[0]).exists() {
         LSM_PROGRAMS.iter().for_each(|n| global(n));
     }
-    if pins.prog(TRACEPOINTS[0].0).exists() {
-        TRACEPOINTS.iter().for_each(|(n, _, _)| global(n));
+    if pins.prog(LSM_PATH_PROGRAMS[0]).exists() {
+        LSM_PATH_PROGRAMS.iter().for_each(|n| global(n));
+    }
+    if pins.prog(BTF_TRACEPOINTS[0]).exists() {
         BTF_TRACEPOINTS.iter().for_each(|n| global(n));
     }
     let Ok(cgroups) = typed::<HashMap<MapData, u64, Governor>>(pins, map_name::CGROUPS) else { return out };
@@ -325,7 +353,9 @@ fn status(backend: &'static str, r: Result<(), LoadError>) -> BackendStatus {
     }
 }
 
-fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
+/// The embedded object as the agent loads it: the running kernel's BTF
+/// offsets set, kfunc calls rewritten; no program loaded yet.
+pub fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
     let btf = Btf::from_running_kernel()?;
     let offsets = KernelOffsets::from_btf(&btf)?;
     let globals = offsets.globals();
@@ -391,28 +421,21 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
     let mut statuses = Vec::new();
 
     if want.lsm != Some(false) {
-        let r = lsm_inactive().and_then(|()| {
-            for name in LSM_PROGRAMS {
-                let p: &mut Lsm = program(&mut ebpf, name)?;
-                p.load(name, &aya_btf).map_err(|e| fail(name, &e))?;
+        let r = lsm_inactive().and_then(|()| attach_lsm(&mut ebpf, &aya_btf, pins, &LSM_PROGRAMS));
+        required(want.lsm, "lsm", &r)?;
+        let paths = match &r {
+            Ok(()) => attach_lsm(&mut ebpf, &aya_btf, pins, &LSM_PATH_PROGRAMS),
+            Err(_) => {
+                Err(LoadError::Program { name: "lsm-paths".into(), message: "needs the lsm backend".into() })
             }
-            for name in LSM_PROGRAMS {
-                let p: &mut Lsm = program(&mut ebpf, name)?;
-                let id = p.attach().map_err(|e| fail(name, &e))?;
-                let link = FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?);
-                link.pin(pins.link(name)).map_err(|e| pin_err(pins.link(name), &e))?;
-                p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))?;
-            }
-            Ok(())
-        });
-        if r.is_err() {
-            for name in LSM_PROGRAMS {
-                let _ = std::fs::remove_file(pins.link(name));
-                let _ = std::fs::remove_file(pins.prog(name));
+        };
+        if let Err(e) = &paths {
+            if r.is_ok() {
+                tracing::warn!(error = %e, "BPF LSM path hooks refused: exec is decided by the tracepoint fallback, file rules are not enforced");
             }
         }
-        required(want.lsm, "lsm", &r)?;
         statuses.push(status("lsm", r));
+        statuses.push(status("lsm-paths", paths));
     }
 
     if want.cgroup != Some(false) {
@@ -432,16 +455,6 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
 
     if want.tracepoint != Some(false) {
         let r = (|| -> Result<(), LoadError> {
-            super::tracefs::ensure_tracefs().map_err(|e| fail(TRACEPOINTS[0].0, &e))?;
-            for (name, category, tp) in TRACEPOINTS {
-                let p: &mut TracePoint = program(&mut ebpf, name)?;
-                p.load().map_err(|e| fail(name, &e))?;
-                let id = p.attach(category, tp).map_err(|e| fail(name, &e))?;
-                let link = FdLink::try_from(p.take_link(id).map_err(|e| fail(name, &e))?)
-                    .map_err(|e| fail(name, &e))?;
-                link.pin(pins.link(name)).map_err(|e| pin_err(pins.link(name), &e))?;
-                p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))?;
-            }
             for name in BTF_TRACEPOINTS {
                 let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
                 p.load(name, &aya_btf).map_err(|e| fail(name, &e))?;
@@ -455,7 +468,7 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
             p.pin(pins.prog(SYS_ENTER)).map_err(|e| pin_err(pins.prog(SYS_ENTER), &e))
         })();
         if r.is_err() {
-            for name in TRACEPOINTS.iter().map(|(name, _, _)| *name).chain(BTF_TRACEPOINTS) {
+            for name in BTF_TRACEPOINTS {
                 let _ = std::fs::remove_file(pins.link(name));
                 let _ = std::fs::remove_file(pins.prog(name));
             }
@@ -579,25 +592,19 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
         None
     };
     let lsm_loaded = pins.prog(LSM_PROGRAMS[0]).exists();
-    let tracepoint_loaded = pins.prog(TRACEPOINTS[0].0).exists();
+    let paths_loaded = pins.prog(LSM_PATH_PROGRAMS[0]).exists();
+    let tracepoint_loaded = pins.prog(BTF_TRACEPOINTS[0]).exists();
     let mut links = Vec::new();
-    if lsm_loaded {
-        for name in LSM_PROGRAMS {
-            links.push(hold(&pins, name, reattached, || {
-                let mut p = Lsm::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
-                let id = p.attach().map_err(|e| fail(name, &e))?;
-                Ok(FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?))
-            })?);
-        }
+    let lsm_names =
+        LSM_PROGRAMS.iter().filter(|_| lsm_loaded).chain(LSM_PATH_PROGRAMS.iter().filter(|_| paths_loaded));
+    for name in lsm_names {
+        links.push(hold(&pins, name, reattached, || {
+            let mut p = Lsm::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
+            let id = p.attach().map_err(|e| fail(name, &e))?;
+            Ok(FdLink::from(p.take_link(id).map_err(|e| fail(name, &e))?))
+        })?);
     }
     if tracepoint_loaded {
-        for (name, category, tp) in TRACEPOINTS {
-            links.push(hold(&pins, name, reattached, || {
-                let mut p = TracePoint::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
-                let id = p.attach(category, tp).map_err(|e| fail(name, &e))?;
-                FdLink::try_from(p.take_link(id).map_err(|e| fail(name, &e))?).map_err(|e| fail(name, &e))
-            })?);
-        }
         for name in BTF_TRACEPOINTS {
             links.push(hold(&pins, name, reattached, || {
                 let mut p = BtfTracePoint::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
@@ -606,8 +613,10 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
             })?);
         }
     }
+    let lsm_active = lsm_loaded && lsm_list::bpf_active().is_ok();
     let active = Active {
-        lsm: lsm_loaded && lsm_list::bpf_active().is_ok(),
+        lsm: lsm_active,
+        lsm_paths: lsm_active && paths_loaded,
         cgroup: cgroup_progs.len() == CGROUP_PROGRAMS.len(),
         tracepoint: tracepoint_loaded,
     };

@@ -9,7 +9,6 @@ pub mod lsm_list;
 pub mod object;
 pub mod pins;
 pub mod ring;
-pub mod tracefs;
 pub mod writer;
 
 pub use loader::{Active, BackendStatus, Handles, LoadError, Want};

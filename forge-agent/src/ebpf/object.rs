@@ -3,10 +3,9 @@
 /// The object's bytes, aligned for the ELF parser.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forge-ebpf.o"));
 
-/// LSM programs and the hooks they attach to.
-pub const LSM_PROGRAMS: [&str; 17] = [
-    "bprm_check_security",
-    "file_open",
+/// LSM programs and the hooks they attach to: network, containment and
+/// self-protection (the `lsm` backend).
+pub const LSM_PROGRAMS: [&str; 15] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -24,19 +23,28 @@ pub const LSM_PROGRAMS: [&str; 17] = [
     "sb_pivotroot",
 ];
 
+/// LSM programs that resolve paths with `bpf_d_path` (the `lsm-paths`
+/// backend: exec and file rules). Kernels before 5.11 refuse that helper in
+/// LSM programs; there exec is decided by the tracepoint fallback and file
+/// rules are reported unenforceable.
+pub const LSM_PATH_PROGRAMS: [&str; 2] = ["bprm_check_security", "file_open"];
+
 /// cgroup sock_addr programs, attached per governed cgroup.
 pub const CGROUP_PROGRAMS: [&str; 6] = ["connect4", "connect6", "bind4", "bind6", "sendmsg4", "sendmsg6"];
 
-/// Classic tracepoints `(program, category, name)`, attached globally.
-pub const TRACEPOINTS: [(&str, &str, &str); 2] = [
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-];
-
 /// BTF tracepoints (program = tracepoint name), attached globally with the
-/// tracepoint backend: containment (fork, attach) and the cgroup lifecycle.
-pub const BTF_TRACEPOINTS: [&str; 4] =
-    ["sched_process_fork", "cgroup_attach_task", "cgroup_mkdir", "cgroup_rmdir"];
+/// tracepoint backend: process tracking and the exec fallback, containment
+/// (fork, attach) and the cgroup lifecycle. BTF tracepoints' links can be
+/// pinned on every supported kernel (classic tracepoints' perf links only
+/// from 5.15).
+pub const BTF_TRACEPOINTS: [&str; 6] = [
+    "sched_process_exec",
+    "sched_process_exit",
+    "sched_process_fork",
+    "cgroup_attach_task",
+    "cgroup_mkdir",
+    "cgroup_rmdir",
+];
 
 /// The raw syscall tracepoint, attached only while some governed cgroup has
 /// syscall rules (it taxes every syscall on the host while attached).

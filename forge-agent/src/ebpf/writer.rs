@@ -237,7 +237,7 @@ impl MapWriter {
         if !active.cgroup && active.lsm {
             record.flags |= flags::NET_VIA_LSM;
         }
-        if !active.lsm && active.tracepoint {
+        if !active.lsm_paths && active.tracepoint {
             record.flags |= flags::EXEC_VIA_TRACEPOINT;
         }
         if self.observe_net {

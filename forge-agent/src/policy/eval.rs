@@ -404,7 +404,7 @@ pub fn backend_flags(active: &Active) -> u32 {
     if !active.cgroup && active.lsm {
         f |= flags::NET_VIA_LSM;
     }
-    if !active.lsm && active.tracepoint {
+    if !active.lsm_paths && active.tracepoint {
         f |= flags::EXEC_VIA_TRACEPOINT;
     }
     f
@@ -1121,7 +1121,7 @@ mod tests {
             OPEN,
             "    - {name: r, ops: [net.connect, net.sendto, net.bind], action: deny, cidrs: [127.0.0.0/8]}\n",
         );
-        let lsm_only = Active { lsm: true, cgroup: false, tracepoint: false };
+        let lsm_only = Active { lsm: true, lsm_paths: true, cgroup: false, tracepoint: false };
         c.record.flags |= backend_flags(&lsm_only);
         let e = eval(&c, "net.connect 127.0.0.1:80");
         is(&e, DENIED, FIRST);
@@ -1130,9 +1130,9 @@ mod tests {
         let e = eval(&c, "net.sendto 127.0.0.1:53");
         allowed(&e, 0);
         assert!(e.decision.undecided.is_some());
-        let all = Active { lsm: true, cgroup: true, tracepoint: true };
+        let all = Active { lsm: true, lsm_paths: true, cgroup: true, tracepoint: true };
         assert_eq!(backend_flags(&all), 0);
-        let tp = Active { lsm: false, cgroup: true, tracepoint: true };
+        let tp = Active { lsm: false, lsm_paths: false, cgroup: true, tracepoint: true };
         assert_eq!(backend_flags(&tp), flags::EXEC_VIA_TRACEPOINT);
     }
 

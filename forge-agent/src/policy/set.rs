@@ -213,8 +213,8 @@ impl PolicySet {
 pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
     use forge_common::op;
     match class {
-        op::EXEC => active.lsm || active.tracepoint,
-        op::FILE_READ | op::FILE_WRITE => active.lsm,
+        op::EXEC => active.lsm_paths || active.tracepoint,
+        op::FILE_READ | op::FILE_WRITE => active.lsm_paths,
         op::NET_CONNECT | op::NET_BIND => active.cgroup || active.lsm,
         op::NET_SENDTO => active.cgroup,
         op::SYSCALL => active.tracepoint,
