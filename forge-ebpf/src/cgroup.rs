@@ -7,7 +7,7 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use forge_common::{family, flags, hook, op, verdict};
 
 use crate::{
-    decide::{decide_net, governing},
+    decide::{decide_net, governing_in_cgroup_hook},
     emit::{Report, report},
 };
 
@@ -16,7 +16,7 @@ const DENY: i32 = 0;
 
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
-    let Some(g) = governing() else {
+    let Some(g) = governing_in_cgroup_hook() else {
         return ALLOW;
     };
     let record = g.record;

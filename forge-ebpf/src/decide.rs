@@ -2,6 +2,7 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+    bpf_get_current_task,
     generated::bpf_d_path,
 };
 use forge_common::{Governor, MAX_GOVERNED_LEVEL, PathKey, PolicyRecord, mode, verdict};
@@ -27,16 +28,38 @@ pub(crate) struct Governing {
 /// governed ancestor's. `None` outside every governed subtree, and for the
 /// agent itself. A task in a governed cgroup costs one hash lookup; one
 /// outside costs that plus one lookup per level at which some cgroup is
-/// governed (most hosts: one).
+/// governed (most hosts: one). For tracing and LSM programs.
 #[inline(always)]
 pub(crate) fn governing() -> Option<Governing> {
+    governing_by(|actual| {
+        if kernel::tracing_ancestor_helper() {
+            nearest_current_ancestor(actual)
+        } else {
+            // Kernels before 5.14 refuse the ancestor helper in tracing and
+            // LSM programs: read the task's cgroup instead.
+            // SAFETY: the helper has no preconditions.
+            let task = unsafe { bpf_get_current_task() } as *const u8;
+            kernel::task_cgroup(task).map_or(0, nearest_governed)
+        }
+    })
+}
+
+/// [`governing`] for cgroup hooks, where the ancestor helper always exists
+/// (and the task helper does not).
+#[inline(always)]
+pub(crate) fn governing_in_cgroup_hook() -> Option<Governing> {
+    governing_by(nearest_current_ancestor)
+}
+
+#[inline(always)]
+fn governing_by(nearest: impl FnOnce(u64) -> u64) -> Option<Governing> {
     // SAFETY: the helper has no preconditions.
     let actual = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is two integers the agent writes whole.
     let (id, gov) = match unsafe { CGROUPS.get(actual) } {
         Some(g) => (actual, *g),
         None => {
-            let id = nearest_current_ancestor(actual);
+            let id = nearest(actual);
             // SAFETY: as above.
             (id, *unsafe { CGROUPS.get(id) }?)
         }

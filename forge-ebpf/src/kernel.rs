@@ -46,6 +46,11 @@ static OFF_CGROUP_ANCESTORS: u32 = 0;
 /// `struct cgroup *ancestors[]`.
 #[unsafe(no_mangle)]
 static CGROUP_ANCESTOR_IDS: u32 = 0;
+/// 1 when tracing and LSM programs may call
+/// `bpf_get_current_ancestor_cgroup_id` (kernels from 5.14), which the agent
+/// probes before loading.
+#[unsafe(no_mangle)]
+static TRACING_ANCESTOR_HELPER: u32 = 0;
 /// `offsetof(struct kernfs_node, id)`.
 #[unsafe(no_mangle)]
 static OFF_KN_ID: u32 = 0;
@@ -164,6 +169,12 @@ pub(crate) fn cgroup_level(cgrp: *const u8) -> Option<u32> {
     read::<i32>(cgrp, get(&OFF_CGROUP_LEVEL)).map(|l| l as u32)
 }
 
+/// Whether tracing and LSM programs may call the ancestor helper here.
+#[inline(always)]
+pub(crate) fn tracing_ancestor_helper() -> bool {
+    get(&TRACING_ANCESTOR_HELPER) != 0
+}
+
 /// The hierarchy (`struct cgroup_root *`) the cgroup at `cgrp` belongs to.
 #[inline(always)]
 pub(crate) fn cgroup_root(cgrp: *const u8) -> Option<*const u8> {
@@ -174,6 +185,10 @@ pub(crate) fn cgroup_root(cgrp: *const u8) -> Option<*const u8> {
 /// own level); `None` when `level` is deeper than the cgroup.
 #[inline(always)]
 pub(crate) fn cgroup_ancestor_id(cgrp: *const u8, level: u32) -> Option<u64> {
+    // Opaque to the compiler, so that the bound below stays in the program:
+    // a caller may know the level is at most MAX_GOVERNED_LEVEL where older
+    // verifiers (6.1) cannot, and refuse the offset built from it.
+    let level = core::hint::black_box(level);
     if level > forge_common::MAX_GOVERNED_LEVEL || level > cgroup_level(cgrp)? {
         return None;
     }

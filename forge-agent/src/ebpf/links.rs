@@ -19,6 +19,8 @@ use std::{
 
 use serde::Serialize;
 
+use super::sys::bpf;
+
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -56,15 +58,6 @@ struct RawLinkInfo {
     _pad: u32,
     cgroup_id: u64,
     rest: [u64; 6],
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, properly sized `bpf_attr` variant for `cmd`;
-    // the kernel reads (and for info, writes) only within its size.
-    let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, (attr as *mut T).cast::<libc::c_void>(), size_of::<T>() as u32)
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {

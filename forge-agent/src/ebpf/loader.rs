@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use super::{
     btf::{Btf, BtfError, KernelOffsets},
-    kfunc,
+    helper_probe, kfunc,
     links::{HeldLink, LinkState},
     lsm_list,
     object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER},
@@ -364,6 +364,8 @@ pub fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
     for (name, value) in &globals {
         loader.override_global(name, value, true);
     }
+    let ancestor_helper = u32::from(helper_probe::tracing_helper(helper_probe::GET_CURRENT_ANCESTOR_CGROUP_ID));
+    loader.override_global("TRACING_ANCESTOR_HELPER", &ancestor_helper, true);
     if let Some(bytes) = ring_bytes {
         // For a ring buffer, max_entries is its size in bytes.
         loader.map_max_entries(map_name::EVENTS, bytes);

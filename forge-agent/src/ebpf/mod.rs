@@ -2,6 +2,7 @@
 //! loading and pinning, the single map writer, and the ring reader.
 
 pub mod btf;
+pub mod helper_probe;
 pub mod kfunc;
 pub mod links;
 pub mod loader;
@@ -9,6 +10,7 @@ pub mod lsm_list;
 pub mod object;
 pub mod pins;
 pub mod ring;
+mod sys;
 pub mod writer;
 
 pub use loader::{Active, BackendStatus, Handles, LoadError, Want};
