@@ -2,8 +2,7 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-    bpf_get_current_task,
-    generated::bpf_d_path,
+    bpf_get_current_task, generated::bpf_d_path,
 };
 use forge_common::{Governor, MAX_GOVERNED_LEVEL, PathKey, PolicyRecord, mode, verdict};
 

@@ -127,6 +127,11 @@ pub(crate) fn cgroup_files_outside_refused() -> Result<(), Failed> {
         check!(frozen.contains("frozen 0"), "the other cgroup: {frozen}");
         for own in ["cgroup.freeze", "cgroup.kill"] {
             let p = f.cgroup.path.join(own);
+            if !p.exists() {
+                // cgroup.kill arrived in 5.14.
+                println!("{own}: this kernel has no such file");
+                continue;
+            }
             expect(
                 &format!("writing its own {own}"),
                 f.inside(&format!("open-write {}", p.display()))?,

@@ -42,12 +42,40 @@ use forge_agent::events::DecisionEvent;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 type TestFn = fn() -> Result<(), Failed>;
+
+/// Tests of the agent's own logic (API, signing, telemetry, capsules, fleet,
+/// scoring), which do the same on every kernel: the host and the primary
+/// guest run them; `FORGE_TESTS=kernel` (the other guests, for CI time)
+/// reports them ignored and runs the kernel-facing rest.
+const AGENT_SIDE: &[&str] = &[
+    "policy_apply_through_the_api",
+    "signed_bundles_only_in_strict_mode",
+    "benign_long_run_is_not_escalated",
+    "event_storm_lost_events_in_status_and_trace",
+    "metrics_scraped_by_prometheus",
+    "top_live_view_in_tmux",
+    "otlp_export_over_grpc_decoded_by_a_real_receiver",
+    "otlp_export_over_http_decoded_by_a_real_receiver",
+    "otlp_collector_down_counts_errors_enforcement_goes_on",
+    "capsule_c_program_under_the_gate_recorded_and_replayed",
+    "capsule_c_program_as_a_wasi_component_under_the_gate",
+    "capsule_run_through_the_agent_kernel_backs_up_the_gate",
+    "doctor_reports_whether_the_policy_in_force_is_signed",
+    "fleet_bundles_reach_three_agents_survive_a_bus_partition_replays_refused",
+    "fleet_quarantine_refused_on_other_nodes_forged_records_refused",
+    "fleet_bundle_names_compose_older_bundle_under_a_new_name_refused",
+    "fleet_quarantine_survives_bus_purge_and_restart_release_needs_k_of_n",
+    "api_governed_callers_cannot_change_the_agent",
+];
 /// A test that may find, once running, that it cannot run here (and says why).
 type MaybeFn = fn() -> Result<Completion, Failed>;
 
 /// A test with the backends it needs that may still report itself ignored.
 fn trial_maybe(name: &'static str, needs: &'static [&'static str], f: MaybeFn) -> Trial {
     Trial::ignorable_test(name, move || {
+        if let Some(ignored) = forge_tests::gate_kernel_subset(AGENT_SIDE.contains(&name)) {
+            return Ok(ignored);
+        }
         if let Some(ignored) = forge_tests::gate(needs)? {
             return Ok(ignored);
         }
@@ -58,6 +86,9 @@ fn trial_maybe(name: &'static str, needs: &'static [&'static str], f: MaybeFn) -
 /// A test with the backends it needs.
 fn trial(name: &'static str, needs: &'static [&'static str], f: TestFn) -> Trial {
     Trial::ignorable_test(name, move || {
+        if let Some(ignored) = forge_tests::gate_kernel_subset(AGENT_SIDE.contains(&name)) {
+            return Ok(ignored);
+        }
         if let Some(ignored) = forge_tests::gate(needs)? {
             return Ok(ignored);
         }
@@ -87,6 +118,9 @@ fn trial_with_programs(
     f: TestFn,
 ) -> Trial {
     Trial::ignorable_test(name, move || {
+        if let Some(ignored) = forge_tests::gate_kernel_subset(AGENT_SIDE.contains(&name)) {
+            return Ok(ignored);
+        }
         if let Some(ignored) = forge_tests::gate(needs)? {
             return Ok(ignored);
         }

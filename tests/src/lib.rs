@@ -54,6 +54,21 @@ pub fn caps() -> &'static HostCaps {
 /// Decides whether a test needing `needs` (backend names) can run here.
 /// `Ok(None)`: run it. `Ok(Some(ignored))`: report ignored with the reason.
 /// `Err`: a required capability is missing.
+/// `Some(ignored)` for an agent-side test (`agent_side`) when
+/// `FORGE_TESTS=kernel` asks for the kernel-facing tests only (the guests
+/// other than the primary one, whose software emulation makes every test
+/// slow: the agent-side ones run on the host and in the primary guest).
+pub fn gate_kernel_subset(agent_side: bool) -> Option<Completion> {
+    let kernel_only = std::env::var("FORGE_TESTS").is_ok_and(|v| v == "kernel");
+    (agent_side && kernel_only).then(|| {
+        Completion::ignored_with(
+            "agent-side test, the same on every kernel (FORGE_TESTS=kernel runs the kernel-facing \
+             tests only; the host and the primary guest run this one)"
+                .to_string(),
+        )
+    })
+}
+
 pub fn gate(needs: &[&str]) -> Result<Option<Completion>, Failed> {
     let c = caps();
     let mut missing = Vec::new();

@@ -364,7 +364,8 @@ pub fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
     for (name, value) in &globals {
         loader.override_global(name, value, true);
     }
-    let ancestor_helper = u32::from(helper_probe::tracing_helper(helper_probe::GET_CURRENT_ANCESTOR_CGROUP_ID));
+    let ancestor_helper =
+        u32::from(helper_probe::tracing_helper(helper_probe::GET_CURRENT_ANCESTOR_CGROUP_ID));
     loader.override_global("TRACING_ANCESTOR_HELPER", &ancestor_helper, true);
     if let Some(bytes) = ring_bytes {
         // For a ring buffer, max_entries is its size in bytes.
@@ -385,7 +386,31 @@ where
 }
 
 fn fail(name: &str, e: &dyn std::error::Error) -> LoadError {
-    LoadError::Program { name: name.to_string(), message: chain(e) }
+    let message = chain(e);
+    let message = match verifier_verdict(&message) {
+        Some(verdict) => format!("{verdict}; {message}"),
+        None => message,
+    };
+    LoadError::Program { name: name.to_string(), message }
+}
+
+/// The verifier's reason for refusing a program: the last line of its log
+/// that is neither an instruction, a source line, a register state nor a
+/// statistic (the log starts with notes that are not the reason, such as
+/// "arg#0 type is not a struct").
+fn verifier_verdict(message: &str) -> Option<&str> {
+    let log = &message[message.find("Verifier output:")? + "Verifier output:".len()..];
+    let noise = |l: &str| {
+        l.is_empty()
+            || l.starts_with(';')
+            || l.starts_with("verification time")
+            || l.starts_with("processed ")
+            || l.starts_with("stack depth")
+            || l.starts_with("last_idx")
+            || l.starts_with("regs=")
+            || l.split_once(':').is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    log.lines().map(str::trim).rev().find(|l| !noise(l))
 }
 
 /// An error with its sources, e.g. "the BPF_PROG_LOAD syscall failed: Operation not permitted".
@@ -674,6 +699,16 @@ fn attach_type(name: &str) -> CgroupSockAddrAttachType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verdict_is_the_last_line_that_is_not_an_instruction_or_a_statistic() {
+        let log = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: \
+                   arg#0 type is not a struct\nUnrecognized arg#0 type PTR\n; let f = x;\n\
+                   12: (85) call bpf_d_path#147\nhelper call is not allowed in probe\n\
+                   verification time 12 usec\nstack depth 8\nprocessed 13 insns (limit 1000000)\n";
+        assert_eq!(verifier_verdict(log), Some("helper call is not allowed in probe"));
+        assert_eq!(verifier_verdict("the BPF_PROG_LOAD syscall failed: Operation not permitted"), None);
+    }
 
     #[test]
     fn ring_sizes_are_power_of_two_multiples_of_the_page() {
