@@ -207,17 +207,7 @@ pub fn bpf(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
-    prior!(ctx, 2);
-    let Some(g) = protected() else {
-        return 0;
-    };
-    let child: *const u8 = ctx.arg(0);
-    let target = kernel::tgid_of(child);
-    let agent = agent_tgid();
-    if agent == 0 || target != agent {
-        return 0;
-    }
-    protect(&g, hook::LSM_PTRACE, rule_id::SELF_PROTECT, |r| r.target_pid = target)
+    agent_targeted(&ctx, hook::LSM_PTRACE, 2)
 }
 
 #[lsm(hook = "task_kill")]

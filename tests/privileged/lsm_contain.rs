@@ -129,7 +129,7 @@ pub(crate) fn cgroup_files_outside_refused() -> Result<(), Failed> {
             let p = f.cgroup.path.join(own);
             if !p.exists() {
                 // cgroup.kill arrived in 5.14.
-                println!("{own}: this kernel has no such file");
+                eprintln!("{own}: this kernel has no such file");
                 continue;
             }
             expect(

@@ -456,10 +456,10 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
                 Err(LoadError::Program { name: "lsm-paths".into(), message: "needs the lsm backend".into() })
             }
         };
-        if let Err(e) = &paths {
-            if r.is_ok() {
-                tracing::warn!(error = %e, "BPF LSM path hooks refused: exec is decided by the tracepoint fallback, file rules are not enforced");
-            }
+        if let Err(e) = &paths
+            && r.is_ok()
+        {
+            tracing::warn!(error = %e, "BPF LSM path hooks refused: exec is decided by the tracepoint fallback, file rules are not enforced");
         }
         statuses.push(status("lsm", r));
         statuses.push(status("lsm-paths", paths));

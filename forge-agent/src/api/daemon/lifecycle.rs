@@ -145,11 +145,7 @@ impl Daemon {
                     self.cgroup_made(cgroup, Found::KernelEvent);
                 }
             }
-            Hook::CgroupRmdir => {
-                if self.governed.contains_key(id) {
-                    self.cgroup_gone(*id, "cgroup removed");
-                }
-            }
+            Hook::CgroupRmdir if self.governed.contains_key(id) => self.cgroup_gone(*id, "cgroup removed"),
             _ => {}
         }
     }
