@@ -113,7 +113,15 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: a plain u8 written whole.
     if tgid != me && unsafe { DOOMED.get(&me) }.is_some() {
         doom(tgid);
-        let _ = kernel::signal_task(child, SIGKILL);
+        if kernel::signal_task(child, SIGKILL) < 0 {
+            // Wake the agent now rather than at its next tick. Not counted
+            // (no governed cgroup is known here); the escape that doomed the
+            // parent was.
+            let mut r = Report::new(0, hook::ESCAPE_FORK, op::PROTECT, verdict::INFO, mode::ENFORCE, 0);
+            r.target_pid = tgid;
+            r.nr = escape::LEFT_TO_AGENT;
+            report(None, &r, None);
+        }
         return 0;
     }
     let cgrp = kernel::task_cgroup(child);
