@@ -12,8 +12,11 @@ fn root(rel: &str) -> String {
 }
 
 /// `--flag` words of a text.
+/// The `--flags` a deployment file passes, outside its comments.
 fn flags(text: &str) -> Vec<String> {
-    text.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+    let code: String =
+        text.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(|l| [l, "\n"]).collect();
+    code.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
         .filter_map(|w| w.strip_prefix("- ").or(Some(w)))
         .filter(|w| w.starts_with("--"))
         .map(|w| w.split('=').next().unwrap_or(w).to_string())
