@@ -331,24 +331,25 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
 }
 
 /// Self-protection for hooks whose first argument is the target task:
-/// governed tasks may not change the agent's resource limits, nice value,
-/// scheduling policy or affinity, or I/O priority (routes that kill or
-/// starve it without a signal).
+/// governed tasks may not ptrace the agent or change its resource limits,
+/// nice value, scheduling policy or affinity, or I/O priority (routes that
+/// kill or starve it without a signal). The target is checked first: most
+/// calls on the host are not about the agent and need no policy lookup.
 #[inline(always)]
 fn agent_targeted(ctx: &LsmContext, h: u16, prior_arg: usize) -> i32 {
     let ret: i32 = ctx.arg(prior_arg);
     if ret != 0 {
         return ret;
     }
-    let Some(g) = protected() else {
-        return 0;
-    };
     let task: *const u8 = ctx.arg(0);
     let target = kernel::tgid_of(task);
     let agent = agent_tgid();
     if agent == 0 || target != agent {
         return 0;
     }
+    let Some(g) = protected() else {
+        return 0;
+    };
     protect(&g, h, rule_id::SELF_PROTECT, |r| r.target_pid = target)
 }
 
