@@ -67,6 +67,20 @@ pub enum Action {
     Unlink(PathBuf),
     /// umount2(2) of a mount point.
     Umount(PathBuf),
+    /// A syscall of another ABI than x86_64 (the same process, the same
+    /// kernel, another table): `syscall32` makes an i386 call with `int
+    /// 0x80`, `syscall-x32` an x32 call. Names: `mkdir PATH`, `unshare`
+    /// (CLONE_NEWUTS), `getpid`, `getppid`, `process_vm_readv` (of nothing).
+    /// Prints `returned` on stdout once the call came back, so a test can
+    /// tell that a killed caller did not go on.
+    OtherAbi(OtherAbi, String, Option<String>),
+}
+
+/// The ABI of [`Action::OtherAbi`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtherAbi {
+    I386,
+    X32,
 }
 
 /// The ways of [`Action::Signal`].
@@ -109,6 +123,11 @@ impl fmt::Display for Action {
             Self::Signal(route, pid, sig) => write!(f, "{} {pid} {sig}", route.verb()),
             Self::Unlink(p) => write!(f, "unlink {}", p.display()),
             Self::Umount(p) => write!(f, "umount {}", p.display()),
+            Self::OtherAbi(abi, name, arg) => {
+                let verb = if *abi == OtherAbi::I386 { "syscall32" } else { "syscall-x32" };
+                write!(f, "{verb} {name}")?;
+                arg.as_ref().map_or(Ok(()), |a| write!(f, " {a}"))
+            }
         }
     }
 }
@@ -153,6 +172,10 @@ impl FromStr for Action {
             "ptrace" => Self::PtraceAttach(pid(arg)?),
             "unlink" => Self::Unlink(PathBuf::from(need(arg)?)),
             "umount" => Self::Umount(PathBuf::from(need(arg)?)),
+            "syscall32" | "syscall-x32" => {
+                let abi = if verb == "syscall32" { OtherAbi::I386 } else { OtherAbi::X32 };
+                Self::OtherAbi(abi, need(arg)?, it.next().map(str::to_string))
+            }
             v if SignalRoute::ALL.iter().any(|(_, name)| *name == v) => {
                 let route =
                     SignalRoute::ALL.iter().find(|(_, name)| *name == v).map(|(r, _)| *r).expect("found");
@@ -244,6 +267,14 @@ pub fn perform(action: &Action) -> io::Result<()> {
         Action::Unlink(p) => std::fs::remove_file(p),
         Action::Umount(p) => {
             nix::mount::umount2(p.as_path(), nix::mount::MntFlags::empty()).map_err(io::Error::from)
+        }
+        Action::OtherAbi(abi, name, arg) => {
+            use std::io::Write as _;
+            let r = other_abi_syscall(*abi, name, arg.as_deref());
+            let mut out = io::stdout().lock();
+            writeln!(out, "returned")?;
+            out.flush()?;
+            r
         }
         Action::MoveSelf(dir, inner) => {
             if !dir.exists() {
@@ -491,6 +522,100 @@ fn syscall(name: &str) -> io::Result<()> {
         }
     };
     errno_result(r)
+}
+
+/// Arguments of an [`Action::OtherAbi`] call: number in that ABI, and up to
+/// three integer arguments.
+fn other_abi_args(abi: OtherAbi, name: &str, path: Option<u64>) -> io::Result<(u32, [u64; 3])> {
+    use crate::policy::syscalls::{Abi, number_in};
+    let table = if abi == OtherAbi::I386 { Abi::I386 } else { Abi::X32 };
+    let nr = number_in(table, name).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{table} has no syscall {name}"))
+    })?;
+    let args = match name {
+        "mkdir" => {
+            [path.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mkdir needs a path"))?, 0o755, 0]
+        }
+        "unshare" => [libc::CLONE_NEWUTS as u64, 0, 0],
+        "getpid" | "getppid" => [0; 3],
+        // pid 0 does not exist: ESRCH once the call runs.
+        "process_vm_readv" => [0; 3],
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("syscall {other} is not one the workload makes in another ABI"),
+            ));
+        }
+    };
+    Ok((nr, args))
+}
+
+/// An i386 syscall through `int 0x80`, or an x32 one, from this 64-bit
+/// process. Pointers for i386 live below 4 GiB (`MAP_32BIT`).
+#[cfg(target_arch = "x86_64")]
+fn other_abi_syscall(abi: OtherAbi, name: &str, arg: Option<&str>) -> io::Result<()> {
+    let path = match arg {
+        None => None,
+        Some(a) => {
+            let bytes =
+                std::ffi::CString::new(a).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+            let page = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                    -1,
+                    0,
+                )
+            };
+            if page == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let b = bytes.as_bytes_with_nul();
+            if b.len() > 4096 {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "path longer than a page"));
+            }
+            // SAFETY: `page` is a writable 4096-byte mapping and `b` fits in it.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), page.cast::<u8>(), b.len()) };
+            Some(page as u64)
+        }
+    };
+    let (nr, [a1, a2, a3]) = other_abi_args(abi, name, path)?;
+    let ret: i64 = match abi {
+        OtherAbi::I386 => {
+            let ret: i32;
+            // SAFETY: a 32-bit syscall with integer arguments and, for mkdir,
+            // a pointer to the NUL-terminated path copied above. rbx cannot
+            // be named as an operand, so it is swapped in and out; int 0x80
+            // from 64-bit code clobbers r8-r11.
+            unsafe {
+                core::arch::asm!(
+                    "xchg {b}, rbx",
+                    "int 0x80",
+                    "xchg {b}, rbx",
+                    b = inout(reg) a1 => _,
+                    inlateout("eax") nr => ret,
+                    in("ecx") a2 as u32,
+                    in("edx") a3 as u32,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                );
+            }
+            i64::from(ret)
+        }
+        // SAFETY: as above; the x32 call takes 64-bit registers.
+        OtherAbi::X32 => unsafe { libc::syscall(i64::from(nr) | 0x4000_0000, a1, a2, a3) },
+    };
+    if abi == OtherAbi::I386 && ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret as i32));
+    }
+    errno_result(ret)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn other_abi_syscall(_: OtherAbi, _: &str, _: Option<&str>) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "i386 and x32 syscalls exist on x86_64 only"))
 }
 
 fn bpf_map_create() -> io::Result<()> {

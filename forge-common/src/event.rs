@@ -44,7 +44,8 @@ pub struct Event {
     pub family: u8,
     /// Port in host byte order for network events.
     pub port: u16,
-    /// Syscall number (`SYS_ENTER`), bpf command (`LSM_BPF`), signal
+    /// Syscall number as the entry saw it (`SYS_ENTER`; x32 calls carry
+    /// [`crate::X32_SYSCALL_BIT`], i386 calls [`crate::COMPAT_SYSCALL_BIT`]), bpf command (`LSM_BPF`), signal
     /// (`LSM_TASK_KILL`, `LSM_FILE_SIGIOTASK`), exit code (`PROC_EXIT`),
     /// [`crate::escape`] outcome (`ESCAPE_*`), cgroup level (`CGROUP_*`),
     /// permission mask (`LSM_INODE_PERMISSION`); 0 otherwise.

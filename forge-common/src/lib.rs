@@ -52,8 +52,9 @@ pub mod policy;
 
 pub use event::{Event, PATH_BUF_LEN};
 pub use policy::{
-    Config, CounterKey, Governor, MAX_NET_RULES, MAX_SYSCALLS, NetRule, PATH_KEY_PATH_LEN, PathKey, PathRule,
-    PolicyRecord, SYSCALL_WORDS, unmap_v4,
+    COMPAT_SYSCALL_BIT, Config, CounterKey, Governor, MAX_NET_RULES, NetRule, PATH_KEY_PATH_LEN, PathKey,
+    PathRule, PolicyRecord, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, SYSCALL_WORDS, X32_SYSCALL_BIT, syscall_slot,
+    unmap_v4,
 };
 
 /// Names of the maps in the eBPF object, used by the agent to find them.
@@ -223,6 +224,9 @@ pub mod flags {
     /// Report allowed connects and sends too (verdict `ALLOW`), for the
     /// anomaly scorer's baseline of destinations.
     pub const OBSERVE_NET: u32 = 1 << 5;
+    /// The syscall class defaults to deny: a syscall number that has no
+    /// slot in the bitmaps (an unknown number or ABI) is denied too.
+    pub const SYSCALL_DEFAULT_DENY: u32 = 1 << 6;
 }
 
 /// Address families in [`NetRule::family`] and [`Event::family`].

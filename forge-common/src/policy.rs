@@ -4,10 +4,39 @@ use core::mem::size_of;
 
 use crate::op;
 
-/// Syscall numbers covered by the bitmaps.
-pub const MAX_SYSCALLS: usize = 512;
+/// Entries in the syscall bitmaps: one per [`syscall_slot`].
+pub const SYSCALL_SLOTS: usize = 1152;
 /// `u64` words in a syscall bitmap.
-pub const SYSCALL_WORDS: usize = MAX_SYSCALLS / 64;
+pub const SYSCALL_WORDS: usize = SYSCALL_SLOTS / 64;
+/// Slots `0..SYSCALL_COMPAT_BASE` hold the 64-bit syscalls: x86_64 numbers
+/// below 512, and the x32-only numbers 512..576 (an x32 call of a number
+/// below 512 is the x86_64 call of that number and shares its slot).
+/// Slots from here hold the i386 (`int 0x80`, compat) numbers.
+pub const SYSCALL_COMPAT_BASE: usize = 576;
+/// `__X32_SYSCALL_BIT`: set in the number of an x32 syscall.
+pub const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+/// Set in [`crate::Event::nr`] of a syscall event when the call was a
+/// 32-bit (i386) one.
+pub const COMPAT_SYSCALL_BIT: u32 = 0x8000_0000;
+
+/// The bitmap slot of a syscall as the kernel's entry sees it: its number
+/// (`id`, with [`X32_SYSCALL_BIT`] for x32 calls) and whether it is a 32-bit
+/// (i386) call. `None` for numbers no ABI table has a slot for.
+#[inline(always)]
+pub fn syscall_slot(compat: bool, id: u64) -> Option<usize> {
+    let limit = SYSCALL_SLOTS - SYSCALL_COMPAT_BASE;
+    if compat {
+        if id < limit as u64 {
+            return Some(SYSCALL_COMPAT_BASE + id as usize);
+        }
+        return None;
+    }
+    if id & X32_SYSCALL_BIT != 0 {
+        let n = id & !X32_SYSCALL_BIT;
+        return if n < SYSCALL_COMPAT_BASE as u64 { Some(n as usize) } else { None };
+    }
+    if id < 512 { Some(id as usize) } else { None }
+}
 /// Network rules per record, evaluated in order; the first match decides.
 pub const MAX_NET_RULES: usize = 32;
 /// Path bytes in an LPM key: 256 (the kernel's limit for LPM data) minus
@@ -104,14 +133,18 @@ pub struct PolicyRecord {
     pub net_count: u32,
     pub _pad1: u32,
     pub net: [NetRule; MAX_NET_RULES],
-    /// Syscalls that are denied (bit set = deny). Already folds the default.
+    /// Syscall slots ([`syscall_slot`]) that are denied (bit set = deny).
+    /// Already folds the default; numbers without a slot are denied when
+    /// [`crate::flags::SYSCALL_DEFAULT_DENY`] is set.
     pub syscall_deny: [u64; SYSCALL_WORDS],
     /// Of the denied syscalls, those only monitored (bit set = monitor).
     pub syscall_monitor: [u64; SYSCALL_WORDS],
-    /// Rule id per syscall number (for denied ones).
-    pub syscall_rule: [u32; MAX_SYSCALLS],
+    /// Rule id per syscall slot (for denied ones).
+    pub syscall_rule: [u32; SYSCALL_SLOTS],
 }
-const _: () = assert!(size_of::<PolicyRecord>() == 16 + 8 + 32 + 8 + 48 * 32 + 64 + 64 + 4 * 512);
+const _: () = assert!(
+    size_of::<PolicyRecord>() == 16 + 8 + 32 + 8 + 48 * 32 + 8 * SYSCALL_WORDS * 2 + 4 * SYSCALL_SLOTS
+);
 
 impl PolicyRecord {
     /// A record that allows everything and denies nothing.
@@ -139,14 +172,28 @@ impl PolicyRecord {
             }; MAX_NET_RULES],
             syscall_deny: [0; SYSCALL_WORDS],
             syscall_monitor: [0; SYSCALL_WORDS],
-            syscall_rule: [0; MAX_SYSCALLS],
+            syscall_rule: [0; SYSCALL_SLOTS],
         }
     }
 
-    /// Whether syscall `nr` is denied; returns `(denied, monitor_only, rule)`.
+    /// The decision on a syscall as the kernel's entry sees it (see
+    /// [`syscall_slot`]): `None` when allowed, else `(monitor_only, rule)`.
+    /// What the syscall tracepoint and the evaluator both ask.
+    #[inline(always)]
+    pub fn syscall_decision(&self, compat: bool, id: u64) -> Option<(bool, u32)> {
+        match syscall_slot(compat, id) {
+            Some(slot) => self.syscall_denied(slot),
+            None if self.flags & crate::flags::SYSCALL_DEFAULT_DENY != 0 => {
+                Some((self.mode == crate::mode::MONITOR, self.default_rule[op::SYSCALL as usize]))
+            }
+            None => None,
+        }
+    }
+
+    /// Whether syscall slot `nr` is denied; returns `(monitor_only, rule)`.
     #[inline(always)]
     pub fn syscall_denied(&self, nr: usize) -> Option<(bool, u32)> {
-        if nr >= MAX_SYSCALLS {
+        if nr >= SYSCALL_SLOTS {
             return None;
         }
         let word = nr / 64;
@@ -157,10 +204,10 @@ impl PolicyRecord {
         Some((self.syscall_monitor[word] & bit != 0, self.syscall_rule[nr]))
     }
 
-    /// Marks syscall `nr` as denied by `rule_id`. Out-of-range numbers are ignored
-    /// and reported as `false`.
+    /// Marks syscall slot `nr` as denied by `rule_id`. Out-of-range slots are
+    /// ignored and reported as `false`.
     pub fn deny_syscall(&mut self, nr: usize, rule_id: u32, monitor: bool) -> bool {
-        if nr >= MAX_SYSCALLS {
+        if nr >= SYSCALL_SLOTS {
             return false;
         }
         let word = nr / 64;
@@ -355,14 +402,49 @@ mod tests {
         assert!(rec.deny_syscall(0, 20, false));
         assert!(rec.deny_syscall(63, 21, true));
         assert!(rec.deny_syscall(64, 22, false));
-        assert!(rec.deny_syscall(511, 23, false));
-        assert!(!rec.deny_syscall(512, 24, false));
+        assert!(rec.deny_syscall(SYSCALL_SLOTS - 1, 23, false));
+        assert!(!rec.deny_syscall(SYSCALL_SLOTS, 24, false));
         assert_eq!(rec.syscall_denied(0), Some((false, 20)));
         assert_eq!(rec.syscall_denied(63), Some((true, 21)));
         assert_eq!(rec.syscall_denied(64), Some((false, 22)));
-        assert_eq!(rec.syscall_denied(511), Some((false, 23)));
+        assert_eq!(rec.syscall_denied(SYSCALL_SLOTS - 1), Some((false, 23)));
         assert_eq!(rec.syscall_denied(1), None);
-        assert_eq!(rec.syscall_denied(512), None);
+        assert_eq!(rec.syscall_denied(SYSCALL_SLOTS), None);
         assert_ne!(rec.flags & crate::flags::HAS_SYSCALL_RULES, 0);
+    }
+
+    #[test]
+    fn syscall_slots_per_abi() {
+        // x86_64: the number itself, below 512.
+        assert_eq!(syscall_slot(false, 83), Some(83));
+        assert_eq!(syscall_slot(false, 511), Some(511));
+        assert_eq!(syscall_slot(false, 512), None);
+        // x32: the number without the bit; its own calls sit at 512..576.
+        assert_eq!(syscall_slot(false, X32_SYSCALL_BIT | 83), Some(83));
+        assert_eq!(syscall_slot(false, X32_SYSCALL_BIT | 520), Some(520));
+        assert_eq!(syscall_slot(false, X32_SYSCALL_BIT | 576), None);
+        // i386: a slot of its own, whatever the number means on x86_64.
+        assert_eq!(syscall_slot(true, 39), Some(SYSCALL_COMPAT_BASE + 39));
+        assert_eq!(syscall_slot(true, 575), Some(SYSCALL_SLOTS - 1));
+        assert_eq!(syscall_slot(true, 576), None);
+        // -1 (a syscall skipped by a tracer) and other wild numbers.
+        assert_eq!(syscall_slot(false, u64::MAX), None);
+        assert_eq!(syscall_slot(true, u64::MAX), None);
+    }
+
+    #[test]
+    fn numbers_without_a_slot_follow_the_default() {
+        let mut rec = PolicyRecord::allow_all(1);
+        rec.default_rule[op::SYSCALL as usize] = 7;
+        assert!(rec.deny_syscall(SYSCALL_COMPAT_BASE + 39, 30, false));
+        assert_eq!(rec.syscall_decision(true, 39), Some((false, 30)));
+        assert_eq!(rec.syscall_decision(false, 39), None, "x86_64 39 is another syscall");
+        assert_eq!(rec.syscall_decision(false, 4000), None, "default allow");
+        rec.flags |= crate::flags::SYSCALL_DEFAULT_DENY;
+        assert_eq!(rec.syscall_decision(false, 4000), Some((false, 7)));
+        assert_eq!(rec.syscall_decision(true, 4000), Some((false, 7)));
+        assert_eq!(rec.syscall_decision(false, u64::MAX), Some((false, 7)));
+        rec.mode = crate::mode::MONITOR;
+        assert_eq!(rec.syscall_decision(false, 4000), Some((true, 7)));
     }
 }

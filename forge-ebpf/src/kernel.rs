@@ -105,6 +105,10 @@ static OFF_PID_TASKS: u32 = 0;
 /// `offsetof(struct task_struct, pid_links)` (`pid_links[PIDTYPE_PID]` first).
 #[unsafe(no_mangle)]
 static OFF_TASK_PID_LINKS: u32 = 0;
+/// `offsetof(struct task_struct, thread_info) + offsetof(struct thread_info,
+/// status)` (x86: `TS_COMPAT` is set there while a 32-bit syscall runs).
+#[unsafe(no_mangle)]
+static OFF_TASK_TI_STATUS: u32 = 0;
 
 #[inline(always)]
 fn get(v: &'static u32) -> usize {
@@ -317,6 +321,21 @@ pub(crate) fn signal_current(sig: u32) -> i64 {
 pub(crate) fn tgid_of(task: *const u8) -> u32 {
     // SAFETY: bpf_probe_read_kernel checks the address; a fault returns Err.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(task.add(task_tgid()) as *const u32).unwrap_or(0) }
+}
+
+/// `TS_COMPAT` in `thread_info.status` (`arch/x86/include/asm/thread_info.h`):
+/// set by the 32-bit syscall entries before the syscall tracepoints run,
+/// cleared on the way back to user mode.
+const TS_COMPAT: u32 = 0x0002;
+
+/// Whether the current task is in a 32-bit (i386, `int 0x80` or compat
+/// `sysenter`/`syscall`) syscall; `None` if the status cannot be read.
+#[inline(always)]
+pub(crate) fn current_in_compat_syscall() -> Option<bool> {
+    // SAFETY: bpf_get_current_task returns the current task pointer; the
+    // read goes through bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    read::<u32>(task, get(&OFF_TASK_TI_STATUS)).map(|s| s & TS_COMPAT != 0)
 }
 
 /// Parent tgid of the current task, 0 if unreadable.

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use forge_common::{flags, hook, mode, op, verdict};
+use forge_common::{COMPAT_SYSCALL_BIT, flags, hook, mode, op, verdict};
 
 use crate::{
     decide::{decide_path, governing, scratch},
@@ -27,13 +27,22 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if record.flags & flags::HAS_SYSCALL_RULES == 0 {
         return 0;
     }
-    let nr: u64 = ctx.arg(1);
-    let Some((monitor, rule_id)) = record.syscall_denied(nr as usize) else {
+    let id: u64 = ctx.arg(1);
+    // The same number means another syscall in each ABI: an i386 call is
+    // looked up in the i386 table (x32 numbers carry their bit).
+    // Should the ABI be unreadable, either table's deny decides.
+    let abi = kernel::current_in_compat_syscall();
+    let compat = abi.unwrap_or(false);
+    let decision = match abi {
+        Some(compat) => record.syscall_decision(compat, id),
+        None => record.syscall_decision(false, id).or_else(|| record.syscall_decision(true, id)),
+    };
+    let Some((monitor, rule_id)) = decision else {
         return 0;
     };
     let m = if monitor || record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
     let mut r = Report::of(&g, hook::SYS_ENTER, op::SYSCALL, verdict::KILL, m, rule_id);
-    r.nr = nr as u32;
+    r.nr = if compat { id as u32 | COMPAT_SYSCALL_BIT } else { id as u32 };
     report(Some(record), &r, None);
     if m == mode::ENFORCE {
         // SAFETY: the helper signals the current task; it has no memory arguments.

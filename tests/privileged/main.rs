@@ -144,6 +144,13 @@ fn main() {
         trial("cgroup_bind4_and_ipv6", &["cgroup"], net::bind_and_ipv6),
         trial("cgroup_sendmsg_udp", &["cgroup"], net::sendmsg_udp),
         trial("syscall_deny_kills_caller", &["tracepoint"], process::syscall_kill),
+        trial("syscall_rules_cover_i386_int80", &["tracepoint"], process::syscall_rules_cover_i386),
+        trial(
+            "syscall_i386_numbers_are_not_x86_64_numbers",
+            &["tracepoint"],
+            process::i386_numbers_are_not_x86_64_numbers,
+        ),
+        trial_maybe("syscall_rules_cover_x32", &["tracepoint"], process::syscall_rules_cover_x32),
         trial("exec_deny_tracepoint_fallback", &["tracepoint"], process::exec_fallback),
         trial("monitor_mode_counts_and_reports", &["cgroup", "tracepoint"], process::monitor_mode),
         trial("process_events_exec_and_exit", &["tracepoint"], process::process_events),

@@ -151,3 +151,105 @@ pub(crate) fn process_events() -> Result<(), Failed> {
     check!(exit.target == Target::Exit { code: (libc::ENOENT as u32) << 8 }, "exit target {}", exit.target);
     Ok(())
 }
+
+/// A syscall rule names what a call does, whatever the ABI: an i386 call
+/// made with `int 0x80` from a 64-bit process is looked up in the i386
+/// table. Before, i386 `mkdir` (39) was read as x86_64 `getpid` and i386
+/// `unshare` (310) as `process_vm_readv`.
+pub(crate) fn syscall_rules_cover_i386() -> Result<(), Failed> {
+    let dir = std::path::PathBuf::from(format!("/tmp/forge-abi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(forge_tests::fail)?;
+    let r = (|| {
+        let yaml = policy(
+            "enforce",
+            "    - {name: no-mkdir, op: syscall, action: deny, syscalls: [mkdir, unshare]}\n    - {name: no-vm-read, op: syscall, action: deny, syscalls: [process_vm_readv]}\n",
+        );
+        let mut f = Fixture::new("abi32", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
+        // The denied calls, made the 32-bit way: killed before the caller
+        // goes on (it would print `returned`).
+        let denied = dir.join("denied");
+        let (got, out) = f.inside_output(&format!("syscall32 mkdir {}", denied.display()))?;
+        expect("i386 mkdir inside", got, SIGKILL)?;
+        check!(!out.contains("returned"), "the killed i386 mkdir went on: {out:?}");
+        let (got, out) = f.inside_output("syscall32 unshare")?;
+        expect("i386 unshare inside", got, SIGKILL)?;
+        check!(!out.contains("returned"), "the killed i386 unshare went on: {out:?}");
+        // x86_64 process_vm_readv (310) is denied; i386 310 is unshare, and
+        // i386 39 is mkdir, not x86_64 getpid: allowed 32-bit calls work.
+        expect("i386 getppid inside", f.inside_output("syscall32 getppid")?.0, Outcome::Ok)?;
+        expect("i386 getpid inside", f.inside_output("syscall32 getpid")?.0, Outcome::Ok)?;
+        let (got, _) = f.inside_output("syscall32 process_vm_readv")?;
+        expect("i386 process_vm_readv inside", got, SIGKILL)?;
+        // Outside the governed cgroup the same 32-bit call runs, and has its effect.
+        let made = dir.join("outside");
+        expect(
+            "i386 mkdir outside",
+            f.outside(&format!("syscall32 mkdir {}", made.display()))?,
+            Outcome::Ok,
+        )?;
+        check!(made.is_dir(), "the i386 mkdir outside made no directory");
+        let events = f.decisions(3);
+        let ev = find(&events, "the killed i386 mkdir", |e| {
+            e.op == Op::Syscall && e.target == Target::Syscall { nr: 39 | forge_common::COMPAT_SYSCALL_BIT }
+        })?;
+        check!(ev.hook == Hook::SysEnter && ev.verdict == Verdict::Kill, "{ev}");
+        check!(ev.target.to_string() == "i386:mkdir(39)", "target shown as {}", ev.target);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// The other way round: a policy that denies x86_64 `process_vm_readv`
+/// (310) leaves i386 `unshare` (310) alone, and i386 calls it does not
+/// deny have their effect (the directory is made).
+pub(crate) fn i386_numbers_are_not_x86_64_numbers() -> Result<(), Failed> {
+    let dir = std::path::PathBuf::from(format!("/tmp/forge-abi39-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(forge_tests::fail)?;
+    let r = (|| {
+        let yaml = policy(
+            "enforce",
+            "    - {name: no-vm-read, op: syscall, action: deny, syscalls: [process_vm_readv]}\n",
+        );
+        let f = Fixture::new("abi39", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
+        // i386 unshare is 310, x86_64 process_vm_readv's number.
+        expect("i386 unshare inside", f.inside_output("syscall32 unshare")?.0, Outcome::Ok)?;
+        let made = dir.join("made");
+        expect(
+            "i386 mkdir inside",
+            f.inside_output(&format!("syscall32 mkdir {}", made.display()))?.0,
+            Outcome::Ok,
+        )?;
+        check!(made.is_dir(), "the allowed i386 mkdir made no directory");
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// x32 calls (numbers with `__X32_SYSCALL_BIT`) are decided like the
+/// x86_64 calls they are. Ignored where the kernel takes no x32 calls.
+pub(crate) fn syscall_rules_cover_x32() -> Result<libtest_mimic::Completion, Failed> {
+    // SAFETY: x32 getpid has no arguments.
+    let probe = unsafe { libc::syscall(0x4000_0000 | 39) };
+    if probe < 0 {
+        return Ok(libtest_mimic::Completion::ignored_with(format!(
+            "this kernel takes no x32 syscalls ({}: CONFIG_X86_X32_ABI off, or booted without syscall.x32=y)",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let dir = std::path::PathBuf::from(format!("/tmp/forge-abix32-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(forge_tests::fail)?;
+    let r = (|| {
+        let yaml =
+            policy("enforce", "    - {name: no-mkdir, op: syscall, action: deny, syscalls: [mkdir]}\n");
+        let f = Fixture::new("abix32", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
+        let (got, out) = f.inside_output(&format!("syscall-x32 mkdir {}", dir.join("d").display()))?;
+        expect("x32 mkdir inside", got, SIGKILL)?;
+        check!(!out.contains("returned"), "the killed x32 mkdir went on: {out:?}");
+        expect("x32 getppid inside", f.inside("syscall-x32 getppid")?, Outcome::Ok)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r.map(|()| libtest_mimic::Completion::Completed)
+}

@@ -164,9 +164,9 @@ fn compile_target(set: &PolicySet, t: &TargetArgs) -> anyhow::Result<CompiledRec
 fn dump(c: &CompiledRecord, full: bool) -> serde_json::Value {
     use forge_agent::policy::compile::{CLASSES, class_name};
     let r = &c.record;
-    let denied: Vec<String> = (0..forge_common::MAX_SYSCALLS)
-        .filter(|nr| r.syscall_denied(*nr).is_some())
-        .map(|nr| forge_agent::policy::syscalls::name(nr as u32).map_or(nr.to_string(), str::to_string))
+    let denied: Vec<String> = forge_agent::policy::syscalls::slots()
+        .filter(|slot| r.syscall_denied(*slot).is_some())
+        .map(forge_agent::policy::syscalls::slot_name)
         .collect();
     let word = |a: u8| if a == forge_common::verdict::ALLOW { "allow" } else { "deny" };
     let rule_name = |id: u32| {

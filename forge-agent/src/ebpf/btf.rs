@@ -477,6 +477,8 @@ pub struct KernelOffsets {
     pub proc_inode_pid: u32,
     pub pid_tasks: u32,
     pub task_pid_links: u32,
+    /// `task_struct.thread_info` + `thread_info.status` (x86: `TS_COMPAT`).
+    pub task_ti_status: u32,
 }
 
 impl KernelOffsets {
@@ -526,6 +528,8 @@ impl KernelOffsets {
             proc_inode_pid: btf.member_offset("proc_inode", "pid")?,
             pid_tasks: btf.member_offset("pid", "tasks")?,
             task_pid_links: btf.member_offset("task_struct", "pid_links")?,
+            task_ti_status: btf.member_offset("task_struct", "thread_info")?
+                + btf.member_offset("thread_info", "status")?,
         })
     }
 
@@ -564,6 +568,7 @@ impl KernelOffsets {
             ("OFF_PROC_INODE_PID", self.proc_inode_pid),
             ("OFF_PID_TASKS", self.pid_tasks),
             ("OFF_TASK_PID_LINKS", self.task_pid_links),
+            ("OFF_TASK_TI_STATUS", self.task_ti_status),
         ]
     }
 }
@@ -875,6 +880,11 @@ mod tests {
             &[("i_mode", ushort, 0), ("i_sb", void_ptr, 40), ("i_private", void_ptr, 120)],
         );
         b.strukt("vfsmount", 24, &[("mnt_root", void_ptr, 0), ("mnt_sb", void_ptr, 8)]);
+        let thread_info = b.strukt(
+            "thread_info",
+            24,
+            &[("flags", u64_t, 0), ("syscall_work", u64_t, 8), ("status", uint, 16)],
+        );
         // task_struct.cgroups and friends, as a later definition of the same
         // struct (every definition with members must agree).
         b.strukt(
@@ -886,6 +896,7 @@ mod tests {
                 ("signal", void_ptr, 32),
                 ("nsproxy", void_ptr, 40),
                 ("pid_links", void_ptr, 48),
+                ("thread_info", thread_info, 0),
             ],
         );
         b.strukt("signal_struct", 64, &[("sigcnt", int, 0), ("live", int, 4)]);
@@ -1134,6 +1145,7 @@ mod tests {
                 proc_inode_pid: 0,
                 pid_tasks: 16,
                 task_pid_links: 48,
+                task_ti_status: 16,
             }
         );
         let globals = offsets.globals();

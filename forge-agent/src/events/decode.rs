@@ -235,10 +235,13 @@ impl fmt::Display for Target {
             Self::Path { path } => f.write_str(path),
             Self::Addr { addr: IpAddr::V6(a), port } => write!(f, "[{a}]:{port}"),
             Self::Addr { addr, port } => write!(f, "{addr}:{port}"),
-            Self::Syscall { nr } => match crate::policy::syscalls::name(*nr) {
-                Some(name) => write!(f, "{name}({nr})"),
-                None => write!(f, "syscall {nr}"),
-            },
+            Self::Syscall { nr } => {
+                let (abi, n) = crate::policy::syscalls::from_event_nr(*nr);
+                match crate::policy::syscalls::name_in(abi, n) {
+                    Some(_) => f.write_str(&crate::policy::syscalls::describe(*nr)),
+                    None => write!(f, "syscall {}", crate::policy::syscalls::describe(*nr)),
+                }
+            }
             Self::Process { pid, signal: 0 } => write!(f, "pid {pid}"),
             Self::Process { pid, signal } => write!(f, "pid {pid} signal {signal}"),
             Self::BpfCmd { cmd } => write!(f, "bpf cmd {cmd}"),

@@ -218,6 +218,8 @@ pub(crate) fn flatten(docs: &[Policy]) -> (Vec<FlatRule<'_>>, Vec<Diagnostic>) {
 
 /// A path entry being built: rule, place, rule name, priority.
 type PathSlot = (PathRuleInfo, Place, String, u8);
+/// Per syscall slot: action, mode, rule id, place, rule name, priority.
+type SyscallChoice = (u8, u8, u32, Place, String, u8);
 
 /// What the compiler accumulates for one workload.
 struct Builder {
@@ -228,7 +230,7 @@ struct Builder {
     /// escalation rules of less trusted tiers, which override base rules.
     paths: BTreeMap<(u8, Vec<u8>), PathSlot>,
     net: Vec<(forge_common::NetRule, u32, Place, String, u8)>,
-    syscalls: BTreeMap<usize, (u8, u8, u32, Place, String, u8)>,
+    syscalls: BTreeMap<usize, SyscallChoice>,
     active_rules: Vec<u32>,
 }
 
@@ -427,27 +429,35 @@ impl Builder {
                 op::SYSCALL => {
                     for s in &rule.syscalls {
                         let place = doc.place(s);
-                        let Some(nr) = syscalls::number(s) else {
-                            self.diags.push(err(
-                                &place,
-                                format!("unknown syscall {:?} on this architecture", s.as_str()),
-                            ));
-                            continue;
+                        let slots = match syscalls::rule_slots(s) {
+                            Ok(slots) => slots,
+                            Err(e) => {
+                                self.diags.push(err(&place, e.to_string()));
+                                continue;
+                            }
                         };
-                        let nr = nr as usize;
-                        match self.syscalls.get(&nr) {
-                            Some((_, _, _, _, _, p)) if *p < prio => {
-                                self.syscalls.insert(nr, (action, m, f.id, place, f.name.clone(), prio));
-                            }
-                            Some((a, _, _, prev_place, prev_name, p)) if *a != action && *p == prio => {
-                                self.diags.push(err(
-                                    &place,
-                                    format!("syscall {:?} contradicts rule {prev_name:?} at {prev_place}: both allowed and denied", s.as_str()),
-                                ));
-                            }
-                            Some(_) => {}
-                            None => {
-                                self.syscalls.insert(nr, (action, m, f.id, place, f.name.clone(), prio));
+                        for slot in slots {
+                            match self.syscalls.get(&slot) {
+                                Some((_, _, _, _, _, p)) if *p < prio => {
+                                    self.syscalls
+                                        .insert(slot, (action, m, f.id, place.clone(), f.name.clone(), prio));
+                                }
+                                Some((a, _, _, prev_place, prev_name, p)) if *a != action && *p == prio => {
+                                    self.diags.push(err(
+                                        &place,
+                                        format!(
+                                            "syscall {:?} contradicts rule {prev_name:?} at {prev_place}: {} is both allowed and denied",
+                                            s.as_str(),
+                                            syscalls::slot_name(slot)
+                                        ),
+                                    ));
+                                    break;
+                                }
+                                Some(_) => {}
+                                None => {
+                                    self.syscalls
+                                        .insert(slot, (action, m, f.id, place.clone(), f.name.clone(), prio));
+                                }
                             }
                         }
                     }
@@ -570,21 +580,23 @@ impl PolicySet {
             record.flags |= flags::SELF_PROTECT;
         }
         let mut syscall_allows = Vec::new();
-        for (nr, (action, m, id, _, _, _)) in &b.syscalls {
+        for (slot, (action, m, id, _, _, _)) in &b.syscalls {
             if *action == verdict::DENY {
-                record.deny_syscall(*nr, *id, *m == mode::MONITOR);
+                record.deny_syscall(*slot, *id, *m == mode::MONITOR);
             } else {
-                syscall_allows.push(*nr);
+                syscall_allows.push(*slot);
             }
         }
         if record.defaults[op::SYSCALL as usize] == verdict::DENY {
             let default_rule = record.default_rule[op::SYSCALL as usize];
-            for nr in 0..forge_common::MAX_SYSCALLS {
-                if !syscall_allows.contains(&nr) && record.syscall_denied(nr).is_none() {
-                    record.deny_syscall(nr, default_rule, record.mode == mode::MONITOR);
+            for slot in syscalls::slots() {
+                if !syscall_allows.contains(&slot) && record.syscall_denied(slot).is_none() {
+                    record.deny_syscall(slot, default_rule, record.mode == mode::MONITOR);
                 }
             }
+            record.flags |= flags::SYSCALL_DEFAULT_DENY;
         }
+        deny_multiplexers(&mut record, &b.syscalls);
         if b.net.len() > MAX_NET_RULES {
             let place = b.net[MAX_NET_RULES].2.clone();
             b.diags.push(place.error(format!(
@@ -665,6 +677,28 @@ fn check_fields(rule: &Rule, classes: &[u8]) -> Result<(), String> {
         return Err("`syscalls` only applies to syscall rules".into());
     }
     Ok(())
+}
+
+/// An i386 multiplexer (`socketcall`, `ipc`) reaches the calls behind it
+/// with its own number: unless a rule names it, it is denied as soon as
+/// one of those calls is (by the first such deny's rule), so that a denied
+/// `connect` cannot be made as `socketcall(SYS_CONNECT, …)`.
+fn deny_multiplexers(record: &mut PolicyRecord, named: &BTreeMap<usize, SyscallChoice>) {
+    for (mux, families) in syscalls::I386_MULTIPLEXERS {
+        let Ok(mux_slots) = syscalls::rule_slots(&format!("i386:{mux}")) else { continue };
+        let mux_slot = mux_slots[0];
+        if named.contains_key(&mux_slot) || record.syscall_denied(mux_slot).is_some() {
+            continue;
+        }
+        let first_deny = families
+            .iter()
+            .filter_map(|f| syscalls::rule_slots(f).ok())
+            .flatten()
+            .find_map(|slot| record.syscall_denied(slot));
+        if let Some((monitor, rule_id)) = first_deny {
+            record.deny_syscall(mux_slot, rule_id, monitor);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -75,8 +75,10 @@ pub enum OperationError {
         "{op}: path {path:?} is not one the kernel reports: it must be absolute, without `.`, `..`, empty components, a trailing `/` or NUL (give the resolved path)"
     )]
     Path { op: &'static str, path: String },
-    #[error("syscall {0:?} is neither a syscall name on this architecture nor a number")]
-    Syscall(String),
+    #[error(
+        "syscall {0:?} is neither a syscall name nor a number, optionally after an ABI (`i386:mkdir`): {1}"
+    )]
+    Syscall(String, syscalls::SyscallNameError),
 }
 
 /// One operation a governed workload could attempt.
@@ -88,7 +90,9 @@ pub enum Operation {
     Connect(SocketAddr),
     Bind(SocketAddr),
     SendTo(SocketAddr),
-    /// A syscall number of this architecture.
+    /// A syscall in the form a `SYS_ENTER` event reports it
+    /// ([`syscalls::to_event_nr`]): x86_64 numbers as they are, i386 and x32
+    /// ones with their ABI bit.
     Syscall(u32),
 }
 
@@ -121,10 +125,14 @@ impl fmt::Display for Operation {
         match self {
             Self::Exec(p) | Self::FileRead(p) | Self::FileWrite(p) => write!(f, "{verb} {p}"),
             Self::Connect(a) | Self::Bind(a) | Self::SendTo(a) => write!(f, "{verb} {a}"),
-            Self::Syscall(nr) => match syscalls::name(*nr) {
-                Some(name) => write!(f, "{verb} {name}"),
-                None => write!(f, "{verb} {nr}"),
-            },
+            Self::Syscall(ev) => {
+                let (abi, nr) = syscalls::from_event_nr(*ev);
+                let prefix = if abi == syscalls::Abi::X86_64 { String::new() } else { format!("{abi}:") };
+                match syscalls::name_in(abi, nr) {
+                    Some(name) => write!(f, "{verb} {prefix}{name}"),
+                    None => write!(f, "{verb} {prefix}{nr}"),
+                }
+            }
         }
     }
 }
@@ -170,13 +178,7 @@ impl FromStr for Operation {
                 if arg.is_empty() {
                     return Err(OperationError::Missing { op: name, what: "a syscall name or number" });
                 }
-                let nr = match arg.parse::<u32>() {
-                    Ok(nr) => nr,
-                    Err(_) => {
-                        syscalls::number(arg).ok_or_else(|| OperationError::Syscall(arg.to_string()))?
-                    }
-                };
-                Self::Syscall(nr)
+                Self::Syscall(syscalls::parse(arg).map_err(|e| OperationError::Syscall(arg.to_string(), e))?)
             }
         })
     }
@@ -274,7 +276,9 @@ pub enum Considered {
         longest: bool,
     },
     /// The syscall's entry in the deny bitmap.
-    Syscall { nr: u32, name: Option<&'static str>, denied: bool, monitor: bool, rule_id: u32 },
+    /// `nr` in event form ([`Operation::Syscall`]); `slot` is `None` for a
+    /// number no ABI table has a place for.
+    Syscall { nr: u32, slot: Option<usize>, denied: bool, monitor: bool, rule_id: u32 },
     /// The record's default for the class (used when nothing else matched).
     Default { class: Op, action: Verdict, rule_id: u32 },
     /// The path could not be put into the kernel's lookup key.
@@ -309,15 +313,18 @@ impl fmt::Display for Considered {
                 };
                 write!(f, "{action} {kind} {pattern}: {what}")
             }
-            Self::Syscall { nr, name, denied, monitor, .. } => {
-                let n = name.map_or_else(|| nr.to_string(), |n| format!("{n}({nr})"));
-                match (denied, monitor) {
-                    (false, _) if *nr as usize >= forge_common::MAX_SYSCALLS => {
-                        write!(f, "syscall {n} is beyond the {}-entry bitmap", forge_common::MAX_SYSCALLS)
+            Self::Syscall { nr, slot, denied, monitor, .. } => {
+                let n = syscalls::describe(*nr);
+                match (slot, denied, monitor) {
+                    (None, false, _) => {
+                        write!(f, "syscall {n} has no slot in the bitmaps: the default (allow) decides")
                     }
-                    (false, _) => write!(f, "syscall {n}: not in the deny bitmap"),
-                    (true, false) => write!(f, "syscall {n}: in the deny bitmap"),
-                    (true, true) => write!(f, "syscall {n}: in the deny bitmap, monitored"),
+                    (None, true, _) => {
+                        write!(f, "syscall {n} has no slot in the bitmaps: the default (deny) decides")
+                    }
+                    (Some(_), false, _) => write!(f, "syscall {n}: not in the deny bitmap"),
+                    (Some(_), true, false) => write!(f, "syscall {n}: in the deny bitmap"),
+                    (Some(_), true, true) => write!(f, "syscall {n}: in the deny bitmap, monitored"),
                 }
             }
             Self::Default { class, action, .. } => write!(f, "default for {class}: {action}"),
@@ -758,8 +765,9 @@ fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<
     (decided(c, op::EXEC, Hook::LsmBprmCheck, Verdict::Deny, d, considered), vec![read])
 }
 
-/// `raw_tp/sys_enter`: the deny bitmap; a denied syscall kills the caller.
-fn syscall(c: &CompiledRecord, nr: u32) -> Check {
+/// `raw_tp/sys_enter`: the deny bitmap of the caller's ABI; a denied
+/// syscall kills the caller.
+fn syscall(c: &CompiledRecord, ev: u32) -> Check {
     let r = &c.record;
     if r.flags & flags::HAS_SYSCALL_RULES == 0 {
         return undecided(
@@ -768,17 +776,21 @@ fn syscall(c: &CompiledRecord, nr: u32) -> Check {
             "the record denies no syscall: the syscall tracepoint returns at once",
         );
     }
-    let name = syscalls::name(nr);
-    match r.syscall_denied(nr as usize) {
+    let (abi, nr) = syscalls::from_event_nr(ev);
+    let compat = abi == syscalls::Abi::I386;
+    let id =
+        if abi == syscalls::Abi::X32 { u64::from(nr) | forge_common::X32_SYSCALL_BIT } else { u64::from(nr) };
+    let slot = forge_common::syscall_slot(compat, id);
+    match r.syscall_decision(compat, id) {
         None => {
             let considered =
-                vec![Considered::Syscall { nr, name, denied: false, monitor: false, rule_id: 0 }];
+                vec![Considered::Syscall { nr: ev, slot, denied: false, monitor: false, rule_id: 0 }];
             let d =
                 Decision { action: verdict::ALLOW, mode: r.mode, rule_id: forge_common::rule_id::DEFAULT };
             decided(c, op::SYSCALL, Hook::SysEnter, Verdict::Kill, d, considered)
         }
         Some((monitor, rule_id)) => {
-            let considered = vec![Considered::Syscall { nr, name, denied: true, monitor, rule_id }];
+            let considered = vec![Considered::Syscall { nr: ev, slot, denied: true, monitor, rule_id }];
             let m = if monitor || r.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
             let d = Decision { action: verdict::DENY, mode: m, rule_id };
             decided(c, op::SYSCALL, Hook::SysEnter, Verdict::Kill, d, considered)
@@ -864,7 +876,7 @@ mod tests {
         assert!(matches!("exec".parse::<Operation>(), Err(OperationError::Missing { op: "exec", .. })));
         assert!(matches!("net.connect 10.0.0.5".parse::<Operation>(), Err(OperationError::Address { .. })));
         assert!(matches!("net.connect ::1:80".parse::<Operation>(), Err(OperationError::Address { .. })));
-        assert!(matches!("syscall no_such".parse::<Operation>(), Err(OperationError::Syscall(_))));
+        assert!(matches!("syscall no_such".parse::<Operation>(), Err(OperationError::Syscall(..))));
         for p in ["relative", "/a/../b", "/a/./b", "/a//b", "/a/", "/a\0b"] {
             assert!(
                 matches!(format!("file.read {p}").parse::<Operation>(), Err(OperationError::Path { .. })),
@@ -1110,9 +1122,42 @@ mod tests {
         );
         allowed(&eval(&c, "syscall read"), 0);
         is(&eval(&c, "syscall openat"), (Verdict::Kill, Mode::Enforce, true), 0);
+        // Numbers without a slot (unknown, or an unknown ABI's) are denied too.
+        is(&eval(&c, "syscall 600"), (Verdict::Kill, Mode::Enforce, true), 0);
+        is(&eval(&c, "syscall i386:4000"), (Verdict::Kill, Mode::Enforce, true), 0);
+        allowed(&eval(&c, "syscall i386:read"), 0);
+        is(&eval(&c, "syscall i386:openat"), (Verdict::Kill, Mode::Enforce, true), 0);
         // No syscall rules at all: nothing decides.
         let c = with_rules(OPEN, "    - {name: r, op: net.bind, action: deny, ports: 1}\n");
         assert!(eval(&c, "syscall ptrace").decision.undecided.is_some());
+    }
+
+    #[test]
+    fn syscalls_per_abi() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-mkdir, op: syscall, action: deny, syscalls: [mkdir, unshare]}\n    - {name: no-getpid, op: syscall, action: deny, syscalls: [getpid]}\n",
+        );
+        // i386 mkdir is 39, which is x86_64 getpid: each ABI has its table.
+        is(&eval(&c, "syscall i386:mkdir"), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        is(&eval(&c, "syscall i386:39"), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        is(&eval(&c, "syscall i386:unshare"), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        is(&eval(&c, "syscall x32:mkdir"), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        is(&eval(&c, "syscall 39"), (Verdict::Kill, Mode::Enforce, true), FIRST + 1);
+        is(&eval(&c, "syscall i386:getpid"), (Verdict::Kill, Mode::Enforce, true), FIRST + 1);
+        allowed(&eval(&c, "syscall i386:getppid"), 0);
+        assert_eq!("syscall i386:39".parse::<Operation>().unwrap().to_string(), "syscall i386:mkdir");
+        // A denied socket call denies the i386 multiplexer that reaches it.
+        let c =
+            with_rules(OPEN, "    - {name: no-connect, op: syscall, action: deny, syscalls: [connect]}\n");
+        is(&eval(&c, "syscall i386:socketcall"), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        allowed(&eval(&c, "syscall i386:ipc"), 0);
+        // ... unless a rule names it.
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-connect, op: syscall, action: deny, syscalls: [connect]}\n    - {name: legacy, op: syscall, action: allow, syscalls: [socketcall]}\n",
+        );
+        allowed(&eval(&c, "syscall i386:socketcall"), 0);
     }
 
     #[test]

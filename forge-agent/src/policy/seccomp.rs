@@ -3,7 +3,9 @@
 //! friends), so syscall lists cost only the launched workload instead of
 //! every process on the host.
 
-use forge_common::{MAX_SYSCALLS, mode};
+use std::collections::BTreeSet;
+
+use forge_common::mode;
 use serde::Serialize;
 
 use super::{CompiledRecord, syscalls};
@@ -28,20 +30,33 @@ pub struct SyscallGroup {
 
 /// The kernel's verdict for a denied syscall is a kill; under seccomp the
 /// same deny is `SCMP_ACT_KILL_PROCESS`, and a monitored one is logged.
+/// The profile covers every ABI (x86_64, i386, x32); seccomp resolves a
+/// name per architecture, so a name denied on one ABI is denied on all
+/// that have it (the stricter reading).
 pub fn profile(c: &CompiledRecord) -> SeccompProfile {
-    let mut killed = Vec::new();
-    let mut logged = Vec::new();
-    let mut allowed = Vec::new();
-    for nr in 0..MAX_SYSCALLS {
-        let Some(name) = syscalls::name(nr as u32) else { continue };
-        match c.record.syscall_denied(nr) {
-            Some((monitor, _)) if monitor || c.record.mode == mode::MONITOR => logged.push(name),
-            Some(_) => killed.push(name),
-            None => allowed.push(name),
+    let mut killed = BTreeSet::new();
+    let mut logged = BTreeSet::new();
+    let mut all = BTreeSet::new();
+    for slot in syscalls::slots() {
+        let Some(name) = slot_syscall_name(slot) else { continue };
+        all.insert(name);
+        match c.record.syscall_denied(slot) {
+            Some((monitor, _)) if monitor || c.record.mode == mode::MONITOR => {
+                logged.insert(name);
+            }
+            Some(_) => {
+                killed.insert(name);
+            }
+            None => {}
         }
     }
+    let logged: BTreeSet<_> = logged.difference(&killed).copied().collect();
+    let allowed: Vec<_> =
+        all.iter().filter(|n| !killed.contains(*n) && !logged.contains(*n)).copied().collect();
+    let (killed, logged): (Vec<_>, Vec<_>) = (killed.into_iter().collect(), logged.into_iter().collect());
     // The smaller list carries the exceptions to the default.
-    let deny_by_default = allowed.len() < killed.len();
+    let deny_by_default =
+        c.record.flags & forge_common::flags::SYSCALL_DEFAULT_DENY != 0 || allowed.len() < killed.len();
     let mut groups = Vec::new();
     if deny_by_default {
         if !allowed.is_empty() {
@@ -55,8 +70,19 @@ pub fn profile(c: &CompiledRecord) -> SeccompProfile {
     }
     SeccompProfile {
         default_action: if deny_by_default { "SCMP_ACT_KILL_PROCESS" } else { "SCMP_ACT_ALLOW" },
-        architectures: vec!["SCMP_ARCH_X86_64"],
+        architectures: vec!["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
         syscalls: groups,
+    }
+}
+
+/// The name seccomp knows the syscall of bitmap slot `slot` by.
+fn slot_syscall_name(slot: usize) -> Option<&'static str> {
+    if slot >= forge_common::SYSCALL_COMPAT_BASE {
+        syscalls::name_in(syscalls::Abi::I386, (slot - forge_common::SYSCALL_COMPAT_BASE) as u32)
+    } else if slot >= 512 {
+        syscalls::name_in(syscalls::Abi::X32, slot as u32)
+    } else {
+        syscalls::name(slot as u32)
     }
 }
 
@@ -87,6 +113,11 @@ mod tests {
         );
         assert_eq!(p.syscalls[1].names, vec!["setns"]);
         assert_eq!(p.syscalls[1].action, "SCMP_ACT_LOG");
+        // i386-only variants of a denied call are denied by their own name.
+        let p = profile(&compiled(
+            "  defaults: {syscall: allow}\n  rules:\n    - {op: syscall, action: deny, syscalls: [chown]}\n",
+        ));
+        assert_eq!(p.syscalls[0].names, vec!["chown", "chown32"]);
     }
 
     #[test]
@@ -95,7 +126,9 @@ mod tests {
             "  rules:\n    - {op: syscall, action: allow, syscalls: [read, write, exit_group]}\n",
         ));
         assert_eq!(p.default_action, "SCMP_ACT_KILL_PROCESS");
-        assert_eq!(p.syscalls[0].names, vec!["read", "write", "exit_group"]);
+        // Sorted by name; i386 has the same names for these three.
+        assert_eq!(p.syscalls[0].names, vec!["exit_group", "read", "write"]);
+        assert_eq!(p.architectures, vec!["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]);
         assert_eq!(p.syscalls[0].action, "SCMP_ACT_ALLOW");
     }
 }
