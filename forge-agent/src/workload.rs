@@ -22,6 +22,9 @@ pub enum Action {
     Connect(SocketAddr),
     Bind(SocketAddr),
     SendTo(SocketAddr),
+    /// A UDP socket connected to the address, then a `send` without one
+    /// (the way a DNS client sends).
+    UdpConnectSend(SocketAddr),
     /// A syscall by name: `unshare` (CLONE_NEWUTS), `ptrace` (PTRACE_TRACEME), `getppid`,
     /// `setns` (on fd -1: EBADF), `getpgrp`, `getsid`, `sched_yield`, `getuid`, `getpriority`.
     Syscall(String),
@@ -106,6 +109,7 @@ impl fmt::Display for Action {
             Self::Connect(a) => write!(f, "connect {a}"),
             Self::Bind(a) => write!(f, "bind {a}"),
             Self::SendTo(a) => write!(f, "sendto {a}"),
+            Self::UdpConnectSend(a) => write!(f, "udp-connect-send {a}"),
             Self::Syscall(s) => write!(f, "syscall {s}"),
             Self::Exec(p) => write!(f, "exec {p}"),
             Self::OpenRead(p) => write!(f, "open-read {p}"),
@@ -156,6 +160,7 @@ impl FromStr for Action {
             "connect" => Self::Connect(addr(arg)?),
             "bind" => Self::Bind(addr(arg)?),
             "sendto" => Self::SendTo(addr(arg)?),
+            "udp-connect-send" => Self::UdpConnectSend(addr(arg)?),
             "syscall" => Self::Syscall(need(arg)?),
             "exec" => Self::Exec(need(arg)?),
             "open-read" => Self::OpenRead(need(arg)?),
@@ -225,6 +230,16 @@ pub fn perform(action: &Action) -> io::Result<()> {
                 "[::]:0".parse().expect("literal")
             };
             UdpSocket::bind(local)?.send_to(b"forge", a).map(drop)
+        }
+        Action::UdpConnectSend(a) => {
+            let local: SocketAddr = if a.is_ipv4() {
+                "0.0.0.0:0".parse().expect("literal")
+            } else {
+                "[::]:0".parse().expect("literal")
+            };
+            let s = UdpSocket::bind(local)?;
+            s.connect(a)?;
+            s.send(b"forge").map(drop)
         }
         Action::Syscall(name) => syscall(name),
         Action::Exec(path) => {

@@ -53,8 +53,8 @@ pub mod policy;
 pub use event::{Event, PATH_BUF_LEN};
 pub use policy::{
     COMPAT_SYSCALL_BIT, Config, CounterKey, Governor, MAX_NET_RULES, NetRule, PATH_KEY_PATH_LEN, PathKey,
-    PathRule, PolicyRecord, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, SYSCALL_WORDS, X32_SYSCALL_BIT, syscall_slot,
-    unmap_v4,
+    PathRule, PolicyRecord, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, SYSCALL_WORDS, X32_SYSCALL_BIT,
+    canonical_dest, syscall_slot, unmap_v4,
 };
 
 /// Names of the maps in the eBPF object, used by the agent to find them.

@@ -113,6 +113,26 @@ pub fn unmap_v4(family: u8, ip: &[u32; 4]) -> (u8, [u32; 4]) {
     }
 }
 
+/// The destination the kernel uses for a connect or send to `ip`, which
+/// is what a rule decides: an IPv4-mapped address as the IPv4 address
+/// ([`unmap_v4`]), and the unspecified address (`0.0.0.0`, `::`) as
+/// loopback (`127.0.0.1`, `::1`), where Linux routes a connect or datagram
+/// to it. For a bind, `0.0.0.0` means "every address" and stays.
+#[inline(always)]
+pub fn canonical_dest(op_class: u8, family: u8, ip: &[u32; 4]) -> (u8, [u32; 4]) {
+    let (family, ip) = unmap_v4(family, ip);
+    if op_class == op::NET_BIND {
+        return (family, ip);
+    }
+    if family == crate::family::INET && ip[0] == 0 {
+        return (family, [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0]);
+    }
+    if family == crate::family::INET6 && ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == 0 {
+        return (family, [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
+    }
+    (family, ip)
+}
+
 /// The per-cgroup record. Written whole by the agent's map writer into a
 /// free slot, then published by pointing the cgroup at the slot.
 #[repr(C)]
@@ -394,6 +414,23 @@ mod tests {
         // The lowest set bit is the deepest level.
         assert_eq!(63 - m.trailing_zeros(), 5);
         assert_eq!(Config::levels_rev_of([64, 1000]), 0);
+    }
+
+    #[test]
+    fn unspecified_destinations_are_loopback() {
+        let lo4 = [v4(127, 0, 0, 1), 0, 0, 0];
+        let lo6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        for class in [op::NET_CONNECT, op::NET_SENDTO] {
+            assert_eq!(canonical_dest(class, family::INET, &[0; 4]), (family::INET, lo4));
+            assert_eq!(canonical_dest(class, family::INET6, &[0; 4]), (family::INET6, lo6));
+            // ::ffff:0.0.0.0 is 0.0.0.0, which is 127.0.0.1.
+            let mapped_any = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), 0];
+            assert_eq!(canonical_dest(class, family::INET6, &mapped_any), (family::INET, lo4));
+            let other = [v4(10, 1, 2, 3), 0, 0, 0];
+            assert_eq!(canonical_dest(class, family::INET, &other), (family::INET, other));
+        }
+        assert_eq!(canonical_dest(op::NET_BIND, family::INET, &[0; 4]), (family::INET, [0; 4]));
+        assert_eq!(canonical_dest(op::NET_BIND, family::INET6, &[0; 4]), (family::INET6, [0; 4]));
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub(crate) fn decide_net(
     ip: &[u32; 4],
     port: u16,
 ) -> Decision {
-    let (family, mapped) = forge_common::unmap_v4(family, ip);
+    let (family, mapped) = forge_common::canonical_dest(op_class, family, ip);
     let ip = &mapped;
     let count = record.net_count as usize;
     let mut i = 0;

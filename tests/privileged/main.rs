@@ -143,6 +143,12 @@ fn main() {
         trial("cgroup_connect4_deny_and_allow", &["cgroup"], net::connect4),
         trial("cgroup_bind4_and_ipv6", &["cgroup"], net::bind_and_ipv6),
         trial("cgroup_sendmsg_udp", &["cgroup"], net::sendmsg_udp),
+        trial(
+            "net_unspecified_destination_is_loopback",
+            &["cgroup"],
+            net::unspecified_destination_is_loopback,
+        ),
+        trial("net_connected_udp_is_decided_as_sendto", &["cgroup"], net::connected_udp_is_decided_as_sendto),
         trial("syscall_deny_kills_caller", &["tracepoint"], process::syscall_kill),
         trial("syscall_rules_cover_i386_int80", &["tracepoint"], process::syscall_rules_cover_i386),
         trial(

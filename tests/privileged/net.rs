@@ -5,6 +5,11 @@ use forge_agent::{
     events::{Hook, Mode, Op, Target, Verdict},
     workload::Outcome,
 };
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
 use forge_common::rule_id;
 use forge_tests::{EPERM, Fixture, check, expect};
 use libtest_mimic::Failed;
@@ -126,5 +131,107 @@ pub(crate) fn sendmsg_udp() -> Result<(), Failed> {
         "target {}",
         ev.target
     );
+    Ok(())
+}
+
+/// A TCP listener that counts the connections it accepted.
+fn counting_listener(addr: &str) -> Result<(std::net::SocketAddr, Arc<AtomicUsize>), Failed> {
+    let l = std::net::TcpListener::bind(addr).map_err(forge_tests::fail)?;
+    let local = l.local_addr().map_err(forge_tests::fail)?;
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&n);
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            if c.is_ok() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    Ok((local, n))
+}
+
+/// `0.0.0.0` and `::` as a destination reach the loopback listener (Linux
+/// routes them there), so a rule for loopback decides them: none of the
+/// ways of writing "this host" gets a connection through.
+pub(crate) fn unspecified_destination_is_loopback() -> Result<(), Failed> {
+    let (v4, accepted4) = counting_listener("127.0.0.1:0")?;
+    let (v6, accepted6) = counting_listener("[::1]:0")?;
+    let yaml = policy(&format!(
+        "    - {{name: no-local-port, op: net.connect, action: deny, cidrs: [127.0.0.0/8], ports: {}}}
+    - {{name: no-local-port6, op: net.connect, action: deny, cidrs: [\"::1/128\"], ports: {}}}\n",
+        v4.port(),
+        v6.port()
+    ));
+    let mut f = Fixture::new("anyaddr", &yaml, Want { cgroup: Some(true), ..Want::default() })?;
+    let p4 = v4.port();
+    let p6 = v6.port();
+    for target in [format!("0.0.0.0:{p4}"), format!("[::ffff:0.0.0.0]:{p4}"), format!("127.0.0.1:{p4}")] {
+        expect(&format!("connect {target} inside"), f.inside(&format!("connect {target}"))?, EPERM)?;
+    }
+    expect("connect [::] inside", f.inside(&format!("connect [::]:{p6}"))?, EPERM)?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    check!(accepted4.load(Ordering::SeqCst) == 0, "a denied connect reached the IPv4 listener");
+    check!(accepted6.load(Ordering::SeqCst) == 0, "a denied connect reached the IPv6 listener");
+    // Outside, the same unspecified destination does reach the listener.
+    expect("connect 0.0.0.0 outside", f.outside(&format!("connect 0.0.0.0:{p4}"))?, Outcome::Ok)?;
+    expect("connect [::] outside", f.outside(&format!("connect [::]:{p6}"))?, Outcome::Ok)?;
+    let waited = std::time::Instant::now();
+    while (accepted4.load(Ordering::SeqCst) < 1 || accepted6.load(Ordering::SeqCst) < 1)
+        && waited.elapsed() < std::time::Duration::from_secs(2)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check!(
+        accepted4.load(Ordering::SeqCst) == 1 && accepted6.load(Ordering::SeqCst) == 1,
+        "the connects from outside did not arrive: {} {}",
+        accepted4.load(Ordering::SeqCst),
+        accepted6.load(Ordering::SeqCst)
+    );
+    let events = f.decisions(4);
+    let ev = find(&events, "the 0.0.0.0 connect", |e| {
+        e.target == Target::Addr { addr: "0.0.0.0".parse().unwrap(), port: p4 }
+    })?;
+    check!(ev.verdict == Verdict::Deny && ev.rule_id == rule_id::FIRST, "{ev}");
+    Ok(())
+}
+
+/// A connected UDP socket sends without naming the destination, so no
+/// sendmsg hook sees those sends: the connect decides them as `net.sendto`.
+/// The datagram must not arrive.
+pub(crate) fn connected_udp_is_decided_as_sendto() -> Result<(), Failed> {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").map_err(forge_tests::fail)?;
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(300))).map_err(forge_tests::fail)?;
+    let port = rx.local_addr().map_err(forge_tests::fail)?.port();
+    let yaml = policy(&format!(
+        "    - {{name: no-udp-here, op: net.sendto, action: deny, cidrs: [127.0.0.1/32], ports: {port}}}\n"
+    ));
+    let mut f = Fixture::new("udpconn", &yaml, Want { cgroup: Some(true), ..Want::default() })?;
+    expect("connected UDP send inside", f.inside(&format!("udp-connect-send 127.0.0.1:{port}"))?, EPERM)?;
+    expect("UDP send to 0.0.0.0 inside", f.inside(&format!("sendto 0.0.0.0:{port}"))?, EPERM)?;
+    expect(
+        "connected UDP send to 0.0.0.0 inside",
+        f.inside(&format!("udp-connect-send 0.0.0.0:{port}"))?,
+        EPERM,
+    )?;
+    let mut buf = [0u8; 64];
+    check!(rx.recv_from(&mut buf).is_err(), "a denied datagram arrived");
+    // A TCP connect to the same place is not a send: allowed.
+    let tcp = listener("127.0.0.1:0")?;
+    expect("TCP connect inside", f.inside(&format!("connect {tcp}"))?, Outcome::Ok)?;
+    // Outside, the same connected send arrives.
+    expect(
+        "connected UDP send outside",
+        f.outside(&format!("udp-connect-send 127.0.0.1:{port}"))?,
+        Outcome::Ok,
+    )?;
+    let (n, _) =
+        rx.recv_from(&mut buf).map_err(|e| format!("the datagram from outside did not arrive: {e}"))?;
+    check!(&buf[..n] == b"forge", "got {:?}", &buf[..n]);
+    let events = f.decisions(3);
+    let ev = find(&events, "the connected send", |e| {
+        e.hook == Hook::CgroupConnect4
+            && e.target == Target::Addr { addr: "127.0.0.1".parse().unwrap(), port }
+    })?;
+    check!(ev.op == Op::NetSendto && ev.verdict == Verdict::Deny, "decided as {} {}", ev.op, ev.verdict);
     Ok(())
 }

@@ -615,7 +615,7 @@ fn net(c: &CompiledRecord, class: u8, addr: &SocketAddr, notes: &mut Vec<String>
     }
     let (fam, ip, port) = kernel_view(class, addr, via_lsm, notes);
     let hook = net_hook(class, fam, via_lsm);
-    let (fam, ip) = forge_common::unmap_v4(fam, &ip);
+    let (fam, ip) = forge_common::canonical_dest(class, fam, &ip);
     let mut considered = Vec::new();
     let count = (r.net_count as usize).min(MAX_NET_RULES);
     for (index, rule) in r.net[..count].iter().enumerate() {
@@ -961,6 +961,16 @@ mod tests {
         let e = eval(&c, "net.sendto [::ffff:8.8.8.8]:53");
         is(&e, DENIED, FIRST);
         assert_eq!(e.decision.hook, Some(Hook::CgroupSendmsg4));
+        // The unspecified address is where Linux sends it: loopback.
+        is(&eval(&c, "net.connect [::]:80"), DENIED, FIRST + 2);
+        let c = with_rules(
+            OPEN,
+            "    - {name: lo, ops: [net.connect, net.sendto], action: deny, cidrs: [127.0.0.0/8], ports: 80}\n",
+        );
+        is(&eval(&c, "net.connect 0.0.0.0:80"), DENIED, FIRST);
+        is(&eval(&c, "net.connect [::ffff:0.0.0.0]:80"), DENIED, FIRST);
+        is(&eval(&c, "net.sendto 0.0.0.0:80"), DENIED, FIRST);
+        allowed(&eval(&c, "net.connect 0.0.0.0:81"), 0);
     }
 
     #[test]
