@@ -59,6 +59,8 @@ fn rule_name(rules: &[RuleInfo], id: u32, op: &str) -> String {
     match id {
         forge_common::rule_id::DEFAULT => format!("the policy's default for {op}"),
         forge_common::rule_id::SELF_PROTECT => "the agent's self-protection".to_string(),
+        forge_common::rule_id::CONTAINMENT => "the containment of the governed subtree".to_string(),
+        forge_common::rule_id::UNRESOLVED_PATH => "a path that could not be resolved".to_string(),
         id => rules
             .iter()
             .find(|r| r.id == id)

@@ -28,6 +28,10 @@ pub fn rule_text(rule_id: u32, op: &str, compiled: Option<&CompiledRecord>) -> S
     match rule_id {
         forge_common::rule_id::DEFAULT => format!("the policy's default for {op}"),
         forge_common::rule_id::SELF_PROTECT => "built-in self-protection of the agent".to_string(),
+        forge_common::rule_id::CONTAINMENT => "built-in containment of the governed subtree".to_string(),
+        forge_common::rule_id::UNRESOLVED_PATH => {
+            "built-in: a path the kernel program could not resolve is denied".to_string()
+        }
         id => match compiled.and_then(|c| c.rule(id)) {
             Some(r) => format!("rule {:?} ({})", r.name, r.source),
             None => format!("rule id {id} (not in the policy this agent compiled)"),

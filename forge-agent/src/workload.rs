@@ -29,6 +29,9 @@ pub enum Action {
     /// `setns` (on fd -1: EBADF), `getpgrp`, `getsid`, `sched_yield`, `getuid`, `getpriority`.
     Syscall(String),
     Exec(String),
+    /// `execveat(fd, "", AT_EMPTY_PATH)` of a file opened first (what
+    /// `fexecve` does): the kernel is given no path at all.
+    FdExec(String),
     OpenRead(String),
     OpenWrite(String),
     /// bpf(BPF_MAP_CREATE) of a tiny array map.
@@ -112,6 +115,7 @@ impl fmt::Display for Action {
             Self::UdpConnectSend(a) => write!(f, "udp-connect-send {a}"),
             Self::Syscall(s) => write!(f, "syscall {s}"),
             Self::Exec(p) => write!(f, "exec {p}"),
+            Self::FdExec(p) => write!(f, "fd-exec {p}"),
             Self::OpenRead(p) => write!(f, "open-read {p}"),
             Self::OpenWrite(p) => write!(f, "open-write {p}"),
             Self::Bpf => f.write_str("bpf"),
@@ -163,6 +167,7 @@ impl FromStr for Action {
             "udp-connect-send" => Self::UdpConnectSend(addr(arg)?),
             "syscall" => Self::Syscall(need(arg)?),
             "exec" => Self::Exec(need(arg)?),
+            "fd-exec" => Self::FdExec(need(arg)?),
             "open-read" => Self::OpenRead(need(arg)?),
             "open-write" => Self::OpenWrite(need(arg)?),
             "bpf" => Self::Bpf,
@@ -242,6 +247,26 @@ pub fn perform(action: &Action) -> io::Result<()> {
             s.send(b"forge").map(drop)
         }
         Action::Syscall(name) => syscall(name),
+        Action::FdExec(path) => {
+            let file = std::fs::File::open(path)?;
+            let env = std::ffi::CString::new(format!("{ACTION_ENV}=syscall getppid")).expect("no NUL");
+            let arg0 = std::ffi::CString::new(path.as_str())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let argv = [arg0.as_ptr().cast_mut(), std::ptr::null_mut()];
+            let envp = [env.as_ptr().cast_mut(), std::ptr::null_mut()];
+            // SAFETY: the fd is open, the path is the empty C string, and
+            // argv/envp are NULL-terminated arrays of live C strings.
+            unsafe {
+                libc::execveat(
+                    file.as_raw_fd(),
+                    c"".as_ptr(),
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            Err(io::Error::last_os_error())
+        }
         Action::Exec(path) => {
             // If the program is a copy of a binary that honours ACTION_ENV,
             // give it a harmless action so it exits at once.

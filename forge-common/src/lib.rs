@@ -245,5 +245,9 @@ pub mod rule_id {
     /// Built-in containment: a governed task may not leave its governed
     /// subtree, nor write cgroup files outside it.
     pub const CONTAINMENT: u32 = 2;
+    /// Built-in: a path that could not be resolved (too deep, too long for
+    /// the walk, unreadable) is denied where the record has path rules for
+    /// the class, since no rule can be known not to apply.
+    pub const UNRESOLVED_PATH: u32 = 3;
     pub const FIRST: u32 = 16;
 }

@@ -2,7 +2,7 @@
 //! governed ancestor (the kernel runs them for the whole subtree below):
 //! connect, bind and UDP sendmsg for IPv4 and IPv6. Return 1 to allow, 0 to
 //! deny (the syscall fails with EPERM). A connect of a datagram socket is
-//! decided as `net.sendto` too; `0.0.0.0` and `::` destinations as the
+//! decided as `net.sendto`; `0.0.0.0` and `::` destinations as the
 //! loopback address the kernel sends them to.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
@@ -38,19 +38,18 @@ fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
         };
         (ip, u16::from_be(sa.user_port as u16))
     };
-    let mut d = decide_net(record, op_class, fam, &ip, port);
-    let mut op_class = op_class;
     // A connected datagram socket sends without naming a destination (no
-    // sendmsg hook runs for those sends), so its connect is the send's
-    // decision too: a destination that may not be sent to cannot be
-    // connected to.
+    // sendmsg hook runs for those sends), so its connect is decided as the
+    // sends it stands for: a destination that may not be sent to cannot be
+    // connected to. (One decision per hook: older verifiers refuse two
+    // passes over the rules in one program.)
     // SAFETY: `type` is part of the sock_addr context the verifier allows.
-    if op_class == op::NET_CONNECT && d.allows() && unsafe { (*ctx.sock_addr).type_ } == SOCK_DGRAM {
-        let send = decide_net(record, op::NET_SENDTO, fam, &ip, port);
-        if !send.allows() {
-            (d, op_class) = (send, op::NET_SENDTO);
-        }
-    }
+    let op_class = if op_class == op::NET_CONNECT && unsafe { (*ctx.sock_addr).type_ } == SOCK_DGRAM {
+        op::NET_SENDTO
+    } else {
+        op_class
+    };
+    let d = decide_net(record, op_class, fam, &ip, port);
     let observed = record.flags & flags::OBSERVE_NET != 0 && op_class != op::NET_BIND;
     if d.allows() && !observed {
         return ALLOW;

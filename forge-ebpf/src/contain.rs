@@ -234,6 +234,7 @@ fn lifecycle(ctx: &BtfTracePointContext, h: u16) {
     }
     let Some(s) = scratch() else { return };
     s.path_len = 0;
+    s.truncated = 0;
     // SAFETY: the helper bounds the copy by the destination and checks the source.
     let dst = unsafe { &mut *core::ptr::addr_of_mut!(s.key.data.path) };
     // SAFETY: as above.

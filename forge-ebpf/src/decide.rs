@@ -226,6 +226,7 @@ pub(crate) fn resolve_path(scratch: &mut Scratch, path: *mut core::ffi::c_void) 
     // BTF-typed `struct path *` from the hook's arguments.
     let len = unsafe { bpf_d_path(path.cast(), buf, forge_common::PATH_KEY_PATH_LEN as u32) };
     scratch.path_len = 0;
+    scratch.truncated = 0;
     if len <= 0 || len as usize > forge_common::PATH_KEY_PATH_LEN {
         return None;
     }
@@ -242,6 +243,9 @@ pub(crate) fn decide_path(record: &PolicyRecord, slot: u32, op_class: u8, scratc
     if len == 0 {
         return Decision::default_for(record, op_class).under(record);
     }
+    // A truncated path ends with a NUL that is not its own: leave it out,
+    // so that only a directory rule (a prefix without NUL) matches.
+    let len = if scratch.truncated != 0 { len - 1 } else { len };
     scratch.key.prefix_len = PathKey::HEADER_BITS + 8 * len;
     scratch.key.data.slot = slot;
     scratch.key.data.op = op_class;

@@ -105,6 +105,33 @@ static OFF_PID_TASKS: u32 = 0;
 /// `offsetof(struct task_struct, pid_links)` (`pid_links[PIDTYPE_PID]` first).
 #[unsafe(no_mangle)]
 static OFF_TASK_PID_LINKS: u32 = 0;
+/// `offsetof(struct path, mnt)`.
+#[unsafe(no_mangle)]
+static OFF_PATH_MNT: u32 = 0;
+/// `offsetof(struct path, dentry)`.
+#[unsafe(no_mangle)]
+static OFF_PATH_DENTRY: u32 = 0;
+/// `offsetof(struct dentry, d_parent)`.
+#[unsafe(no_mangle)]
+static OFF_DENTRY_PARENT: u32 = 0;
+/// `offsetof(struct dentry, d_name) + offsetof(struct qstr, name)`.
+#[unsafe(no_mangle)]
+static OFF_DENTRY_NAME: u32 = 0;
+/// `offsetof(struct dentry, d_name) + offsetof(struct qstr, len)`.
+#[unsafe(no_mangle)]
+static OFF_DENTRY_NAME_LEN: u32 = 0;
+/// `offsetof(struct vfsmount, mnt_root)`.
+#[unsafe(no_mangle)]
+static OFF_VFSMOUNT_ROOT: u32 = 0;
+/// `offsetof(struct mount, mnt)` (the `struct vfsmount` inside it).
+#[unsafe(no_mangle)]
+static OFF_MOUNT_MNT: u32 = 0;
+/// `offsetof(struct mount, mnt_parent)`.
+#[unsafe(no_mangle)]
+static OFF_MOUNT_PARENT: u32 = 0;
+/// `offsetof(struct mount, mnt_mountpoint)`.
+#[unsafe(no_mangle)]
+static OFF_MOUNT_MOUNTPOINT: u32 = 0;
 /// `offsetof(struct task_struct, thread_info) + offsetof(struct thread_info,
 /// status)` (x86: `TS_COMPAT` is set there while a 32-bit syscall runs).
 #[unsafe(no_mangle)]
@@ -321,6 +348,104 @@ pub(crate) fn signal_current(sig: u32) -> i64 {
 pub(crate) fn tgid_of(task: *const u8) -> u32 {
     // SAFETY: bpf_probe_read_kernel checks the address; a fault returns Err.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(task.add(task_tgid()) as *const u32).unwrap_or(0) }
+}
+
+/// Size of [`crate::maps::Scratch::walk`]: a path is assembled from its end
+/// in the first `WALK_LIMIT` bytes, each name copied whole (up to 255 bytes)
+/// after its start, so twice that keeps every copy inside the buffer.
+pub(crate) const WALK_BUF: usize = 1024;
+const WALK_LIMIT: usize = 512;
+const WALK_MASK: usize = WALK_LIMIT - 1;
+/// Names and mount crossings walked at most.
+const WALK_STEPS: u32 = 64;
+
+/// The absolute path of the file behind `path` (a `struct path *`), the way
+/// `d_path` builds it but without the helper (which tracepoints may not
+/// call): the dentries up to the mount's root, then across each mount to
+/// its parent, up to the root of the mount tree. Fills the scratch key and
+/// `path_len`; a path longer than the key keeps its leading part and sets
+/// `truncated`. Returns `false` when the path could not be resolved (a
+/// read failed, or it is longer than `WALK_LIMIT` or deeper than
+/// `WALK_STEPS`): its head is unknown then.
+#[inline(always)]
+pub(crate) fn file_path(path: *const u8, s: &mut crate::maps::Scratch) -> bool {
+    s.path_len = 0;
+    s.truncated = 0;
+    let (Some(mut mnt), Some(mut dentry)) =
+        (read_ptr(path, get(&OFF_PATH_MNT)), read_ptr(path, get(&OFF_PATH_DENTRY)))
+    else {
+        return false;
+    };
+    let mut pos = WALK_LIMIT;
+    let mut complete = false;
+    let mut step = 0;
+    while step < WALK_STEPS {
+        step += 1;
+        let Some(root) = read_ptr(mnt, get(&OFF_VFSMOUNT_ROOT)) else { return false };
+        let Some(parent) = read_ptr(dentry, get(&OFF_DENTRY_PARENT)) else { return false };
+        if dentry == root || parent == dentry {
+            // The top of this mount: go on at the mount point in the parent
+            // mount, or stop at the root of the tree.
+            let mount = mnt.wrapping_sub(get(&OFF_MOUNT_MNT));
+            let Some(up) = read_ptr(mount, get(&OFF_MOUNT_PARENT)) else { return false };
+            if up == mount || dentry != root {
+                complete = true;
+                break;
+            }
+            let Some(point) = read_ptr(mount, get(&OFF_MOUNT_MOUNTPOINT)) else { return false };
+            dentry = point;
+            mnt = up.wrapping_add(get(&OFF_MOUNT_MNT));
+            continue;
+        }
+        let Some(name) = read_ptr(dentry, get(&OFF_DENTRY_NAME)) else { return false };
+        let Some(len) = read::<u32>(dentry, get(&OFF_DENTRY_NAME_LEN)) else { return false };
+        let len = (len as usize) & 0xff;
+        if len + 1 > pos {
+            break;
+        }
+        pos -= len;
+        let at = pos & WALK_MASK;
+        // SAFETY: `at + len` stays below WALK_LIMIT + 256 <= WALK_BUF; the
+        // helper checks the source address.
+        let dst = unsafe { core::slice::from_raw_parts_mut(s.walk.as_mut_ptr().add(at), len) };
+        // SAFETY: as above.
+        if unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(name, dst) }.is_err() {
+            return false;
+        }
+        pos -= 1;
+        s.walk[pos & WALK_MASK] = b'/';
+        dentry = parent;
+        // A no-op (pos <= WALK_LIMIT) that gives every pass the same range
+        // of `pos`, so the verifier merges the passes' states.
+        pos &= WALK_BUF - 1;
+    }
+    if !complete {
+        return false;
+    }
+    if pos == WALK_LIMIT {
+        // The root itself.
+        pos -= 1;
+        s.walk[pos & WALK_MASK] = b'/';
+    }
+    let total = WALK_LIMIT - pos;
+    let max = forge_common::PATH_KEY_PATH_LEN - 1;
+    let n = if total > max { max } else { total };
+    let src = s.walk.as_ptr().wrapping_add(pos & WALK_MASK);
+    // SAFETY: `n` bytes fit the key's path; the source is this map value.
+    let dst =
+        unsafe { core::slice::from_raw_parts_mut(core::ptr::addr_of_mut!(s.key.data.path) as *mut u8, n) };
+    // SAFETY: as above.
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(src, dst) }.is_err() {
+        return false;
+    }
+    // SAFETY: the key's path is map memory of this program.
+    let key_path = unsafe { &mut *core::ptr::addr_of_mut!(s.key.data.path) };
+    if n < key_path.len() {
+        key_path[n] = 0;
+    }
+    s.path_len = n as u32 + 1;
+    s.truncated = u32::from(total > max);
+    true
 }
 
 /// `TS_COMPAT` in `thread_info.status` (`arch/x86/include/asm/thread_info.h`):

@@ -49,6 +49,12 @@ pub(crate) struct Scratch {
     pub(crate) key: Key<PathKey>,
     /// Set once the key holds a resolved path; length of it including its NUL.
     pub(crate) path_len: u32,
+    /// 1 when the key holds only the leading part of a path too long for it
+    /// (`path_len - 1` bytes and a NUL that is not the path's end): only
+    /// directory rules can match it.
+    pub(crate) truncated: u32,
+    /// Where [`crate::kernel::file_path`] assembles a path from its end.
+    pub(crate) walk: [u8; crate::kernel::WALK_BUF],
 }
 
 #[map(name = "SCRATCH")]

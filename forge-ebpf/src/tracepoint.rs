@@ -6,10 +6,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use forge_common::{COMPAT_SYSCALL_BIT, flags, hook, mode, op, verdict};
+use forge_common::{COMPAT_SYSCALL_BIT, flags, hook, mode, op, rule_id, verdict};
 
 use crate::{
-    decide::{decide_path, governing, scratch},
+    decide::{Decision, decide_path, governing, scratch},
     emit::{Report, report},
     kernel,
     maps::{DOOMED, TASKS},
@@ -62,20 +62,34 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     };
     let record = g.record;
     let Some(s) = scratch() else { return 0 };
-    s.path_len = 0;
     let bprm: *const u8 = ctx.arg(2);
-    if let Some(src) = kernel::read_ptr(bprm, kernel::bprm_filename()) {
-        // SAFETY: bpf_probe_read_kernel_str_bytes bounds the copy by the
-        // destination and checks the source address.
-        let dst = unsafe { &mut *core::ptr::addr_of_mut!(s.key.data.path) };
-        // SAFETY: as above.
-        if let Ok(bytes) = unsafe { bpf_probe_read_kernel_str_bytes(src, dst) } {
-            s.path_len = bytes.len() as u32 + 1;
+    // The file the kernel loaded, resolved to an absolute path (not the
+    // string given to execve: `./x`, `..`, symlinks and fexecve decide the
+    // same as the path they reach).
+    let resolved = kernel::read_ptr(bprm, kernel::bprm_file())
+        .is_some_and(|file| kernel::file_path(file.wrapping_add(kernel::file_f_path()), s));
+    if !resolved {
+        // For the event only: the name execve was given.
+        s.path_len = 0;
+        s.truncated = 0;
+        if let Some(src) = kernel::read_ptr(bprm, kernel::bprm_filename()) {
+            // SAFETY: bpf_probe_read_kernel_str_bytes bounds the copy by the
+            // destination and checks the source address.
+            let dst = unsafe { &mut *core::ptr::addr_of_mut!(s.key.data.path) };
+            // SAFETY: as above.
+            if let Ok(bytes) = unsafe { bpf_probe_read_kernel_str_bytes(src, dst) } {
+                s.path_len = bytes.len() as u32 + 1;
+            }
         }
     }
     let ppid = kernel::current_ppid();
     if record.flags & flags::EXEC_VIA_TRACEPOINT != 0 && record.flags & flags::HAS_PATH_RULES != 0 {
-        let d = decide_path(record, g.slot, op::EXEC, s);
+        let d = if resolved {
+            decide_path(record, g.slot, op::EXEC, s)
+        } else {
+            Decision { action: verdict::DENY, mode: mode::ENFORCE, rule_id: rule_id::UNRESOLVED_PATH }
+                .under(record)
+        };
         if !d.allows() {
             let mut r = Report::of(&g, hook::EXEC_TRACEPOINT, op::EXEC, verdict::KILL, d.mode, d.rule_id);
             r.ppid = ppid;

@@ -158,6 +158,11 @@ fn main() {
         ),
         trial_maybe("syscall_rules_cover_x32", &["tracepoint"], process::syscall_rules_cover_x32),
         trial("exec_deny_tracepoint_fallback", &["tracepoint"], process::exec_fallback),
+        trial(
+            "exec_fallback_decides_the_loaded_file_not_the_execve_string",
+            &["tracepoint"],
+            process::exec_fallback_decides_the_loaded_file,
+        ),
         trial("monitor_mode_counts_and_reports", &["cgroup", "tracepoint"], process::monitor_mode),
         trial("process_events_exec_and_exit", &["tracepoint"], process::process_events),
         trial("pinned_state_survives_agent_sigkill", &["cgroup"], agent_restart::survives_sigkill),

@@ -253,3 +253,77 @@ pub(crate) fn syscall_rules_cover_x32() -> Result<libtest_mimic::Completion, Fai
     let _ = std::fs::remove_dir_all(&dir);
     r.map(|()| libtest_mimic::Completion::Completed)
 }
+
+/// Without LSM, exec is decided on the file the kernel loaded, resolved to
+/// an absolute path by walking its dentries and mounts, not on the string
+/// given to execve: a relative path, `..`, a symlink, fexecve and a file on
+/// another mount all decide like the path they reach.
+pub(crate) fn exec_fallback_decides_the_loaded_file() -> Result<(), Failed> {
+    let dir = std::path::PathBuf::from(format!("/tmp/forge-execpath-{}", std::process::id()));
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).map_err(forge_tests::fail)?;
+    // A file system of its own below the directory: the walk crosses it.
+    nix::mount::mount(Some("tmpfs"), &mnt, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(forge_tests::fail)?;
+    let r = (|| {
+        let denied = exe_copy(&mnt.join("denied"), "bin")?;
+        let allowed = exe_copy(&dir.join("allowed"), "h")?;
+        std::os::unix::fs::symlink(&denied, dir.join("allowed/link")).map_err(forge_tests::fail)?;
+        let me = std::env::current_exe().map_err(forge_tests::fail)?;
+        let exe_dir = me.parent().expect("a directory").display().to_string();
+        let yaml = format!(
+            "apiVersion: forgeone.dev/v1alpha1
+kind: Policy
+metadata: {{name: exec-path}}
+spec:
+  defaults: {{exec: deny, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  rules:
+    - {{name: runner, op: exec, action: allow, paths: [{exe_dir}/, {}/allowed/]}}
+    - {{name: no-denied-dir, op: exec, action: deny, paths: [{}/denied/]}}
+",
+            dir.display(),
+            mnt.display()
+        );
+        let mut f = Fixture::new(
+            "execpath",
+            &yaml,
+            Want { lsm: Some(false), tracepoint: Some(true), ..Want::default() },
+        )?;
+        // Relative to the workload's working directory (the runner's).
+        let cwd = std::env::current_dir().map_err(forge_tests::fail)?;
+        let up = "../".repeat(cwd.components().count().saturating_sub(1));
+        let rel = |p: &str| format!("{up}{}", p.trim_start_matches('/'));
+        let dotdot = format!("{}/allowed/../mnt/denied/bin", dir.display());
+        for (what, action) in [
+            ("absolute", format!("exec {denied}")),
+            ("relative", format!("exec {}", rel(&denied))),
+            ("through ..", format!("exec {dotdot}")),
+            ("through a symlink in an allowed directory", format!("exec {}/allowed/link", dir.display())),
+            ("fexecve", format!("fd-exec {denied}")),
+        ] {
+            expect(&format!("denied exec {what}"), f.inside(&action)?, SIGKILL)?;
+        }
+        // The allowed program by a relative path: allowed (the string
+        // `../…/h` matches no rule; the file it reaches does).
+        expect("allowed exec, relative", f.inside(&format!("exec {}", rel(&allowed)))?, Outcome::Ok)?;
+        expect("allowed exec, fexecve", f.inside(&format!("fd-exec {allowed}"))?, Outcome::Ok)?;
+        // Outside, the denied program runs.
+        expect("denied exec outside", f.outside(&format!("exec {}", rel(&denied)))?, Outcome::Ok)?;
+        let events = f.decisions(5);
+        let kills: Vec<_> =
+            events.iter().filter(|e| e.op == Op::Exec && e.verdict == Verdict::Kill).collect();
+        check!(kills.len() == 5, "{} exec kills, expected 5: {events:?}", kills.len());
+        for ev in kills {
+            check!(
+                ev.target == Target::Path { path: denied.clone() },
+                "a kill names {}, not {denied}",
+                ev.target
+            );
+            check!(ev.rule_id == forge_common::rule_id::FIRST + 1, "decided by rule {}", ev.rule_id);
+        }
+        Ok(())
+    })();
+    let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}

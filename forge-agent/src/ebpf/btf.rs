@@ -479,6 +479,17 @@ pub struct KernelOffsets {
     pub task_pid_links: u32,
     /// `task_struct.thread_info` + `thread_info.status` (x86: `TS_COMPAT`).
     pub task_ti_status: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    /// `dentry.d_name` + `qstr.name`.
+    pub dentry_name: u32,
+    /// `dentry.d_name` + `qstr.len`.
+    pub dentry_name_len: u32,
+    pub vfsmount_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
 }
 
 impl KernelOffsets {
@@ -530,6 +541,15 @@ impl KernelOffsets {
             task_pid_links: btf.member_offset("task_struct", "pid_links")?,
             task_ti_status: btf.member_offset("task_struct", "thread_info")?
                 + btf.member_offset("thread_info", "status")?,
+            path_mnt: btf.member_offset("path", "mnt")?,
+            path_dentry: btf.member_offset("path", "dentry")?,
+            dentry_parent: btf.member_offset("dentry", "d_parent")?,
+            dentry_name: btf.member_offset("dentry", "d_name")? + btf.member_offset("qstr", "name")?,
+            dentry_name_len: btf.member_offset("dentry", "d_name")? + btf.member_offset("qstr", "len")?,
+            vfsmount_root: btf.member_offset("vfsmount", "mnt_root")?,
+            mount_mnt: btf.member_offset("mount", "mnt")?,
+            mount_parent: btf.member_offset("mount", "mnt_parent")?,
+            mount_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
         })
     }
 
@@ -569,6 +589,15 @@ impl KernelOffsets {
             ("OFF_PID_TASKS", self.pid_tasks),
             ("OFF_TASK_PID_LINKS", self.task_pid_links),
             ("OFF_TASK_TI_STATUS", self.task_ti_status),
+            ("OFF_PATH_MNT", self.path_mnt),
+            ("OFF_PATH_DENTRY", self.path_dentry),
+            ("OFF_DENTRY_PARENT", self.dentry_parent),
+            ("OFF_DENTRY_NAME", self.dentry_name),
+            ("OFF_DENTRY_NAME_LEN", self.dentry_name_len),
+            ("OFF_VFSMOUNT_ROOT", self.vfsmount_root),
+            ("OFF_MOUNT_MNT", self.mount_mnt),
+            ("OFF_MOUNT_PARENT", self.mount_parent),
+            ("OFF_MOUNT_MOUNTPOINT", self.mount_mountpoint),
         ]
     }
 }
@@ -880,6 +909,22 @@ mod tests {
             &[("i_mode", ushort, 0), ("i_sb", void_ptr, 40), ("i_private", void_ptr, 120)],
         );
         b.strukt("vfsmount", 24, &[("mnt_root", void_ptr, 0), ("mnt_sb", void_ptr, 8)]);
+        // qstr: { union { struct { u32 hash; u32 len; }; u64 hash_len; }; name }
+        let hash_len = b.strukt("", 8, &[("hash", uint, 0), ("len", uint, 4)]);
+        let hash_union = b.union("", 8, &[("", hash_len), ("hash_len", u64_t)]);
+        let qstr = b.strukt("qstr", 16, &[("", hash_union, 0), ("name", void_ptr, 8)]);
+        b.strukt("dentry", 192, &[("d_flags", uint, 0), ("d_parent", void_ptr, 24), ("d_name", qstr, 32)]);
+        let vfsmount_t = b.strukt("", 8, &[("mnt_root", void_ptr, 0)]);
+        b.strukt(
+            "mount",
+            128,
+            &[
+                ("mnt_hash", void_ptr, 0),
+                ("mnt_parent", void_ptr, 16),
+                ("mnt_mountpoint", void_ptr, 24),
+                ("mnt", vfsmount_t, 32),
+            ],
+        );
         let thread_info = b.strukt(
             "thread_info",
             24,
@@ -1146,6 +1191,15 @@ mod tests {
                 pid_tasks: 16,
                 task_pid_links: 48,
                 task_ti_status: 16,
+                path_mnt: 0,
+                path_dentry: 8,
+                dentry_parent: 24,
+                dentry_name: 32 + 8,
+                dentry_name_len: 32 + 4,
+                vfsmount_root: 0,
+                mount_mnt: 32,
+                mount_parent: 16,
+                mount_mountpoint: 24,
             }
         );
         let globals = offsets.globals();
