@@ -25,6 +25,9 @@ pub enum Action {
     /// A UDP socket connected to the address, then a `send` without one
     /// (the way a DNS client sends).
     UdpConnectSend(SocketAddr),
+    /// A raw ICMP socket of IPv4 (`4`) or IPv6 (`6`), and an echo request
+    /// sent through it to loopback.
+    RawSocket(u8),
     /// A syscall by name: `unshare` (CLONE_NEWUTS), `ptrace` (PTRACE_TRACEME), `getppid`,
     /// `setns` (on fd -1: EBADF), `getpgrp`, `getsid`, `sched_yield`, `getuid`, `getpriority`.
     Syscall(String),
@@ -113,6 +116,7 @@ impl fmt::Display for Action {
             Self::Bind(a) => write!(f, "bind {a}"),
             Self::SendTo(a) => write!(f, "sendto {a}"),
             Self::UdpConnectSend(a) => write!(f, "udp-connect-send {a}"),
+            Self::RawSocket(v) => write!(f, "raw-socket {v}"),
             Self::Syscall(s) => write!(f, "syscall {s}"),
             Self::Exec(p) => write!(f, "exec {p}"),
             Self::FdExec(p) => write!(f, "fd-exec {p}"),
@@ -165,6 +169,11 @@ impl FromStr for Action {
             "bind" => Self::Bind(addr(arg)?),
             "sendto" => Self::SendTo(addr(arg)?),
             "udp-connect-send" => Self::UdpConnectSend(addr(arg)?),
+            "raw-socket" => match arg {
+                Some("4") => Self::RawSocket(4),
+                Some("6") => Self::RawSocket(6),
+                _ => return Err("raw-socket needs 4 or 6".into()),
+            },
             "syscall" => Self::Syscall(need(arg)?),
             "exec" => Self::Exec(need(arg)?),
             "fd-exec" => Self::FdExec(need(arg)?),
@@ -236,6 +245,7 @@ pub fn perform(action: &Action) -> io::Result<()> {
             };
             UdpSocket::bind(local)?.send_to(b"forge", a).map(drop)
         }
+        Action::RawSocket(v) => raw_socket(*v),
         Action::UdpConnectSend(a) => {
             let local: SocketAddr = if a.is_ipv4() {
                 "0.0.0.0:0".parse().expect("literal")
@@ -656,6 +666,36 @@ fn other_abi_syscall(abi: OtherAbi, name: &str, arg: Option<&str>) -> io::Result
 #[cfg(not(target_arch = "x86_64"))]
 fn other_abi_syscall(_: OtherAbi, _: &str, _: Option<&str>) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "i386 and x32 syscalls exist on x86_64 only"))
+}
+
+fn raw_socket(version: u8) -> io::Result<()> {
+    let (domain, proto) = if version == 6 {
+        (libc::AF_INET6, libc::IPPROTO_ICMPV6)
+    } else {
+        (libc::AF_INET, libc::IPPROTO_ICMP)
+    };
+    // SAFETY: socket(2) with integer arguments.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the socket just made; wrapping it closes it once.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // An echo request (type 8 for ICMP, 128 for ICMPv6), id and sequence 1.
+    let mut packet = [if version == 6 { 128u8 } else { 8 }, 0, 0, 0, 0, 1, 0, 1];
+    if version == 4 {
+        let sum = !packet.chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]]))) as u16;
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    let to: SocketAddr = if version == 6 {
+        "[::1]:0".parse().expect("literal")
+    } else {
+        "127.0.0.1:0".parse().expect("literal")
+    };
+    let to = nix::sys::socket::SockaddrStorage::from(to);
+    nix::sys::socket::sendto(sock.as_raw_fd(), &packet, &to, nix::sys::socket::MsgFlags::empty())
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 fn bpf_map_create() -> io::Result<()> {

@@ -75,7 +75,7 @@ pub mod map_name {
 /// Version of the map layout. An agent refuses to adopt pinned maps of
 /// another layout (it says so and how to start over), instead of reading
 /// records it would misunderstand.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Deepest cgroup level the agent governs (levels are bits of a `u64`).
 pub const MAX_GOVERNED_LEVEL: u32 = 63;
@@ -165,7 +165,9 @@ pub mod hook {
     /// Mounting, moving a mount or pivoting the root in the agent's mount
     /// namespace.
     pub const LSM_MOUNT: u16 = 26;
-    pub const MAX: u16 = 26;
+    /// `cgroup/sock_create`: a raw or ICMP socket being made.
+    pub const CGROUP_SOCK_CREATE: u16 = 27;
+    pub const MAX: u16 = 27;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].
@@ -183,8 +185,12 @@ pub mod op {
     pub const PROCESS: u8 = 8;
     /// cgroup lifecycle (mkdir, rmdir): informational.
     pub const CGROUP: u8 = 9;
-    /// Number of classes that carry a default action.
-    pub const COUNT: usize = 8;
+    /// Raw and ICMP sockets (packets built by the workload, outside every
+    /// address rule), decided when the socket is made.
+    pub const NET_RAW: u8 = 10;
+    /// Entries of the per-class default arrays: every class above has one
+    /// (`PROCESS` and `CGROUP` unused), and one spare.
+    pub const COUNT: usize = 12;
 }
 
 /// What was decided.
@@ -227,6 +233,9 @@ pub mod flags {
     /// The syscall class defaults to deny: a syscall number that has no
     /// slot in the bitmaps (an unknown number or ABI) is denied too.
     pub const SYSCALL_DEFAULT_DENY: u32 = 1 << 6;
+    /// The `net.raw` decision (the class's entry in the defaults) is only
+    /// monitored.
+    pub const NET_RAW_MONITOR: u32 = 1 << 7;
 }
 
 /// Address families in [`NetRule::family`] and [`Event::family`].

@@ -151,7 +151,7 @@ pub struct PolicyRecord {
     pub default_rule: [u32; op::COUNT],
     /// Number of valid entries in `net`.
     pub net_count: u32,
-    pub _pad1: u32,
+    pub _pad1: [u32; 2],
     pub net: [NetRule; MAX_NET_RULES],
     /// Syscall slots ([`syscall_slot`]) that are denied (bit set = deny).
     /// Already folds the default; numbers without a slot are denied when
@@ -163,7 +163,14 @@ pub struct PolicyRecord {
     pub syscall_rule: [u32; SYSCALL_SLOTS],
 }
 const _: () = assert!(
-    size_of::<PolicyRecord>() == 16 + 8 + 32 + 8 + 48 * 32 + 8 * SYSCALL_WORDS * 2 + 4 * SYSCALL_SLOTS
+    size_of::<PolicyRecord>()
+        == 16
+            + op::COUNT
+            + 4 * op::COUNT
+            + 12
+            + 48 * MAX_NET_RULES
+            + 8 * SYSCALL_WORDS * 2
+            + 4 * SYSCALL_SLOTS
 );
 
 impl PolicyRecord {
@@ -177,7 +184,7 @@ impl PolicyRecord {
             defaults: [crate::verdict::ALLOW; op::COUNT],
             default_rule: [crate::rule_id::DEFAULT; op::COUNT],
             net_count: 0,
-            _pad1: 0,
+            _pad1: [0; 2],
             net: [NetRule {
                 addr: [0; 4],
                 mask: [0; 4],

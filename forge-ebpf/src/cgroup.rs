@@ -5,17 +5,25 @@
 //! decided as `net.sendto`; `0.0.0.0` and `::` destinations as the
 //! loopback address the kernel sends them to.
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use forge_common::{family, flags, hook, op, verdict};
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
+use forge_common::{family, flags, hook, mode, op, verdict};
 
 use crate::{
-    decide::{decide_net, governing_in_cgroup_hook},
+    decide::{Decision, decide_net, governing_in_cgroup_hook},
     emit::{Report, report},
 };
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
 
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
@@ -91,4 +99,36 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     decide(&ctx, hook::CGROUP_SENDMSG6, op::NET_SENDTO, family::INET6)
+}
+
+/// `cgroup/sock_create`: a socket of the inet families being made. Raw
+/// sockets and ICMP datagram sockets are the `net.raw` class: the workload
+/// builds its own packets with them, outside every address rule. (Packet
+/// sockets are not inet sockets; this hook does not see them.)
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let Some(g) = governing_in_cgroup_hook() else {
+        return ALLOW;
+    };
+    // SAFETY: `sock` is the context's `struct bpf_sock *`; family, type and
+    // protocol are fields the verifier allows this program to read.
+    let (fam, kind, protocol) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    let icmp = kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6);
+    if !(fam == AF_INET || fam == AF_INET6) || !(kind == SOCK_RAW || icmp) {
+        return ALLOW;
+    }
+    let record = g.record;
+    let mut d = Decision::default_for(record, op::NET_RAW).under(record);
+    if record.flags & flags::NET_RAW_MONITOR != 0 {
+        d.mode = mode::MONITOR;
+    }
+    if d.allows() {
+        return ALLOW;
+    }
+    let mut r = Report::of(&g, hook::CGROUP_SOCK_CREATE, op::NET_RAW, verdict::DENY, d.mode, d.rule_id);
+    r.family = if fam == AF_INET { family::INET } else { family::INET6 };
+    r.nr = kind;
+    r.port = protocol as u16;
+    report(Some(record), &r, None);
+    if d.enforced() { DENY } else { ALLOW }
 }

@@ -218,7 +218,10 @@ pub(crate) fn scratch() -> Option<&'static mut Scratch> {
 }
 
 /// Resolves `path` (a `struct path *` the verifier knows as such) into the
-/// scratch key with `bpf_d_path`. Returns the length including the NUL.
+/// scratch key with `bpf_d_path`. Returns the length including the NUL. A
+/// path too long for the key is resolved again into the `PATH_MAX` walk
+/// buffer and keeps its leading part (`truncated`: only directory rules
+/// decide it). `None` only when the kernel cannot resolve it at all.
 #[inline(always)]
 pub(crate) fn resolve_path(scratch: &mut Scratch, path: *mut core::ffi::c_void) -> Option<u32> {
     let buf = core::ptr::addr_of_mut!(scratch.key.data.path) as *mut core::ffi::c_char;
@@ -227,11 +230,37 @@ pub(crate) fn resolve_path(scratch: &mut Scratch, path: *mut core::ffi::c_void) 
     let len = unsafe { bpf_d_path(path.cast(), buf, forge_common::PATH_KEY_PATH_LEN as u32) };
     scratch.path_len = 0;
     scratch.truncated = 0;
-    if len <= 0 || len as usize > forge_common::PATH_KEY_PATH_LEN {
+    if len > 0 && len as usize <= forge_common::PATH_KEY_PATH_LEN {
+        scratch.path_len = len as u32;
+        return Some(len as u32);
+    }
+    let walk = scratch.walk.as_mut_ptr() as *mut core::ffi::c_char;
+    // SAFETY: `walk` is WALK_BUF bytes of map memory; `path` as above.
+    let len = unsafe { bpf_d_path(path.cast(), walk, crate::kernel::WALK_BUF as u32) };
+    if len <= 0 {
         return None;
     }
-    scratch.path_len = len as u32;
-    Some(len as u32)
+    let n = forge_common::PATH_KEY_PATH_LEN - 1;
+    // SAFETY: the key's path is map memory of this program.
+    let key_path = unsafe { &mut *core::ptr::addr_of_mut!(scratch.key.data.path) };
+    // SAFETY: both are map memory; `n` bytes fit each.
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(scratch.walk.as_ptr(), &mut key_path[..n]) }
+        .is_err()
+    {
+        return None;
+    }
+    key_path[n] = 0;
+    scratch.path_len = n as u32 + 1;
+    scratch.truncated = 1;
+    Some(scratch.path_len)
+}
+
+/// A path that could not be resolved: denied where the record has path
+/// rules, since no rule can be known not to apply.
+#[inline(always)]
+pub(crate) fn unresolved_path(record: &PolicyRecord) -> Decision {
+    Decision { action: verdict::DENY, mode: mode::ENFORCE, rule_id: forge_common::rule_id::UNRESOLVED_PATH }
+        .under(record)
 }
 
 /// Looks up the path held in the scratch key for `op_class` under `slot`.

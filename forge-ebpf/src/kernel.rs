@@ -350,10 +350,11 @@ pub(crate) fn tgid_of(task: *const u8) -> u32 {
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(task.add(task_tgid()) as *const u32).unwrap_or(0) }
 }
 
-/// Size of [`crate::maps::Scratch::walk`]: a path is assembled from its end
-/// in the first `WALK_LIMIT` bytes, each name copied whole (up to 255 bytes)
-/// after its start, so twice that keeps every copy inside the buffer.
-pub(crate) const WALK_BUF: usize = 1024;
+/// Size of [`crate::maps::Scratch::walk`]: `PATH_MAX`, so that `bpf_d_path`
+/// resolves every path there. The tracepoint walk assembles a path from its
+/// end in the first `WALK_LIMIT` bytes, each name copied whole (up to 255
+/// bytes) after its start, so the copies stay inside the buffer.
+pub(crate) const WALK_BUF: usize = 4096;
 const WALK_LIMIT: usize = 512;
 const WALK_MASK: usize = WALK_LIMIT - 1;
 /// Names and mount crossings walked at most.

@@ -12,7 +12,10 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext
 use forge_common::{family, flags, hook, mode, op, rule_id, verdict};
 
 use crate::{
-    decide::{Decision, Governing, decide_net, decide_path, governing, resolve_path, scratch, stays},
+    decide::{
+        Decision, Governing, decide_net, decide_path, governing, resolve_path, scratch, stays,
+        unresolved_path,
+    },
     emit::{Report, report},
     kernel::{self, magic},
     maps::CONFIG,
@@ -74,8 +77,10 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(s) = scratch() else { return 0 };
     // SAFETY: `file->f_path` at its BTF offset: a `struct path *`.
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
-    resolve_path(s, path);
-    let d = decide_path(g.record, g.slot, op::EXEC, s);
+    let d = match resolve_path(s, path) {
+        Some(_) => decide_path(g.record, g.slot, op::EXEC, s),
+        None => unresolved_path(g.record),
+    };
     apply(&g, hook::LSM_BPRM_CHECK, op::EXEC, d, |_| {}, true)
 }
 
@@ -95,16 +100,24 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let Some(s) = scratch() else { return 0 };
     // SAFETY: `file->f_path` at its BTF offset: a `struct path *`.
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
-    resolve_path(s, path);
+    let resolved = resolve_path(s, path).is_some();
     if fmode & FMODE_READ != 0 {
-        let d = decide_path(g.record, g.slot, op::FILE_READ, s);
+        let d = if resolved {
+            decide_path(g.record, g.slot, op::FILE_READ, s)
+        } else {
+            unresolved_path(g.record)
+        };
         let ret = apply(&g, hook::LSM_FILE_OPEN, op::FILE_READ, d, |_| {}, true);
         if ret != 0 {
             return ret;
         }
     }
     if fmode & FMODE_WRITE != 0 {
-        let d = decide_path(g.record, g.slot, op::FILE_WRITE, s);
+        let d = if resolved {
+            decide_path(g.record, g.slot, op::FILE_WRITE, s)
+        } else {
+            unresolved_path(g.record)
+        };
         return apply(&g, hook::LSM_FILE_OPEN, op::FILE_WRITE, d, |_| {}, true);
     }
     0

@@ -6,10 +6,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use forge_common::{COMPAT_SYSCALL_BIT, flags, hook, mode, op, rule_id, verdict};
+use forge_common::{COMPAT_SYSCALL_BIT, flags, hook, mode, op, verdict};
 
 use crate::{
-    decide::{Decision, decide_path, governing, scratch},
+    decide::{decide_path, governing, scratch, unresolved_path},
     emit::{Report, report},
     kernel,
     maps::{DOOMED, TASKS},
@@ -84,12 +84,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     }
     let ppid = kernel::current_ppid();
     if record.flags & flags::EXEC_VIA_TRACEPOINT != 0 && record.flags & flags::HAS_PATH_RULES != 0 {
-        let d = if resolved {
-            decide_path(record, g.slot, op::EXEC, s)
-        } else {
-            Decision { action: verdict::DENY, mode: mode::ENFORCE, rule_id: rule_id::UNRESOLVED_PATH }
-                .under(record)
-        };
+        let d = if resolved { decide_path(record, g.slot, op::EXEC, s) } else { unresolved_path(record) };
         if !d.allows() {
             let mut r = Report::of(&g, hook::EXEC_TRACEPOINT, op::EXEC, verdict::KILL, d.mode, d.rule_id);
             r.ppid = ppid;

@@ -15,11 +15,11 @@ use std::{error::Error, process::ExitCode};
 
 use aya::{
     Btf,
-    programs::{BtfTracePoint, CgroupSockAddr, Lsm, Program, ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, CgroupSock, CgroupSockAddr, Lsm, Program, ProgramError, RawTracePoint},
 };
 use forge_agent::ebpf::{
     loader,
-    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, SYS_ENTER},
+    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, SOCK_CREATE, SYS_ENTER},
 };
 
 fn main() -> ExitCode {
@@ -49,7 +49,11 @@ fn run() -> Result<bool, Box<dyn Error>> {
         report("lsm", name, r);
     }
     for name in CGROUP_PROGRAMS {
-        let r = program::<CgroupSockAddr>(&mut ebpf, name).and_then(CgroupSockAddr::load);
+        let r = if name == SOCK_CREATE {
+            program::<CgroupSock>(&mut ebpf, name).and_then(CgroupSock::load)
+        } else {
+            program::<CgroupSockAddr>(&mut ebpf, name).and_then(CgroupSockAddr::load)
+        };
         report("cgroup", name, r);
     }
     for name in BTF_TRACEPOINTS {

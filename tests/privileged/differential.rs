@@ -116,8 +116,8 @@ struct World {
     system: Vec<String>,
 }
 
-const V4: &[&str] = &["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.1.5", "127.1.2.3"];
-const V6: &[&str] = &["::1", "::ffff:127.0.0.1", "::ffff:127.0.0.2"];
+const V4: &[&str] = &["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.1.5", "127.1.2.3", "0.0.0.0"];
+const V6: &[&str] = &["::1", "::ffff:127.0.0.1", "::ffff:127.0.0.2", "::", "::ffff:0.0.0.0"];
 const CIDRS: &[&str] = &[
     "127.0.0.1/32",
     "127.0.0.2/32",
@@ -213,6 +213,9 @@ impl World {
     }
 
     fn random_op(&self, rng: &mut Rng) -> Operation {
+        if rng.chance(4) {
+            return Operation::Raw;
+        }
         let ports = self.ports();
         // Cumulative weights of net, exec, file.read, file.write (the rest: syscalls).
         let (net, exec, read, write) = if self.lsm { (35, 60, 85, 100) } else { (55, 70, 75, 80) };
@@ -275,6 +278,9 @@ impl World {
             word(rng, 30),
             word(rng, 30),
         );
+        if rng.chance(40) {
+            rules.push(format!("{{name: raw, op: net.raw, action: {}{}}}", word(rng, 50), mode(rng)));
+        }
         for i in 0..rng.below(6) {
             let ops: Vec<String> = rng
                 .some(&["net.connect", "net.bind", "net.sendto"], 3)
@@ -400,6 +406,7 @@ fn action(op: &Operation) -> String {
         Operation::Exec(p) => format!("exec {p}"),
         Operation::FileRead(p) => format!("open-read {p}"),
         Operation::FileWrite(p) => format!("open-write {p}"),
+        Operation::Raw => "raw-socket 4".to_string(),
     }
 }
 
@@ -482,6 +489,7 @@ fn compare(evs: &[Evaluation], seen: Outcome, events: &[&DecisionEvent], generat
                 Target::Addr { port, .. },
             ) => *port == a.port(),
             (Operation::Syscall(nr), Target::Syscall { nr: got }) => nr == got,
+            (Operation::Raw, Target::Socket { ipv6: false, sock_type: 3, protocol: 1 }) => true,
             (
                 Operation::Exec(p) | Operation::FileRead(p) | Operation::FileWrite(p),
                 Target::Path { path },

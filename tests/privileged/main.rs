@@ -149,6 +149,7 @@ fn main() {
             net::unspecified_destination_is_loopback,
         ),
         trial("net_connected_udp_is_decided_as_sendto", &["cgroup"], net::connected_udp_is_decided_as_sendto),
+        trial("net_raw_sockets_are_a_class_decided_at_creation", &["cgroup"], net::raw_sockets_are_a_class),
         trial("syscall_deny_kills_caller", &["tracepoint"], process::syscall_kill),
         trial("syscall_rules_cover_i386_int80", &["tracepoint"], process::syscall_rules_cover_i386),
         trial(

@@ -235,3 +235,30 @@ pub(crate) fn connected_udp_is_decided_as_sendto() -> Result<(), Failed> {
     check!(ev.op == Op::NetSendto && ev.verdict == Verdict::Deny, "decided as {} {}", ev.op, ev.verdict);
     Ok(())
 }
+
+/// Raw sockets build their own packets, outside every address rule: they
+/// are the `net.raw` class, decided when the socket is made. Denied by
+/// default (a policy that does not name the class), allowed by a rule.
+pub(crate) fn raw_sockets_are_a_class() -> Result<(), Failed> {
+    let yaml = policy("    - {name: other, op: net.bind, action: deny, ports: 1}\n");
+    let mut f = Fixture::new("rawsock", &yaml, Want { cgroup: Some(true), ..Want::default() })?;
+    expect("raw IPv4 socket inside", f.inside("raw-socket 4")?, EPERM)?;
+    expect("raw IPv6 socket inside", f.inside("raw-socket 6")?, EPERM)?;
+    expect("raw IPv4 socket outside", f.outside("raw-socket 4")?, Outcome::Ok)?;
+    expect("TCP connect inside", f.inside(&format!("connect {}", listener("127.0.0.1:0")?))?, Outcome::Ok)?;
+    let events = f.decisions(2);
+    let ev = find(&events, "the IPv4 raw socket", |e| {
+        e.op == Op::NetRaw && e.target == Target::Socket { ipv6: false, sock_type: 3, protocol: 1 }
+    })?;
+    check!(ev.hook == Hook::CgroupSockCreate && ev.verdict == Verdict::Deny, "{ev}");
+    check!(ev.rule_id == rule_id::DEFAULT, "decided by rule {}", ev.rule_id);
+    drop(f);
+    // A rule allows the class.
+    let allow = Fixture::new(
+        "rawallow",
+        &policy("    - {name: ping, op: net.raw, action: allow}\n"),
+        Want { cgroup: Some(true), ..Want::default() },
+    )?;
+    expect("raw IPv4 socket under an allow rule", allow.inside("raw-socket 4")?, Outcome::Ok)?;
+    Ok(())
+}

@@ -267,6 +267,9 @@ pub(crate) fn exec_fallback_decides_the_loaded_file() -> Result<(), Failed> {
         .map_err(forge_tests::fail)?;
     let r = (|| {
         let denied = exe_copy(&mnt.join("denied"), "bin")?;
+        // Longer than the kernel key: decided on its leading part.
+        let deep = mnt.join("denied").join("a-directory-with-a-long-name/".repeat(8));
+        let denied_long = exe_copy(&deep, "bin")?;
         let allowed = exe_copy(&dir.join("allowed"), "h")?;
         std::os::unix::fs::symlink(&denied, dir.join("allowed/link")).map_err(forge_tests::fail)?;
         let me = std::env::current_exe().map_err(forge_tests::fail)?;
@@ -300,6 +303,7 @@ spec:
             ("through ..", format!("exec {dotdot}")),
             ("through a symlink in an allowed directory", format!("exec {}/allowed/link", dir.display())),
             ("fexecve", format!("fd-exec {denied}")),
+            ("at a path longer than the key", format!("exec {denied_long}")),
         ] {
             expect(&format!("denied exec {what}"), f.inside(&action)?, SIGKILL)?;
         }
@@ -309,15 +313,18 @@ spec:
         expect("allowed exec, fexecve", f.inside(&format!("fd-exec {allowed}"))?, Outcome::Ok)?;
         // Outside, the denied program runs.
         expect("denied exec outside", f.outside(&format!("exec {}", rel(&denied)))?, Outcome::Ok)?;
-        let events = f.decisions(5);
+        let events = f.decisions(6);
         let kills: Vec<_> =
             events.iter().filter(|e| e.op == Op::Exec && e.verdict == Verdict::Kill).collect();
-        check!(kills.len() == 5, "{} exec kills, expected 5: {events:?}", kills.len());
+        check!(kills.len() == 6, "{} exec kills, expected 6: {events:?}", kills.len());
+        let head = &denied_long[..forge_common::PATH_KEY_PATH_LEN - 1];
         for ev in kills {
+            let Target::Path { path } = &ev.target else {
+                return Err(format!("a kill without a path: {ev}").into());
+            };
             check!(
-                ev.target == Target::Path { path: denied.clone() },
-                "a kill names {}, not {denied}",
-                ev.target
+                path == &denied || path == head,
+                "a kill names {path}, not {denied} or the head of {denied_long}"
             );
             check!(ev.rule_id == forge_common::rule_id::FIRST + 1, "decided by rule {}", ev.rule_id);
         }

@@ -854,7 +854,11 @@ impl Daemon {
         }
         if signing.require_enforceable {
             let set = build_set(&documents)?;
-            let findings = set.check_backends(&self.agent.writer.handles().active, true);
+            let findings: Vec<_> = set
+                .check_backends(&self.agent.writer.handles().active, true)
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect();
             if !findings.is_empty() {
                 return Err(invalid(Diagnostics(findings)));
             }

@@ -146,7 +146,8 @@ fn check(paths: &[PathBuf], host: bool, strict: bool, json: bool) -> anyhow::Res
         println!("ok: {docs} policy document(s) checked");
     } else {
         println!("{}", Diagnostics(findings.clone()));
-        println!("{errors} error(s), {} warning(s)", findings.len() - errors);
+        let notes = findings.iter().filter(|d| d.severity == Severity::Note).count();
+        println!("{errors} error(s), {} warning(s), {notes} note(s)", findings.len() - errors - notes);
     }
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -11,14 +11,19 @@
 //! LSM list ([`super::lsm_list`]); elsewhere the LSM programs are not
 //! attached and the tracepoint fallbacks stay on.
 
-use std::{fmt::Write as _, io, path::PathBuf};
+use std::{
+    fmt::Write as _,
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        BtfTracePoint, CgroupSockAddr, Lsm, ProgramError, RawTracePoint,
-        cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError, RawTracePoint,
+        cgroup_sock::CgroupSockAttachType, cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
 use forge_common::{Config, CounterKey, Governor, LAYOUT_VERSION, PathKey, PathRule, PolicyRecord, map_name};
@@ -29,7 +34,9 @@ use super::{
     helper_probe, kfunc,
     links::{HeldLink, LinkState},
     lsm_list,
-    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, OBJECT, SYS_ENTER},
+    object::{
+        BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, OBJECT, SOCK_CREATE, SYS_ENTER,
+    },
     pins::{Pins, ensure_bpffs},
 };
 
@@ -107,7 +114,7 @@ pub struct Maps {
 pub struct Handles {
     pub pins: Pins,
     pub maps: Maps,
-    pub cgroup_progs: Vec<(&'static str, CgroupSockAddr)>,
+    pub cgroup_progs: Vec<(&'static str, CgroupProgram)>,
     pub sys_enter: Option<RawTracePoint>,
     /// The global links (LSM hooks, tracepoints), held open.
     pub links: Vec<HeldLink>,
@@ -216,10 +223,7 @@ pub fn probe_with_tags() -> Result<(Vec<BackendStatus>, ProgramTags), LoadError>
     };
     out.push(status("lsm", lsm));
     out.push(status("lsm-paths", paths));
-    let cg = CGROUP_PROGRAMS.iter().try_for_each(|name| {
-        let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        p.load().map_err(|e| fail(name, &e))
-    });
+    let cg = CGROUP_PROGRAMS.iter().try_for_each(|name| load_cgroup_program(&mut ebpf, name));
     out.push(status("cgroup", cg));
     let tp = BTF_TRACEPOINTS
         .iter()
@@ -467,8 +471,11 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
 
     if want.cgroup != Some(false) {
         let r = CGROUP_PROGRAMS.iter().try_for_each(|name| {
-            let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            p.load().map_err(|e| fail(name, &e))?;
+            load_cgroup_program(&mut ebpf, name)?;
+            let p = ebpf.program_mut(name).ok_or_else(|| LoadError::Program {
+                name: name.to_string(),
+                message: "missing from the object".into(),
+            })?;
             p.pin(pins.prog(name)).map_err(|e| pin_err(pins.prog(name), &e))
         });
         if r.is_err() {
@@ -604,7 +611,7 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
         if !path.exists() {
             continue;
         }
-        let p = CgroupSockAddr::from_pin(&path, attach_type(name)).map_err(|e| fail(name, &e))?;
+        let p = CgroupProgram::from_pin(name, &path).map_err(|e| fail(name, &e))?;
         cgroup_progs.push((name, p));
     }
     let sys_enter_path = pins.prog(SYS_ENTER);
@@ -683,6 +690,49 @@ fn hold(
         reattached.push(name.to_string());
     }
     HeldLink::open(name, &path).map_err(|e| link_err(pins, name, &e))
+}
+
+/// A per-cgroup program: a sock_addr hook or the sock_create hook.
+pub enum CgroupProgram {
+    SockAddr(CgroupSockAddr),
+    Sock(CgroupSock),
+}
+
+impl CgroupProgram {
+    fn from_pin(name: &str, path: &Path) -> Result<Self, ProgramError> {
+        Ok(if name == SOCK_CREATE {
+            Self::Sock(CgroupSock::from_pin(path, CgroupSockAttachType::SockCreate)?)
+        } else {
+            Self::SockAddr(CgroupSockAddr::from_pin(path, attach_type(name))?)
+        })
+    }
+
+    /// Attaches the program to the cgroup open at `cgroup` and returns the link.
+    pub fn attach_link(&mut self, cgroup: &File) -> Result<FdLink, Box<dyn std::error::Error + Send + Sync>> {
+        // With bpf_link (kernel >= 5.7) attachments always coexist; the
+        // link API rejects the ALLOW_MULTI flag, so ask for the default.
+        Ok(match self {
+            Self::SockAddr(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                FdLink::try_from(p.take_link(id)?)?
+            }
+            Self::Sock(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                FdLink::try_from(p.take_link(id)?)?
+            }
+        })
+    }
+}
+
+/// Loads the per-cgroup program `name` (not attached).
+fn load_cgroup_program(ebpf: &mut aya::Ebpf, name: &str) -> Result<(), LoadError> {
+    if name == SOCK_CREATE {
+        let p: &mut CgroupSock = program(ebpf, name)?;
+        p.load().map_err(|e| fail(name, &e))
+    } else {
+        let p: &mut CgroupSockAddr = program(ebpf, name)?;
+        p.load().map_err(|e| fail(name, &e))
+    }
 }
 
 fn attach_type(name: &str) -> CgroupSockAddrAttachType {

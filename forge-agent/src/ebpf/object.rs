@@ -29,8 +29,13 @@ pub const LSM_PROGRAMS: [&str; 15] = [
 /// rules are reported unenforceable.
 pub const LSM_PATH_PROGRAMS: [&str; 2] = ["bprm_check_security", "file_open"];
 
-/// cgroup sock_addr programs, attached per governed cgroup.
-pub const CGROUP_PROGRAMS: [&str; 6] = ["connect4", "connect6", "bind4", "bind6", "sendmsg4", "sendmsg6"];
+/// cgroup programs, attached per governed cgroup: the sock_addr hooks and
+/// [`SOCK_CREATE`] (a `cgroup/sock` program, for the `net.raw` class).
+pub const CGROUP_PROGRAMS: [&str; 7] =
+    ["connect4", "connect6", "bind4", "bind6", "sendmsg4", "sendmsg6", SOCK_CREATE];
+
+/// The `cgroup/sock_create` program among [`CGROUP_PROGRAMS`].
+pub const SOCK_CREATE: &str = "sock_create";
 
 /// BTF tracepoints (program = tracepoint name), attached globally with the
 /// tracepoint backend: process tracking and the exec fallback, containment

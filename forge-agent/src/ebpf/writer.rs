@@ -33,7 +33,7 @@ use std::{
 
 use aya::{
     maps::{MapData, RingBuf, lpm_trie::Key},
-    programs::links::{CgroupAttachMode, FdLink},
+    programs::links::FdLink,
 };
 use forge_common::{
     Config, CounterKey, Governor, LAYOUT_VERSION, MAX_GOVERNED_LEVEL, PATH_KEY_PATH_LEN, PathKey,
@@ -572,11 +572,7 @@ impl MapWriter {
                 path: cgroup.path.clone(),
                 message: chain(e),
             };
-            // With bpf_link (kernel >= 5.7) attachments always coexist; the
-            // link API rejects the ALLOW_MULTI flag, so ask for the default.
-            let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(&e))?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(&e))?)
-                .map_err(|e| attach_err(&e))?;
+            let link = prog.attach_link(&file).map_err(|e| attach_err(&*e))?;
             let pin = dir.join(*name);
             link.pin(&pin).map_err(|e| attach_err(&e))?;
             held.push(HeldLink::open(*name, &pin).map_err(|e| attach_err(&e))?);

@@ -82,6 +82,7 @@ tagged!(
     CgroupRmdir = hook::CGROUP_RMDIR => "tp_btf/cgroup_rmdir",
     LsmTaskControl = hook::LSM_TASK_CONTROL => "lsm/task_set*",
     LsmMount = hook::LSM_MOUNT => "lsm/sb_mount",
+    CgroupSockCreate = hook::CGROUP_SOCK_CREATE => "cgroup/sock_create",
 });
 
 tagged!(
@@ -97,6 +98,7 @@ tagged!(
     Protect = op::PROTECT => "self-protect",
     Process = op::PROCESS => "process",
     Cgroup = op::CGROUP => "cgroup",
+    NetRaw = op::NET_RAW => "net.raw",
 });
 
 tagged!(
@@ -181,6 +183,13 @@ pub enum Target {
         level: u32,
         path: String,
     },
+    /// A socket being made: `ipv6`, its type (`SOCK_RAW` 3, `SOCK_DGRAM`
+    /// 2) and protocol.
+    Socket {
+        ipv6: bool,
+        sock_type: u32,
+        protocol: u32,
+    },
 }
 
 /// How a containment breach ended.
@@ -252,6 +261,14 @@ impl fmt::Display for Target {
                 write!(f, "pid {pid} into cgroup {cgroup} ({})", outcome.as_str())
             }
             Self::Cgroup { id, path, .. } => write!(f, "{path} (id {id})"),
+            Self::Socket { ipv6, sock_type, protocol } => {
+                let fam = if *ipv6 { "IPv6" } else { "IPv4" };
+                match (sock_type, protocol) {
+                    (2, 1 | 58) => write!(f, "{fam} ICMP datagram socket"),
+                    (3, _) => write!(f, "{fam} raw socket (protocol {protocol})"),
+                    _ => write!(f, "{fam} socket type {sock_type} protocol {protocol}"),
+                }
+            }
         }
     }
 }
@@ -308,6 +325,11 @@ impl DecisionEvent {
                 Target::Addr { addr: decode_addr(raw.family, &raw.addr)?, port: raw.port }
             }
             Op::Syscall => Target::Syscall { nr: raw.nr },
+            Op::NetRaw => Target::Socket {
+                ipv6: raw.family == family::INET6,
+                sock_type: raw.nr,
+                protocol: u32::from(raw.port),
+            },
             Op::Exec | Op::FileRead | Op::FileWrite => path_target(raw, path_len),
             Op::Protect => match hook {
                 Hook::LsmBpf => Target::BpfCmd { cmd: raw.nr },

@@ -105,7 +105,7 @@ impl CompiledRecord {
 }
 
 /// Operation classes by name, as written in policies.
-pub const CLASSES: [(&str, u8); 7] = [
+pub const CLASSES: [(&str, u8); 8] = [
     ("exec", op::EXEC),
     ("file.read", op::FILE_READ),
     ("file.write", op::FILE_WRITE),
@@ -113,6 +113,7 @@ pub const CLASSES: [(&str, u8); 7] = [
     ("net.bind", op::NET_BIND),
     ("net.sendto", op::NET_SENDTO),
     ("syscall", op::SYSCALL),
+    ("net.raw", op::NET_RAW),
 ];
 
 /// The class number of an operation class name.
@@ -218,7 +219,8 @@ pub(crate) fn flatten(docs: &[Policy]) -> (Vec<FlatRule<'_>>, Vec<Diagnostic>) {
 
 /// A path entry being built: rule, place, rule name, priority.
 type PathSlot = (PathRuleInfo, Place, String, u8);
-/// Per syscall slot: action, mode, rule id, place, rule name, priority.
+/// A rule's choice for one syscall slot (or the `net.raw` class): action,
+/// mode, rule id, place, rule name, priority.
 type SyscallChoice = (u8, u8, u32, Place, String, u8);
 
 /// What the compiler accumulates for one workload.
@@ -231,6 +233,8 @@ struct Builder {
     paths: BTreeMap<(u8, Vec<u8>), PathSlot>,
     net: Vec<(forge_common::NetRule, u32, Place, String, u8)>,
     syscalls: BTreeMap<usize, SyscallChoice>,
+    /// A `net.raw` rule (it has no matchers: it decides the whole class).
+    raw: Option<SyscallChoice>,
     active_rules: Vec<u32>,
 }
 
@@ -277,10 +281,11 @@ impl Builder {
     /// The quarantine record: exec, network and writes are denied whatever
     /// the rules said; reads and syscalls stay as compiled.
     fn redzone(&mut self, place: &Place) {
-        for c in [op::EXEC, op::FILE_WRITE, op::NET_CONNECT, op::NET_BIND, op::NET_SENDTO] {
+        for c in [op::EXEC, op::FILE_WRITE, op::NET_CONNECT, op::NET_BIND, op::NET_SENDTO, op::NET_RAW] {
             self.defaults[c as usize] = Some((verdict::DENY, place.clone()));
         }
         self.net.clear();
+        self.raw = None;
         self.paths.retain(|(op, _), _| *op != op::EXEC && *op != op::FILE_WRITE);
     }
 
@@ -426,6 +431,19 @@ impl Builder {
                         self.net.push((r, prefix, place, f.name.clone(), prio));
                     }
                 }
+                op::NET_RAW => match &self.raw {
+                    Some((_, _, _, _, _, p)) if *p < prio => {
+                        self.raw = Some((action, m, f.id, here.clone(), f.name.clone(), prio));
+                    }
+                    Some((a, _, _, prev_place, prev_name, p)) if *a != action && *p == prio => {
+                        self.diags.push(err(
+                            &here,
+                            format!("net.raw contradicts rule {prev_name:?} at {prev_place}: both allowed and denied"),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => self.raw = Some((action, m, f.id, here.clone(), f.name.clone(), prio)),
+                },
                 op::SYSCALL => {
                     for s in &rule.syscalls {
                         let place = doc.place(s);
@@ -485,6 +503,7 @@ impl PolicySet {
             paths: BTreeMap::new(),
             net: Vec::new(),
             syscalls: BTreeMap::new(),
+            raw: None,
             active_rules: Vec::new(),
         };
         b.diags.append(&mut flat_diags);
@@ -597,6 +616,14 @@ impl PolicySet {
             record.flags |= flags::SYSCALL_DEFAULT_DENY;
         }
         deny_multiplexers(&mut record, &b.syscalls);
+        if let Some((action, m, id, place, _, _)) = &b.raw {
+            record.defaults[op::NET_RAW as usize] = *action;
+            record.default_rule[op::NET_RAW as usize] = *id;
+            default_sources[op::NET_RAW as usize] = Some(place.to_string());
+            if *m == mode::MONITOR {
+                record.flags |= flags::NET_RAW_MONITOR;
+            }
+        }
         if b.net.len() > MAX_NET_RULES {
             let place = b.net[MAX_NET_RULES].2.clone();
             b.diags.push(place.error(format!(
@@ -750,7 +777,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.record.generation, 7);
-        assert!(c.record.defaults[..op::COUNT - 1].iter().all(|d| *d == verdict::DENY));
+        assert!(CLASSES.iter().all(|(_, class)| c.record.defaults[*class as usize] == verdict::DENY));
         assert_eq!(c.record.syscall_denied(0), None, "read is allowed");
         assert_eq!(c.record.syscall_denied(1), None, "write is allowed");
         assert!(c.record.syscall_denied(2).is_some(), "open is denied by default");

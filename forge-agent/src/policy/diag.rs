@@ -10,6 +10,8 @@ use serde::Serialize;
 pub enum Severity {
     Error,
     Warning,
+    /// What a rule means on this host, worth knowing; never an error.
+    Note,
 }
 
 /// One finding about a policy, with its place.
@@ -28,6 +30,7 @@ impl fmt::Display for Diagnostic {
         let sev = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Note => "note",
         };
         if self.line == 0 {
             write!(f, "{}: {sev}: {}", self.file, self.message)
@@ -73,6 +76,10 @@ impl Place {
 
     pub fn warning(&self, message: impl Into<String>) -> Diagnostic {
         Diagnostic { severity: Severity::Warning, ..self.error(message) }
+    }
+
+    pub fn note(&self, message: impl Into<String>) -> Diagnostic {
+        Diagnostic { severity: Severity::Note, ..self.error(message) }
     }
 }
 

@@ -64,7 +64,7 @@ pub enum OperationError {
     #[error("empty operation; expected e.g. `net.connect 10.0.0.5:5432` or `exec /usr/bin/curl`")]
     Empty,
     #[error(
-        "unknown operation {0:?}; expected exec, file.read, file.write, net.connect, net.bind, net.sendto or syscall"
+        "unknown operation {0:?}; expected exec, file.read, file.write, net.connect, net.bind, net.sendto, net.raw or syscall"
     )]
     Unknown(String),
     #[error("{op} needs {what}")]
@@ -94,6 +94,8 @@ pub enum Operation {
     /// ([`syscalls::to_event_nr`]): x86_64 numbers as they are, i386 and x32
     /// ones with their ABI bit.
     Syscall(u32),
+    /// Making a raw or ICMP socket.
+    Raw,
 }
 
 impl Operation {
@@ -107,6 +109,7 @@ impl Operation {
             Self::Bind(_) => op::NET_BIND,
             Self::SendTo(_) => op::NET_SENDTO,
             Self::Syscall(_) => op::SYSCALL,
+            Self::Raw => op::NET_RAW,
         }
     }
 
@@ -125,6 +128,7 @@ impl fmt::Display for Operation {
         match self {
             Self::Exec(p) | Self::FileRead(p) | Self::FileWrite(p) => write!(f, "{verb} {p}"),
             Self::Connect(a) | Self::Bind(a) | Self::SendTo(a) => write!(f, "{verb} {a}"),
+            Self::Raw => f.write_str(verb),
             Self::Syscall(ev) => {
                 let (abi, nr) = syscalls::from_event_nr(*ev);
                 let prefix = if abi == syscalls::Abi::X86_64 { String::new() } else { format!("{abi}:") };
@@ -148,7 +152,7 @@ impl FromStr for Operation {
         let (verb, arg) = s.split_once(char::is_whitespace).map_or((s, ""), |(v, a)| (v, a.trim()));
         let class = Op::ALL
             .iter()
-            .find(|o| o.as_str() == verb && o.tag() <= op::SYSCALL)
+            .find(|o| o.as_str() == verb && (o.tag() <= op::SYSCALL || o.tag() == op::NET_RAW))
             .ok_or_else(|| OperationError::Unknown(verb.to_string()))?;
         let name = class.as_str();
         let addr = || -> Result<SocketAddr, OperationError> {
@@ -174,6 +178,7 @@ impl FromStr for Operation {
             Op::NetConnect => Self::Connect(addr()?),
             Op::NetBind => Self::Bind(addr()?),
             Op::NetSendto => Self::SendTo(addr()?),
+            Op::NetRaw => Self::Raw,
             _ => {
                 if arg.is_empty() {
                     return Err(OperationError::Missing { op: name, what: "a syscall name or number" });
@@ -424,9 +429,19 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
         Operation::Connect(a) | Operation::Bind(a) | Operation::SendTo(a) => {
             (net(c, operation.class(), a, &mut notes), Vec::new())
         }
-        Operation::Syscall(nr) => (syscall(c, *nr), Vec::new()),
+        Operation::Syscall(nr) => {
+            let d = syscall(c, *nr);
+            if d.enforced && d.verdict == Verdict::Kill {
+                notes.push(
+                    "the kill is sent at syscall entry: the call itself still runs (its effect happens) before the caller dies"
+                        .to_string(),
+                );
+            }
+            (d, Vec::new())
+        }
         Operation::FileRead(p) | Operation::FileWrite(p) => (file(c, operation.class(), p), Vec::new()),
         Operation::Exec(p) => exec(c, p, &mut notes),
+        Operation::Raw => (raw(c), Vec::new()),
     };
     Evaluation { operation: operation.clone(), decision, prior, notes }
 }
@@ -763,6 +778,31 @@ fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<
     }
     let (d, considered) = decide_path(c, op::EXEC, path, false);
     (decided(c, op::EXEC, Hook::LsmBprmCheck, Verdict::Deny, d, considered), vec![read])
+}
+
+/// `cgroup/sock_create`: the class's one decision (a `net.raw` rule or the
+/// default) for every raw or ICMP socket.
+fn raw(c: &CompiledRecord) -> Check {
+    let r = &c.record;
+    if r.flags & flags::NET_VIA_LSM != 0 {
+        return undecided(
+            c,
+            op::NET_RAW,
+            "the cgroup hooks are not in use for this workload: nothing decides raw sockets",
+        );
+    }
+    let mut d = Decision::default_for(r, op::NET_RAW).under(r);
+    if r.flags & flags::NET_RAW_MONITOR != 0 {
+        d.mode = mode::MONITOR;
+    }
+    decided(
+        c,
+        op::NET_RAW,
+        Hook::CgroupSockCreate,
+        Verdict::Deny,
+        d,
+        vec![default_considered(r, op::NET_RAW)],
+    )
 }
 
 /// `raw_tp/sys_enter`: the deny bitmap of the caller's ABI; a denied
@@ -1122,6 +1162,7 @@ mod tests {
         let e = eval(&c, "syscall ptrace");
         is(&e, (Verdict::Kill, Mode::Enforce, true), FIRST);
         assert_eq!(e.decision.hook, Some(Hook::SysEnter));
+        assert!(e.notes.iter().any(|n| n.contains("still runs")), "{:?}", e.notes);
         is(&eval(&c, "syscall 308"), (Verdict::Kill, Mode::Enforce, true), FIRST);
         is(&eval(&c, "syscall unshare"), (Verdict::Kill, Mode::Monitor, false), FIRST + 1);
         allowed(&eval(&c, "syscall getppid"), 0);
@@ -1140,6 +1181,26 @@ mod tests {
         // No syscall rules at all: nothing decides.
         let c = with_rules(OPEN, "    - {name: r, op: net.bind, action: deny, ports: 1}\n");
         assert!(eval(&c, "syscall ptrace").decision.undecided.is_some());
+    }
+
+    #[test]
+    fn raw_sockets_one_decision_for_the_class() {
+        // Not named: the class default (deny when the policy sets none).
+        let c = with_rules(OPEN, "    - {name: r, op: net.bind, action: deny, ports: 1}\n");
+        let e = eval(&c, "net.raw");
+        is(&e, DENIED, 0);
+        assert_eq!(e.decision.hook, Some(Hook::CgroupSockCreate));
+        let c = with_rules(OPEN, "    - {name: ping, op: net.raw, action: allow}\n");
+        allowed(&eval(&c, "net.raw"), FIRST);
+        let c = with_rules(OPEN, "    - {name: watch, op: net.raw, action: deny, mode: monitor}\n");
+        is(&eval(&c, "net.raw"), (Verdict::Deny, Mode::Monitor, false), FIRST);
+        // A raw rule takes no matchers.
+        let text = format!(
+            "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: t}}\nspec:\n{OPEN}  rules:\n    - {{name: bad, op: net.raw, action: allow, cidrs: [10.0.0.0/8]}}\n"
+        );
+        let p = Policy::from_yaml(&text, "t.yaml").unwrap();
+        assert!(compile(&p, "t.yaml", 1).is_err());
+        assert_eq!("net.raw".parse::<Operation>().unwrap().to_string(), "net.raw");
     }
 
     #[test]

@@ -216,7 +216,7 @@ pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
         op::EXEC => active.lsm_paths || active.tracepoint,
         op::FILE_READ | op::FILE_WRITE => active.lsm_paths,
         op::NET_CONNECT | op::NET_BIND => active.cgroup || active.lsm,
-        op::NET_SENDTO => active.cgroup,
+        op::NET_SENDTO | op::NET_RAW => active.cgroup,
         op::SYSCALL => active.tracepoint,
         _ => true,
     }
@@ -224,13 +224,24 @@ pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
 
 impl PolicySet {
     /// Rules (and deny defaults) that no backend available here can enforce:
-    /// warnings, or errors when `strict`.
+    /// warnings, or errors when `strict`. Notes (never errors) say where a
+    /// deny is enforced only after the fact here: a syscall deny is a kill
+    /// at syscall entry, after which the call still runs.
     pub fn check_backends(&self, active: &crate::ebpf::Active, strict: bool) -> Vec<Diagnostic> {
         let (flat, _) = flatten(&self.docs);
         let mut out = Vec::new();
         let report = |place: Place, msg: String| if strict { place.error(msg) } else { place.warning(msg) };
         for f in &flat {
             for o in f.rule.op_list() {
+                if super::compile::class(o) == Some(forge_common::op::SYSCALL)
+                    && f.rule.action.as_str() == "deny"
+                    && active.tracepoint
+                {
+                    out.push(f.doc.place(o).note(format!(
+                        "rule {:?}: a syscall deny is enforced here by SIGKILL at syscall entry; the call itself still runs (its effect happens) before the caller dies",
+                        f.name
+                    )));
+                }
                 if let Some(c) = super::compile::class(o)
                     && !enforceable(c, active)
                 {
@@ -269,6 +280,7 @@ fn io_error(p: &Path, e: &std::io::Error) -> PolicyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Severity;
 
     #[test]
     fn selectors_combine_categories_with_and_items_with_or() {
@@ -289,6 +301,22 @@ mod tests {
         assert!(!PolicySet::selects(&doc, &w("/usr/bin/nginx", "sha3-256:ab", "k2")));
         assert!(!PolicySet::selects(&doc, &Workload::cgroup("web/x")), "an unknown identity is not selected");
         assert!(PolicySet::selects(&doc, &Workload::any()));
+    }
+
+    #[test]
+    fn host_check_says_when_a_deny_is_a_kill_after_the_call() {
+        let text = "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: s}\nspec:\n  rules:\n    - {name: no-mount, op: syscall, action: deny, syscalls: [mount]}\n    - {name: reads, op: file.read, action: deny, paths: [/etc/shadow]}\n";
+        let set = PolicySet::from_docs(vec![Policy::from_yaml(text, "s.yaml").unwrap()]).unwrap();
+        let tracepoints_only =
+            crate::ebpf::Active { lsm: false, lsm_paths: false, cgroup: true, tracepoint: true };
+        let found = set.check_backends(&tracepoints_only, true);
+        let note = found.iter().find(|d| d.severity == Severity::Note).expect("a note for the syscall deny");
+        assert!(note.message.contains("\"no-mount\"") && note.message.contains("still runs"), "{note}");
+        assert_eq!(note.line, 6);
+        // The file rule cannot be enforced without the LSM path hooks: an error under strict.
+        let errors: Vec<_> = found.iter().filter(|d| d.severity == Severity::Error).collect();
+        assert_eq!(errors.len(), 1, "{found:?}");
+        assert!(errors[0].message.contains("\"reads\""));
     }
 
     #[test]
