@@ -76,6 +76,13 @@ pub enum Action {
     Unlink(PathBuf),
     /// umount2(2) of a mount point.
     Umount(PathBuf),
+    /// mount(2) of a tmpfs on a directory.
+    MountTmpfs(PathBuf),
+    /// chroot(2) into a directory.
+    Chroot(PathBuf),
+    /// finit_module(2) of a file (not a module: the kernel would refuse it
+    /// with ENOEXEC once read).
+    FinitModule(PathBuf),
     /// A syscall of another ABI than x86_64 (the same process, the same
     /// kernel, another table): `syscall32` makes an i386 call with `int
     /// 0x80`, `syscall-x32` an x32 call. Names: `mkdir PATH`, `unshare`
@@ -135,6 +142,9 @@ impl fmt::Display for Action {
             Self::Signal(route, pid, sig) => write!(f, "{} {pid} {sig}", route.verb()),
             Self::Unlink(p) => write!(f, "unlink {}", p.display()),
             Self::Umount(p) => write!(f, "umount {}", p.display()),
+            Self::MountTmpfs(p) => write!(f, "mount-tmpfs {}", p.display()),
+            Self::Chroot(p) => write!(f, "chroot {}", p.display()),
+            Self::FinitModule(p) => write!(f, "finit-module {}", p.display()),
             Self::OtherAbi(abi, name, arg) => {
                 let verb = if *abi == OtherAbi::I386 { "syscall32" } else { "syscall-x32" };
                 write!(f, "{verb} {name}")?;
@@ -191,6 +201,9 @@ impl FromStr for Action {
             "ptrace" => Self::PtraceAttach(pid(arg)?),
             "unlink" => Self::Unlink(PathBuf::from(need(arg)?)),
             "umount" => Self::Umount(PathBuf::from(need(arg)?)),
+            "mount-tmpfs" => Self::MountTmpfs(PathBuf::from(need(arg)?)),
+            "chroot" => Self::Chroot(PathBuf::from(need(arg)?)),
+            "finit-module" => Self::FinitModule(PathBuf::from(need(arg)?)),
             "syscall32" | "syscall-x32" => {
                 let abi = if verb == "syscall32" { OtherAbi::I386 } else { OtherAbi::X32 };
                 Self::OtherAbi(abi, need(arg)?, it.next().map(str::to_string))
@@ -317,6 +330,21 @@ pub fn perform(action: &Action) -> io::Result<()> {
         Action::Unlink(p) => std::fs::remove_file(p),
         Action::Umount(p) => {
             nix::mount::umount2(p.as_path(), nix::mount::MntFlags::empty()).map_err(io::Error::from)
+        }
+        Action::MountTmpfs(p) => nix::mount::mount(
+            Some("tmpfs"),
+            p.as_path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(io::Error::from),
+        Action::Chroot(p) => nix::unistd::chroot(p.as_path()).map_err(io::Error::from),
+        Action::FinitModule(p) => {
+            let file = std::fs::File::open(p)?;
+            // SAFETY: finit_module(fd, params, flags) with an open fd and an
+            // empty C string.
+            errno_result(unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) })
         }
         Action::OtherAbi(abi, name, arg) => {
             use std::io::Write as _;

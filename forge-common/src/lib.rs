@@ -167,7 +167,12 @@ pub mod hook {
     pub const LSM_MOUNT: u16 = 26;
     /// `cgroup/sock_create`: a raw or ICMP socket being made.
     pub const CGROUP_SOCK_CREATE: u16 = 27;
-    pub const MAX: u16 = 27;
+    /// `lsm/path_chroot`: a denied `chroot` refused before it happens.
+    pub const LSM_PATH_CHROOT: u16 = 28;
+    /// `lsm/kernel_read_file`, `lsm/kernel_load_data`: a denied module or
+    /// kexec load refused before the kernel reads it.
+    pub const LSM_KERNEL_LOAD: u16 = 29;
+    pub const MAX: u16 = 29;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].
@@ -236,6 +241,40 @@ pub mod flags {
     /// The `net.raw` decision (the class's entry in the defaults) is only
     /// monitored.
     pub const NET_RAW_MONITOR: u32 = 1 << 7;
+}
+
+/// Syscalls whose effect an LSM hook can refuse before it happens: under
+/// BPF LSM a syscall rule denying one of them is enforced there (`EPERM`,
+/// nothing done), not only by the kill at syscall entry.
+pub mod syscall_effect {
+    /// `(x86_64 number, i386 number, hook)`.
+    pub const HOOKED: [(u32, u32, &str); 8] = [
+        (165, 21, "lsm/sb_mount"),
+        (166, 52, "lsm/sb_umount"),
+        (155, 217, "lsm/sb_pivotroot"),
+        (429, 429, "lsm/move_mount"),
+        (161, 61, "lsm/path_chroot"),
+        (175, 128, "lsm/kernel_load_data"),
+        (313, 350, "lsm/kernel_read_file"),
+        (246, 283, "lsm/kernel_load_data"),
+    ];
+    /// `kexec_file_load` (x86_64 only), at `lsm/kernel_read_file`.
+    pub const KEXEC_FILE_LOAD: u32 = 320;
+
+    /// The hook that refuses x86_64 syscall `nr` before its effect, if any.
+    pub fn hook_of(nr: u32) -> Option<&'static str> {
+        if nr == KEXEC_FILE_LOAD {
+            return Some("lsm/kernel_read_file");
+        }
+        let mut i = 0;
+        while i < HOOKED.len() {
+            if HOOKED[i].0 == nr {
+                return Some(HOOKED[i].2);
+            }
+            i += 1;
+        }
+        None
+    }
 }
 
 /// Address families in [`NetRule::family`] and [`Event::family`].

@@ -9,7 +9,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
-use forge_common::{family, flags, hook, mode, op, rule_id, verdict};
+use forge_common::{COMPAT_SYSCALL_BIT, family, flags, hook, mode, op, rule_id, verdict};
 
 use crate::{
     decide::{
@@ -409,19 +409,92 @@ fn mount_op(ctx: &LsmContext, prior_arg: usize) -> i32 {
     protect(&g, hook::LSM_MOUNT, rule_id::SELF_PROTECT, |r| r.nr = ns)
 }
 
+/// A syscall rule enforced at the hook of the syscall's effect, before it
+/// happens: `EPERM` when the caller's record denies the syscall (`x64` or,
+/// in a 32-bit call, `i386`). The kill at syscall entry still follows; this
+/// makes sure the call did nothing first.
+#[inline(always)]
+fn syscall_effect(h: u16, x64: u32, i386: u32) -> i32 {
+    let Some(g) = governing() else {
+        return 0;
+    };
+    if g.record.flags & flags::HAS_SYSCALL_RULES == 0 {
+        return 0;
+    }
+    let compat = kernel::current_in_compat_syscall().unwrap_or(false);
+    let nr = if compat { i386 } else { x64 };
+    let Some((monitor, rule_id)) = g.record.syscall_decision(compat, u64::from(nr)) else {
+        return 0;
+    };
+    let m = if monitor || g.record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
+    let d = Decision { action: verdict::DENY, mode: m, rule_id };
+    apply(&g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
+}
+
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
+    prior!(ctx, 5);
+    let ret = syscall_effect(hook::LSM_MOUNT, 165, 21);
+    if ret != 0 {
+        return ret;
+    }
     mount_op(&ctx, 5)
 }
 
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
+    prior!(ctx, 2);
+    let ret = syscall_effect(hook::LSM_MOUNT, 429, 429);
+    if ret != 0 {
+        return ret;
+    }
     mount_op(&ctx, 2)
 }
 
 #[lsm(hook = "sb_pivotroot")]
 pub fn sb_pivotroot(ctx: LsmContext) -> i32 {
+    prior!(ctx, 2);
+    let ret = syscall_effect(hook::LSM_MOUNT, 155, 217);
+    if ret != 0 {
+        return ret;
+    }
     mount_op(&ctx, 2)
+}
+
+#[lsm(hook = "path_chroot")]
+pub fn path_chroot(ctx: LsmContext) -> i32 {
+    prior!(ctx, 1);
+    syscall_effect(hook::LSM_PATH_CHROOT, 161, 61)
+}
+
+/// `kernel_read_file_id` and `kernel_load_data_id` values
+/// (`include/linux/kernel_read_file.h`): the module and kexec image reads.
+const READING_MODULE: u32 = 2;
+const READING_KEXEC_IMAGE: u32 = 3;
+
+/// `finit_module` and `kexec_file_load` read their file here.
+#[lsm(hook = "kernel_read_file")]
+pub fn kernel_read_file(ctx: LsmContext) -> i32 {
+    prior!(ctx, 3);
+    let id: u32 = ctx.arg(1);
+    match id {
+        READING_MODULE => syscall_effect(hook::LSM_KERNEL_LOAD, 313, 350),
+        // kexec_file_load has no i386 number: an impossible one stands in.
+        READING_KEXEC_IMAGE => syscall_effect(hook::LSM_KERNEL_LOAD, 320, u32::MAX),
+        _ => 0,
+    }
+}
+
+/// `init_module` and `kexec_load` hand their image over here.
+#[lsm(hook = "kernel_load_data")]
+pub fn kernel_load_data(ctx: LsmContext) -> i32 {
+    prior!(ctx, 2);
+    let id: u32 = ctx.arg(0);
+    match id {
+        READING_MODULE => syscall_effect(hook::LSM_KERNEL_LOAD, 175, 128),
+        READING_KEXEC_IMAGE => syscall_effect(hook::LSM_KERNEL_LOAD, 246, 283),
+        _ => 0,
+    }
 }
 
 /// Self-protection: governed tasks may not unmount bpffs (dropping the
@@ -429,6 +502,10 @@ pub fn sb_pivotroot(ctx: LsmContext) -> i32 {
 #[lsm(hook = "sb_umount")]
 pub fn sb_umount(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
+    let ret = syscall_effect(hook::LSM_SB_UMOUNT, 166, 52);
+    if ret != 0 {
+        return ret;
+    }
     let Some(g) = protected() else {
         return 0;
     };

@@ -203,3 +203,57 @@ pub(crate) fn self_protection() -> Result<(), Failed> {
     check!(k.target == Target::Process { pid: me, signal: libc::SIGURG as u32 }, "kill target {}", k.target);
     Ok(())
 }
+
+/// Under BPF LSM a syscall rule is enforced where the call has its effect,
+/// before it happens: with only the LSM backend (no kill at syscall entry)
+/// the denied calls fail with EPERM and did nothing: nothing mounted, the
+/// mount still there, no chroot, no module read.
+pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
+    let dir = scratch("effects");
+    let target = dir.join("mnt");
+    let kept = dir.join("kept");
+    std::fs::create_dir_all(&target).map_err(fail)?;
+    std::fs::create_dir_all(&kept).map_err(fail)?;
+    nix::mount::mount(Some("tmpfs"), &kept, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(fail)?;
+    let mounted = |p: &std::path::Path| -> Result<bool, Failed> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(fail)?;
+        let p = p.display().to_string();
+        Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str())))
+    };
+    let yaml = policy(
+        false,
+        "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, pivot_root]}\n",
+    );
+    let r = (|| {
+        let mut f = Fixture::new(
+            "lsmeffect",
+            &yaml,
+            Want { lsm: Some(true), tracepoint: Some(false), ..Want::default() },
+        )?;
+        expect("mount inside", f.inside(&format!("mount-tmpfs {}", target.display()))?, EPERM)?;
+        check!(!mounted(&target)?, "the denied mount is there");
+        expect("umount inside", f.inside(&format!("umount {}", kept.display()))?, EPERM)?;
+        check!(mounted(&kept)?, "the denied umount removed the mount");
+        expect("chroot inside", f.inside(&format!("chroot {}", dir.display()))?, EPERM)?;
+        // A regular file (the kernel reads only those), not a module.
+        let blob = dir.join("not-a-module.ko");
+        std::fs::write(&blob, [0u8; 64]).map_err(fail)?;
+        expect("finit_module inside", f.inside(&format!("finit-module {}", blob.display()))?, EPERM)?;
+        // Outside, the same calls run (the kernel reads the file and refuses
+        // it as a module itself, not with EPERM).
+        expect("mount outside", f.outside(&format!("mount-tmpfs {}", target.display()))?, Outcome::Ok)?;
+        check!(mounted(&target)?, "the mount from outside is not there");
+        let outside = f.outside(&format!("finit-module {}", blob.display()))?;
+        check!(outside != EPERM && outside != Outcome::Ok, "finit_module of the blob outside: {outside}");
+        let events = f.decisions(4);
+        let ev = find(&events, "the refused mount", |e| e.hook == Hook::LsmMount && e.op == Op::Syscall)?;
+        check!(ev.target == Target::Syscall { nr: 165 } && ev.verdict == Verdict::Deny, "{ev}");
+        check!(ev.rule_id == rule_id::FIRST, "rule {}", ev.rule_id);
+        Ok(())
+    })();
+    let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+    let _ = nix::mount::umount2(&kept, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}

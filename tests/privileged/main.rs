@@ -345,6 +345,11 @@ fn main() {
         trial("lsm_differential_evaluator_vs_kernel", &["lsm", "lsm-paths"], differential::lsm),
         trial("lsm_exec_deny", &["lsm", "lsm-paths"], lsm::exec_deny),
         trial("lsm_file_open_deny_resolves_paths", &["lsm", "lsm-paths"], lsm::file_open),
+        trial(
+            "lsm_syscall_denies_refused_before_the_effect",
+            &["lsm"],
+            lsm::syscall_denies_refused_before_the_effect,
+        ),
         trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),
         trial("lsm_self_protection", &["lsm"], lsm::self_protection),
         trial(

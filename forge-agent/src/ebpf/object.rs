@@ -5,7 +5,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// LSM programs and the hooks they attach to: network, containment and
 /// self-protection (the `lsm` backend).
-pub const LSM_PROGRAMS: [&str; 15] = [
+pub const LSM_PROGRAMS: [&str; 18] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -21,6 +21,9 @@ pub const LSM_PROGRAMS: [&str; 15] = [
     "sb_mount",
     "move_mount",
     "sb_pivotroot",
+    "path_chroot",
+    "kernel_read_file",
+    "kernel_load_data",
 ];
 
 /// LSM programs that resolve paths with `bpf_d_path` (the `lsm-paths`

@@ -83,6 +83,8 @@ tagged!(
     LsmTaskControl = hook::LSM_TASK_CONTROL => "lsm/task_set*",
     LsmMount = hook::LSM_MOUNT => "lsm/sb_mount",
     CgroupSockCreate = hook::CGROUP_SOCK_CREATE => "cgroup/sock_create",
+    LsmPathChroot = hook::LSM_PATH_CHROOT => "lsm/path_chroot",
+    LsmKernelLoad = hook::LSM_KERNEL_LOAD => "lsm/kernel_read_file|load_data",
 });
 
 tagged!(

@@ -432,10 +432,21 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
         Operation::Syscall(nr) => {
             let d = syscall(c, *nr);
             if d.enforced && d.verdict == Verdict::Kill {
-                notes.push(
-                    "the kill is sent at syscall entry: the call itself still runs (its effect happens) before the caller dies"
-                        .to_string(),
-                );
+                let (abi, n) = syscalls::from_event_nr(*nr);
+                let x64 = if abi == syscalls::Abi::I386 {
+                    syscalls::name_in(abi, n).map(syscalls::family).and_then(syscalls::number)
+                } else {
+                    Some(n)
+                };
+                match x64.and_then(forge_common::syscall_effect::hook_of) {
+                    Some(hook) => notes.push(format!(
+                        "under BPF LSM {hook} refuses the call's effect first (EPERM, nothing done); without it the kill is sent at syscall entry and the call itself still runs"
+                    )),
+                    None => notes.push(
+                        "the kill is sent at syscall entry: the call itself still runs (its effect happens) before the caller dies"
+                            .to_string(),
+                    ),
+                }
             }
             (d, Vec::new())
         }

@@ -237,10 +237,28 @@ impl PolicySet {
                     && f.rule.action.as_str() == "deny"
                     && active.tracepoint
                 {
-                    out.push(f.doc.place(o).note(format!(
-                        "rule {:?}: a syscall deny is enforced here by SIGKILL at syscall entry; the call itself still runs (its effect happens) before the caller dies",
-                        f.name
-                    )));
+                    // Calls whose effect an LSM hook refuses first, where BPF LSM runs.
+                    let after: Vec<&str> = f
+                        .rule
+                        .syscalls
+                        .iter()
+                        .map(|s| s.as_str())
+                        .filter(|s| {
+                            !active.lsm
+                                || super::syscalls::number(super::syscalls::family(
+                                    s.split_once(':').map_or(*s, |(_, n)| n),
+                                ))
+                                .and_then(forge_common::syscall_effect::hook_of)
+                                .is_none()
+                        })
+                        .collect();
+                    if !after.is_empty() {
+                        out.push(f.doc.place(o).note(format!(
+                            "rule {:?}: on this host a deny of {} is a SIGKILL at syscall entry; the call itself still runs (its effect happens) before the caller dies",
+                            f.name,
+                            after.join(", ")
+                        )));
+                    }
                 }
                 if let Some(c) = super::compile::class(o)
                     && !enforceable(c, active)
