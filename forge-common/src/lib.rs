@@ -248,7 +248,7 @@ pub mod flags {
 /// nothing done), not only by the kill at syscall entry.
 pub mod syscall_effect {
     /// `(x86_64 number, i386 number, hook)`.
-    pub const HOOKED: [(u32, u32, &str); 8] = [
+    pub const HOOKED: [(u32, u32, &str); 10] = [
         (165, 21, "lsm/sb_mount"),
         (166, 52, "lsm/sb_umount"),
         (155, 217, "lsm/sb_pivotroot"),
@@ -257,6 +257,8 @@ pub mod syscall_effect {
         (175, 128, "lsm/kernel_load_data"),
         (313, 350, "lsm/kernel_read_file"),
         (246, 283, "lsm/kernel_load_data"),
+        (101, 26, "lsm/ptrace_access_check"),
+        (321, 357, "lsm/bpf"),
     ];
     /// `kexec_file_load` (x86_64 only), at `lsm/kernel_read_file`.
     pub const KEXEC_FILE_LOAD: u32 = 320;

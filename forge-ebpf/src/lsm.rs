@@ -211,6 +211,10 @@ fn agent_tgid() -> u32 {
 #[lsm(hook = "bpf")]
 pub fn bpf(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);
+    let ret = syscall_effect(hook::LSM_BPF, 321, 357);
+    if ret != 0 {
+        return ret;
+    }
     let Some(g) = protected() else {
         return 0;
     };
@@ -218,9 +222,21 @@ pub fn bpf(ctx: LsmContext) -> i32 {
     protect(&g, hook::LSM_BPF, rule_id::SELF_PROTECT, |r| r.nr = cmd as u32)
 }
 
+/// `PTRACE_MODE_ATTACH`: an attach, or access as strong as one (another
+/// process's memory); reads of `/proc/PID` files ask for less.
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
-    agent_targeted(&ctx, hook::LSM_PTRACE, 2)
+    let ret = agent_targeted(&ctx, hook::LSM_PTRACE, 2);
+    if ret != 0 {
+        return ret;
+    }
+    let mode: u32 = ctx.arg(1);
+    if mode & PTRACE_MODE_ATTACH == 0 {
+        return 0;
+    }
+    syscall_effect(hook::LSM_PTRACE, 101, 26)
 }
 
 #[lsm(hook = "task_kill")]

@@ -223,7 +223,7 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
     };
     let yaml = policy(
         false,
-        "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, pivot_root]}\n",
+        "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, pivot_root, ptrace, bpf]}\n",
     );
     let r = (|| {
         let mut f = Fixture::new(
@@ -236,6 +236,15 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
         expect("umount inside", f.inside(&format!("umount {}", kept.display()))?, EPERM)?;
         check!(mounted(&kept)?, "the denied umount removed the mount");
         expect("chroot inside", f.inside(&format!("chroot {}", dir.display()))?, EPERM)?;
+        // A process to attach to: the attach is refused, so it is not traced.
+        let mut victim = std::process::Command::new("sleep").arg("30").spawn().map_err(fail)?;
+        let attach = f.inside(&format!("ptrace {}", victim.id()));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", victim.id())).unwrap_or_default();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        expect("ptrace attach inside", attach?, EPERM)?;
+        check!(status.contains("TracerPid:\t0"), "the victim is traced: {status}");
+        expect("bpf inside", f.inside("bpf")?, EPERM)?;
         // A regular file (the kernel reads only those), not a module.
         let blob = dir.join("not-a-module.ko");
         std::fs::write(&blob, [0u8; 64]).map_err(fail)?;
