@@ -142,7 +142,7 @@ pub struct Rule {
     /// net: `80`, `8000-8100` or `*`.
     #[serde(default)]
     pub ports: Option<Spanned<String>>,
-    /// syscall: names for this architecture.
+    /// syscall: names (covering every ABI) or `ABI:name` (docs/policy.md).
     #[serde(default)]
     pub syscalls: Vec<Spanned<String>>,
 }
