@@ -247,35 +247,38 @@ pub mod flags {
 /// BPF LSM a syscall rule denying one of them is enforced there (`EPERM`,
 /// nothing done), not only by the kill at syscall entry.
 pub mod syscall_effect {
-    /// `(x86_64 number, i386 number, hook)`.
-    pub const HOOKED: [(u32, u32, &str); 10] = [
-        (165, 21, "lsm/sb_mount"),
-        (166, 52, "lsm/sb_umount"),
-        (155, 217, "lsm/sb_pivotroot"),
-        (429, 429, "lsm/move_mount"),
-        (161, 61, "lsm/path_chroot"),
-        (175, 128, "lsm/kernel_load_data"),
-        (313, 350, "lsm/kernel_read_file"),
-        (246, 283, "lsm/kernel_load_data"),
-        (101, 26, "lsm/ptrace_access_check"),
-        (321, 357, "lsm/bpf"),
+    /// `(x86_64 number, i386 number)` of each syscall the hooks refuse.
+    pub const MOUNT: (u32, u32) = (165, 21);
+    pub const UMOUNT2: (u32, u32) = (166, 52);
+    pub const PIVOT_ROOT: (u32, u32) = (155, 217);
+    pub const MOVE_MOUNT: (u32, u32) = (429, 429);
+    pub const CHROOT: (u32, u32) = (161, 61);
+    pub const INIT_MODULE: (u32, u32) = (175, 128);
+    pub const FINIT_MODULE: (u32, u32) = (313, 350);
+    pub const KEXEC_LOAD: (u32, u32) = (246, 283);
+    pub const PTRACE: (u32, u32) = (101, 26);
+    pub const BPF: (u32, u32) = (321, 357);
+    /// `kexec_file_load` has no i386 number: one no table has stands in.
+    pub const KEXEC_FILE_LOAD: (u32, u32) = (320, u32::MAX);
+
+    /// Each syscall above with the hook that refuses it.
+    pub const HOOKED: [((u32, u32), &str); 11] = [
+        (MOUNT, "lsm/sb_mount"),
+        (UMOUNT2, "lsm/sb_umount"),
+        (PIVOT_ROOT, "lsm/sb_pivotroot"),
+        (MOVE_MOUNT, "lsm/move_mount"),
+        (CHROOT, "lsm/path_chroot"),
+        (INIT_MODULE, "lsm/kernel_load_data"),
+        (FINIT_MODULE, "lsm/kernel_read_file"),
+        (KEXEC_LOAD, "lsm/kernel_load_data"),
+        (KEXEC_FILE_LOAD, "lsm/kernel_read_file"),
+        (PTRACE, "lsm/ptrace_access_check"),
+        (BPF, "lsm/bpf"),
     ];
-    /// `kexec_file_load` (x86_64 only), at `lsm/kernel_read_file`.
-    pub const KEXEC_FILE_LOAD: u32 = 320;
 
     /// The hook that refuses x86_64 syscall `nr` before its effect, if any.
     pub fn hook_of(nr: u32) -> Option<&'static str> {
-        if nr == KEXEC_FILE_LOAD {
-            return Some("lsm/kernel_read_file");
-        }
-        let mut i = 0;
-        while i < HOOKED.len() {
-            if HOOKED[i].0 == nr {
-                return Some(HOOKED[i].2);
-            }
-            i += 1;
-        }
-        None
+        HOOKED.iter().find(|((x64, _), _)| *x64 == nr).map(|(_, hook)| *hook)
     }
 }
 

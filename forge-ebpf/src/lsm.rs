@@ -9,7 +9,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
-use forge_common::{COMPAT_SYSCALL_BIT, family, flags, hook, mode, op, rule_id, verdict};
+use forge_common::{
+    COMPAT_SYSCALL_BIT, family, flags, hook, mode, op, rule_id, syscall_effect as effect, verdict,
+};
 
 use crate::{
     decide::{
@@ -211,7 +213,7 @@ fn agent_tgid() -> u32 {
 #[lsm(hook = "bpf")]
 pub fn bpf(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);
-    let ret = syscall_effect(hook::LSM_BPF, 321, 357);
+    let ret = syscall_effect(hook::LSM_BPF, effect::BPF);
     if ret != 0 {
         return ret;
     }
@@ -236,7 +238,7 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     if mode & PTRACE_MODE_ATTACH == 0 {
         return 0;
     }
-    syscall_effect(hook::LSM_PTRACE, 101, 26)
+    syscall_effect(hook::LSM_PTRACE, effect::PTRACE)
 }
 
 #[lsm(hook = "task_kill")]
@@ -407,11 +409,7 @@ pub fn task_setioprio(ctx: LsmContext) -> i32 {
 /// mount or pivot the root there: a mount over the cgroup hierarchy, bpffs
 /// or the API socket's directory would change what the agent sees.
 #[inline(always)]
-fn mount_op(ctx: &LsmContext, prior_arg: usize) -> i32 {
-    let ret: i32 = ctx.arg(prior_arg);
-    if ret != 0 {
-        return ret;
-    }
+fn mount_op() -> i32 {
     let Some(g) = protected() else {
         return 0;
     };
@@ -426,11 +424,11 @@ fn mount_op(ctx: &LsmContext, prior_arg: usize) -> i32 {
 }
 
 /// A syscall rule enforced at the hook of the syscall's effect, before it
-/// happens: `EPERM` when the caller's record denies the syscall (`x64` or,
-/// in a 32-bit call, `i386`). The kill at syscall entry still follows; this
+/// happens: `EPERM` when the caller's record denies the syscall (its
+/// x86_64 number or, in a 32-bit call, its i386 number). The kill at syscall entry still follows; this
 /// makes sure the call did nothing first.
 #[inline(always)]
-fn syscall_effect(h: u16, x64: u32, i386: u32) -> i32 {
+fn syscall_effect(h: u16, (x64, i386): (u32, u32)) -> i32 {
     let Some(g) = governing() else {
         return 0;
     };
@@ -450,37 +448,37 @@ fn syscall_effect(h: u16, x64: u32, i386: u32) -> i32 {
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
     prior!(ctx, 5);
-    let ret = syscall_effect(hook::LSM_MOUNT, 165, 21);
+    let ret = syscall_effect(hook::LSM_MOUNT, effect::MOUNT);
     if ret != 0 {
         return ret;
     }
-    mount_op(&ctx, 5)
+    mount_op()
 }
 
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
-    let ret = syscall_effect(hook::LSM_MOUNT, 429, 429);
+    let ret = syscall_effect(hook::LSM_MOUNT, effect::MOVE_MOUNT);
     if ret != 0 {
         return ret;
     }
-    mount_op(&ctx, 2)
+    mount_op()
 }
 
 #[lsm(hook = "sb_pivotroot")]
 pub fn sb_pivotroot(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
-    let ret = syscall_effect(hook::LSM_MOUNT, 155, 217);
+    let ret = syscall_effect(hook::LSM_MOUNT, effect::PIVOT_ROOT);
     if ret != 0 {
         return ret;
     }
-    mount_op(&ctx, 2)
+    mount_op()
 }
 
 #[lsm(hook = "path_chroot")]
 pub fn path_chroot(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    syscall_effect(hook::LSM_PATH_CHROOT, 161, 61)
+    syscall_effect(hook::LSM_PATH_CHROOT, effect::CHROOT)
 }
 
 /// `kernel_read_file_id` and `kernel_load_data_id` values
@@ -494,9 +492,8 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);
     let id: u32 = ctx.arg(1);
     match id {
-        READING_MODULE => syscall_effect(hook::LSM_KERNEL_LOAD, 313, 350),
-        // kexec_file_load has no i386 number: an impossible one stands in.
-        READING_KEXEC_IMAGE => syscall_effect(hook::LSM_KERNEL_LOAD, 320, u32::MAX),
+        READING_MODULE => syscall_effect(hook::LSM_KERNEL_LOAD, effect::FINIT_MODULE),
+        READING_KEXEC_IMAGE => syscall_effect(hook::LSM_KERNEL_LOAD, effect::KEXEC_FILE_LOAD),
         _ => 0,
     }
 }
@@ -507,8 +504,8 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
     let id: u32 = ctx.arg(0);
     match id {
-        READING_MODULE => syscall_effect(hook::LSM_KERNEL_LOAD, 175, 128),
-        READING_KEXEC_IMAGE => syscall_effect(hook::LSM_KERNEL_LOAD, 246, 283),
+        READING_MODULE => syscall_effect(hook::LSM_KERNEL_LOAD, effect::INIT_MODULE),
+        READING_KEXEC_IMAGE => syscall_effect(hook::LSM_KERNEL_LOAD, effect::KEXEC_LOAD),
         _ => 0,
     }
 }
@@ -518,7 +515,7 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
 #[lsm(hook = "sb_umount")]
 pub fn sb_umount(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
-    let ret = syscall_effect(hook::LSM_SB_UMOUNT, 166, 52);
+    let ret = syscall_effect(hook::LSM_SB_UMOUNT, effect::UMOUNT2);
     if ret != 0 {
         return ret;
     }

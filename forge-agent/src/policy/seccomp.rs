@@ -77,13 +77,8 @@ pub fn profile(c: &CompiledRecord) -> SeccompProfile {
 
 /// The name seccomp knows the syscall of bitmap slot `slot` by.
 fn slot_syscall_name(slot: usize) -> Option<&'static str> {
-    if slot >= forge_common::SYSCALL_COMPAT_BASE {
-        syscalls::name_in(syscalls::Abi::I386, (slot - forge_common::SYSCALL_COMPAT_BASE) as u32)
-    } else if slot >= 512 {
-        syscalls::name_in(syscalls::Abi::X32, slot as u32)
-    } else {
-        syscalls::name(slot as u32)
-    }
+    let (abi, nr) = syscalls::slot_abi(slot);
+    syscalls::name_in(abi, nr)
 }
 
 #[cfg(test)]

@@ -168,15 +168,20 @@ pub fn rule_slots(entry: &str) -> Result<Vec<usize>, SyscallNameError> {
 /// `x32:execve` (x32's own numbers), `i386:mkdir`; the number where the
 /// table has no name.
 pub fn slot_name(slot: usize) -> String {
-    let (abi, nr) = if slot >= SYSCALL_COMPAT_BASE {
-        (Abi::I386, slot - SYSCALL_COMPAT_BASE)
-    } else if slot >= 512 {
-        (Abi::X32, slot)
-    } else {
-        (Abi::X86_64, slot)
-    };
-    let n = name_in(abi, nr as u32).map_or_else(|| nr.to_string(), str::to_string);
+    let (abi, nr) = slot_abi(slot);
+    let n = name_in(abi, nr).map_or_else(|| nr.to_string(), str::to_string);
     if abi == Abi::X86_64 { n } else { format!("{abi}:{n}") }
+}
+
+/// The ABI and number (in that ABI) a bitmap slot stands for.
+pub fn slot_abi(slot: usize) -> (Abi, u32) {
+    if slot >= SYSCALL_COMPAT_BASE {
+        (Abi::I386, (slot - SYSCALL_COMPAT_BASE) as u32)
+    } else if slot >= 512 {
+        (Abi::X32, slot as u32)
+    } else {
+        (Abi::X86_64, slot as u32)
+    }
 }
 
 /// Every bitmap slot, in order.
