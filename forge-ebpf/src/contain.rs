@@ -28,7 +28,7 @@ use aya_ebpf::{
 use forge_common::{Governor, escape, hook, mode, op, rule_id, verdict};
 
 use crate::{
-    decide::{Governing, governing, governor, nearest_governed, scratch, stays},
+    decide::{Governing, governing, governor, nearest_governed, scratch, stays_near},
     emit::{Report, report},
     kernel,
     maps::{CONFIG, DOOMED, POLICIES, TASKS},
@@ -126,22 +126,25 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     }
     let cgrp = kernel::task_cgroup(child);
     let dst = cgrp.and_then(kernel::cgroup_id).unwrap_or(0);
+    // SAFETY: the helper has no preconditions.
+    let here = unsafe { bpf_get_current_cgroup_id() };
+    // The child's nearest governed cgroup, walked once and only when it was
+    // placed elsewhere than its parent's cgroup (not in a plain fork).
+    // (black_box: computed here, once; the compiler would otherwise copy
+    // the walk into each branch that reads it, and the verifier walk each.)
+    let near = core::hint::black_box(match cgrp {
+        Some(c) if dst != here => nearest_governed(c),
+        _ => 0,
+    });
     let Some(g) = governing() else {
-        // SAFETY: the helper has no preconditions.
-        let here = unsafe { bpf_get_current_cgroup_id() };
-        if let Some(cgrp) = cgrp
-            && dst != here
-        {
-            let id = nearest_governed(cgrp);
-            if id != 0 {
-                mark(tgid, id);
-            }
+        if near != 0 {
+            mark(tgid, near);
         }
         return 0;
     };
     match cgrp {
         Some(_) if dst == g.actual => mark(tgid, g.id),
-        Some(c) if stays(c, g.id, g.level) => mark(tgid, g.id),
+        Some(c) if stays_near(c, g.id, g.level, near) => mark(tgid, g.id),
         // Elsewhere, or unreadable: the most restrictive answer.
         _ => breach(&g, hook::ESCAPE_FORK, child, tgid, dst),
     }
@@ -182,7 +185,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     // the kernel defers a hook's signal to a per-CPU work item that a
     // second signal would find busy.
     match moved {
-        Some((mid, mgov)) if stays(dst, mid, mgov.level) => mark(tgid, now),
+        Some((mid, mgov)) if stays_near(dst, mid, mgov.level, now) => mark(tgid, now),
         Some((mid, mgov)) => {
             let Some(record) = POLICIES.get(mgov.slot) else {
                 mark(tgid, now);
@@ -194,7 +197,7 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
             mark(tgid, now);
             breach(&g, hook::ESCAPE_ATTACH, task, tgid, dst_id);
         }
-        None if stays(dst, wid, wgov.level) => mark(tgid, now),
+        None if stays_near(dst, wid, wgov.level, now) => mark(tgid, now),
         None => {
             // A governed writer moved a process that is not its own (and
             // not governed): its move stands, the writer goes.

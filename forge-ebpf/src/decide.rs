@@ -137,6 +137,14 @@ pub(crate) fn stays(cgrp: *const u8, id: u64, level: u32) -> bool {
     within(cgrp, id, level) && nearest_governed(cgrp) == id
 }
 
+/// [`stays`] for a caller that already has `nearest_governed(cgrp)`: one
+/// walk of the levels per program keeps the verifier's work (and the
+/// agent's start time) down.
+#[inline(always)]
+pub(crate) fn stays_near(cgrp: *const u8, id: u64, level: u32, nearest: u64) -> bool {
+    nearest == id && within(cgrp, id, level)
+}
+
 /// Whether the cgroup at `cgrp` is `gov_id` (at `gov_level`) or below it.
 #[inline(always)]
 pub(crate) fn within(cgrp: *const u8, gov_id: u64, gov_level: u32) -> bool {

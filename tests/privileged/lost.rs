@@ -16,7 +16,7 @@ use libtest_mimic::Failed;
 
 use crate::free_port;
 
-const STORM: u32 = 100_000;
+const STORM: u32 = 20_000;
 
 fn policy(port: u16) -> String {
     format!(

@@ -70,6 +70,15 @@ const AGENT_SIDE: &[&str] = &[
 /// A test that may find, once running, that it cannot run here (and says why).
 type MaybeFn = fn() -> Result<Completion, Failed>;
 
+/// Runs one test body and says how long it took (on stderr, before the
+/// harness's result line): where a guest run's time goes, in CI's log.
+fn timed<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = f();
+    eprintln!("    {name}: {:.1} s", start.elapsed().as_secs_f64());
+    out
+}
+
 /// A test with the backends it needs that may still report itself ignored.
 fn trial_maybe(name: &'static str, needs: &'static [&'static str], f: MaybeFn) -> Trial {
     Trial::ignorable_test(name, move || {
@@ -79,7 +88,7 @@ fn trial_maybe(name: &'static str, needs: &'static [&'static str], f: MaybeFn) -
         if let Some(ignored) = forge_tests::gate(needs)? {
             return Ok(ignored);
         }
-        f()
+        timed(name, f)
     })
 }
 
@@ -92,7 +101,7 @@ fn trial(name: &'static str, needs: &'static [&'static str], f: TestFn) -> Trial
         if let Some(ignored) = forge_tests::gate(needs)? {
             return Ok(ignored);
         }
-        f().map(|()| Completion::Completed)
+        timed(name, f).map(|()| Completion::Completed)
     })
 }
 
@@ -129,7 +138,7 @@ fn trial_with_programs(
                 return Ok(ignored);
             }
         }
-        f().map(|()| Completion::Completed)
+        timed(name, f).map(|()| Completion::Completed)
     })
 }
 
