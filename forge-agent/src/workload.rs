@@ -28,8 +28,11 @@ pub enum Action {
     /// A raw ICMP socket of IPv4 (`4`) or IPv6 (`6`), and an echo request
     /// sent through it to loopback.
     RawSocket(u8),
-    /// A syscall by name: `unshare` (CLONE_NEWUTS), `ptrace` (PTRACE_TRACEME), `getppid`,
-    /// `setns` (on fd -1: EBADF), `getpgrp`, `getsid`, `sched_yield`, `getuid`, `getpriority`.
+    /// A syscall by name: `unshare` (CLONE_NEWUTS), `unshare-user` (CLONE_NEWUSER),
+    /// `clone-user` (a child in a new user namespace), `perf_event_open` (a software
+    /// counter), `request-module` (a socket of an unregistered family, which makes the
+    /// kernel ask for a module), `ptrace` (PTRACE_TRACEME), `getppid`, `setns` (on fd -1:
+    /// EBADF), `getpgrp`, `getsid`, `sched_yield`, `getuid`, `getpriority`.
     Syscall(String),
     Exec(String),
     /// `execveat(fd, "", AT_EMPTY_PATH)` of a file opened first (what
@@ -86,7 +89,8 @@ pub enum Action {
     /// A syscall of another ABI than x86_64 (the same process, the same
     /// kernel, another table): `syscall32` makes an i386 call with `int
     /// 0x80`, `syscall-x32` an x32 call. Names: `mkdir PATH`, `unshare`
-    /// (CLONE_NEWUTS), `getpid`, `getppid`, `process_vm_readv` (of nothing).
+    /// (CLONE_NEWUTS; `unshare user`: CLONE_NEWUSER), `getpid`, `getppid`,
+    /// `process_vm_readv` (of nothing).
     /// Prints `returned` on stdout once the call came back, so a test can
     /// tell that a killed caller did not go on.
     OtherAbi(OtherAbi, String, Option<String>),
@@ -581,6 +585,10 @@ fn syscall(name: &str) -> io::Result<()> {
     let r = unsafe {
         match name {
             "unshare" => libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS),
+            "unshare-user" => libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER),
+            "clone-user" => return clone_user(),
+            "perf_event_open" => return perf_event_open(),
+            "request-module" => return request_module(),
             "ptrace" => libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
             "getppid" => libc::syscall(libc::SYS_getppid),
             "setns" => libc::syscall(libc::SYS_setns, -1, 0),
@@ -602,9 +610,68 @@ fn syscall(name: &str) -> io::Result<()> {
     errno_result(r)
 }
 
+/// `clone(CLONE_NEWUSER)`: a child in a new user namespace, which exits at
+/// once; `Ok` once it was made and reaped.
+fn clone_user() -> io::Result<()> {
+    // SAFETY: a fork-like clone (no new stack, no shared memory): the child
+    // runs on a copy of this stack and leaves at once through _exit.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_NEWUSER | libc::SIGCHLD, 0, 0, 0, 0) };
+    if pid == 0 {
+        // SAFETY: the child ends here without touching the parent's state.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child made above.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+    Ok(())
+}
+
+/// `perf_event_open` of a software counter on this process; `Ok` when the
+/// kernel handed out the event (closed again at once).
+fn perf_event_open() -> io::Result<()> {
+    /// `PERF_TYPE_SOFTWARE`, `PERF_COUNT_SW_DUMMY`.
+    const SOFTWARE: u32 = 1;
+    const DUMMY: u64 = 9;
+    // struct perf_event_attr, version 0 (64 bytes): type, size, config.
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&SOFTWARE.to_ne_bytes());
+    attr[4..8].copy_from_slice(&64u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&DUMMY.to_ne_bytes());
+    // SAFETY: `attr` is a valid 64-byte perf_event_attr that outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the event opened above, closed once.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// A socket of an address family no module has registered (AppleTalk):
+/// the kernel asks user space (`/proc/sys/kernel/modprobe`) to load
+/// `net-pf-5` for the caller. `Ok` whatever the socket call answers; what
+/// matters is whether the helper ran.
+fn request_module() -> io::Result<()> {
+    // SAFETY: plain integer arguments; a socket that opens is closed.
+    let fd = unsafe { libc::socket(libc::AF_APPLETALK, libc::SOCK_DGRAM, 0) };
+    if fd >= 0 {
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
 /// Arguments of an [`Action::OtherAbi`] call: number in that ABI, and up to
 /// three integer arguments.
-fn other_abi_args(abi: OtherAbi, name: &str, path: Option<u64>) -> io::Result<(u32, [u64; 3])> {
+fn other_abi_args(
+    abi: OtherAbi,
+    name: &str,
+    arg: Option<&str>,
+    path: Option<u64>,
+) -> io::Result<(u32, [u64; 3])> {
     use crate::policy::syscalls::{Abi, number_in};
     let table = if abi == OtherAbi::I386 { Abi::I386 } else { Abi::X32 };
     let nr = number_in(table, name).ok_or_else(|| {
@@ -614,6 +681,7 @@ fn other_abi_args(abi: OtherAbi, name: &str, path: Option<u64>) -> io::Result<(u
         "mkdir" => {
             [path.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mkdir needs a path"))?, 0o755, 0]
         }
+        "unshare" if arg == Some("user") => [libc::CLONE_NEWUSER as u64, 0, 0],
         "unshare" => [libc::CLONE_NEWUTS as u64, 0, 0],
         "getpid" | "getppid" => [0; 3],
         // pid 0 does not exist: ESRCH once the call runs.
@@ -633,8 +701,7 @@ fn other_abi_args(abi: OtherAbi, name: &str, path: Option<u64>) -> io::Result<(u
 #[cfg(target_arch = "x86_64")]
 fn other_abi_syscall(abi: OtherAbi, name: &str, arg: Option<&str>) -> io::Result<()> {
     let path = match arg {
-        None => None,
-        Some(a) => {
+        Some(a) if name == "mkdir" => {
             let bytes =
                 std::ffi::CString::new(a).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
@@ -659,8 +726,9 @@ fn other_abi_syscall(abi: OtherAbi, name: &str, arg: Option<&str>) -> io::Result
             unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), page.cast::<u8>(), b.len()) };
             Some(page as u64)
         }
+        _ => None,
     };
-    let (nr, [a1, a2, a3]) = other_abi_args(abi, name, path)?;
+    let (nr, [a1, a2, a3]) = other_abi_args(abi, name, arg, path)?;
     let ret: i64 = match abi {
         OtherAbi::I386 => {
             let ret: i32;

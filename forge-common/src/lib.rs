@@ -172,7 +172,15 @@ pub mod hook {
     /// `lsm/kernel_read_file`, `lsm/kernel_load_data`: a denied module or
     /// kexec load refused before the kernel reads it.
     pub const LSM_KERNEL_LOAD: u16 = 29;
-    pub const MAX: u16 = 29;
+    /// `lsm/perf_event_open`: a denied `perf_event_open` refused.
+    pub const LSM_PERF_EVENT: u16 = 30;
+    /// `lsm/userns_create`: a user namespace made by a denied `unshare`,
+    /// `clone` or `clone3` refused.
+    pub const LSM_USERNS: u16 = 31;
+    /// `lsm/kernel_module_request`: a module the kernel would load for a
+    /// workload that may not load modules refused.
+    pub const LSM_MODULE_REQUEST: u16 = 32;
+    pub const MAX: u16 = 32;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].
@@ -245,7 +253,8 @@ pub mod flags {
 
 /// Syscalls whose effect an LSM hook can refuse before it happens: under
 /// BPF LSM a syscall rule denying one of them is enforced there (`EPERM`,
-/// nothing done), not only by the kill at syscall entry.
+/// nothing done, or nothing of the [`Scope`] named), not only by the kill
+/// at syscall entry.
 pub mod syscall_effect {
     /// `(x86_64 number, i386 number)` of each syscall the hooks refuse.
     pub const MOUNT: (u32, u32) = (165, 21);
@@ -258,27 +267,73 @@ pub mod syscall_effect {
     pub const KEXEC_LOAD: (u32, u32) = (246, 283);
     pub const PTRACE: (u32, u32) = (101, 26);
     pub const BPF: (u32, u32) = (321, 357);
+    pub const PERF_EVENT_OPEN: (u32, u32) = (298, 336);
+    pub const UNSHARE: (u32, u32) = (272, 310);
+    pub const CLONE: (u32, u32) = (56, 120);
+    pub const CLONE3: (u32, u32) = (435, 435);
     /// `kexec_file_load` has no i386 number: one no table has stands in.
     pub const KEXEC_FILE_LOAD: (u32, u32) = (320, u32::MAX);
 
+    /// What of a call's effect its hook refuses.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Scope {
+        /// All of it: the call does nothing.
+        Whole,
+        /// Only this part; the rest happens before the kill at syscall
+        /// entry.
+        Part(&'static str),
+    }
+
+    /// A syscall and the LSM hook that refuses its effect.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Hooked {
+        pub nr: (u32, u32),
+        pub hook: &'static str,
+        pub scope: Scope,
+        /// The hook exists only from this kernel version on (the agent
+        /// attaches it where the running kernel has it).
+        pub since: Option<&'static str>,
+    }
+
+    const fn whole(nr: (u32, u32), hook: &'static str) -> Hooked {
+        Hooked { nr, hook, scope: Scope::Whole, since: None }
+    }
+
+    /// The hook of user-namespace creation, which not every kernel has.
+    pub const USERNS_HOOK: &str = "lsm/userns_create";
+    const USERNS: Scope = Scope::Part("user-namespace creation");
+
+    const MODULE_REQUEST_HOOK: &str = "lsm/kernel_module_request";
+    const MODULE_REQUEST: Scope = Scope::Part("modules loaded on the caller's behalf");
+
     /// Each syscall above with the hook that refuses it.
-    pub const HOOKED: [((u32, u32), &str); 11] = [
-        (MOUNT, "lsm/sb_mount"),
-        (UMOUNT2, "lsm/sb_umount"),
-        (PIVOT_ROOT, "lsm/sb_pivotroot"),
-        (MOVE_MOUNT, "lsm/move_mount"),
-        (CHROOT, "lsm/path_chroot"),
-        (INIT_MODULE, "lsm/kernel_load_data"),
-        (FINIT_MODULE, "lsm/kernel_read_file"),
-        (KEXEC_LOAD, "lsm/kernel_load_data"),
-        (KEXEC_FILE_LOAD, "lsm/kernel_read_file"),
-        (PTRACE, "lsm/ptrace_access_check"),
-        (BPF, "lsm/bpf"),
+    pub const HOOKED: [Hooked; 17] = [
+        whole(MOUNT, "lsm/sb_mount"),
+        whole(UMOUNT2, "lsm/sb_umount"),
+        whole(PIVOT_ROOT, "lsm/sb_pivotroot"),
+        whole(MOVE_MOUNT, "lsm/move_mount"),
+        whole(CHROOT, "lsm/path_chroot"),
+        whole(INIT_MODULE, "lsm/kernel_load_data"),
+        whole(FINIT_MODULE, "lsm/kernel_read_file"),
+        whole(KEXEC_LOAD, "lsm/kernel_load_data"),
+        whole(KEXEC_FILE_LOAD, "lsm/kernel_read_file"),
+        whole(PTRACE, "lsm/ptrace_access_check, lsm/ptrace_traceme"),
+        whole(BPF, "lsm/bpf"),
+        whole(PERF_EVENT_OPEN, "lsm/perf_event_open"),
+        Hooked { nr: UNSHARE, hook: USERNS_HOOK, scope: USERNS, since: Some("6.1") },
+        Hooked { nr: CLONE, hook: USERNS_HOOK, scope: USERNS, since: Some("6.1") },
+        Hooked { nr: CLONE3, hook: USERNS_HOOK, scope: USERNS, since: Some("6.1") },
+        // A module the kernel would load for a workload's call (a socket
+        // of an unloaded family, say) is refused where the workload may not
+        // load one itself.
+        Hooked { nr: FINIT_MODULE, hook: MODULE_REQUEST_HOOK, scope: MODULE_REQUEST, since: None },
+        Hooked { nr: INIT_MODULE, hook: MODULE_REQUEST_HOOK, scope: MODULE_REQUEST, since: None },
     ];
 
-    /// The hook that refuses x86_64 syscall `nr` before its effect, if any.
-    pub fn hook_of(nr: u32) -> Option<&'static str> {
-        HOOKED.iter().find(|((x64, _), _)| *x64 == nr).map(|(_, hook)| *hook)
+    /// The hooks that refuse x86_64 syscall `nr`'s effect (or part of it)
+    /// before it happens.
+    pub fn hooks_of(nr: u32) -> impl Iterator<Item = &'static Hooked> {
+        HOOKED.iter().filter(move |h| h.nr.0 == nr)
     }
 }
 

@@ -464,6 +464,25 @@ pub(crate) fn current_in_compat_syscall() -> Option<bool> {
     read::<u32>(task, get(&OFF_TASK_TI_STATUS)).map(|s| s & TS_COMPAT != 0)
 }
 
+/// `offsetof(struct pt_regs, orig_ax)` on x86_64 (a user-visible layout).
+const OFF_PT_REGS_ORIG_AX: usize = 15 * 8;
+
+/// The number of the syscall the current task is in, as `sys_enter` sees it
+/// (an i386 number in a compat call, x32 calls with their bit), from its
+/// saved user registers; `None` if unreadable. Uses `bpf_task_pt_regs`
+/// (5.15): only for programs on hooks that newer kernels have.
+#[inline(always)]
+pub(crate) fn current_syscall_nr() -> Option<u64> {
+    // SAFETY: the helper returns the current task as a BTF pointer, which is
+    // what bpf_task_pt_regs takes; the read goes through bpf_probe_read_kernel.
+    let regs = unsafe {
+        let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf();
+        aya_ebpf::helpers::generated::bpf_task_pt_regs(task)
+    } as *const u8;
+    // The entry code stores the number zero-extended from 32 bits.
+    read::<u64>(regs, OFF_PT_REGS_ORIG_AX).map(|n| n & 0xffff_ffff)
+}
+
 /// Parent tgid of the current task, 0 if unreadable.
 #[inline(always)]
 pub(crate) fn current_ppid() -> u32 {

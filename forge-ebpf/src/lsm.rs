@@ -10,7 +10,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
 use forge_common::{
-    COMPAT_SYSCALL_BIT, family, flags, hook, mode, op, rule_id, syscall_effect as effect, verdict,
+    COMPAT_SYSCALL_BIT, PolicyRecord, family, flags, hook, mode, op, rule_id, syscall_effect as effect,
+    verdict,
 };
 
 use crate::{
@@ -429,6 +430,13 @@ fn mount_op() -> i32 {
 /// makes sure the call did nothing first.
 #[inline(always)]
 fn syscall_effect(h: u16, (x64, i386): (u32, u32)) -> i32 {
+    syscall_effect_of(h, |_, compat| Some(u64::from(if compat { i386 } else { x64 })))
+}
+
+/// [`syscall_effect`] for the syscall `nr(record, compat)` answers (`None`:
+/// no decision).
+#[inline(always)]
+fn syscall_effect_of(h: u16, nr: impl FnOnce(&PolicyRecord, bool) -> Option<u64>) -> i32 {
     let Some(g) = governing() else {
         return 0;
     };
@@ -436,13 +444,61 @@ fn syscall_effect(h: u16, (x64, i386): (u32, u32)) -> i32 {
         return 0;
     }
     let compat = kernel::current_in_compat_syscall().unwrap_or(false);
-    let nr = if compat { i386 } else { x64 };
-    let Some((monitor, rule_id)) = g.record.syscall_decision(compat, u64::from(nr)) else {
+    let Some(nr) = nr(g.record, compat) else { return 0 };
+    let Some((monitor, rule_id)) = g.record.syscall_decision(compat, nr) else {
         return 0;
     };
     let m = if monitor || g.record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
     let d = Decision { action: verdict::DENY, mode: m, rule_id };
+    let nr = nr as u32;
     apply(&g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
+}
+
+/// `ptrace(PTRACE_TRACEME)`: the caller would make its parent its tracer.
+#[lsm(hook = "ptrace_traceme")]
+pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
+    prior!(ctx, 1);
+    syscall_effect(hook::LSM_PTRACE, effect::PTRACE)
+}
+
+/// Parameters of the `perf_event_open` hook on this kernel, set by the
+/// loader: `(attr, type)` in 6.1, `(type)` in 6.12.
+#[unsafe(no_mangle)]
+static PERF_EVENT_OPEN_PARAMS: u32 = 2;
+
+#[lsm(hook = "perf_event_open")]
+pub fn perf_event_open(ctx: LsmContext) -> i32 {
+    // SAFETY: reading a static; volatile so the compiler keeps the load of
+    // the value the loader sets (the verifier knows it and follows one arm).
+    if unsafe { core::ptr::read_volatile(&PERF_EVENT_OPEN_PARAMS) } == 1 {
+        prior!(ctx, 1);
+    } else {
+        prior!(ctx, 2);
+    }
+    syscall_effect(hook::LSM_PERF_EVENT, effect::PERF_EVENT_OPEN)
+}
+
+/// A user namespace about to be made (`unshare`, `clone`, `clone3` with
+/// `CLONE_NEWUSER`; kernels from 6.1): refused when the call making it is
+/// denied, whichever it is.
+#[lsm(hook = "userns_create")]
+pub fn userns_create(ctx: LsmContext) -> i32 {
+    prior!(ctx, 1);
+    syscall_effect_of(hook::LSM_USERNS, |_, _| kernel::current_syscall_nr())
+}
+
+/// A module the kernel is about to load for the current task (a socket of
+/// an unloaded family, a file system type, a device): refused where the
+/// task may not load modules itself.
+#[lsm(hook = "kernel_module_request")]
+pub fn kernel_module_request(ctx: LsmContext) -> i32 {
+    prior!(ctx, 1);
+    syscall_effect_of(hook::LSM_MODULE_REQUEST, |record, compat| {
+        let pick = |(x64, i386): (u32, u32)| u64::from(if compat { i386 } else { x64 });
+        let finit = pick(effect::FINIT_MODULE);
+        // The decision of finit_module where it is denied, else init_module's.
+        Some(if record.syscall_decision(compat, finit).is_some() { finit } else { pick(effect::INIT_MODULE) })
+    })
 }
 
 #[lsm(hook = "sb_mount")]

@@ -21,7 +21,10 @@ use aya::{
 };
 use forge_agent::ebpf::{
     loader,
-    object::{BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, SOCK_CREATE, SYS_ENTER},
+    object::{
+        BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_OPTIONAL_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS,
+        SOCK_CREATE, SYS_ENTER,
+    },
 };
 
 fn main() -> ExitCode {
@@ -57,7 +60,11 @@ fn run() -> Result<bool, Box<dyn Error>> {
                 println!("{kind:<10} {name:<22} REFUSED: {}", chain(&e));
             }
         };
-    for name in LSM_PROGRAMS.iter().chain(&LSM_PATH_PROGRAMS) {
+    for name in LSM_PROGRAMS.iter().chain(&LSM_OPTIONAL_PROGRAMS).chain(&LSM_PATH_PROGRAMS) {
+        if LSM_OPTIONAL_PROGRAMS.contains(name) && !loader::kernel_has_lsm_hook(name) {
+            println!("lsm        {name:<22} absent: this kernel has no such hook (the agent goes without)");
+            continue;
+        }
         let start = Instant::now();
         let r = program::<Lsm>(&mut ebpf, name).and_then(|p| p.load(name, &btf));
         report(&ebpf, "lsm", name, start, r);

@@ -223,8 +223,19 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
     };
     let yaml = policy(
         false,
-        "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, pivot_root, ptrace, bpf]}\n",
+        "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, pivot_root, ptrace, bpf, perf_event_open, unshare, clone]}\n",
     );
+    // The kernel's module helper, replaced by a script that leaves a mark:
+    // whether the kernel asked for a module is what a module request rule
+    // is about.
+    let modprobe = std::path::Path::new("/proc/sys/kernel/modprobe");
+    let modprobe_was = std::fs::read_to_string(modprobe).map_err(fail)?;
+    let mark = dir.join("modprobe-ran");
+    let helper = dir.join("modprobe");
+    std::fs::write(&helper, format!("#!/bin/sh\necho \"$@\" >> {}\n", mark.display())).map_err(fail)?;
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(fail)?;
+    std::fs::write(modprobe, helper.display().to_string()).map_err(fail)?;
+    let userns_hook = forge_agent::ebpf::loader::kernel_has_lsm_hook("userns_create");
     let r = (|| {
         let mut f = Fixture::new(
             "lsmeffect",
@@ -245,6 +256,36 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
         expect("ptrace attach inside", attach?, EPERM)?;
         check!(status.contains("TracerPid:\t0"), "the victim is traced: {status}");
         expect("bpf inside", f.inside("bpf")?, EPERM)?;
+        expect("PTRACE_TRACEME inside", f.inside("syscall ptrace")?, EPERM)?;
+        expect("perf_event_open inside", f.inside("syscall perf_event_open")?, EPERM)?;
+        expect("perf_event_open outside", f.outside("syscall perf_event_open")?, Outcome::Ok)?;
+        // A user namespace, by each call that makes one, in both ABIs.
+        let userns = ["syscall unshare-user", "syscall clone-user", "syscall32 unshare user"];
+        for call in userns {
+            let want = if userns_hook { EPERM } else { Outcome::Ok };
+            expect(&format!("{call} inside"), f.inside(call)?, want)?;
+            expect(&format!("{call} outside"), f.outside(call)?, Outcome::Ok)?;
+        }
+        if !userns_hook {
+            eprintln!(
+                "no userns_create hook on this kernel (before 6.1): user namespaces are not refused here"
+            );
+        }
+        // A module request: outside, the kernel runs the helper ...
+        expect("module request outside", f.outside("syscall request-module")?, Outcome::Ok)?;
+        let asked = std::fs::read_to_string(&mark).unwrap_or_default();
+        check!(
+            asked.contains("net-pf-5"),
+            "the kernel asked for no module outside ({asked:?}): the test cannot tell"
+        );
+        std::fs::remove_file(&mark).map_err(fail)?;
+        // ... inside, where finit_module is denied, it never runs.
+        expect("module request inside", f.inside("syscall request-module")?, Outcome::Ok)?;
+        check!(
+            !mark.exists(),
+            "the kernel loaded a module for the workload: {:?}",
+            std::fs::read_to_string(&mark)
+        );
         // A regular file (the kernel reads only those), not a module.
         let blob = dir.join("not-a-module.ko");
         std::fs::write(&blob, [0u8; 64]).map_err(fail)?;
@@ -255,12 +296,27 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
         check!(mounted(&target)?, "the mount from outside is not there");
         let outside = f.outside(&format!("finit-module {}", blob.display()))?;
         check!(outside != EPERM && outside != Outcome::Ok, "finit_module of the blob outside: {outside}");
-        let events = f.decisions(4);
+        // One deny each: mount, umount, chroot, ptrace attach, bpf, finit_module,
+        // TRACEME, perf_event_open, the module request, and the user namespaces.
+        let events = f.decisions(if userns_hook { 12 } else { 9 });
         let ev = find(&events, "the refused mount", |e| e.hook == Hook::LsmMount && e.op == Op::Syscall)?;
         check!(ev.target == Target::Syscall { nr: 165 } && ev.verdict == Verdict::Deny, "{ev}");
         check!(ev.rule_id == rule_id::FIRST, "rule {}", ev.rule_id);
+        let ev = find(&events, "the refused module request", |e| e.hook == Hook::LsmModuleRequest)?;
+        check!(ev.target == Target::Syscall { nr: 313 } && ev.verdict == Verdict::Deny, "{ev}");
+        if userns_hook {
+            for (nr, what) in
+                [(272, "unshare"), (56, "clone"), (310 | forge_common::COMPAT_SYSCALL_BIT, "i386 unshare")]
+            {
+                let ev = find(&events, &format!("the user namespace {what} would make"), |e| {
+                    e.hook == Hook::LsmUserns && e.target == Target::Syscall { nr }
+                })?;
+                check!(ev.verdict == Verdict::Deny, "{ev}");
+            }
+        }
         Ok(())
     })();
+    let _ = std::fs::write(modprobe, modprobe_was.trim());
     let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
     let _ = nix::mount::umount2(&kept, nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&dir);

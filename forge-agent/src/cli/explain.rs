@@ -49,6 +49,7 @@ pub(crate) fn run(a: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let active = Active {
         lsm: has(Backend::Lsm),
         lsm_paths: has(Backend::Lsm),
+        lsm_userns: has(Backend::Lsm),
         cgroup: has(Backend::Cgroup),
         tracepoint: has(Backend::Tracepoint),
     };

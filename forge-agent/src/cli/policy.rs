@@ -129,6 +129,7 @@ fn check(paths: &[PathBuf], host: bool, strict: bool, json: bool) -> anyhow::Res
                 let active = forge_agent::ebpf::Active {
                     lsm: on("lsm"),
                     lsm_paths: on("lsm-paths"),
+                    lsm_userns: on("lsm") && forge_agent::ebpf::loader::kernel_has_lsm_hook("userns_create"),
                     cgroup: on("cgroup"),
                     tracepoint: on("tracepoint"),
                 };

@@ -300,6 +300,15 @@ impl Btf {
         })
     }
 
+    /// How many parameters function `name` takes (its prototype's), if the
+    /// kernel has it: where an LSM hook's return value sits in a BPF LSM
+    /// program's context, since some hooks lost parameters across kernels.
+    pub fn func_params(&self, name: &str) -> Option<u32> {
+        let (_, func) = self.head(self.func_id(name)?)?;
+        let (_, proto) = self.head(func.size_or_type)?;
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto.vlen as u32)
+    }
+
     /// Locates `member` in every definition of `struct_name` that has members;
     /// the definitions that contain it must agree on where it is.
     fn find(&self, struct_name: &str, member: &str) -> Result<(u32, Found), BtfError> {
@@ -1003,6 +1012,9 @@ mod tests {
         for (member, offset) in expect {
             assert_eq!(btf.member_offset("target", member).unwrap(), offset, "target.{member}");
         }
+        assert_eq!(btf.func_params("do_it"), Some(2));
+        assert_eq!(btf.func_params("undone"), None);
+        assert_eq!(btf.func_params("counter"), None, "a variable is no function");
     }
 
     #[test]

@@ -35,7 +35,8 @@ use super::{
     links::{HeldLink, LinkState},
     lsm_list,
     object::{
-        BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, OBJECT, SOCK_CREATE, SYS_ENTER,
+        BTF_TRACEPOINTS, CGROUP_PROGRAMS, LSM_OPTIONAL_PROGRAMS, LSM_PATH_PROGRAMS, LSM_PROGRAMS, OBJECT,
+        SOCK_CREATE, SYS_ENTER,
     },
     pins::{Pins, ensure_bpffs},
 };
@@ -93,6 +94,9 @@ pub struct Active {
     pub lsm: bool,
     /// The LSM exec and file-open hooks (kernel-resolved paths); needs `lsm`.
     pub lsm_paths: bool,
+    /// The `userns_create` hook (kernels from 6.1), which refuses a user
+    /// namespace made by a denied `unshare`, `clone` or `clone3`; needs `lsm`.
+    pub lsm_userns: bool,
     pub cgroup: bool,
     pub tracepoint: bool,
 }
@@ -214,7 +218,9 @@ pub fn probe_with_tags() -> Result<(Vec<BackendStatus>, ProgramTags), LoadError>
     let mut ebpf = load_object(None)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::AyaBtf(e.to_string()))?;
     let mut out = Vec::new();
-    let lsm = load_lsm(&mut ebpf, &aya_btf, &LSM_PROGRAMS).and_then(|()| lsm_inactive());
+    let lsm = load_lsm(&mut ebpf, &aya_btf, &LSM_PROGRAMS)
+        .and_then(|()| load_lsm(&mut ebpf, &aya_btf, &optional_lsm_here()))
+        .and_then(|()| lsm_inactive());
     let paths = match &lsm {
         Ok(()) => load_lsm(&mut ebpf, &aya_btf, &LSM_PATH_PROGRAMS),
         Err(_) => {
@@ -253,6 +259,7 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
     LSM_PROGRAMS
         .iter()
         .copied()
+        .chain(LSM_OPTIONAL_PROGRAMS.iter().copied())
         .chain(LSM_PATH_PROGRAMS.iter().copied())
         .chain(CGROUP_PROGRAMS.iter().copied())
         .chain(BTF_TRACEPOINTS.iter().copied())
@@ -265,6 +272,17 @@ fn load_lsm(ebpf: &mut aya::Ebpf, btf: &aya::Btf, names: &[&str]) -> Result<(), 
         let p: &mut Lsm = program(ebpf, name)?;
         p.load(name, btf).map_err(|e| fail(name, &e))
     })
+}
+
+/// Whether the running kernel has LSM hook `name` (BPF LSM programs attach
+/// to its `bpf_lsm_` stub).
+pub fn kernel_has_lsm_hook(name: &str) -> bool {
+    Btf::from_running_kernel().ok().and_then(|b| b.func_id(&format!("bpf_lsm_{name}"))).is_some()
+}
+
+/// The programs of [`LSM_OPTIONAL_PROGRAMS`] whose hook this kernel has.
+fn optional_lsm_here() -> Vec<&'static str> {
+    LSM_OPTIONAL_PROGRAMS.iter().copied().filter(|n| kernel_has_lsm_hook(n)).collect()
 }
 
 /// Loads, attaches and pins the LSM programs `names`; on failure removes
@@ -297,6 +315,7 @@ pub fn link_states(pins: &Pins) -> Vec<LinkState> {
     let mut global = |name: &str| out.push(LinkState::of(name, &pins.link(name)));
     if pins.prog(LSM_PROGRAMS[0]).exists() {
         LSM_PROGRAMS.iter().for_each(|n| global(n));
+        LSM_OPTIONAL_PROGRAMS.iter().filter(|n| pins.prog(n).exists()).for_each(|n| global(n));
     }
     if pins.prog(LSM_PATH_PROGRAMS[0]).exists() {
         LSM_PATH_PROGRAMS.iter().for_each(|n| global(n));
@@ -371,6 +390,10 @@ pub fn load_object(ring_bytes: Option<u32>) -> Result<aya::Ebpf, LoadError> {
     let ancestor_helper =
         u32::from(helper_probe::tracing_helper(helper_probe::GET_CURRENT_ANCESTOR_CGROUP_ID));
     loader.override_global("TRACING_ANCESTOR_HELPER", &ancestor_helper, true);
+    // The hook lost its `attr` parameter in later kernels: its return value
+    // sits after however many it has here.
+    let perf_params = btf.func_params("bpf_lsm_perf_event_open").unwrap_or(2);
+    loader.override_global("PERF_EVENT_OPEN_PARAMS", &perf_params, true);
     if let Some(bytes) = ring_bytes {
         // For a ring buffer, max_entries is its size in bytes.
         loader.map_max_entries(map_name::EVENTS, bytes);
@@ -452,7 +475,8 @@ fn load_and_pin(pins: &Pins, want: Want, ring_bytes: Option<u32>) -> Result<Vec<
     let mut statuses = Vec::new();
 
     if want.lsm != Some(false) {
-        let r = lsm_inactive().and_then(|()| attach_lsm(&mut ebpf, &aya_btf, pins, &LSM_PROGRAMS));
+        let names: Vec<&str> = LSM_PROGRAMS.iter().copied().chain(optional_lsm_here()).collect();
+        let r = lsm_inactive().and_then(|()| attach_lsm(&mut ebpf, &aya_btf, pins, &names));
         required(want.lsm, "lsm", &r)?;
         let paths = match &r {
             Ok(()) => attach_lsm(&mut ebpf, &aya_btf, pins, &LSM_PATH_PROGRAMS),
@@ -629,8 +653,12 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
     let paths_loaded = pins.prog(LSM_PATH_PROGRAMS[0]).exists();
     let tracepoint_loaded = pins.prog(BTF_TRACEPOINTS[0]).exists();
     let mut links = Vec::new();
-    let lsm_names =
-        LSM_PROGRAMS.iter().filter(|_| lsm_loaded).chain(LSM_PATH_PROGRAMS.iter().filter(|_| paths_loaded));
+    let userns_loaded = lsm_loaded && pins.prog(LSM_OPTIONAL_PROGRAMS[0]).exists();
+    let lsm_names = LSM_PROGRAMS
+        .iter()
+        .filter(|_| lsm_loaded)
+        .chain(LSM_OPTIONAL_PROGRAMS.iter().filter(|n| lsm_loaded && pins.prog(n).exists()))
+        .chain(LSM_PATH_PROGRAMS.iter().filter(|_| paths_loaded));
     for name in lsm_names {
         links.push(hold(&pins, name, reattached, || {
             let mut p = Lsm::from_pin(pins.prog(name)).map_err(|e| fail(name, &e))?;
@@ -651,6 +679,7 @@ fn adopt(pins: Pins) -> Result<Handles, LoadError> {
     let active = Active {
         lsm: lsm_active,
         lsm_paths: lsm_active && paths_loaded,
+        lsm_userns: lsm_active && userns_loaded,
         cgroup: cgroup_progs.len() == CGROUP_PROGRAMS.len(),
         tracepoint: tracepoint_loaded,
     };

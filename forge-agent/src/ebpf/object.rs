@@ -5,7 +5,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// LSM programs and the hooks they attach to: network, containment and
 /// self-protection (the `lsm` backend).
-pub const LSM_PROGRAMS: [&str; 18] = [
+pub const LSM_PROGRAMS: [&str; 21] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -24,7 +24,15 @@ pub const LSM_PROGRAMS: [&str; 18] = [
     "path_chroot",
     "kernel_read_file",
     "kernel_load_data",
+    "perf_event_open",
+    "ptrace_traceme",
+    "kernel_module_request",
 ];
+
+/// LSM programs on hooks that not every kernel has (`userns_create`: from
+/// 6.1), attached with the `lsm` backend where the running kernel has the
+/// hook.
+pub const LSM_OPTIONAL_PROGRAMS: [&str; 1] = ["userns_create"];
 
 /// LSM programs that resolve paths with `bpf_d_path` (the `lsm-paths`
 /// backend: exec and file rules). Kernels before 5.11 refuse that helper in

@@ -85,6 +85,9 @@ tagged!(
     CgroupSockCreate = hook::CGROUP_SOCK_CREATE => "cgroup/sock_create",
     LsmPathChroot = hook::LSM_PATH_CHROOT => "lsm/path_chroot",
     LsmKernelLoad = hook::LSM_KERNEL_LOAD => "lsm/kernel_read_file|load_data",
+    LsmPerfEvent = hook::LSM_PERF_EVENT => "lsm/perf_event_open",
+    LsmUserns = hook::LSM_USERNS => "lsm/userns_create",
+    LsmModuleRequest = hook::LSM_MODULE_REQUEST => "lsm/kernel_module_request",
 });
 
 tagged!(

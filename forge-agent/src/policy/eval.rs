@@ -433,20 +433,27 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
             let d = syscall(c, *nr);
             if d.enforced && d.verdict == Verdict::Kill {
                 let (abi, n) = syscalls::from_event_nr(*nr);
-                let x64 = if abi == syscalls::Abi::I386 {
-                    syscalls::name_in(abi, n).map(syscalls::family).and_then(syscalls::number)
-                } else {
-                    Some(n)
-                };
-                match x64.and_then(forge_common::syscall_effect::hook_of) {
-                    Some(hook) => notes.push(format!(
-                        "under BPF LSM {hook} refuses the call's effect first (EPERM, nothing done); without it the kill is sent at syscall entry and the call itself still runs"
-                    )),
-                    None => notes.push(
-                        "the kill is sent at syscall entry: the call itself still runs (its effect happens) before the caller dies"
-                            .to_string(),
+                let effect = syscalls::name_in(abi, n)
+                    .map(|name| syscalls::DenyEffect::of(name, |_| true))
+                    .unwrap_or_default();
+                let parts = effect.parts_text();
+                notes.push(match (effect.refused(), parts.is_empty()) {
+                    (true, true) => format!(
+                        "under BPF LSM {} refuses the call's effect first (EPERM, nothing done); without it the kill is sent at syscall entry and the call itself still runs",
+                        effect.whole.join(", ")
                     ),
-                }
+                    (true, false) => format!(
+                        "under BPF LSM {} refuses the call's effect first (EPERM, nothing done), and {parts}; without it the kill is sent at syscall entry and the call itself still runs",
+                        effect.whole.join(", ")
+                    ),
+                    (false, false) => format!(
+                        "under BPF LSM {parts} (EPERM); the rest of the call, and all of it without BPF LSM, still runs before the kill sent at syscall entry"
+                    ),
+                    (false, true) => {
+                        "the kill is sent at syscall entry: the call itself still runs (its effect happens) before the caller dies"
+                            .to_string()
+                    }
+                });
             }
             (d, Vec::new())
         }
@@ -1173,9 +1180,26 @@ mod tests {
         let e = eval(&c, "syscall ptrace");
         is(&e, (Verdict::Kill, Mode::Enforce, true), FIRST);
         assert_eq!(e.decision.hook, Some(Hook::SysEnter));
-        assert!(e.notes.iter().any(|n| n.contains("still runs")), "{:?}", e.notes);
-        is(&eval(&c, "syscall 308"), (Verdict::Kill, Mode::Enforce, true), FIRST);
+        assert!(
+            e.notes.iter().any(|n| n.contains("lsm/ptrace_traceme refuses the call's effect first")),
+            "{:?}",
+            e.notes
+        );
+        let e = eval(&c, "syscall 308");
+        is(&e, (Verdict::Kill, Mode::Enforce, true), FIRST);
+        assert!(e.notes.iter().any(|n| n.starts_with("the kill is sent at syscall entry")), "{:?}", e.notes);
         is(&eval(&c, "syscall unshare"), (Verdict::Kill, Mode::Monitor, false), FIRST + 1);
+        // A hook that refuses only a part of the call says which part.
+        let c2 = with_rules(OPEN, "    - {name: no-ns, op: syscall, action: deny, syscalls: [unshare]}\n");
+        let e = eval(&c2, "syscall unshare");
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| n.contains("lsm/userns_create (kernel 6.1+) refuses user-namespace creation first")
+                    && n.contains("the rest of the call")),
+            "{:?}",
+            e.notes
+        );
         allowed(&eval(&c, "syscall getppid"), 0);
         allowed(&eval(&c, "syscall 600"), 0);
         // Default deny: everything but the allowed ones, with the default's rule id.
@@ -1248,7 +1272,8 @@ mod tests {
             OPEN,
             "    - {name: r, ops: [net.connect, net.sendto, net.bind], action: deny, cidrs: [127.0.0.0/8]}\n",
         );
-        let lsm_only = Active { lsm: true, lsm_paths: true, cgroup: false, tracepoint: false };
+        let lsm_only =
+            Active { lsm: true, lsm_paths: true, lsm_userns: true, cgroup: false, tracepoint: false };
         c.record.flags |= backend_flags(&lsm_only);
         let e = eval(&c, "net.connect 127.0.0.1:80");
         is(&e, DENIED, FIRST);
@@ -1257,9 +1282,9 @@ mod tests {
         let e = eval(&c, "net.sendto 127.0.0.1:53");
         allowed(&e, 0);
         assert!(e.decision.undecided.is_some());
-        let all = Active { lsm: true, lsm_paths: true, cgroup: true, tracepoint: true };
+        let all = Active { lsm: true, lsm_paths: true, lsm_userns: true, cgroup: true, tracepoint: true };
         assert_eq!(backend_flags(&all), 0);
-        let tp = Active { lsm: false, lsm_paths: false, cgroup: true, tracepoint: true };
+        let tp = Active { lsm: false, lsm_paths: false, lsm_userns: false, cgroup: true, tracepoint: true };
         assert_eq!(backend_flags(&tp), flags::EXEC_VIA_TRACEPOINT);
     }
 

@@ -238,25 +238,30 @@ impl PolicySet {
                     && active.tracepoint
                 {
                     // Calls whose effect an LSM hook refuses first, where BPF LSM runs.
-                    let after: Vec<&str> = f
+                    let on = |h: &forge_common::syscall_effect::Hooked| {
+                        active.lsm
+                            && (h.hook != forge_common::syscall_effect::USERNS_HOOK || active.lsm_userns)
+                    };
+                    let effects: Vec<(&str, super::syscalls::DenyEffect)> = f
                         .rule
                         .syscalls
                         .iter()
-                        .map(|s| s.as_str())
-                        .filter(|s| {
-                            !active.lsm
-                                || super::syscalls::number(super::syscalls::family(
-                                    s.split_once(':').map_or(*s, |(_, n)| n),
-                                ))
-                                .and_then(forge_common::syscall_effect::hook_of)
-                                .is_none()
-                        })
+                        .map(|s| (s.as_str(), super::syscalls::DenyEffect::of(s, on)))
                         .collect();
+                    let after: Vec<&str> =
+                        effects.iter().filter(|(_, e)| !e.refused()).map(|(s, _)| *s).collect();
                     if !after.is_empty() {
                         out.push(f.doc.place(o).note(format!(
                             "rule {:?}: on this host a deny of {} is a SIGKILL at syscall entry; the call itself still runs (its effect happens) before the caller dies",
                             f.name,
                             after.join(", ")
+                        )));
+                    }
+                    for (name, e) in effects.iter().filter(|(_, e)| !e.refused() && !e.parts.is_empty()) {
+                        out.push(f.doc.place(o).note(format!(
+                            "rule {:?}: on this host {} for {name}",
+                            f.name,
+                            e.parts_text()
                         )));
                     }
                 }
@@ -325,8 +330,13 @@ mod tests {
     fn host_check_says_when_a_deny_is_a_kill_after_the_call() {
         let text = "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: s}\nspec:\n  rules:\n    - {name: no-mount, op: syscall, action: deny, syscalls: [mount]}\n    - {name: reads, op: file.read, action: deny, paths: [/etc/shadow]}\n";
         let set = PolicySet::from_docs(vec![Policy::from_yaml(text, "s.yaml").unwrap()]).unwrap();
-        let tracepoints_only =
-            crate::ebpf::Active { lsm: false, lsm_paths: false, cgroup: true, tracepoint: true };
+        let tracepoints_only = crate::ebpf::Active {
+            lsm: false,
+            lsm_paths: false,
+            lsm_userns: false,
+            cgroup: true,
+            tracepoint: true,
+        };
         let found = set.check_backends(&tracepoints_only, true);
         let note = found.iter().find(|d| d.severity == Severity::Note).expect("a note for the syscall deny");
         assert!(note.message.contains("\"no-mount\"") && note.message.contains("still runs"), "{note}");
@@ -335,6 +345,38 @@ mod tests {
         let errors: Vec<_> = found.iter().filter(|d| d.severity == Severity::Error).collect();
         assert_eq!(errors.len(), 1, "{found:?}");
         assert!(errors[0].message.contains("\"reads\""));
+    }
+
+    #[test]
+    fn host_check_names_the_part_an_effect_hook_refuses() {
+        let text = "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: s}\nspec:\n  rules:\n    - {name: no-ns, op: syscall, action: deny, syscalls: [mount, unshare]}\n";
+        let set = PolicySet::from_docs(vec![Policy::from_yaml(text, "s.yaml").unwrap()]).unwrap();
+        let notes = |active: &crate::ebpf::Active| -> Vec<String> {
+            set.check_backends(active, true)
+                .into_iter()
+                .filter(|d| d.severity == Severity::Note)
+                .map(|d| d.message)
+                .collect()
+        };
+        let lsm = crate::ebpf::Active {
+            lsm: true,
+            lsm_paths: true,
+            lsm_userns: true,
+            cgroup: true,
+            tracepoint: true,
+        };
+        // mount is refused whole; unshare is killed after, its user namespace refused first.
+        let found = notes(&lsm);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("a deny of unshare is a SIGKILL") && !found[0].contains("mount"),
+            "{found:?}"
+        );
+        assert!(found[1].contains("refuses user-namespace creation first for unshare"), "{found:?}");
+        // A kernel without the userns hook (before 6.1): no part is refused.
+        let found = notes(&crate::ebpf::Active { lsm_userns: false, ..lsm });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("a deny of unshare is a SIGKILL"), "{found:?}");
     }
 
     #[test]

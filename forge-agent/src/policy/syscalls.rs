@@ -13,7 +13,10 @@
 
 use std::{fmt, str::FromStr};
 
-use forge_common::{COMPAT_SYSCALL_BIT, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, X32_SYSCALL_BIT};
+use forge_common::{
+    COMPAT_SYSCALL_BIT, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, X32_SYSCALL_BIT,
+    syscall_effect::{Hooked, Scope},
+};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "syscalls_x86_64.rs"]
@@ -114,6 +117,50 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 /// the call an i386 variant stands for (`chown32` → `chown`).
 pub fn family(name: &str) -> &str {
     table::I386_ALIASES.binary_search_by(|(n, _)| n.cmp(&name)).map_or(name, |i| table::I386_ALIASES[i].1)
+}
+
+/// Where a deny of a syscall is enforced before the call's effect: the LSM
+/// hooks that refuse all of it, and those that refuse a part of it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DenyEffect {
+    pub whole: Vec<&'static str>,
+    /// `(hook, the part it refuses, the kernel it needs)`.
+    pub parts: Vec<(&'static str, &'static str, Option<&'static str>)>,
+}
+
+impl DenyEffect {
+    /// The hooks among those `on` accepts (the ones that run on some host)
+    /// that refuse syscall `name`'s effect (a rule's name, of any ABI)
+    /// before it happens.
+    pub fn of(name: &str, on: impl Fn(&Hooked) -> bool) -> Self {
+        let bare = name.split_once(':').map_or(name, |(_, n)| n);
+        let mut out = Self::default();
+        let Some(nr) = number(family(bare)) else { return out };
+        for h in forge_common::syscall_effect::hooks_of(nr).filter(|h| on(h)) {
+            match h.scope {
+                Scope::Whole => out.whole.push(h.hook),
+                Scope::Part(what) => out.parts.push((h.hook, what, h.since)),
+            }
+        }
+        out
+    }
+
+    /// Whether nothing of the call happens.
+    pub fn refused(&self) -> bool {
+        !self.whole.is_empty()
+    }
+
+    /// "H refuses P first; ..." for the partial hooks (empty when none).
+    pub fn parts_text(&self) -> String {
+        self.parts
+            .iter()
+            .map(|(hook, what, since)| match since {
+                Some(v) => format!("{hook} (kernel {v}+) refuses {what} first"),
+                None => format!("{hook} refuses {what} first"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// The bitmap slots of `abi` that do what `family` does.
@@ -382,6 +429,29 @@ mod tests {
         );
         assert_eq!(rule_slots("no_such"), Err(SyscallNameError::Unknown("no_such".into())));
         assert!(matches!(rule_slots("arm64:mkdir"), Err(SyscallNameError::UnknownAbi(_))));
+    }
+
+    #[test]
+    fn deny_effects_name_their_hooks_and_parts() {
+        let all = |_: &Hooked| true;
+        let mount = DenyEffect::of("mount", all);
+        assert!(mount.refused() && mount.parts.is_empty());
+        assert_eq!(mount.whole, ["lsm/sb_mount"]);
+        // i386 names decide like their x86_64 family.
+        assert_eq!(DenyEffect::of("i386:ptrace", all).whole, ["lsm/ptrace_access_check, lsm/ptrace_traceme"]);
+        let unshare = DenyEffect::of("unshare", all);
+        assert!(!unshare.refused());
+        assert_eq!(unshare.parts, [("lsm/userns_create", "user-namespace creation", Some("6.1"))]);
+        assert!(unshare.parts_text().contains("(kernel 6.1+) refuses user-namespace creation first"));
+        // Where the hook does not run, nothing of the call is refused.
+        let no_userns = DenyEffect::of("clone3", |h| h.hook != forge_common::syscall_effect::USERNS_HOOK);
+        assert_eq!(no_userns, DenyEffect::default());
+        let finit = DenyEffect::of("finit_module", all);
+        assert_eq!(finit.whole, ["lsm/kernel_read_file"]);
+        assert_eq!(finit.parts.len(), 1);
+        assert!(finit.parts_text().contains("modules loaded on the caller's behalf"));
+        assert_eq!(DenyEffect::of("mkdir", all), DenyEffect::default());
+        assert_eq!(DenyEffect::of("no_such_call", all), DenyEffect::default());
     }
 
     #[test]
