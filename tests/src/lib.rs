@@ -54,16 +54,49 @@ pub fn caps() -> &'static HostCaps {
 /// Decides whether a test needing `needs` (backend names) can run here.
 /// `Ok(None)`: run it. `Ok(Some(ignored))`: report ignored with the reason.
 /// `Err`: a required capability is missing.
-/// `Some(ignored)` for an agent-side test (`agent_side`) when
-/// `FORGE_TESTS=kernel` asks for the kernel-facing tests only (the guests
-/// other than the primary one, whose software emulation makes every test
-/// slow: the agent-side ones run on the host and in the primary guest).
-pub fn gate_kernel_subset(agent_side: bool) -> Option<Completion> {
-    let kernel_only = std::env::var("FORGE_TESTS").is_ok_and(|v| v == "kernel");
-    (agent_side && kernel_only).then(|| {
-        Completion::ignored_with(
+/// Which tests a slow (emulated) guest runs, from `FORGE_TESTS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subset {
+    /// Everything (unset).
+    All,
+    /// `kernel`: the kernel-facing tests; the agent-side ones run on the
+    /// host and in the primary guest.
+    Kernel,
+    /// `lsm-inert`: the kernel-facing tests whose outcome depends on
+    /// whether BPF LSM runs, for a guest whose kernel has BPF LSM built in
+    /// but inert, next to a guest of the same kernel where it is active.
+    LsmInert,
+}
+
+impl Subset {
+    pub fn from_env() -> Self {
+        match std::env::var("FORGE_TESTS").as_deref() {
+            Ok("kernel") => Self::Kernel,
+            Ok("lsm-inert") => Self::LsmInert,
+            _ => Self::All,
+        }
+    }
+}
+
+/// `Some(ignored)` for a test the subset asked for by `FORGE_TESTS` leaves
+/// out (the guests other than the primary one, whose software emulation
+/// makes every test slow): an agent-side test (`agent_side`) under
+/// `kernel` and `lsm-inert`, and a test whose kernel paths never involve
+/// BPF LSM (`lsm_independent`) under `lsm-inert`.
+pub fn gate_kernel_subset(agent_side: bool, lsm_independent: bool) -> Option<Completion> {
+    let subset = Subset::from_env();
+    if agent_side && subset != Subset::All {
+        return Some(Completion::ignored_with(
             "agent-side test, the same on every kernel (FORGE_TESTS=kernel runs the kernel-facing \
              tests only; the host and the primary guest run this one)"
+                .to_string(),
+        ));
+    }
+    (lsm_independent && subset == Subset::LsmInert).then(|| {
+        Completion::ignored_with(
+            "its kernel paths (cgroup hooks, syscall tracepoint, exec fallback) never involve BPF \
+             LSM on this kernel: it runs the same in the guest of this kernel with BPF LSM active, \
+             which runs it (FORGE_TESTS=lsm-inert)"
                 .to_string(),
         )
     })

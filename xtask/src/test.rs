@@ -31,8 +31,10 @@ pub(crate) struct TestArgs {
     pub(crate) strict: bool,
     /// Run the whole suite in every guest. By default only the primary guest (6.12 with BPF
     /// LSM) does; the others run the kernel-facing tests (`FORGE_TESTS=kernel`: the
-    /// agent-side tests, the same on every kernel, are reported ignored there), which keeps
-    /// the matrix within CI time under software emulation.
+    /// agent-side tests, the same on every kernel, are reported ignored there), and a guest
+    /// whose BPF LSM is inert (`--lsm default`) only those whose outcome depends on BPF LSM
+    /// (`FORGE_TESTS=lsm-inert`), which keeps the matrix within CI time under software
+    /// emulation.
     #[arg(long)]
     pub(crate) full_guests: bool,
 }
@@ -124,7 +126,10 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         let label = guest.label();
         let mut env = guest_env(guest);
         if !args.full_guests && (guest.kernel.as_str(), guest.lsm) != vm::PRIMARY {
-            env.push(("FORGE_TESTS".to_owned(), "kernel".to_owned()));
+            // A guest whose BPF LSM is inert runs what depends on it; the same
+            // kernel with it active runs the rest.
+            let subset = if guest.lsm == vm::Lsm::Default { "lsm-inert" } else { "kernel" };
+            env.push(("FORGE_TESTS".to_owned(), subset.to_owned()));
         }
         let wants = env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         println!("== privileged tests in the {label} guest ({wants})");
