@@ -26,7 +26,8 @@ pub enum Action {
     /// (the way a DNS client sends).
     UdpConnectSend(SocketAddr),
     /// A raw ICMP socket of IPv4 (`4`) or IPv6 (`6`), and an echo request
-    /// sent through it to loopback.
+    /// sent through it to loopback; or (`packet`, 17) a packet socket
+    /// (`AF_PACKET`, every protocol), made and closed.
     RawSocket(u8),
     /// A syscall by name: `unshare` (CLONE_NEWUTS), `unshare-user` (CLONE_NEWUSER),
     /// `clone-user` (a child in a new user namespace), `perf_event_open` (a software
@@ -127,6 +128,7 @@ impl fmt::Display for Action {
             Self::Bind(a) => write!(f, "bind {a}"),
             Self::SendTo(a) => write!(f, "sendto {a}"),
             Self::UdpConnectSend(a) => write!(f, "udp-connect-send {a}"),
+            Self::RawSocket(17) => f.write_str("raw-socket packet"),
             Self::RawSocket(v) => write!(f, "raw-socket {v}"),
             Self::Syscall(s) => write!(f, "syscall {s}"),
             Self::Exec(p) => write!(f, "exec {p}"),
@@ -186,7 +188,8 @@ impl FromStr for Action {
             "raw-socket" => match arg {
                 Some("4") => Self::RawSocket(4),
                 Some("6") => Self::RawSocket(6),
-                _ => return Err("raw-socket needs 4 or 6".into()),
+                Some("packet") => Self::RawSocket(17),
+                _ => return Err("raw-socket needs 4, 6 or packet".into()),
             },
             "syscall" => Self::Syscall(need(arg)?),
             "exec" => Self::Exec(need(arg)?),
@@ -765,6 +768,18 @@ fn other_abi_syscall(_: OtherAbi, _: &str, _: Option<&str>) -> io::Result<()> {
 }
 
 fn raw_socket(version: u8) -> io::Result<()> {
+    if version == 17 {
+        /// `ETH_P_ALL`, in network byte order as the call takes it.
+        const ALL: i32 = 0x0003_u16.to_be() as i32;
+        // SAFETY: socket(2) with integer arguments.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, ALL) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is the socket just made, closed once.
+        unsafe { libc::close(fd) };
+        return Ok(());
+    }
     let (domain, proto) = if version == 6 {
         (libc::AF_INET6, libc::IPPROTO_ICMPV6)
     } else {
@@ -946,6 +961,9 @@ mod tests {
             "bind [::1]:8080",
             "sendto 10.0.0.1:53",
             "syscall unshare",
+            "raw-socket 4",
+            "raw-socket packet",
+            "syscall32 unshare user",
             "exec /bin/true",
             "open-read /etc/shadow",
             "open-write /tmp/x",

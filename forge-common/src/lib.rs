@@ -180,7 +180,10 @@ pub mod hook {
     /// `lsm/kernel_module_request`: a module the kernel would load for a
     /// workload that may not load modules refused.
     pub const LSM_MODULE_REQUEST: u16 = 32;
-    pub const MAX: u16 = 32;
+    /// `lsm/socket_create`: a packet socket being made (and raw or ICMP
+    /// inet sockets where the cgroup hooks are not in use).
+    pub const LSM_SOCKET_CREATE: u16 = 33;
+    pub const MAX: u16 = 33;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].
@@ -342,6 +345,8 @@ pub mod family {
     pub const ANY: u8 = 0;
     pub const INET: u8 = 4;
     pub const INET6: u8 = 6;
+    /// `AF_PACKET` (link layer), in `net.raw` events only.
+    pub const PACKET: u8 = 17;
 }
 
 /// Rule ids with a fixed meaning. Compiled rules start at [`rule_id::FIRST`].

@@ -175,6 +175,61 @@ fn socket_op(ctx: &LsmContext, h: u16, op_class: u8) -> i32 {
     )
 }
 
+const AF_PACKET: i32 = 17;
+const SOCK_DGRAM: i32 = 2;
+const SOCK_RAW: i32 = 3;
+const IPPROTO_ICMP: i32 = 1;
+const IPPROTO_ICMPV6: i32 = 58;
+
+/// A socket being made by a task: the `net.raw` class for packet sockets
+/// (`AF_PACKET`, link layer, which no cgroup hook sees) and, where the
+/// cgroup hooks are not in use for the workload, for raw and ICMP inet
+/// sockets (elsewhere `cgroup/sock_create` decides those).
+#[lsm(hook = "socket_create")]
+pub fn socket_create(ctx: LsmContext) -> i32 {
+    prior!(ctx, 4);
+    let kern: i32 = ctx.arg(3);
+    if kern != 0 {
+        return 0;
+    }
+    let fam: i32 = ctx.arg(0);
+    let kind: i32 = ctx.arg(1);
+    let protocol: i32 = ctx.arg(2);
+    let inet = fam == i32::from(AF_INET) || fam == i32::from(AF_INET6);
+    let icmp = kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6);
+    if fam != AF_PACKET && !(inet && (kind == SOCK_RAW || icmp)) {
+        return 0;
+    }
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let record = g.record;
+    if fam != AF_PACKET && record.flags & flags::NET_VIA_LSM == 0 {
+        return 0;
+    }
+    let mut d = Decision::default_for(record, op::NET_RAW).under(record);
+    if record.flags & flags::NET_RAW_MONITOR != 0 {
+        d.mode = mode::MONITOR;
+    }
+    let fam = match fam {
+        AF_PACKET => family::PACKET,
+        f if f == i32::from(AF_INET) => family::INET,
+        _ => family::INET6,
+    };
+    apply(
+        &g,
+        hook::LSM_SOCKET_CREATE,
+        op::NET_RAW,
+        d,
+        |r| {
+            r.family = fam;
+            r.nr = kind as u32;
+            r.port = protocol as u16;
+        },
+        false,
+    )
+}
+
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);

@@ -171,7 +171,28 @@ pub(crate) fn socket() -> Result<(), Failed> {
     expect("allowed connect inside", f.inside(&format!("connect {allowed}"))?, Outcome::Ok)?;
     expect("denied bind inside", f.inside(&format!("bind 127.0.0.1:{bind_port}"))?, EPERM)?;
     expect("denied connect outside", f.outside(&format!("connect {denied}"))?, Outcome::Ok)?;
-    let events = f.decisions(2);
+    // net.raw (denied by default: the policy does not name it): without the
+    // cgroup hooks the LSM socket hook decides raw inet sockets too, and
+    // packet sockets always.
+    expect("raw ICMP socket inside", f.inside("raw-socket 4")?, EPERM)?;
+    expect("packet socket inside", f.inside("raw-socket packet")?, EPERM)?;
+    expect("raw ICMP socket outside", f.outside("raw-socket 4")?, Outcome::Ok)?;
+    expect("packet socket outside", f.outside("raw-socket packet")?, Outcome::Ok)?;
+    let events = f.decisions(4);
+    let raw = find(&events, "raw socket deny", |e| matches!(e.target, Target::Socket { .. }))?;
+    check!(
+        raw.hook == Hook::LsmSocketCreate
+            && raw.target == Target::Socket { ipv6: false, sock_type: 3, protocol: 1 }
+            && raw.verdict == Verdict::Deny,
+        "{raw}"
+    );
+    let packet = find(&events, "packet socket deny", |e| matches!(e.target, Target::PacketSocket { .. }))?;
+    check!(
+        packet.hook == Hook::LsmSocketCreate
+            && packet.target == Target::PacketSocket { sock_type: 3, protocol: 3 }
+            && packet.op == Op::NetRaw,
+        "{packet}"
+    );
     let c = find(&events, "connect deny", |e| e.op == Op::NetConnect)?;
     check!(c.hook == Hook::LsmSocketConnect, "connect hook {}", c.hook);
     check!(
@@ -194,7 +215,16 @@ pub(crate) fn self_protection() -> Result<(), Failed> {
     // SIGURG is ignored by default, so a failure here cannot kill the test.
     expect("signal to the agent inside", f.inside(&format!("kill {me} {}", libc::SIGURG))?, EPERM)?;
     expect("bpf() outside", f.outside("bpf")?, Outcome::Ok)?;
-    let events = f.decisions(3);
+    // With the cgroup hooks in use too, packet sockets are still the LSM
+    // hook's (cgroup/sock_create never sees them); net.raw is denied by
+    // default here.
+    expect("packet socket inside", f.inside("raw-socket packet")?, EPERM)?;
+    expect("raw ICMP socket inside", f.inside("raw-socket 4")?, EPERM)?;
+    let events = f.decisions(5);
+    let packet = find(&events, "packet socket deny", |e| matches!(e.target, Target::PacketSocket { .. }))?;
+    check!(packet.hook == Hook::LsmSocketCreate, "{packet}");
+    let raw = find(&events, "raw socket deny", |e| matches!(e.target, Target::Socket { .. }))?;
+    check!(raw.hook == Hook::CgroupSockCreate, "decided by the cgroup hook alone: {raw}");
     let b = find(&events, "bpf deny", |e| e.hook == Hook::LsmBpf)?;
     check!(b.target == Target::BpfCmd { cmd: 0 } && b.rule_id == rule_id::SELF_PROTECT, "bpf event {b}");
     let p = find(&events, "ptrace deny", |e| e.hook == Hook::LsmPtrace)?;

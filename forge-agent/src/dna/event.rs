@@ -75,6 +75,7 @@ pub(crate) fn encode(ev: &DecisionEvent, out: &mut Vec<u8>) {
         Target::Socket { ipv6, sock_type, protocol } => {
             put_tagged(out, 11, &[u32::from(*ipv6), *sock_type, *protocol])
         }
+        Target::PacketSocket { sock_type, protocol } => put_tagged(out, 12, &[*sock_type, *protocol]),
     }
     if ev.actual_cgroup_id != ev.cgroup_id && ev.actual_cgroup_id != 0 {
         out.push(ACTUAL_CGROUP);
@@ -120,6 +121,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<DecisionEvent, String> {
         9 => Target::Escape { pid: c.u32()?, cgroup: c.u64()?, outcome: EscapeOutcome::from_tag(c.u32()?) },
         10 => Target::Cgroup { id: c.u64()?, level: c.u32()?, path: c.string("cgroup path")? },
         11 => Target::Socket { ipv6: c.u32()? != 0, sock_type: c.u32()?, protocol: c.u32()? },
+        12 => Target::PacketSocket { sock_type: c.u32()?, protocol: c.u32()? },
         other => return Err(format!("unknown target tag {other}")),
     };
     let actual_cgroup_id = if c.at == bytes.len() {
@@ -236,6 +238,7 @@ mod tests {
             Target::Escape { pid: 5, cgroup: 1, outcome: EscapeOutcome::WriterKilled },
             Target::Cgroup { id: 9000, level: 4, path: "/kubepods/pod-a/ctr".into() },
             Target::Socket { ipv6: true, sock_type: 3, protocol: 58 },
+            Target::PacketSocket { sock_type: 3, protocol: 3 },
             Target::Syscall { nr: 39 | forge_common::COMPAT_SYSCALL_BIT },
         ];
         for t in targets {

@@ -5,7 +5,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// LSM programs and the hooks they attach to: network, containment and
 /// self-protection (the `lsm` backend).
-pub const LSM_PROGRAMS: [&str; 21] = [
+pub const LSM_PROGRAMS: [&str; 22] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -27,6 +27,7 @@ pub const LSM_PROGRAMS: [&str; 21] = [
     "perf_event_open",
     "ptrace_traceme",
     "kernel_module_request",
+    "socket_create",
 ];
 
 /// LSM programs on hooks that not every kernel has (`userns_create`: from

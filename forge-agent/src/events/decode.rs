@@ -88,6 +88,7 @@ tagged!(
     LsmPerfEvent = hook::LSM_PERF_EVENT => "lsm/perf_event_open",
     LsmUserns = hook::LSM_USERNS => "lsm/userns_create",
     LsmModuleRequest = hook::LSM_MODULE_REQUEST => "lsm/kernel_module_request",
+    LsmSocketCreate = hook::LSM_SOCKET_CREATE => "lsm/socket_create",
 });
 
 tagged!(
@@ -195,6 +196,12 @@ pub enum Target {
         sock_type: u32,
         protocol: u32,
     },
+    /// A packet socket (`AF_PACKET`) being made: its type (`SOCK_RAW` 3,
+    /// `SOCK_DGRAM` 2) and link-layer protocol (`ETH_P_*`, host order).
+    PacketSocket {
+        sock_type: u32,
+        protocol: u32,
+    },
 }
 
 /// How a containment breach ended.
@@ -274,6 +281,9 @@ impl fmt::Display for Target {
                     _ => write!(f, "{fam} socket type {sock_type} protocol {protocol}"),
                 }
             }
+            Self::PacketSocket { sock_type, protocol } => {
+                write!(f, "packet socket type {sock_type} (protocol {protocol:#06x})")
+            }
         }
     }
 }
@@ -330,6 +340,9 @@ impl DecisionEvent {
                 Target::Addr { addr: decode_addr(raw.family, &raw.addr)?, port: raw.port }
             }
             Op::Syscall => Target::Syscall { nr: raw.nr },
+            Op::NetRaw if raw.family == family::PACKET => {
+                Target::PacketSocket { sock_type: raw.nr, protocol: u32::from(u16::from_be(raw.port)) }
+            }
             Op::NetRaw => Target::Socket {
                 ipv6: raw.family == family::INET6,
                 sock_type: raw.nr,

@@ -459,7 +459,13 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
         }
         Operation::FileRead(p) | Operation::FileWrite(p) => (file(c, operation.class(), p), Vec::new()),
         Operation::Exec(p) => exec(c, p, &mut notes),
-        Operation::Raw => (raw(c), Vec::new()),
+        Operation::Raw => {
+            notes.push(
+                "packet sockets (AF_PACKET) are decided the same way, at lsm/socket_create where BPF LSM runs; without it nothing decides them"
+                    .to_string(),
+            );
+            (raw(c), Vec::new())
+        }
     };
     Evaluation { operation: operation.clone(), decision, prior, notes }
 }
@@ -802,25 +808,13 @@ fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<
 /// default) for every raw or ICMP socket.
 fn raw(c: &CompiledRecord) -> Check {
     let r = &c.record;
-    if r.flags & flags::NET_VIA_LSM != 0 {
-        return undecided(
-            c,
-            op::NET_RAW,
-            "the cgroup hooks are not in use for this workload: nothing decides raw sockets",
-        );
-    }
     let mut d = Decision::default_for(r, op::NET_RAW).under(r);
     if r.flags & flags::NET_RAW_MONITOR != 0 {
         d.mode = mode::MONITOR;
     }
-    decided(
-        c,
-        op::NET_RAW,
-        Hook::CgroupSockCreate,
-        Verdict::Deny,
-        d,
-        vec![default_considered(r, op::NET_RAW)],
-    )
+    // Without the cgroup hooks, the LSM socket hook decides inet raw sockets too.
+    let hook = if r.flags & flags::NET_VIA_LSM != 0 { Hook::LsmSocketCreate } else { Hook::CgroupSockCreate };
+    decided(c, op::NET_RAW, hook, Verdict::Deny, d, vec![default_considered(r, op::NET_RAW)])
 }
 
 /// `raw_tp/sys_enter`: the deny bitmap of the caller's ABI; a denied
@@ -1227,6 +1221,13 @@ mod tests {
         assert_eq!(e.decision.hook, Some(Hook::CgroupSockCreate));
         let c = with_rules(OPEN, "    - {name: ping, op: net.raw, action: allow}\n");
         allowed(&eval(&c, "net.raw"), FIRST);
+        // Without the cgroup hooks, the LSM socket hook decides.
+        let mut via_lsm = with_rules(OPEN, "    - {name: r, op: net.bind, action: deny, ports: 1}\n");
+        via_lsm.record.flags |= flags::NET_VIA_LSM;
+        let e = eval(&via_lsm, "net.raw");
+        is(&e, DENIED, 0);
+        assert_eq!(e.decision.hook, Some(Hook::LsmSocketCreate));
+        assert!(e.notes.iter().any(|n| n.contains("AF_PACKET")), "{:?}", e.notes);
         let c = with_rules(OPEN, "    - {name: watch, op: net.raw, action: deny, mode: monitor}\n");
         is(&eval(&c, "net.raw"), (Verdict::Deny, Mode::Monitor, false), FIRST);
         // A raw rule takes no matchers.

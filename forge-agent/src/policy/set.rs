@@ -216,11 +216,15 @@ pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
         op::EXEC => active.lsm_paths || active.tracepoint,
         op::FILE_READ | op::FILE_WRITE => active.lsm_paths,
         op::NET_CONNECT | op::NET_BIND => active.cgroup || active.lsm,
-        op::NET_SENDTO | op::NET_RAW => active.cgroup,
+        op::NET_SENDTO => active.cgroup,
+        op::NET_RAW => active.cgroup || active.lsm,
         op::SYSCALL => active.tracepoint,
         _ => true,
     }
 }
+
+/// What a `net.raw` deny leaves out where BPF LSM does not run.
+const PACKET_SOCKETS_NOTE: &str = "on this host raw and ICMP inet sockets are denied at cgroup/sock_create, but packet sockets (AF_PACKET) are not decided (that needs BPF LSM's socket_create hook)";
 
 impl PolicySet {
     /// Rules (and deny defaults) that no backend available here can enforce:
@@ -277,18 +281,35 @@ impl PolicySet {
                         ),
                     ));
                 }
+                if super::compile::class(o) == Some(forge_common::op::NET_RAW)
+                    && f.rule.action.as_str() == "deny"
+                    && !active.lsm
+                    && active.cgroup
+                {
+                    out.push(f.doc.place(o).note(format!("rule {:?}: {PACKET_SOCKETS_NOTE}", f.name)));
+                }
             }
         }
         for doc in &self.docs {
             for (name, action) in &doc.spec.defaults {
+                let class = super::compile::class(name);
                 if action.as_str() == "deny"
-                    && let Some(c) = super::compile::class(name)
+                    && let Some(c) = class
                     && !enforceable(c, active)
                 {
                     out.push(report(
                         doc.place(action),
                         format!("default deny for {name} cannot be enforced on this host"),
                     ));
+                }
+                if action.as_str() == "deny"
+                    && class == Some(forge_common::op::NET_RAW)
+                    && !active.lsm
+                    && active.cgroup
+                {
+                    out.push(
+                        doc.place(action).note(format!("default deny for {name}: {PACKET_SOCKETS_NOTE}")),
+                    );
                 }
             }
         }
@@ -345,6 +366,26 @@ mod tests {
         let errors: Vec<_> = found.iter().filter(|d| d.severity == Severity::Error).collect();
         assert_eq!(errors.len(), 1, "{found:?}");
         assert!(errors[0].message.contains("\"reads\""));
+    }
+
+    #[test]
+    fn host_check_says_packet_sockets_need_lsm() {
+        let text = "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: s}\nspec:\n  defaults: {net.raw: deny}\n  rules:\n    - {name: no-raw, op: net.raw, action: deny}\n";
+        let set = PolicySet::from_docs(vec![Policy::from_yaml(text, "s.yaml").unwrap()]).unwrap();
+        let cgroup_only = crate::ebpf::Active {
+            lsm: false,
+            lsm_paths: false,
+            lsm_userns: false,
+            cgroup: true,
+            tracepoint: true,
+        };
+        let found = set.check_backends(&cgroup_only, true);
+        let notes: Vec<_> = found.iter().filter(|d| d.severity == Severity::Note).collect();
+        assert_eq!(notes.len(), 2, "{found:?}");
+        assert!(notes.iter().all(|n| n.message.contains("packet sockets (AF_PACKET) are not decided")));
+        assert!(found.iter().all(|d| d.severity == Severity::Note), "{found:?}");
+        let with_lsm = crate::ebpf::Active { lsm: true, lsm_paths: true, lsm_userns: true, ..cgroup_only };
+        assert!(set.check_backends(&with_lsm, true).is_empty());
     }
 
     #[test]
