@@ -25,6 +25,11 @@ pub enum Action {
     /// A UDP socket connected to the address, then a `send` without one
     /// (the way a DNS client sends).
     UdpConnectSend(SocketAddr),
+    /// `listen()` on a TCP socket of IPv4 (`4`) or IPv6 (`6`) never bound:
+    /// the kernel picks a port itself (autobind). A refused listen must
+    /// leave the socket without a port; one that has a port anyway is an
+    /// error of its own.
+    ListenUnbound(u8),
     /// A raw ICMP socket of IPv4 (`4`) or IPv6 (`6`), and an echo request
     /// sent through it to loopback; or (`packet`, 17) a packet socket
     /// (`AF_PACKET`, every protocol), made and closed.
@@ -87,6 +92,9 @@ pub enum Action {
     /// finit_module(2) of a file (not a module: the kernel would refuse it
     /// with ENOEXEC once read).
     FinitModule(PathBuf),
+    /// kexec_file_load(2) of a file as the kernel image, without an initrd
+    /// (not a kernel: refused as a format once read; nothing is loaded).
+    KexecFile(PathBuf),
     /// A syscall of another ABI than x86_64 (the same process, the same
     /// kernel, another table): `syscall32` makes an i386 call with `int
     /// 0x80`, `syscall-x32` an x32 call. Names: `mkdir PATH`, `unshare`
@@ -128,6 +136,7 @@ impl fmt::Display for Action {
             Self::Bind(a) => write!(f, "bind {a}"),
             Self::SendTo(a) => write!(f, "sendto {a}"),
             Self::UdpConnectSend(a) => write!(f, "udp-connect-send {a}"),
+            Self::ListenUnbound(v) => write!(f, "listen-unbound {v}"),
             Self::RawSocket(17) => f.write_str("raw-socket packet"),
             Self::RawSocket(v) => write!(f, "raw-socket {v}"),
             Self::Syscall(s) => write!(f, "syscall {s}"),
@@ -151,6 +160,7 @@ impl fmt::Display for Action {
             Self::MountTmpfs(p) => write!(f, "mount-tmpfs {}", p.display()),
             Self::Chroot(p) => write!(f, "chroot {}", p.display()),
             Self::FinitModule(p) => write!(f, "finit-module {}", p.display()),
+            Self::KexecFile(p) => write!(f, "kexec-file {}", p.display()),
             Self::OtherAbi(abi, name, arg) => {
                 let verb = if *abi == OtherAbi::I386 { "syscall32" } else { "syscall-x32" };
                 write!(f, "{verb} {name}")?;
@@ -185,6 +195,11 @@ impl FromStr for Action {
             "bind" => Self::Bind(addr(arg)?),
             "sendto" => Self::SendTo(addr(arg)?),
             "udp-connect-send" => Self::UdpConnectSend(addr(arg)?),
+            "listen-unbound" => match arg {
+                Some("4") => Self::ListenUnbound(4),
+                Some("6") => Self::ListenUnbound(6),
+                _ => return Err("listen-unbound needs 4 or 6".into()),
+            },
             "raw-socket" => match arg {
                 Some("4") => Self::RawSocket(4),
                 Some("6") => Self::RawSocket(6),
@@ -211,6 +226,7 @@ impl FromStr for Action {
             "mount-tmpfs" => Self::MountTmpfs(PathBuf::from(need(arg)?)),
             "chroot" => Self::Chroot(PathBuf::from(need(arg)?)),
             "finit-module" => Self::FinitModule(PathBuf::from(need(arg)?)),
+            "kexec-file" => Self::KexecFile(PathBuf::from(need(arg)?)),
             "syscall32" | "syscall-x32" => {
                 let abi = if verb == "syscall32" { OtherAbi::I386 } else { OtherAbi::X32 };
                 Self::OtherAbi(abi, need(arg)?, it.next().map(str::to_string))
@@ -266,6 +282,7 @@ pub fn perform(action: &Action) -> io::Result<()> {
             UdpSocket::bind(local)?.send_to(b"forge", a).map(drop)
         }
         Action::RawSocket(v) => raw_socket(*v),
+        Action::ListenUnbound(v) => listen_unbound(*v),
         Action::UdpConnectSend(a) => {
             let local: SocketAddr = if a.is_ipv4() {
                 "0.0.0.0:0".parse().expect("literal")
@@ -352,6 +369,17 @@ pub fn perform(action: &Action) -> io::Result<()> {
             // SAFETY: finit_module(fd, params, flags) with an open fd and an
             // empty C string.
             errno_result(unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) })
+        }
+        Action::KexecFile(p) => {
+            /// `KEXEC_FILE_NO_INITRAMFS`.
+            const NO_INITRAMFS: u64 = 4;
+            let file = std::fs::File::open(p)?;
+            // SAFETY: kexec_file_load(kernel_fd, initrd_fd, cmdline_len,
+            // cmdline, flags) with an open fd, no initrd and an empty command
+            // line (length 1: its NUL).
+            errno_result(unsafe {
+                libc::syscall(libc::SYS_kexec_file_load, file.as_raw_fd(), -1, 1, c"".as_ptr(), NO_INITRAMFS)
+            })
         }
         Action::OtherAbi(abi, name, arg) => {
             use std::io::Write as _;
@@ -611,6 +639,30 @@ fn syscall(name: &str) -> io::Result<()> {
         }
     };
     errno_result(r)
+}
+
+fn listen_unbound(version: u8) -> io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let domain = if version == 6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket(2) with integer arguments.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the socket just made; wrapping it closes it once.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: listen(2) on the socket above.
+    if unsafe { libc::listen(sock.as_raw_fd(), 1) } == 0 {
+        return Ok(());
+    }
+    let refused = io::Error::last_os_error();
+    let local: nix::sys::socket::SockaddrStorage =
+        nix::sys::socket::getsockname(sock.as_raw_fd()).map_err(io::Error::from)?;
+    let port = local.as_sockaddr_in().map(|a| a.port()).or(local.as_sockaddr_in6().map(|a| a.port()));
+    match port {
+        Some(0) | None => Err(refused),
+        Some(p) => Err(io::Error::other(format!("listen refused ({refused}) but the socket took port {p}"))),
+    }
 }
 
 /// `clone(CLONE_NEWUSER)`: a child in a new user namespace, which exits at
@@ -963,6 +1015,8 @@ mod tests {
             "syscall unshare",
             "raw-socket 4",
             "raw-socket packet",
+            "listen-unbound 6",
+            "kexec-file /tmp/blob",
             "syscall32 unshare user",
             "exec /bin/true",
             "open-read /etc/shadow",

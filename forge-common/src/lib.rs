@@ -183,7 +183,10 @@ pub mod hook {
     /// `lsm/socket_create`: a packet socket being made (and raw or ICMP
     /// inet sockets where the cgroup hooks are not in use).
     pub const LSM_SOCKET_CREATE: u16 = 33;
-    pub const MAX: u16 = 33;
+    /// `lsm/socket_listen`: a listen that takes a port itself (autobind),
+    /// decided as `net.bind` of port 0.
+    pub const LSM_SOCKET_LISTEN: u16 = 34;
+    pub const MAX: u16 = 34;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].

@@ -132,6 +132,21 @@ static OFF_MOUNT_PARENT: u32 = 0;
 /// `offsetof(struct mount, mnt_mountpoint)`.
 #[unsafe(no_mangle)]
 static OFF_MOUNT_MOUNTPOINT: u32 = 0;
+/// `offsetof(struct socket, sk)`.
+#[unsafe(no_mangle)]
+static OFF_SOCKET_SK: u32 = 0;
+/// `offsetof(struct sock, __sk_common.skc_family)`.
+#[unsafe(no_mangle)]
+static OFF_SK_FAMILY: u32 = 0;
+/// `offsetof(struct sock, __sk_common.skc_num)`.
+#[unsafe(no_mangle)]
+static OFF_SK_NUM: u32 = 0;
+/// `offsetof(struct sock, __sk_common.skc_rcv_saddr)`.
+#[unsafe(no_mangle)]
+static OFF_SK_RCV_SADDR: u32 = 0;
+/// `offsetof(struct sock, __sk_common.skc_v6_rcv_saddr)`.
+#[unsafe(no_mangle)]
+static OFF_SK_V6_RCV_SADDR: u32 = 0;
 /// `offsetof(struct task_struct, thread_info) + offsetof(struct thread_info,
 /// status)` (x86: `TS_COMPAT` is set there while a 32-bit syscall runs).
 #[unsafe(no_mangle)]
@@ -462,6 +477,22 @@ pub(crate) fn current_in_compat_syscall() -> Option<bool> {
     // read goes through bpf_probe_read_kernel.
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
     read::<u32>(task, get(&OFF_TASK_TI_STATUS)).map(|s| s & TS_COMPAT != 0)
+}
+
+/// The local address of a socket (a `struct socket *`) that has no port
+/// yet: `(family, address)` for an inet socket whose `skc_num` is 0,
+/// `None` when it has a port or is not inet (or is unreadable).
+#[inline(always)]
+pub(crate) fn unbound_inet_socket(sock: *const u8) -> Option<(u16, [u32; 4])> {
+    let sk = read_ptr(sock, get(&OFF_SOCKET_SK))?;
+    if read::<u16>(sk, get(&OFF_SK_NUM))? != 0 {
+        return None;
+    }
+    match read::<u16>(sk, get(&OFF_SK_FAMILY))? {
+        2 => Some((2, [read::<u32>(sk, get(&OFF_SK_RCV_SADDR))?, 0, 0, 0])),
+        10 => Some((10, read::<[u32; 4]>(sk, get(&OFF_SK_V6_RCV_SADDR))?)),
+        _ => None,
+    }
 }
 
 /// `offsetof(struct pt_regs, orig_ax)` on x86_64 (a user-visible layout).

@@ -236,6 +236,35 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     socket_op(&ctx, hook::LSM_SOCKET_CONNECT, op::NET_CONNECT)
 }
 
+/// `listen()` on an inet socket that has no port yet takes an ephemeral
+/// one (autobind) without any bind hook running: decided here as
+/// `net.bind` of the socket's address and port 0, as `bind(addr, 0)` would
+/// be, whichever backend decides binds.
+#[lsm(hook = "socket_listen")]
+pub fn socket_listen(ctx: LsmContext) -> i32 {
+    prior!(ctx, 2);
+    let sock: *const u8 = ctx.arg(0);
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let Some((fam, ip)) = kernel::unbound_inet_socket(sock) else {
+        return 0;
+    };
+    let fam = if fam == AF_INET { family::INET } else { family::INET6 };
+    let d = decide_net(g.record, op::NET_BIND, fam, &ip, 0);
+    apply(
+        &g,
+        hook::LSM_SOCKET_LISTEN,
+        op::NET_BIND,
+        d,
+        |r| {
+            r.family = fam;
+            r.addr = ip;
+        },
+        false,
+    )
+}
+
 #[lsm(hook = "socket_bind")]
 pub fn socket_bind(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);

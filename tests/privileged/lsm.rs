@@ -160,7 +160,8 @@ pub(crate) fn socket() -> Result<(), Failed> {
         false,
         &format!(
             "    - {{name: no-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {}}}
-    - {{name: no-bind, op: net.bind, action: deny, cidrs: [127.0.0.1/32], ports: {bind_port}}}\n",
+    - {{name: no-bind, op: net.bind, action: deny, cidrs: [127.0.0.1/32], ports: {bind_port}}}
+    - {{name: no-autobind, op: net.bind, action: deny, ports: 0}}\n",
             denied.port()
         ),
     );
@@ -171,6 +172,11 @@ pub(crate) fn socket() -> Result<(), Failed> {
     expect("allowed connect inside", f.inside(&format!("connect {allowed}"))?, Outcome::Ok)?;
     expect("denied bind inside", f.inside(&format!("bind 127.0.0.1:{bind_port}"))?, EPERM)?;
     expect("denied connect outside", f.outside(&format!("connect {denied}"))?, Outcome::Ok)?;
+    // A listen that would take a port itself is a bind of port 0 (the
+    // action also fails if the refused socket got a port anyway).
+    expect("listen without bind inside", f.inside("listen-unbound 4")?, EPERM)?;
+    expect("listen without bind inside, IPv6", f.inside("listen-unbound 6")?, EPERM)?;
+    expect("listen without bind outside", f.outside("listen-unbound 4")?, Outcome::Ok)?;
     // net.raw (denied by default: the policy does not name it): without the
     // cgroup hooks the LSM socket hook decides raw inet sockets too, and
     // packet sockets always.
@@ -178,7 +184,12 @@ pub(crate) fn socket() -> Result<(), Failed> {
     expect("packet socket inside", f.inside("raw-socket packet")?, EPERM)?;
     expect("raw ICMP socket outside", f.outside("raw-socket 4")?, Outcome::Ok)?;
     expect("packet socket outside", f.outside("raw-socket packet")?, Outcome::Ok)?;
-    let events = f.decisions(4);
+    let events = f.decisions(6);
+    let listens: Vec<_> = events.iter().filter(|e| e.hook == Hook::LsmSocketListen).collect();
+    check!(listens.len() == 2, "expected 2 listen denies, got:\n{events:?}");
+    for l in listens {
+        check!(l.op == Op::NetBind && l.verdict == Verdict::Deny && l.rule_id == rule_id::FIRST + 2, "{l}");
+    }
     let raw = find(&events, "raw socket deny", |e| matches!(e.target, Target::Socket { .. }))?;
     check!(
         raw.hook == Hook::LsmSocketCreate
@@ -200,7 +211,7 @@ pub(crate) fn socket() -> Result<(), Failed> {
         "connect target {}",
         c.target
     );
-    let b = find(&events, "bind deny", |e| e.op == Op::NetBind)?;
+    let b = find(&events, "bind deny", |e| e.op == Op::NetBind && e.hook != Hook::LsmSocketListen)?;
     check!(b.hook == Hook::LsmSocketBind, "bind hook {}", b.hook);
     Ok(())
 }
@@ -253,7 +264,7 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
     };
     let yaml = policy(
         false,
-        "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, pivot_root, ptrace, bpf, perf_event_open, unshare, clone]}\n",
+        "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, kexec_file_load, pivot_root, ptrace, bpf, perf_event_open, unshare, clone]}\n",
     );
     // The kernel's module helper, replaced by a script that leaves a mark:
     // whether the kernel asked for a module is what a module request rule
@@ -326,9 +337,19 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
         check!(mounted(&target)?, "the mount from outside is not there");
         let outside = f.outside(&format!("finit-module {}", blob.display()))?;
         check!(outside != EPERM && outside != Outcome::Ok, "finit_module of the blob outside: {outside}");
+        // The same for a kexec image: refused before the kernel reads it
+        // inside; read (and refused as a format) outside.
+        expect("kexec_file_load inside", f.inside(&format!("kexec-file {}", blob.display()))?, EPERM)?;
+        let outside = f.outside(&format!("kexec-file {}", blob.display()))?;
+        check!(outside != EPERM && outside != Outcome::Ok, "kexec_file_load of the blob outside: {outside}");
         // One deny each: mount, umount, chroot, ptrace attach, bpf, finit_module,
-        // TRACEME, perf_event_open, the module request, and the user namespaces.
-        let events = f.decisions(if userns_hook { 12 } else { 9 });
+        // kexec_file_load, TRACEME, perf_event_open, the module request, and
+        // the user namespaces.
+        let events = f.decisions(if userns_hook { 13 } else { 10 });
+        let ev = find(&events, "the refused kexec image", |e| {
+            e.hook == Hook::LsmKernelLoad && e.target == Target::Syscall { nr: 320 }
+        })?;
+        check!(ev.verdict == Verdict::Deny, "{ev}");
         let ev = find(&events, "the refused mount", |e| e.hook == Hook::LsmMount && e.op == Op::Syscall)?;
         check!(ev.target == Target::Syscall { nr: 165 } && ev.verdict == Verdict::Deny, "{ev}");
         check!(ev.rule_id == rule_id::FIRST, "rule {}", ev.rule_id);

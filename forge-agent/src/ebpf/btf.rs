@@ -499,6 +499,16 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
+    pub socket_sk: u32,
+    /// `sock.__sk_common` + `sock_common.skc_family`.
+    pub sk_family: u32,
+    /// `sock.__sk_common` + `sock_common.skc_num` (the local port, host
+    /// order; 0 until bound).
+    pub sk_num: u32,
+    /// `sock.__sk_common` + `sock_common.skc_rcv_saddr`.
+    pub sk_rcv_saddr: u32,
+    /// `sock.__sk_common` + `sock_common.skc_v6_rcv_saddr`.
+    pub sk_v6_rcv_saddr: u32,
 }
 
 impl KernelOffsets {
@@ -514,6 +524,9 @@ impl KernelOffsets {
             }
         };
         let cgroup_ancestor_ids = !btf.has_member("cgroup", "ancestors");
+        let sk_common = |member: &str| -> Result<u32, BtfError> {
+            Ok(btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", member)?)
+        };
         Ok(Self {
             bprm_file: btf.member_offset("linux_binprm", "file")?,
             bprm_filename: btf.member_offset("linux_binprm", "filename")?,
@@ -559,6 +572,11 @@ impl KernelOffsets {
             mount_mnt: btf.member_offset("mount", "mnt")?,
             mount_parent: btf.member_offset("mount", "mnt_parent")?,
             mount_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
+            socket_sk: btf.member_offset("socket", "sk")?,
+            sk_family: sk_common("skc_family")?,
+            sk_num: sk_common("skc_num")?,
+            sk_rcv_saddr: sk_common("skc_rcv_saddr")?,
+            sk_v6_rcv_saddr: sk_common("skc_v6_rcv_saddr")?,
         })
     }
 
@@ -607,6 +625,11 @@ impl KernelOffsets {
             ("OFF_MOUNT_MNT", self.mount_mnt),
             ("OFF_MOUNT_PARENT", self.mount_parent),
             ("OFF_MOUNT_MOUNTPOINT", self.mount_mountpoint),
+            ("OFF_SOCKET_SK", self.socket_sk),
+            ("OFF_SK_FAMILY", self.sk_family),
+            ("OFF_SK_NUM", self.sk_num),
+            ("OFF_SK_RCV_SADDR", self.sk_rcv_saddr),
+            ("OFF_SK_V6_RCV_SADDR", self.sk_v6_rcv_saddr),
         ]
     }
 }
@@ -934,6 +957,28 @@ mod tests {
                 ("mnt", vfsmount_t, 32),
             ],
         );
+        // sock_common: { union { u64 skc_addrpair; struct { u32 skc_daddr; u32
+        // skc_rcv_saddr; }; }; union { u32 skc_hash; ... }; union { u32
+        // skc_portpair; struct { u16 skc_dport; u16 skc_num; }; }; u16
+        // skc_family; ... skc_v6_rcv_saddr at 56 }, inside sock at 0.
+        let addrs = b.strukt("", 8, &[("skc_daddr", uint, 0), ("skc_rcv_saddr", uint, 4)]);
+        let addr_union = b.union("", 8, &[("skc_addrpair", u64_t), ("", addrs)]);
+        let ports = b.strukt("", 4, &[("skc_dport", ushort, 0), ("skc_num", ushort, 2)]);
+        let port_union = b.union("", 4, &[("skc_portpair", uint), ("", ports)]);
+        let v6 = b.array(uint, 4);
+        let common = b.strukt(
+            "sock_common",
+            136,
+            &[
+                ("", addr_union, 0),
+                ("skc_hash", uint, 8),
+                ("", port_union, 12),
+                ("skc_family", ushort, 16),
+                ("skc_v6_rcv_saddr", v6, 56),
+            ],
+        );
+        b.strukt("sock", 512, &[("__sk_common", common, 0)]);
+        b.strukt("socket", 64, &[("state", int, 0), ("sk", void_ptr, 32)]);
         let thread_info = b.strukt(
             "thread_info",
             24,
@@ -1212,6 +1257,11 @@ mod tests {
                 mount_mnt: 32,
                 mount_parent: 16,
                 mount_mountpoint: 24,
+                socket_sk: 32,
+                sk_family: 16,
+                sk_num: 14,
+                sk_rcv_saddr: 4,
+                sk_v6_rcv_saddr: 56,
             }
         );
         let globals = offsets.globals();

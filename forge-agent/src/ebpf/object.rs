@@ -5,7 +5,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// LSM programs and the hooks they attach to: network, containment and
 /// self-protection (the `lsm` backend).
-pub const LSM_PROGRAMS: [&str; 22] = [
+pub const LSM_PROGRAMS: [&str; 23] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -28,6 +28,7 @@ pub const LSM_PROGRAMS: [&str; 22] = [
     "ptrace_traceme",
     "kernel_module_request",
     "socket_create",
+    "socket_listen",
 ];
 
 /// LSM programs on hooks that not every kernel has (`userns_create`: from

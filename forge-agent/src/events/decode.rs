@@ -89,6 +89,7 @@ tagged!(
     LsmUserns = hook::LSM_USERNS => "lsm/userns_create",
     LsmModuleRequest = hook::LSM_MODULE_REQUEST => "lsm/kernel_module_request",
     LsmSocketCreate = hook::LSM_SOCKET_CREATE => "lsm/socket_create",
+    LsmSocketListen = hook::LSM_SOCKET_LISTEN => "lsm/socket_listen",
 });
 
 tagged!(

@@ -427,6 +427,12 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
     let mut notes = Vec::new();
     let (decision, prior) = match operation {
         Operation::Connect(a) | Operation::Bind(a) | Operation::SendTo(a) => {
+            if matches!(operation, Operation::Bind(_)) && a.port() == 0 {
+                notes.push(
+                    "a listen() on a socket without a port (which takes one itself) is decided the same way, at lsm/socket_listen where BPF LSM runs; without it nothing decides it"
+                        .to_string(),
+                );
+            }
             (net(c, operation.class(), a, &mut notes), Vec::new())
         }
         Operation::Syscall(nr) => {
@@ -1228,6 +1234,10 @@ mod tests {
         is(&e, DENIED, 0);
         assert_eq!(e.decision.hook, Some(Hook::LsmSocketCreate));
         assert!(e.notes.iter().any(|n| n.contains("AF_PACKET")), "{:?}", e.notes);
+        // A bind of port 0 says a listen without a port is decided the same way.
+        let e = eval(&c, "net.bind 0.0.0.0:0");
+        assert!(e.notes.iter().any(|n| n.contains("lsm/socket_listen")), "{:?}", e.notes);
+        assert!(!eval(&c, "net.bind 0.0.0.0:80").notes.iter().any(|n| n.contains("socket_listen")));
         let c = with_rules(OPEN, "    - {name: watch, op: net.raw, action: deny, mode: monitor}\n");
         is(&eval(&c, "net.raw"), (Verdict::Deny, Mode::Monitor, false), FIRST);
         // A raw rule takes no matchers.

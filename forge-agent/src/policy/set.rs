@@ -223,6 +223,22 @@ pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
     }
 }
 
+/// What a `net.bind` deny leaves out where BPF LSM does not run.
+const LISTEN_NOTE: &str = "on this host bind() is decided at cgroup/bind4/6, but a listen() on a socket without a port takes an ephemeral one undecided (that needs BPF LSM's socket_listen hook)";
+
+/// The part of a deny of `class` that only BPF LSM decides, where the
+/// cgroup hooks decide the rest and BPF LSM does not run.
+fn lsm_only_part(class: Option<u8>, active: &crate::ebpf::Active) -> Option<&'static str> {
+    if active.lsm || !active.cgroup {
+        return None;
+    }
+    match class? {
+        forge_common::op::NET_RAW => Some(PACKET_SOCKETS_NOTE),
+        forge_common::op::NET_BIND => Some(LISTEN_NOTE),
+        _ => None,
+    }
+}
+
 /// What a `net.raw` deny leaves out where BPF LSM does not run.
 const PACKET_SOCKETS_NOTE: &str = "on this host raw and ICMP inet sockets are denied at cgroup/sock_create, but packet sockets (AF_PACKET) are not decided (that needs BPF LSM's socket_create hook)";
 
@@ -281,12 +297,10 @@ impl PolicySet {
                         ),
                     ));
                 }
-                if super::compile::class(o) == Some(forge_common::op::NET_RAW)
+                if let Some(note) = lsm_only_part(super::compile::class(o), active)
                     && f.rule.action.as_str() == "deny"
-                    && !active.lsm
-                    && active.cgroup
                 {
-                    out.push(f.doc.place(o).note(format!("rule {:?}: {PACKET_SOCKETS_NOTE}", f.name)));
+                    out.push(f.doc.place(o).note(format!("rule {:?}: {note}", f.name)));
                 }
             }
         }
@@ -302,14 +316,10 @@ impl PolicySet {
                         format!("default deny for {name} cannot be enforced on this host"),
                     ));
                 }
-                if action.as_str() == "deny"
-                    && class == Some(forge_common::op::NET_RAW)
-                    && !active.lsm
-                    && active.cgroup
+                if let Some(note) = lsm_only_part(class, active)
+                    && action.as_str() == "deny"
                 {
-                    out.push(
-                        doc.place(action).note(format!("default deny for {name}: {PACKET_SOCKETS_NOTE}")),
-                    );
+                    out.push(doc.place(action).note(format!("default deny for {name}: {note}")));
                 }
             }
         }
