@@ -99,7 +99,9 @@ pub enum Action {
     /// kernel, another table): `syscall32` makes an i386 call with `int
     /// 0x80`, `syscall-x32` an x32 call. Names: `mkdir PATH`, `unshare`
     /// (CLONE_NEWUTS; `unshare user`: CLONE_NEWUSER), `getpid`, `getppid`,
-    /// `process_vm_readv` (of nothing).
+    /// `process_vm_readv` (of nothing), and the differential test's harmless
+    /// ones: `getpgrp`, `getsid`, `sched_yield`, `getuid`, `getpriority`,
+    /// `setns` (on fd -1: EBADF).
     /// Prints `returned` on stdout once the call came back, so a test can
     /// tell that a killed caller did not go on.
     OtherAbi(OtherAbi, String, Option<String>),
@@ -738,7 +740,10 @@ fn other_abi_args(
         }
         "unshare" if arg == Some("user") => [libc::CLONE_NEWUSER as u64, 0, 0],
         "unshare" => [libc::CLONE_NEWUTS as u64, 0, 0],
-        "getpid" | "getppid" => [0; 3],
+        "getpid" | "getppid" | "getpgrp" | "sched_yield" | "getuid" | "getsid" => [0; 3],
+        // fd -1: EBADF once the call runs.
+        "setns" => [u64::from(u32::MAX), 0, 0],
+        "getpriority" => [libc::PRIO_PROCESS as u64, 0, 0],
         // pid 0 does not exist: ESRCH once the call runs.
         "process_vm_readv" => [0; 3],
         other => {

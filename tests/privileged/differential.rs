@@ -14,6 +14,10 @@
 //!   mode, rule id and hook (an allowed operation sends none), from the
 //!   current generation and about the operation's target.
 //!
+//! Syscalls are made through both tables a 64-bit process can reach: the
+//! x86_64 one and, one in three, the i386 one (`int 0x80`), decided by the
+//! rules that name the x86_64 call.
+//!
 //! Two trials: cgroup hooks + syscall tracepoint + exec tracepoint fallback
 //! (runs on this host), and BPF LSM (paths, and network through the LSM socket
 //! hooks; runs in the QEMU guests).
@@ -31,7 +35,7 @@ use forge_agent::{
     policy::{
         CompiledRecord, Policy, compile,
         eval::{self, Considered, Evaluation, Operation},
-        syscalls,
+        syscalls::{self, Abi},
     },
     workload::Outcome,
 };
@@ -240,7 +244,14 @@ impl World {
             r if r < write => Operation::FileWrite(self.pick_path(rng, WRITES)),
             _ => {
                 let name = if rng.chance(15) { ALWAYS_ALLOWED } else { rng.pick(DENIABLE) };
-                Operation::Syscall(syscalls::number(name).expect("known syscall"))
+                // One in three through `int 0x80`: the i386 table, decided by
+                // the rules that name the x86_64 call.
+                if rng.chance(3) {
+                    let nr = syscalls::number_in(Abi::I386, name).expect("known i386 syscall");
+                    Operation::Syscall(syscalls::to_event_nr(Abi::I386, nr))
+                } else {
+                    Operation::Syscall(syscalls::number(name).expect("known syscall"))
+                }
             }
         }
     }
@@ -402,7 +413,10 @@ fn action(op: &Operation) -> String {
         Operation::Connect(a) => format!("connect {a}"),
         Operation::Bind(a) => format!("bind {a}"),
         Operation::SendTo(a) => format!("sendto {a}"),
-        Operation::Syscall(nr) => format!("syscall {}", syscalls::name(*nr).unwrap_or("?")),
+        Operation::Syscall(nr) => match syscalls::from_event_nr(*nr) {
+            (Abi::I386, n) => format!("syscall32 {}", syscalls::name_in(Abi::I386, n).unwrap_or("?")),
+            _ => format!("syscall {}", syscalls::name(*nr).unwrap_or("?")),
+        },
         Operation::Exec(p) => format!("exec {p}"),
         Operation::FileRead(p) => format!("open-read {p}"),
         Operation::FileWrite(p) => format!("open-write {p}"),
