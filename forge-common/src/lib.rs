@@ -186,7 +186,9 @@ pub mod hook {
     /// `lsm/socket_listen`: a listen that takes a port itself (autobind),
     /// decided as `net.bind` of port 0.
     pub const LSM_SOCKET_LISTEN: u16 = 34;
-    pub const MAX: u16 = 34;
+    /// `lsm/ptrace_traceme`: a denied `ptrace(PTRACE_TRACEME)` refused.
+    pub const LSM_PTRACE_TRACEME: u16 = 35;
+    pub const MAX: u16 = 35;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].

@@ -542,7 +542,7 @@ fn syscall_effect_of(h: u16, nr: impl FnOnce(&PolicyRecord, bool) -> Option<u64>
 #[lsm(hook = "ptrace_traceme")]
 pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    syscall_effect(hook::LSM_PTRACE, effect::PTRACE)
+    syscall_effect(hook::LSM_PTRACE_TRACEME, effect::PTRACE)
 }
 
 /// Parameters of the `perf_event_open` hook on this kernel, set by the

@@ -353,6 +353,8 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
         let ev = find(&events, "the refused mount", |e| e.hook == Hook::LsmMount && e.op == Op::Syscall)?;
         check!(ev.target == Target::Syscall { nr: 165 } && ev.verdict == Verdict::Deny, "{ev}");
         check!(ev.rule_id == rule_id::FIRST, "rule {}", ev.rule_id);
+        let ev = find(&events, "the refused PTRACE_TRACEME", |e| e.hook == Hook::LsmPtraceTraceme)?;
+        check!(ev.target == Target::Syscall { nr: 101 } && ev.verdict == Verdict::Deny, "{ev}");
         let ev = find(&events, "the refused module request", |e| e.hook == Hook::LsmModuleRequest)?;
         check!(ev.target == Target::Syscall { nr: 313 } && ev.verdict == Verdict::Deny, "{ev}");
         if userns_hook {

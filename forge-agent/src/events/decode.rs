@@ -90,6 +90,7 @@ tagged!(
     LsmModuleRequest = hook::LSM_MODULE_REQUEST => "lsm/kernel_module_request",
     LsmSocketCreate = hook::LSM_SOCKET_CREATE => "lsm/socket_create",
     LsmSocketListen = hook::LSM_SOCKET_LISTEN => "lsm/socket_listen",
+    LsmPtraceTraceme = hook::LSM_PTRACE_TRACEME => "lsm/ptrace_traceme",
 });
 
 tagged!(
