@@ -9,21 +9,17 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
-use forge_common::{family, flags, hook, mode, op, verdict};
+use forge_common::{family, flags, hook, op, verdict};
 
 use crate::{
-    decide::{Decision, decide_net, governing_in_cgroup_hook},
+    decide::{decide_net, governing_in_cgroup_hook, is_raw_inet, raw_decision},
     emit::{Report, report},
 };
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
-const SOCK_DGRAM: u32 = 2;
-const SOCK_RAW: u32 = 3;
 const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
-const IPPROTO_ICMP: u32 = 1;
-const IPPROTO_ICMPV6: u32 = 58;
+const SOCK_DGRAM: u32 = 2;
 
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, h: u16, op_class: u8, fam: u8) -> i32 {
@@ -113,15 +109,11 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: `sock` is the context's `struct bpf_sock *`; family, type and
     // protocol are fields the verifier allows this program to read.
     let (fam, kind, protocol) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
-    let icmp = kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6);
-    if !(fam == AF_INET || fam == AF_INET6) || !(kind == SOCK_RAW || icmp) {
+    if !is_raw_inet(fam, kind, protocol) {
         return ALLOW;
     }
     let record = g.record;
-    let mut d = Decision::default_for(record, op::NET_RAW).under(record);
-    if record.flags & flags::NET_RAW_MONITOR != 0 {
-        d.mode = mode::MONITOR;
-    }
+    let d = raw_decision(record);
     if d.allows() {
         return ALLOW;
     }

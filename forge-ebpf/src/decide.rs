@@ -151,6 +151,33 @@ pub(crate) fn within(cgrp: *const u8, gov_id: u64, gov_level: u32) -> bool {
     kernel::cgroup_ancestor_id(cgrp, gov_level) == Some(gov_id)
 }
 
+/// Socket constants of the `net.raw` class.
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
+
+/// Whether a socket of `family`, `kind` and `protocol` is an inet socket of
+/// the `net.raw` class: `SOCK_RAW`, or an ICMP datagram ("ping") socket.
+#[inline(always)]
+pub(crate) fn is_raw_inet(family: u32, kind: u32, protocol: u32) -> bool {
+    let icmp = kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6);
+    (family == AF_INET || family == AF_INET6) && (kind == SOCK_RAW || icmp)
+}
+
+/// The record's one decision for the `net.raw` class (a rule or the
+/// default), monitored where the record says so.
+#[inline(always)]
+pub(crate) fn raw_decision(record: &PolicyRecord) -> Decision {
+    let mut d = Decision::default_for(record, forge_common::op::NET_RAW).under(record);
+    if record.flags & forge_common::flags::NET_RAW_MONITOR != 0 {
+        d.mode = mode::MONITOR;
+    }
+    d
+}
+
 /// What a rule or default says about one operation.
 #[derive(Clone, Copy)]
 pub(crate) struct Decision {
@@ -244,7 +271,7 @@ pub(crate) fn resolve_path(scratch: &mut Scratch, path: *mut core::ffi::c_void) 
     }
     let walk = scratch.walk.as_mut_ptr() as *mut core::ffi::c_char;
     // SAFETY: `walk` is WALK_BUF bytes of map memory; `path` as above.
-    let len = unsafe { bpf_d_path(path.cast(), walk, crate::kernel::WALK_BUF as u32) };
+    let len = unsafe { bpf_d_path(path.cast(), walk, kernel::WALK_BUF as u32) };
     if len <= 0 {
         return None;
     }

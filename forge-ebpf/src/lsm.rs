@@ -16,8 +16,8 @@ use forge_common::{
 
 use crate::{
     decide::{
-        Decision, Governing, decide_net, decide_path, governing, resolve_path, scratch, stays,
-        unresolved_path,
+        Decision, Governing, decide_net, decide_path, governing, is_raw_inet, raw_decision, resolve_path,
+        scratch, stays, unresolved_path,
     },
     emit::{Report, report},
     kernel::{self, magic},
@@ -176,10 +176,6 @@ fn socket_op(ctx: &LsmContext, h: u16, op_class: u8) -> i32 {
 }
 
 const AF_PACKET: i32 = 17;
-const SOCK_DGRAM: i32 = 2;
-const SOCK_RAW: i32 = 3;
-const IPPROTO_ICMP: i32 = 1;
-const IPPROTO_ICMPV6: i32 = 58;
 
 /// A socket being made by a task: the `net.raw` class for packet sockets
 /// (`AF_PACKET`, link layer, which no cgroup hook sees) and, where the
@@ -195,9 +191,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     let fam: i32 = ctx.arg(0);
     let kind: i32 = ctx.arg(1);
     let protocol: i32 = ctx.arg(2);
-    let inet = fam == i32::from(AF_INET) || fam == i32::from(AF_INET6);
-    let icmp = kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6);
-    if fam != AF_PACKET && !(inet && (kind == SOCK_RAW || icmp)) {
+    if fam != AF_PACKET && !is_raw_inet(fam as u32, kind as u32, protocol as u32) {
         return 0;
     }
     let Some(g) = governing() else {
@@ -207,10 +201,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     if fam != AF_PACKET && record.flags & flags::NET_VIA_LSM == 0 {
         return 0;
     }
-    let mut d = Decision::default_for(record, op::NET_RAW).under(record);
-    if record.flags & flags::NET_RAW_MONITOR != 0 {
-        d.mode = mode::MONITOR;
-    }
+    let d = raw_decision(record);
     let fam = match fam {
         AF_PACKET => family::PACKET,
         f if f == i32::from(AF_INET) => family::INET,
