@@ -280,9 +280,12 @@ pub fn kernel_has_lsm_hook(name: &str) -> bool {
     Btf::from_running_kernel().ok().and_then(|b| b.func_id(&format!("bpf_lsm_{name}"))).is_some()
 }
 
-/// The programs of [`LSM_OPTIONAL_PROGRAMS`] whose hook this kernel has.
+/// The programs of [`LSM_OPTIONAL_PROGRAMS`] whose hook this kernel has
+/// (the kernel's BTF read once per process, not at every load or probe).
 fn optional_lsm_here() -> Vec<&'static str> {
-    LSM_OPTIONAL_PROGRAMS.iter().copied().filter(|n| kernel_has_lsm_hook(n)).collect()
+    static HERE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    HERE.get_or_init(|| LSM_OPTIONAL_PROGRAMS.iter().copied().filter(|n| kernel_has_lsm_hook(n)).collect())
+        .clone()
 }
 
 /// Loads, attaches and pins the LSM programs `names`; on failure removes
