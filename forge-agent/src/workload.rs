@@ -8,7 +8,7 @@ use std::{
     io,
     net::{SocketAddr, TcpStream, UdpSocket},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus},
     str::FromStr,
     time::Duration,
@@ -87,6 +87,13 @@ pub enum Action {
     Umount(PathBuf),
     /// mount(2) of a tmpfs on a directory.
     MountTmpfs(PathBuf),
+    /// A tmpfs mounted on a directory with the new mount API (`fsopen`,
+    /// `fsconfig(FSCONFIG_CMD_CREATE)`, `fsmount`, `move_mount`), as
+    /// util-linux's `mount` does from 2.39.
+    MountApi(PathBuf),
+    /// A bind mount of the first directory on the second with the new mount
+    /// API (`open_tree(OPEN_TREE_CLONE)`, `move_mount`).
+    BindApi(PathBuf, PathBuf),
     /// chroot(2) into a directory.
     Chroot(PathBuf),
     /// finit_module(2) of a file (not a module: the kernel would refuse it
@@ -160,6 +167,8 @@ impl fmt::Display for Action {
             Self::Unlink(p) => write!(f, "unlink {}", p.display()),
             Self::Umount(p) => write!(f, "umount {}", p.display()),
             Self::MountTmpfs(p) => write!(f, "mount-tmpfs {}", p.display()),
+            Self::MountApi(p) => write!(f, "mount-api {}", p.display()),
+            Self::BindApi(from, to) => write!(f, "bind-api {} {}", from.display(), to.display()),
             Self::Chroot(p) => write!(f, "chroot {}", p.display()),
             Self::FinitModule(p) => write!(f, "finit-module {}", p.display()),
             Self::KexecFile(p) => write!(f, "kexec-file {}", p.display()),
@@ -226,6 +235,11 @@ impl FromStr for Action {
             "unlink" => Self::Unlink(PathBuf::from(need(arg)?)),
             "umount" => Self::Umount(PathBuf::from(need(arg)?)),
             "mount-tmpfs" => Self::MountTmpfs(PathBuf::from(need(arg)?)),
+            "mount-api" => Self::MountApi(PathBuf::from(need(arg)?)),
+            "bind-api" => {
+                let to = it.next().ok_or("bind-api needs a source and a target directory")?;
+                Self::BindApi(PathBuf::from(need(arg)?), PathBuf::from(to))
+            }
             "chroot" => Self::Chroot(PathBuf::from(need(arg)?)),
             "finit-module" => Self::FinitModule(PathBuf::from(need(arg)?)),
             "kexec-file" => Self::KexecFile(PathBuf::from(need(arg)?)),
@@ -365,6 +379,8 @@ pub fn perform(action: &Action) -> io::Result<()> {
             None::<&str>,
         )
         .map_err(io::Error::from),
+        Action::MountApi(p) => mount_api(p),
+        Action::BindApi(from, to) => bind_api(from, to),
         Action::Chroot(p) => nix::unistd::chroot(p.as_path()).map_err(io::Error::from),
         Action::FinitModule(p) => {
             let file = std::fs::File::open(p)?;
@@ -478,7 +494,7 @@ fn child_performs(inner: &Action) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn clone3_into(dir: &std::path::Path, inner: &Action) -> io::Result<()> {
+fn clone3_into(dir: &Path, inner: &Action) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: open(2) of a NUL-terminated path.
@@ -526,7 +542,7 @@ fn clone3_into(dir: &std::path::Path, inner: &Action) -> io::Result<()> {
     report_child(pid as libc::pid_t)
 }
 
-fn move_child(dir: &std::path::Path, inner: &Action) -> io::Result<()> {
+fn move_child(dir: &Path, inner: &Action) -> io::Result<()> {
     let mut fds = [0; 2];
     // SAFETY: pipe(2) into a two-element array.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } < 0 {
@@ -945,7 +961,7 @@ pub fn spawn_in(cgroup: &Cgroup, cmd: &mut Command) -> io::Result<Child> {
 
 /// Runs `action` in a new process inside `cgroup` (re-executing `exe` with
 /// `FORGE_WORKLOAD_ACTION` set) and reports how it ended.
-pub fn run_action_in(cgroup: &Cgroup, exe: &std::path::Path, action: &Action) -> io::Result<Outcome> {
+pub fn run_action_in(cgroup: &Cgroup, exe: &Path, action: &Action) -> io::Result<Outcome> {
     let mut cmd = Command::new(exe);
     cmd.env(ACTION_ENV, action.to_string());
     let status = spawn_in(cgroup, &mut cmd)?.wait()?;
@@ -955,7 +971,7 @@ pub fn run_action_in(cgroup: &Cgroup, exe: &std::path::Path, action: &Action) ->
 /// Starts `exe` outside `cgroup`, moves the running process into it, then
 /// lets it perform `action`: a workload that was already running (past its
 /// exec) when its cgroup became governed.
-pub fn run_action_moved_in(cgroup: &Cgroup, exe: &std::path::Path, action: &Action) -> io::Result<Outcome> {
+pub fn run_action_moved_in(cgroup: &Cgroup, exe: &Path, action: &Action) -> io::Result<Outcome> {
     use std::io::{Read as _, Write as _};
     let mut child = Command::new(exe)
         .env(ACTION_ENV, action.to_string())
@@ -982,7 +998,7 @@ pub fn run_action_moved_in(cgroup: &Cgroup, exe: &std::path::Path, action: &Acti
 const WAIT_ENV: &str = "FORGE_WORKLOAD_WAIT";
 
 /// Runs `action` in a new process outside any governed cgroup.
-pub fn run_action(exe: &std::path::Path, action: &Action) -> io::Result<Outcome> {
+pub fn run_action(exe: &Path, action: &Action) -> io::Result<Outcome> {
     let status = Command::new(exe).env(ACTION_ENV, action.to_string()).status()?;
     Ok(Outcome::from_status(status))
 }
@@ -1005,6 +1021,76 @@ pub fn maybe_perform_from_env() {
         Err(_) => 254,
     };
     std::process::exit(code);
+}
+
+/// A path as a C string for a raw syscall.
+fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// A raw syscall's file descriptor result as an owned fd.
+fn fd_result(r: libc::c_long) -> io::Result<std::os::fd::OwnedFd> {
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
+}
+
+/// `move_mount(fd, "", AT_FDCWD, to, MOVE_MOUNT_F_EMPTY_PATH)`: attaches a
+/// detached mount.
+fn move_mount_to(fd: &std::os::fd::OwnedFd, to: &Path) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let to = c_path(to)?;
+    // SAFETY: move_mount with a valid fd, an empty C string and a C path.
+    errno_result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+}
+
+fn mount_api(to: &Path) -> io::Result<()> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: fsopen with a C string and flags.
+    let fs = fd_result(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: fsconfig(fd, FSCONFIG_CMD_CREATE, NULL, NULL, 0).
+    errno_result(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: fsmount(fd, flags, attr flags).
+    let mnt = fd_result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    move_mount_to(&mnt, to)
+}
+
+fn bind_api(from: &Path, to: &Path) -> io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let from = c_path(from)?;
+    // SAFETY: open_tree with a C path and flags.
+    let tree = fd_result(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    move_mount_to(&tree, to)
 }
 
 #[cfg(test)]

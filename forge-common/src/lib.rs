@@ -188,7 +188,10 @@ pub mod hook {
     pub const LSM_SOCKET_LISTEN: u16 = 34;
     /// `lsm/ptrace_traceme`: a denied `ptrace(PTRACE_TRACEME)` refused.
     pub const LSM_PTRACE_TRACEME: u16 = 35;
-    pub const MAX: u16 = 35;
+    /// `lsm/sb_kern_mount`: a new file system instance (a `mount`, or the
+    /// new mount API's `fsconfig(FSCONFIG_CMD_CREATE)`) refused.
+    pub const LSM_SB_KERN_MOUNT: u16 = 36;
+    pub const MAX: u16 = 36;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].
@@ -257,6 +260,64 @@ pub mod flags {
     /// The `net.raw` decision (the class's entry in the defaults) is only
     /// monitored.
     pub const NET_RAW_MONITOR: u32 = 1 << 7;
+    /// Path guard ([`crate::rule_id::PATH_GUARD`]): the record has path
+    /// rules and no rule allows `mount`, so no mount is made or moved
+    /// (`lsm/sb_mount`, `lsm/sb_kern_mount`, `lsm/move_mount`).
+    pub const GUARD_MOUNT: u32 = 1 << 8;
+    /// Path guard: no rule allows `pivot_root` (`lsm/sb_pivotroot`).
+    pub const GUARD_PIVOT_ROOT: u32 = 1 << 9;
+    /// Path guard: no `chroot` (`lsm/path_chroot`); a policy cannot allow
+    /// it together with path rules.
+    pub const GUARD_CHROOT: u32 = 1 << 10;
+    /// Path guard: no rule allows `unshare`, so no user namespace is made,
+    /// by any call (`lsm/userns_create`).
+    pub const GUARD_USERNS: u32 = 1 << 11;
+}
+
+/// Calls that change what a path means to the caller (a mount over a
+/// directory, a new root, a user namespace in which the caller may mount).
+/// For a record with path rules the LSM hooks refuse them (built-in rule
+/// [`rule_id::PATH_GUARD`]) unless a syscall rule allows the call by name.
+pub mod path_guard {
+    /// One guarded call.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Guard {
+        /// The record flag that turns the guard on.
+        pub flag: u32,
+        /// The syscall whose explicit allow turns it off.
+        pub syscall: &'static str,
+        /// The hooks that refuse it.
+        pub hooks: &'static str,
+        /// Whether a policy may allow it at all while it has path rules.
+        pub allowable: bool,
+    }
+
+    pub const GUARDS: [Guard; 4] = [
+        Guard {
+            flag: super::flags::GUARD_MOUNT,
+            syscall: "mount",
+            hooks: "lsm/sb_mount, lsm/sb_kern_mount, lsm/move_mount",
+            allowable: true,
+        },
+        Guard {
+            flag: super::flags::GUARD_PIVOT_ROOT,
+            syscall: "pivot_root",
+            hooks: "lsm/sb_pivotroot",
+            allowable: true,
+        },
+        Guard {
+            flag: super::flags::GUARD_CHROOT,
+            syscall: "chroot",
+            hooks: "lsm/path_chroot",
+            allowable: false,
+        },
+        Guard {
+            flag: super::flags::GUARD_USERNS,
+            syscall: "unshare",
+            hooks: "lsm/userns_create",
+            allowable: true,
+        },
+    ];
 }
 
 /// Syscalls whose effect an LSM hook can refuse before it happens: under
@@ -367,5 +428,9 @@ pub mod rule_id {
     /// the walk, unreadable) is denied where the record has path rules for
     /// the class, since no rule can be known not to apply.
     pub const UNRESOLVED_PATH: u32 = 3;
+    /// Built-in: a workload with path rules may not mount, pivot its root,
+    /// `chroot` or make a user namespace unless its policy allows the call
+    /// by name (see [`crate::path_guard`]).
+    pub const PATH_GUARD: u32 = 4;
     pub const FIRST: u32 = 16;
 }

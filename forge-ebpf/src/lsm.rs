@@ -529,6 +529,31 @@ fn syscall_effect_of(h: u16, nr: impl FnOnce(&PolicyRecord, bool) -> Option<u64>
     apply(&g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
 }
 
+/// The path guard: a record with path rules refuses the calls that change
+/// what a path means (see [`forge_common::path_guard`]) where no rule
+/// allows them (`flag` set), as the built-in rule `PATH_GUARD`. `nr(compat)`
+/// is the call reported.
+#[inline(always)]
+fn path_guard(h: u16, flag: u32, nr: impl FnOnce(bool) -> u32) -> i32 {
+    let Some(g) = governing() else {
+        return 0;
+    };
+    if g.record.flags & flag == 0 {
+        return 0;
+    }
+    let compat = kernel::current_in_compat_syscall().unwrap_or(false);
+    let nr = nr(compat);
+    let m = if g.record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
+    let d = Decision { action: verdict::DENY, mode: m, rule_id: rule_id::PATH_GUARD };
+    apply(&g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
+}
+
+/// [`path_guard`] reporting the syscall `(x86_64, i386)`.
+#[inline(always)]
+fn guard_of(h: u16, flag: u32, (x64, i386): (u32, u32)) -> i32 {
+    path_guard(h, flag, |compat| if compat { i386 } else { x64 })
+}
+
 /// `ptrace(PTRACE_TRACEME)`: the caller would make its parent its tracer.
 #[lsm(hook = "ptrace_traceme")]
 pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
@@ -559,7 +584,11 @@ pub fn perf_event_open(ctx: LsmContext) -> i32 {
 #[lsm(hook = "userns_create")]
 pub fn userns_create(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    syscall_effect_of(hook::LSM_USERNS, |_, _| kernel::current_syscall_nr())
+    let ret = syscall_effect_of(hook::LSM_USERNS, |_, _| kernel::current_syscall_nr());
+    if ret != 0 {
+        return ret;
+    }
+    path_guard(hook::LSM_USERNS, flags::GUARD_USERNS, |_| kernel::current_syscall_nr().unwrap_or(0) as u32)
 }
 
 /// A module the kernel is about to load for the current task (a socket of
@@ -583,13 +612,36 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return ret;
     }
+    let ret = guard_of(hook::LSM_MOUNT, flags::GUARD_MOUNT, effect::MOUNT);
+    if ret != 0 {
+        return ret;
+    }
     mount_op()
+}
+
+/// A new file system instance, made for `mount(2)` (after `lsm/sb_mount`)
+/// or by the new mount API (`fsconfig(FSCONFIG_CMD_CREATE)`, which no
+/// `sb_mount` sees): refused where `mount` is denied, or under the path
+/// guard. Reported as `mount`: the hook cannot tell the calls apart on
+/// every kernel, and a `mount` deny covers both.
+#[lsm(hook = "sb_kern_mount")]
+pub fn sb_kern_mount(ctx: LsmContext) -> i32 {
+    prior!(ctx, 1);
+    let ret = syscall_effect(hook::LSM_SB_KERN_MOUNT, effect::MOUNT);
+    if ret != 0 {
+        return ret;
+    }
+    guard_of(hook::LSM_SB_KERN_MOUNT, flags::GUARD_MOUNT, effect::MOUNT)
 }
 
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
     let ret = syscall_effect(hook::LSM_MOUNT, effect::MOVE_MOUNT);
+    if ret != 0 {
+        return ret;
+    }
+    let ret = guard_of(hook::LSM_MOUNT, flags::GUARD_MOUNT, effect::MOVE_MOUNT);
     if ret != 0 {
         return ret;
     }
@@ -603,13 +655,21 @@ pub fn sb_pivotroot(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return ret;
     }
+    let ret = guard_of(hook::LSM_MOUNT, flags::GUARD_PIVOT_ROOT, effect::PIVOT_ROOT);
+    if ret != 0 {
+        return ret;
+    }
     mount_op()
 }
 
 #[lsm(hook = "path_chroot")]
 pub fn path_chroot(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    syscall_effect(hook::LSM_PATH_CHROOT, effect::CHROOT)
+    let ret = syscall_effect(hook::LSM_PATH_CHROOT, effect::CHROOT);
+    if ret != 0 {
+        return ret;
+    }
+    guard_of(hook::LSM_PATH_CHROOT, flags::GUARD_CHROOT, effect::CHROOT)
 }
 
 /// `kernel_read_file_id` and `kernel_load_data_id` values

@@ -12,7 +12,10 @@ use forge_common::rule_id;
 use forge_tests::{EPERM, Fixture, check, expect, fail};
 use libtest_mimic::Failed;
 
-use crate::{find, free_port, listener, process::exe_copy};
+use crate::{
+    find, free_port, listener,
+    process::{exe_copy, mounted},
+};
 
 const ALLOW_ALL: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
 
@@ -257,11 +260,6 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
     std::fs::create_dir_all(&kept).map_err(fail)?;
     nix::mount::mount(Some("tmpfs"), &kept, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
         .map_err(fail)?;
-    let mounted = |p: &std::path::Path| -> Result<bool, Failed> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(fail)?;
-        let p = p.display().to_string();
-        Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str())))
-    };
     let yaml = policy(
         false,
         "    - {name: no-host-calls, op: syscall, action: deny, syscalls: [mount, umount2, chroot, finit_module, kexec_file_load, pivot_root, ptrace, bpf, perf_event_open, unshare, clone]}\n",
@@ -285,6 +283,13 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
         )?;
         expect("mount inside", f.inside(&format!("mount-tmpfs {}", target.display()))?, EPERM)?;
         check!(!mounted(&target)?, "the denied mount is there");
+        // The new mount API: a new tmpfs is refused when made (fsconfig, at
+        // lsm/sb_kern_mount), a bind clone when attached (lsm/move_mount).
+        expect("new mount API inside", f.inside(&format!("mount-api {}", target.display()))?, EPERM)?;
+        check!(!mounted(&target)?, "a tmpfs was mounted through the new mount API");
+        let bind = format!("bind-api {} {}", kept.display(), target.display());
+        expect("new mount API bind inside", f.inside(&bind)?, EPERM)?;
+        check!(!mounted(&target)?, "a bind mount was made through the new mount API");
         expect("umount inside", f.inside(&format!("umount {}", kept.display()))?, EPERM)?;
         check!(mounted(&kept)?, "the denied umount removed the mount");
         expect("chroot inside", f.inside(&format!("chroot {}", dir.display()))?, EPERM)?;
@@ -342,15 +347,21 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
         expect("kexec_file_load inside", f.inside(&format!("kexec-file {}", blob.display()))?, EPERM)?;
         let outside = f.outside(&format!("kexec-file {}", blob.display()))?;
         check!(outside != EPERM && outside != Outcome::Ok, "kexec_file_load of the blob outside: {outside}");
-        // One deny each: mount, umount, chroot, ptrace attach, bpf, finit_module,
-        // kexec_file_load, TRACEME, perf_event_open, the module request, and
-        // the user namespaces.
-        let events = f.decisions(if userns_hook { 13 } else { 10 });
+        // One deny each: mount (three ways), umount, chroot, ptrace attach,
+        // bpf, finit_module, kexec_file_load, TRACEME, perf_event_open, the
+        // module request, and the user namespaces.
+        let events = f.decisions(if userns_hook { 15 } else { 12 });
+        let ev = find(&events, "the refused fsconfig", |e| e.hook == Hook::LsmSbKernMount)?;
+        check!(ev.target == Target::Syscall { nr: 165 } && ev.rule_id == rule_id::FIRST, "{ev}");
+        let ev = find(&events, "the refused move_mount", |e| e.target == Target::Syscall { nr: 429 })?;
+        check!(ev.hook == Hook::LsmMount && ev.rule_id == rule_id::FIRST, "{ev}");
         let ev = find(&events, "the refused kexec image", |e| {
             e.hook == Hook::LsmKernelLoad && e.target == Target::Syscall { nr: 320 }
         })?;
         check!(ev.verdict == Verdict::Deny, "{ev}");
-        let ev = find(&events, "the refused mount", |e| e.hook == Hook::LsmMount && e.op == Op::Syscall)?;
+        let ev = find(&events, "the refused mount", |e| {
+            e.hook == Hook::LsmMount && e.op == Op::Syscall && e.target == Target::Syscall { nr: 165 }
+        })?;
         check!(ev.target == Target::Syscall { nr: 165 } && ev.verdict == Verdict::Deny, "{ev}");
         check!(ev.rule_id == rule_id::FIRST, "rule {}", ev.rule_id);
         let ev = find(&events, "the refused PTRACE_TRACEME", |e| e.hook == Hook::LsmPtraceTraceme)?;
@@ -372,6 +383,82 @@ pub(crate) fn syscall_denies_refused_before_the_effect() -> Result<(), Failed> {
     let _ = std::fs::write(modprobe, modprobe_was.trim());
     let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
     let _ = nix::mount::umount2(&kept, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// A workload with path rules may not change what its paths mean: no
+/// mount (old or new API, tmpfs or bind), no chroot, no user namespace,
+/// though no syscall rule names them (the built-in path guard, at the LSM
+/// hooks only: no syscall tracepoint runs). A rule allowing `mount` by name
+/// lifts the guard for mounts, and only for them.
+pub(crate) fn path_rules_guard_what_paths_mean() -> Result<(), Failed> {
+    let dir = scratch("guard");
+    let target = dir.join("mnt");
+    let secret = dir.join("secret");
+    std::fs::create_dir_all(&target).map_err(fail)?;
+    std::fs::write(&secret, "s3cret").map_err(fail)?;
+    let read_rule =
+        format!("    - {{name: no-secret, op: file.read, action: deny, paths: [{}]}}\n", secret.display());
+    let userns_hook = forge_agent::ebpf::loader::kernel_has_lsm_hook("userns_create");
+    let want = Want { lsm: Some(true), tracepoint: Some(false), ..Want::default() };
+    let r = (|| {
+        let mut f = Fixture::new("lsmguard", &policy(false, &read_rule), want)?;
+        let mount = format!("mount-tmpfs {}", target.display());
+        let mount_api = format!("mount-api {}", target.display());
+        let bind = format!("bind-api {} {}", dir.display(), target.display());
+        for op in [&mount, &mount_api, &bind] {
+            expect(&format!("{op} inside"), f.inside(op)?, EPERM)?;
+            check!(!mounted(&target)?, "{op} inside mounted something");
+        }
+        expect("chroot inside", f.inside(&format!("chroot {}", dir.display()))?, EPERM)?;
+        let want_userns = if userns_hook { EPERM } else { Outcome::Ok };
+        for call in ["syscall unshare-user", "syscall32 unshare user"] {
+            expect(&format!("{call} inside"), f.inside(call)?, want_userns)?;
+        }
+        // Other namespaces are not about paths: a UTS namespace is made.
+        expect("unshare UTS inside", f.inside("syscall unshare")?, Outcome::Ok)?;
+        expect("chroot outside", f.outside(&format!("chroot {}", dir.display()))?, Outcome::Ok)?;
+        expect("user namespace outside", f.outside("syscall unshare-user")?, Outcome::Ok)?;
+        let events = f.decisions(if userns_hook { 6 } else { 4 });
+        for (hook, nr) in [
+            (Hook::LsmMount, 165),
+            (Hook::LsmSbKernMount, 165),
+            (Hook::LsmMount, 429),
+            (Hook::LsmPathChroot, 161),
+        ] {
+            let ev = find(&events, &format!("the guard at {hook} for {nr}"), |e| {
+                e.hook == hook && e.target == Target::Syscall { nr }
+            })?;
+            check!(ev.rule_id == rule_id::PATH_GUARD && ev.verdict == Verdict::Deny, "{ev}");
+        }
+        if userns_hook {
+            for nr in [272, 310 | forge_common::COMPAT_SYSCALL_BIT] {
+                let ev = find(&events, &format!("the guard at userns_create for {nr}"), |e| {
+                    e.hook == Hook::LsmUserns && e.target == Target::Syscall { nr }
+                })?;
+                check!(ev.rule_id == rule_id::PATH_GUARD, "{ev}");
+            }
+        }
+        // The file rule itself still holds (where BPF LSM resolves paths:
+        // 5.11+; the guard needs no path).
+        if matches!(forge_tests::gate(&["lsm-paths"]), Ok(None)) {
+            expect("denied read inside", f.inside(&format!("open-read {}", secret.display()))?, EPERM)?;
+        }
+        drop(f);
+        // Allowing `mount` by name lifts the guard for mounts only.
+        let allow_mount =
+            format!("{read_rule}    - {{name: may-mount, op: syscall, action: allow, syscalls: [mount]}}\n");
+        let f = Fixture::new("lsmguardok", &policy(false, &allow_mount), want)?;
+        expect("allowed mount inside", f.inside(&mount)?, Outcome::Ok)?;
+        check!(mounted(&target)?, "the allowed mount is not there");
+        nix::mount::umount2(&target, nix::mount::MntFlags::empty()).map_err(fail)?;
+        expect("allowed new-API mount inside", f.inside(&mount_api)?, Outcome::Ok)?;
+        check!(mounted(&target)?, "the allowed new-API mount is not there");
+        expect("chroot still refused inside", f.inside(&format!("chroot {}", dir.display()))?, EPERM)?;
+        Ok(())
+    })();
+    while nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
     let _ = std::fs::remove_dir_all(&dir);
     r
 }

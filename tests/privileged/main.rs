@@ -393,6 +393,7 @@ fn main() {
             &["lsm"],
             lsm::syscall_denies_refused_before_the_effect,
         ),
+        trial("lsm_path_rules_guard_mounts_chroot_userns", &["lsm"], lsm::path_rules_guard_what_paths_mean),
         trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),
         trial("lsm_self_protection", &["lsm"], lsm::self_protection),
         trial(

@@ -27,25 +27,60 @@ spec:
 }
 
 pub(crate) fn syscall_kill() -> Result<(), Failed> {
-    let yaml =
-        policy("enforce", "    - {name: no-unshare, op: syscall, action: deny, syscalls: [unshare]}\n");
-    let mut f = Fixture::new("syscall", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
-    let (pid, got) = f.inside_pid("syscall unshare")?;
-    expect("denied syscall inside", got, SIGKILL)?;
-    expect("other syscall inside", f.inside("syscall getppid")?, Outcome::Ok)?;
-    expect("denied syscall outside", f.outside("syscall unshare")?, Outcome::Ok)?;
-    let events = f.decisions(1);
-    let ev = find(&events, "the killed unshare", |e| e.op == Op::Syscall)?;
-    check!(ev.hook == Hook::SysEnter, "hook {}", ev.hook);
-    check!(
-        ev.verdict == Verdict::Kill && ev.mode == Mode::Enforce,
-        "verdict {} mode {}",
-        ev.verdict,
-        ev.mode
+    let yaml = policy(
+        "enforce",
+        "    - {name: no-unshare, op: syscall, action: deny, syscalls: [unshare, mount]}\n",
     );
-    check!(ev.target == Target::Syscall { nr: libc::SYS_unshare as u32 }, "target {}", ev.target);
-    check!(ev.tgid == pid && ev.cgroup_id == f.cgroup.id, "pid {} cgroup {}", ev.tgid, ev.cgroup_id);
-    Ok(())
+    let dir = std::path::PathBuf::from(format!("/tmp/forge-proc-{}-mount", std::process::id()));
+    let (from, to) = (dir.join("from"), dir.join("to"));
+    std::fs::create_dir_all(&from).map_err(forge_tests::fail)?;
+    std::fs::create_dir_all(&to).map_err(forge_tests::fail)?;
+    let r = (|| {
+        let mut f = Fixture::new("syscall", &yaml, Want { tracepoint: Some(true), ..Want::default() })?;
+        let (pid, got) = f.inside_pid("syscall unshare")?;
+        expect("denied syscall inside", got, SIGKILL)?;
+        expect("other syscall inside", f.inside("syscall getppid")?, Outcome::Ok)?;
+        expect("denied syscall outside", f.outside("syscall unshare")?, Outcome::Ok)?;
+        // A `mount` deny covers the new mount API: the first call (fsopen,
+        // open_tree) is killed, nothing is attached.
+        expect("new mount API inside", f.inside(&format!("mount-api {}", to.display()))?, SIGKILL)?;
+        check!(!mounted(&to)?, "a tmpfs was mounted through the new mount API");
+        let bind = format!("bind-api {} {}", from.display(), to.display());
+        expect("new mount API bind inside", f.inside(&bind)?, SIGKILL)?;
+        check!(!mounted(&to)?, "a bind mount was made through the new mount API");
+        let events = f.decisions(3);
+        let ev = find(&events, "the killed unshare", |e| {
+            e.op == Op::Syscall && e.target == Target::Syscall { nr: libc::SYS_unshare as u32 }
+        })?;
+        check!(ev.hook == Hook::SysEnter, "hook {}", ev.hook);
+        check!(
+            ev.verdict == Verdict::Kill && ev.mode == Mode::Enforce,
+            "verdict {} mode {}",
+            ev.verdict,
+            ev.mode
+        );
+        check!(ev.tgid == pid && ev.cgroup_id == f.cgroup.id, "pid {} cgroup {}", ev.tgid, ev.cgroup_id);
+        for (nr, call) in [(libc::SYS_fsopen, "fsopen"), (libc::SYS_open_tree, "open_tree")] {
+            let ev = find(&events, &format!("the killed {call}"), |e| {
+                e.target == Target::Syscall { nr: nr as u32 }
+            })?;
+            check!(ev.verdict == Verdict::Kill && ev.rule_id == forge_common::rule_id::FIRST, "{ev}");
+        }
+        // Outside, the same calls mount.
+        expect("new mount API outside", f.outside(&format!("mount-api {}", to.display()))?, Outcome::Ok)?;
+        check!(mounted(&to)?, "the tmpfs mounted from outside is not there: the test cannot tell");
+        Ok(())
+    })();
+    let _ = nix::mount::umount2(&to, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// Whether `p` is a mount point in this mount namespace.
+pub(crate) fn mounted(p: &std::path::Path) -> Result<bool, Failed> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(forge_tests::fail)?;
+    let p = p.display().to_string();
+    Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str())))
 }
 
 /// Copies the test binary to `dir/name` (an executable that exits 0 when

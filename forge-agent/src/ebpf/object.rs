@@ -5,7 +5,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// LSM programs and the hooks they attach to: network, containment and
 /// self-protection (the `lsm` backend).
-pub const LSM_PROGRAMS: [&str; 23] = [
+pub const LSM_PROGRAMS: [&str; 24] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -29,6 +29,7 @@ pub const LSM_PROGRAMS: [&str; 23] = [
     "kernel_module_request",
     "socket_create",
     "socket_listen",
+    "sb_kern_mount",
 ];
 
 /// LSM programs on hooks that not every kernel has (`userns_create`: from

@@ -91,6 +91,7 @@ tagged!(
     LsmSocketCreate = hook::LSM_SOCKET_CREATE => "lsm/socket_create",
     LsmSocketListen = hook::LSM_SOCKET_LISTEN => "lsm/socket_listen",
     LsmPtraceTraceme = hook::LSM_PTRACE_TRACEME => "lsm/ptrace_traceme",
+    LsmSbKernMount = hook::LSM_SB_KERN_MOUNT => "lsm/sb_kern_mount",
 });
 
 tagged!(

@@ -616,6 +616,7 @@ impl PolicySet {
             record.flags |= flags::SYSCALL_DEFAULT_DENY;
         }
         deny_multiplexers(&mut record, &b.syscalls);
+        deny_mount_family(&mut record, &b.syscalls);
         if let Some((action, m, id, place, _, _)) = &b.raw {
             record.defaults[op::NET_RAW as usize] = *action;
             record.default_rule[op::NET_RAW as usize] = *id;
@@ -644,6 +645,9 @@ impl PolicySet {
             .any(|c| record.defaults[*c as usize] != verdict::ALLOW)
         {
             record.flags |= flags::HAS_PATH_RULES;
+        }
+        if record.flags & flags::HAS_PATH_RULES != 0 {
+            path_guards(&mut record, &b.syscalls, &mut b.diags);
         }
         if b.diags.iter().any(|d| d.severity == super::diag::Severity::Error) {
             let mut diags = b.diags;
@@ -724,6 +728,61 @@ fn deny_multiplexers(record: &mut PolicyRecord, named: &BTreeMap<usize, SyscallC
             .find_map(|slot| record.syscall_denied(slot));
         if let Some((monitor, rule_id)) = first_deny {
             record.deny_syscall(mux_slot, rule_id, monitor);
+        }
+    }
+}
+
+/// The rule allowing x86_64 syscall `name` by name, if one does.
+fn allowed_by_name<'a>(named: &'a BTreeMap<usize, SyscallChoice>, name: &str) -> Option<&'a SyscallChoice> {
+    let nr = syscalls::number(name)?;
+    named.get(&forge_common::syscall_slot(false, u64::from(nr))?).filter(|c| c.0 == verdict::ALLOW)
+}
+
+/// A `mount` deny also denies the new mount API ([`syscalls::MOUNT_API`]:
+/// `fsopen`, `fsmount`, `open_tree`, `move_mount`, …, on every ABI) by the
+/// same rule, unless a rule names the call: otherwise a `mount` binary that
+/// uses the new API (util-linux from 2.39) would mount past the rule.
+fn deny_mount_family(record: &mut PolicyRecord, named: &BTreeMap<usize, SyscallChoice>) {
+    let Some(slot) =
+        syscalls::number("mount").and_then(|nr| forge_common::syscall_slot(false, u64::from(nr)))
+    else {
+        return;
+    };
+    let Some((monitor, rule_id)) = record.syscall_denied(slot) else {
+        return;
+    };
+    for call in syscalls::MOUNT_API {
+        let Ok(slots) = syscalls::rule_slots(call) else { continue };
+        if slots.iter().any(|s| named.contains_key(s)) {
+            continue;
+        }
+        for slot in slots {
+            if record.syscall_denied(slot).is_none() {
+                record.deny_syscall(slot, rule_id, monitor);
+            }
+        }
+    }
+}
+
+/// The path guard of a record with path rules ([`forge_common::path_guard`]):
+/// each guarded call is refused at its LSM hooks unless a rule allows it by
+/// name. Allowing `chroot` is an error: under a new root the kernel reports
+/// every path relative to it, so no path rule means what it says.
+fn path_guards(
+    record: &mut PolicyRecord,
+    named: &BTreeMap<usize, SyscallChoice>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for g in forge_common::path_guard::GUARDS {
+        match allowed_by_name(named, g.syscall) {
+            Some((_, _, _, place, rule, _)) if !g.allowable => diags.push(place.error(format!(
+                "rule {rule:?} allows {} for a workload with exec or file rules: inside a new root the kernel \
+                 reports every path relative to it, so no path rule would mean what it says; remove the allow \
+                 or the path rules",
+                g.syscall
+            ))),
+            Some(_) => {}
+            None => record.flags |= g.flag,
         }
     }
 }
@@ -951,5 +1010,75 @@ mod tests {
         for d in &set.docs {
             compile(d, "", 1).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    const OPEN: &str = "  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}\n  rules:\n";
+
+    fn slot_of(name: &str) -> usize {
+        syscalls::rule_slots(&format!("x86_64:{name}")).unwrap()[0]
+    }
+
+    #[test]
+    fn a_mount_deny_covers_the_new_mount_api_unless_a_rule_names_a_call() {
+        let c = compile(
+            &one(&format!(
+                "{OPEN}    - {{name: no-mount, op: syscall, action: deny, syscalls: [mount]}}\n    - {{name: may-pick, op: syscall, action: allow, syscalls: [fspick]}}\n"
+            )),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        let r = &c.record;
+        let id = c.rules.iter().find(|r| r.name == "no-mount").unwrap().id;
+        for call in ["fsopen", "fsconfig", "fsmount", "open_tree", "move_mount", "mount_setattr"] {
+            for slot in syscalls::rule_slots(call).unwrap() {
+                assert_eq!(r.syscall_denied(slot), Some((false, id)), "{call} slot {slot}");
+            }
+        }
+        assert_eq!(r.syscall_denied(slot_of("fspick")), None, "a call a rule names keeps its rule");
+        // Without a mount deny, nothing is added.
+        let c = compile(
+            &one(&format!("{OPEN}    - {{name: r, op: syscall, action: deny, syscalls: [unshare]}}\n")),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.record.syscall_denied(slot_of("fsopen")), None);
+    }
+
+    #[test]
+    fn path_rules_guard_mounts_chroot_and_user_namespaces() {
+        let all_guards =
+            flags::GUARD_MOUNT | flags::GUARD_PIVOT_ROOT | flags::GUARD_CHROOT | flags::GUARD_USERNS;
+        let read = "    - {name: no-secret, op: file.read, action: deny, paths: [/srv/secret]}\n";
+        let c = compile(&one(&format!("{OPEN}{read}")), "t.yaml", 1).unwrap();
+        assert_eq!(c.record.flags & all_guards, all_guards);
+        assert_eq!(c.record.flags & flags::HAS_SYSCALL_RULES, 0, "the guard is no syscall rule");
+        // No path rules, no guard.
+        let c = compile(
+            &one(&format!("{OPEN}    - {{name: r, op: syscall, action: deny, syscalls: [bpf]}}\n")),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.record.flags & all_guards, 0);
+        // A default that is not allow is a path rule too.
+        let c = compile(&one("  defaults: {exec: deny, syscall: allow}\n"), "t.yaml", 1).unwrap();
+        assert_eq!(c.record.flags & all_guards, all_guards);
+        // Allowing a call by name lifts its guard, and only its own.
+        let c = compile(
+            &one(&format!(
+                "{OPEN}{read}    - {{name: may, op: syscall, action: allow, syscalls: [mount, unshare]}}\n"
+            )),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.record.flags & all_guards, flags::GUARD_PIVOT_ROOT | flags::GUARD_CHROOT);
+        // chroot cannot be allowed together with path rules.
+        let e = errors(&one(&format!(
+            "{OPEN}{read}    - name: may-chroot\n      op: syscall\n      action: allow\n      syscalls: [chroot]\n"
+        )));
+        assert!(e.contains("t.yaml:11:18:") && e.contains("rule \"may-chroot\" allows chroot"), "{e}");
     }
 }

@@ -436,6 +436,9 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
             (net(c, operation.class(), a, &mut notes), Vec::new())
         }
         Operation::Syscall(nr) => {
+            if let Some(note) = guard_note(c, *nr) {
+                notes.push(note);
+            }
             let d = syscall(c, *nr);
             if d.enforced && d.verdict == Verdict::Kill {
                 let (abi, n) = syscalls::from_event_nr(*nr);
@@ -474,6 +477,37 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
         }
     };
     Evaluation { operation: operation.clone(), decision, prior, notes }
+}
+
+/// The path guard's word on syscall `ev` (an event number) for this record,
+/// if it guards the call.
+fn guard_note(c: &CompiledRecord, ev: u32) -> Option<String> {
+    let (abi, n) = syscalls::from_event_nr(ev);
+    let name = syscalls::family(syscalls::name_in(abi, n)?);
+    let guarded = match name {
+        "clone" | "clone3" => "unshare",
+        "fsconfig" | "move_mount" => "mount",
+        other => other,
+    };
+    let g = forge_common::path_guard::GUARDS.iter().find(|g| g.syscall == guarded)?;
+    if c.record.flags & g.flag == 0 {
+        return None;
+    }
+    let what = match g.syscall {
+        "unshare" => "making a user namespace (by any call)".to_string(),
+        "mount" if name != "mount" => format!("{name} (a mount)"),
+        other => other.to_string(),
+    };
+    let lift = if g.allowable {
+        format!("a syscall rule allowing {} by name lifts it", g.syscall)
+    } else {
+        format!("{} cannot be allowed together with path rules", g.syscall)
+    };
+    Some(format!(
+        "this workload has path rules: under BPF LSM {} refuses {what} (EPERM, built-in path guard, rule id {}); {lift}",
+        g.hooks,
+        forge_common::rule_id::PATH_GUARD
+    ))
 }
 
 /// A rule's or default's decision, as forge-ebpf's `Decision`.
@@ -1169,6 +1203,37 @@ mod tests {
         is(&e, DENIED, 0);
         assert_eq!(e.prior.len(), 1, "the read check allowed it first");
         allowed(&eval(&c, "file.write /tmp/x"), 0);
+    }
+
+    #[test]
+    fn the_path_guard_is_named_for_the_calls_it_refuses() {
+        let guarded =
+            with_rules(OPEN, "    - {name: no-secret, op: file.read, action: deny, paths: [/srv/s]}\n");
+        for (op, words) in [
+            ("syscall chroot", "lsm/path_chroot refuses chroot"),
+            ("syscall fsconfig", "refuses fsconfig (a mount)"),
+            ("syscall clone3", "lsm/userns_create refuses making a user namespace"),
+            ("syscall i386:mount", "lsm/sb_mount, lsm/sb_kern_mount, lsm/move_mount refuses mount"),
+        ] {
+            let e = eval(&guarded, op);
+            assert!(
+                e.notes.iter().any(|n| n.contains(words) && n.contains("built-in path guard")),
+                "{op}: {:?}",
+                e.notes
+            );
+            // The sys_enter decision is unchanged: no syscall rule.
+            assert_eq!(e.verdict(), Verdict::Allow, "{op}");
+        }
+        assert!(eval(&guarded, "syscall chroot").notes.iter().any(|n| n.contains("cannot be allowed")));
+        assert!(
+            eval(&guarded, "syscall unshare")
+                .notes
+                .iter()
+                .any(|n| n.contains("allowing unshare by name lifts it"))
+        );
+        assert!(eval(&guarded, "syscall getpid").notes.is_empty());
+        let open = with_rules(OPEN, "    - {name: r, op: syscall, action: deny, syscalls: [bpf]}\n");
+        assert!(eval(&open, "syscall chroot").notes.iter().all(|n| !n.contains("path guard")));
     }
 
     #[test]

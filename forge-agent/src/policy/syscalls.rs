@@ -289,6 +289,20 @@ pub fn parse(s: &str) -> Result<u32, SyscallNameError> {
 /// families it reaches. A record that denies any of those families denies
 /// the multiplexer too (unless a rule names it), since the kernel program
 /// decides on the syscall number alone.
+/// The new mount API: calls that make, configure, clone or attach mounts
+/// without `mount(2)`. A `mount` deny covers them (see
+/// `compile::deny_mount_family`).
+pub const MOUNT_API: &[&str] = &[
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "open_tree_attr",
+    "move_mount",
+    "mount_setattr",
+];
+
 pub const I386_MULTIPLEXERS: &[(&str, &[&str])] = &[
     (
         "socketcall",
