@@ -10,7 +10,8 @@
 //! ```text
 //! CGROUPS   hash    cgroup id (u64)  -> Governor{slot, level}   a governed cgroup
 //! POLICIES  array   slot             -> PolicyRecord       double-buffered by the writer
-//! PATHS     lpm     PathKey{slot,op,path} -> PathRule     longest prefix wins
+//! PATHS     lpm     PathKey{slot,op,path} -> PathRule     longest prefix wins; also
+//!                   PathKey{slot,op,inode_key_path(dev, ino)} for exact-file denies
 //! EVENTS    ringbuf Event                                 decisions other than plain allow
 //! DROPS     percpu  [u64; 1]                              ring reservations that failed
 //! COUNTERS  percpu hash CounterKey -> u64                 per cgroup, hook, verdict (or DROPPED), mode
@@ -52,9 +53,9 @@ pub mod policy;
 
 pub use event::{Event, PATH_BUF_LEN};
 pub use policy::{
-    COMPAT_SYSCALL_BIT, Config, CounterKey, Governor, MAX_NET_RULES, NetRule, PATH_KEY_PATH_LEN, PathKey,
-    PathRule, PolicyRecord, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, SYSCALL_WORDS, X32_SYSCALL_BIT,
-    canonical_dest, syscall_slot, unmap_v4,
+    COMPAT_SYSCALL_BIT, Config, CounterKey, Governor, INODE_KEY_LEN, INODE_KEY_TAG, MAX_NET_RULES, NetRule,
+    PATH_KEY_PATH_LEN, PathKey, PathRule, PolicyRecord, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, SYSCALL_WORDS,
+    X32_SYSCALL_BIT, canonical_dest, inode_key_path, syscall_slot, unmap_v4,
 };
 
 /// Names of the maps in the eBPF object, used by the agent to find them.
@@ -272,6 +273,10 @@ pub mod flags {
     /// Path guard: no rule allows `unshare`, so no user namespace is made,
     /// by any call (`lsm/userns_create`).
     pub const GUARD_USERNS: u32 = 1 << 11;
+    /// The slot has inode entries (exact-file denies by device and inode):
+    /// the LSM path hooks look the opened file up by identity first. Set
+    /// by the map writer, which makes them.
+    pub const INODE_RULES: u32 = 1 << 12;
 }
 
 /// Calls that change what a path means to the caller (a mount over a

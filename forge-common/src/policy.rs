@@ -272,6 +272,24 @@ impl PathKey {
     pub const HEADER_BITS: u32 = 8 * 5;
 }
 
+/// First byte of an inode entry's "path" in the path trie: an exact-file
+/// deny rule is also stored under the identity of the file it names
+/// (device and inode), so that another path to the same file (a hard link,
+/// a bind mount) is denied too. No resolved path starts with this byte, so
+/// path lookups and inode lookups never match each other's entries.
+pub const INODE_KEY_TAG: u8 = 1;
+/// Length of an inode entry's path: the tag, the device (`u32`, the
+/// kernel's `dev_t` encoding: `major << 20 | minor`), the inode number
+/// (`u64`), both little-endian, and a NUL.
+pub const INODE_KEY_LEN: usize = 14;
+
+/// The path-trie bytes of the file `(dev, ino)`.
+pub const fn inode_key_path(dev: u32, ino: u64) -> [u8; INODE_KEY_LEN] {
+    let d = dev.to_le_bytes();
+    let i = ino.to_le_bytes();
+    [INODE_KEY_TAG, d[0], d[1], d[2], d[3], i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7], 0]
+}
+
 /// Value of the path LPM trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -298,6 +298,36 @@ pub(crate) fn unresolved_path(record: &PolicyRecord) -> Decision {
         .under(record)
 }
 
+/// The exact-file deny that names the file at `file` (a `struct file *`)
+/// itself, by device and inode, whatever path reached it: `None` when the
+/// record has no such entries or none is this file's. Uses the scratch key
+/// (resolve the path afterwards).
+#[inline(always)]
+pub(crate) fn decide_inode(
+    record: &PolicyRecord,
+    slot: u32,
+    op_class: u8,
+    scratch: &mut Scratch,
+    file: *const u8,
+) -> Option<Decision> {
+    if record.flags & forge_common::flags::INODE_RULES == 0 {
+        return None;
+    }
+    let (dev, ino) = kernel::file_id(file)?;
+    let id = forge_common::inode_key_path(dev, ino);
+    let path = &mut scratch.key.data.path;
+    let mut i = 0;
+    while i < forge_common::INODE_KEY_LEN {
+        path[i] = id[i];
+        i += 1;
+    }
+    scratch.key.prefix_len = PathKey::HEADER_BITS + 8 * forge_common::INODE_KEY_LEN as u32;
+    scratch.key.data.slot = slot;
+    scratch.key.data.op = op_class;
+    let rule = PATHS.get(&scratch.key)?;
+    Some(Decision { action: rule.action, mode: rule.mode, rule_id: rule.rule_id }.under(record))
+}
+
 /// Looks up the path held in the scratch key for `op_class` under `slot`.
 /// Falls back to the record's default when no rule's prefix matches or the
 /// path could not be resolved.

@@ -13,6 +13,15 @@ static OFF_FILE_F_PATH: u32 = 0;
 /// `offsetof(struct file, f_mode)`.
 #[unsafe(no_mangle)]
 static OFF_FILE_F_MODE: u32 = 0;
+/// `offsetof(struct file, f_inode)`.
+#[unsafe(no_mangle)]
+static OFF_FILE_F_INODE: u32 = 0;
+/// `offsetof(struct inode, i_ino)`.
+#[unsafe(no_mangle)]
+static OFF_INODE_INO: u32 = 0;
+/// `offsetof(struct super_block, s_dev)`.
+#[unsafe(no_mangle)]
+static OFF_SB_DEV: u32 = 0;
 /// `offsetof(struct task_struct, tgid)`.
 #[unsafe(no_mangle)]
 static OFF_TASK_TGID: u32 = 0;
@@ -286,6 +295,17 @@ pub(crate) fn kernfs_name(kn: *const u8, buf: &mut [u8]) -> usize {
 pub(crate) fn inode_fs_magic(inode: *const u8) -> Option<u64> {
     let sb = read_ptr(inode, get(&OFF_INODE_SB))?;
     read::<u64>(sb, get(&OFF_SB_MAGIC))
+}
+
+/// The identity of the file at `file` (a `struct file *`): its super
+/// block's device (the kernel's `dev_t`) and its inode number.
+#[inline(always)]
+pub(crate) fn file_id(file: *const u8) -> Option<(u32, u64)> {
+    let inode = read_ptr(file, get(&OFF_FILE_F_INODE))?;
+    let ino = read::<u64>(inode, get(&OFF_INODE_INO))?;
+    let sb = read_ptr(inode, get(&OFF_INODE_SB))?;
+    let dev = read::<u32>(sb, get(&OFF_SB_DEV))?;
+    Some((dev, ino))
 }
 
 /// The magic number of the file system a `struct vfsmount` mounts.

@@ -16,8 +16,8 @@ use forge_common::{
 
 use crate::{
     decide::{
-        Decision, Governing, decide_net, decide_path, governing, is_raw_inet, raw_decision, resolve_path,
-        scratch, stays, unresolved_path,
+        Decision, Governing, decide_inode, decide_net, decide_path, governing, is_raw_inet, raw_decision,
+        resolve_path, scratch, stays, unresolved_path,
     },
     emit::{Report, report},
     kernel::{self, magic},
@@ -78,10 +78,13 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let file: *const u8 =
         unsafe { core::ptr::read_volatile(bprm.add(kernel::bprm_file()) as *const *const u8) };
     let Some(s) = scratch() else { return 0 };
+    let same_file = decide_inode(g.record, g.slot, op::EXEC, s, file);
     // SAFETY: `file->f_path` at its BTF offset: a `struct path *`.
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
-    let d = match resolve_path(s, path) {
-        Some(_) => decide_path(g.record, g.slot, op::EXEC, s),
+    let resolved = resolve_path(s, path).is_some();
+    let d = match same_file {
+        Some(d) => d,
+        None if resolved => decide_path(g.record, g.slot, op::EXEC, s),
         None => unresolved_path(g.record),
     };
     apply(&g, hook::LSM_BPRM_CHECK, op::EXEC, d, |_| {}, true)
@@ -101,14 +104,20 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let fmode: u32 =
         unsafe { bpf_probe_read_kernel(file.add(kernel::file_f_mode()) as *const u32) }.unwrap_or(0);
     let Some(s) = scratch() else { return 0 };
+    // The file itself first (an exact-file deny by device and inode), then
+    // its path, which also goes into the event.
+    let read_id =
+        if fmode & FMODE_READ != 0 { decide_inode(g.record, g.slot, op::FILE_READ, s, file) } else { None };
+    let write_id =
+        if fmode & FMODE_WRITE != 0 { decide_inode(g.record, g.slot, op::FILE_WRITE, s, file) } else { None };
     // SAFETY: `file->f_path` at its BTF offset: a `struct path *`.
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
     let resolved = resolve_path(s, path).is_some();
     if fmode & FMODE_READ != 0 {
-        let d = if resolved {
-            decide_path(g.record, g.slot, op::FILE_READ, s)
-        } else {
-            unresolved_path(g.record)
+        let d = match read_id {
+            Some(d) => d,
+            None if resolved => decide_path(g.record, g.slot, op::FILE_READ, s),
+            None => unresolved_path(g.record),
         };
         let ret = apply(&g, hook::LSM_FILE_OPEN, op::FILE_READ, d, |_| {}, true);
         if ret != 0 {
@@ -116,10 +125,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
     }
     if fmode & FMODE_WRITE != 0 {
-        let d = if resolved {
-            decide_path(g.record, g.slot, op::FILE_WRITE, s)
-        } else {
-            unresolved_path(g.record)
+        let d = match write_id {
+            Some(d) => d,
+            None if resolved => decide_path(g.record, g.slot, op::FILE_WRITE, s),
+            None => unresolved_path(g.record),
         };
         return apply(&g, hook::LSM_FILE_OPEN, op::FILE_WRITE, d, |_| {}, true);
     }
@@ -485,10 +494,10 @@ pub fn task_setioprio(ctx: LsmContext) -> i32 {
 /// mount or pivot the root there: a mount over the cgroup hierarchy, bpffs
 /// or the API socket's directory would change what the agent sees.
 #[inline(always)]
-fn mount_op() -> i32 {
-    let Some(g) = protected() else {
+fn mount_op(g: &Governing) -> i32 {
+    if g.record.flags & flags::SELF_PROTECT == 0 {
         return 0;
-    };
+    }
     let agent_ns = CONFIG.get(0).map_or(0, |c| c.agent_mnt_ns);
     // SAFETY: the helper returns the current task; reads go through probes.
     let current = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
@@ -496,7 +505,7 @@ fn mount_op() -> i32 {
     if agent_ns == 0 || (ns != 0 && ns != agent_ns) {
         return 0;
     }
-    protect(&g, hook::LSM_MOUNT, rule_id::SELF_PROTECT, |r| r.nr = ns)
+    protect(g, hook::LSM_MOUNT, rule_id::SELF_PROTECT, |r| r.nr = ns)
 }
 
 /// A syscall rule enforced at the hook of the syscall's effect, before it
@@ -504,17 +513,23 @@ fn mount_op() -> i32 {
 /// x86_64 number or, in a 32-bit call, its i386 number). The kill at syscall entry still follows; this
 /// makes sure the call did nothing first.
 #[inline(always)]
-fn syscall_effect(h: u16, (x64, i386): (u32, u32)) -> i32 {
-    syscall_effect_of(h, |_, compat| Some(u64::from(if compat { i386 } else { x64 })))
-}
-
-/// [`syscall_effect`] for the syscall `nr(record, compat)` answers (`None`:
-/// no decision).
-#[inline(always)]
-fn syscall_effect_of(h: u16, nr: impl FnOnce(&PolicyRecord, bool) -> Option<u64>) -> i32 {
+fn syscall_effect(h: u16, nrs: (u32, u32)) -> i32 {
     let Some(g) = governing() else {
         return 0;
     };
+    effect_in(&g, h, |_, compat| Some(u64::from(pick(nrs, compat))))
+}
+
+/// The number of `(x86_64, i386)` in the caller's ABI.
+#[inline(always)]
+fn pick((x64, i386): (u32, u32), compat: bool) -> u32 {
+    if compat { i386 } else { x64 }
+}
+
+/// [`syscall_effect`] for `g`'s record and the syscall `nr(record,
+/// compat)` answers (`None`: no decision).
+#[inline(always)]
+fn effect_in(g: &Governing, h: u16, nr: impl FnOnce(&PolicyRecord, bool) -> Option<u64>) -> i32 {
     if g.record.flags & flags::HAS_SYSCALL_RULES == 0 {
         return 0;
     }
@@ -526,7 +541,7 @@ fn syscall_effect_of(h: u16, nr: impl FnOnce(&PolicyRecord, bool) -> Option<u64>
     let m = if monitor || g.record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
     let d = Decision { action: verdict::DENY, mode: m, rule_id };
     let nr = nr as u32;
-    apply(&g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
+    apply(g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
 }
 
 /// The path guard: a record with path rules refuses the calls that change
@@ -534,10 +549,7 @@ fn syscall_effect_of(h: u16, nr: impl FnOnce(&PolicyRecord, bool) -> Option<u64>
 /// allows them (`flag` set), as the built-in rule `PATH_GUARD`. `nr(compat)`
 /// is the call reported.
 #[inline(always)]
-fn path_guard(h: u16, flag: u32, nr: impl FnOnce(bool) -> u32) -> i32 {
-    let Some(g) = governing() else {
-        return 0;
-    };
+fn guard_in(g: &Governing, h: u16, flag: u32, nr: impl FnOnce(bool) -> u32) -> i32 {
     if g.record.flags & flag == 0 {
         return 0;
     }
@@ -545,13 +557,18 @@ fn path_guard(h: u16, flag: u32, nr: impl FnOnce(bool) -> u32) -> i32 {
     let nr = nr(compat);
     let m = if g.record.mode == mode::MONITOR { mode::MONITOR } else { mode::ENFORCE };
     let d = Decision { action: verdict::DENY, mode: m, rule_id: rule_id::PATH_GUARD };
-    apply(&g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
+    apply(g, h, op::SYSCALL, d, |r| r.nr = if compat { nr | COMPAT_SYSCALL_BIT } else { nr }, false)
 }
 
-/// [`path_guard`] reporting the syscall `(x86_64, i386)`.
+/// A syscall rule at its effect's hook, then the path guard `flag` for the
+/// same call: one lookup of the governing record for both.
 #[inline(always)]
-fn guard_of(h: u16, flag: u32, (x64, i386): (u32, u32)) -> i32 {
-    path_guard(h, flag, |compat| if compat { i386 } else { x64 })
+fn effect_or_guard(g: &Governing, h: u16, nrs: (u32, u32), flag: u32) -> i32 {
+    let ret = effect_in(g, h, |_, compat| Some(u64::from(pick(nrs, compat))));
+    if ret != 0 {
+        return ret;
+    }
+    guard_in(g, h, flag, |compat| pick(nrs, compat))
 }
 
 /// `ptrace(PTRACE_TRACEME)`: the caller would make its parent its tracer.
@@ -584,11 +601,14 @@ pub fn perf_event_open(ctx: LsmContext) -> i32 {
 #[lsm(hook = "userns_create")]
 pub fn userns_create(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    let ret = syscall_effect_of(hook::LSM_USERNS, |_, _| kernel::current_syscall_nr());
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let ret = effect_in(&g, hook::LSM_USERNS, |_, _| kernel::current_syscall_nr());
     if ret != 0 {
         return ret;
     }
-    path_guard(hook::LSM_USERNS, flags::GUARD_USERNS, |_| kernel::current_syscall_nr().unwrap_or(0) as u32)
+    guard_in(&g, hook::LSM_USERNS, flags::GUARD_USERNS, |_| kernel::current_syscall_nr().unwrap_or(0) as u32)
 }
 
 /// A module the kernel is about to load for the current task (a socket of
@@ -597,26 +617,31 @@ pub fn userns_create(ctx: LsmContext) -> i32 {
 #[lsm(hook = "kernel_module_request")]
 pub fn kernel_module_request(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    syscall_effect_of(hook::LSM_MODULE_REQUEST, |record, compat| {
-        let pick = |(x64, i386): (u32, u32)| u64::from(if compat { i386 } else { x64 });
-        let finit = pick(effect::FINIT_MODULE);
+    let Some(g) = governing() else {
+        return 0;
+    };
+    effect_in(&g, hook::LSM_MODULE_REQUEST, |record, compat| {
+        let finit = u64::from(pick(effect::FINIT_MODULE, compat));
         // The decision of finit_module where it is denied, else init_module's.
-        Some(if record.syscall_decision(compat, finit).is_some() { finit } else { pick(effect::INIT_MODULE) })
+        Some(if record.syscall_decision(compat, finit).is_some() {
+            finit
+        } else {
+            u64::from(pick(effect::INIT_MODULE, compat))
+        })
     })
 }
 
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
     prior!(ctx, 5);
-    let ret = syscall_effect(hook::LSM_MOUNT, effect::MOUNT);
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let ret = effect_or_guard(&g, hook::LSM_MOUNT, effect::MOUNT, flags::GUARD_MOUNT);
     if ret != 0 {
         return ret;
     }
-    let ret = guard_of(hook::LSM_MOUNT, flags::GUARD_MOUNT, effect::MOUNT);
-    if ret != 0 {
-        return ret;
-    }
-    mount_op()
+    mount_op(&g)
 }
 
 /// A new file system instance, made for `mount(2)` (after `lsm/sb_mount`)
@@ -627,49 +652,45 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
 #[lsm(hook = "sb_kern_mount")]
 pub fn sb_kern_mount(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    let ret = syscall_effect(hook::LSM_SB_KERN_MOUNT, effect::MOUNT);
-    if ret != 0 {
-        return ret;
-    }
-    guard_of(hook::LSM_SB_KERN_MOUNT, flags::GUARD_MOUNT, effect::MOUNT)
+    let Some(g) = governing() else {
+        return 0;
+    };
+    effect_or_guard(&g, hook::LSM_SB_KERN_MOUNT, effect::MOUNT, flags::GUARD_MOUNT)
 }
 
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
-    let ret = syscall_effect(hook::LSM_MOUNT, effect::MOVE_MOUNT);
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let ret = effect_or_guard(&g, hook::LSM_MOUNT, effect::MOVE_MOUNT, flags::GUARD_MOUNT);
     if ret != 0 {
         return ret;
     }
-    let ret = guard_of(hook::LSM_MOUNT, flags::GUARD_MOUNT, effect::MOVE_MOUNT);
-    if ret != 0 {
-        return ret;
-    }
-    mount_op()
+    mount_op(&g)
 }
 
 #[lsm(hook = "sb_pivotroot")]
 pub fn sb_pivotroot(ctx: LsmContext) -> i32 {
     prior!(ctx, 2);
-    let ret = syscall_effect(hook::LSM_MOUNT, effect::PIVOT_ROOT);
+    let Some(g) = governing() else {
+        return 0;
+    };
+    let ret = effect_or_guard(&g, hook::LSM_MOUNT, effect::PIVOT_ROOT, flags::GUARD_PIVOT_ROOT);
     if ret != 0 {
         return ret;
     }
-    let ret = guard_of(hook::LSM_MOUNT, flags::GUARD_PIVOT_ROOT, effect::PIVOT_ROOT);
-    if ret != 0 {
-        return ret;
-    }
-    mount_op()
+    mount_op(&g)
 }
 
 #[lsm(hook = "path_chroot")]
 pub fn path_chroot(ctx: LsmContext) -> i32 {
     prior!(ctx, 1);
-    let ret = syscall_effect(hook::LSM_PATH_CHROOT, effect::CHROOT);
-    if ret != 0 {
-        return ret;
-    }
-    guard_of(hook::LSM_PATH_CHROOT, flags::GUARD_CHROOT, effect::CHROOT)
+    let Some(g) = governing() else {
+        return 0;
+    };
+    effect_or_guard(&g, hook::LSM_PATH_CHROOT, effect::CHROOT, flags::GUARD_CHROOT)
 }
 
 /// `kernel_read_file_id` and `kernel_load_data_id` values

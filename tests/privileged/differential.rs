@@ -556,6 +556,11 @@ impl Tally {
         if ev.notes.iter().any(|n| n.contains("IPv4-mapped")) {
             *self.by.entry("(IPv4-mapped address)".into()).or_default() += 1;
         }
+        // The exec names are hard links of one file: an exact-file deny of
+        // one decides the others by identity (BPF LSM).
+        if ev.checks().any(|c| c.considered.iter().any(|x| matches!(x, Considered::SameFile { .. }))) {
+            *self.by.entry("(same file by another path)".into()).or_default() += 1;
+        }
     }
 
     fn count(&self, part: &str) -> usize {
@@ -600,6 +605,14 @@ fn run(plan: &Plan) -> Result<(), Failed> {
         let mut expect = compiled.record;
         expect.generation = live.generation;
         expect.flags |= eval::backend_flags(&active) | (live.flags & flags::OBSERVE_NET);
+        // The writer's inode entries: exact-file denies of files that exist.
+        let same_files = forge_agent::policy::identity::inode_entries(
+            &compiled.paths,
+            forge_agent::policy::identity::FileId::of,
+        );
+        if !same_files.is_empty() {
+            expect.flags |= flags::INODE_RULES;
+        }
         if expect != live || live.flags & backend != eval::backend_flags(&active) {
             return Err(format!(
                 "policy {p}: the kernel's record is not the compiled one with backend flags"
@@ -683,6 +696,9 @@ fn run(plan: &Plan) -> Result<(), Failed> {
     let mut needed = vec![" allowed", " deny", "by a rule", "by a default"];
     if policies == plan.max_policies {
         needed.extend([" would-", "over an enforce", "mapped"]);
+        if plan.lsm {
+            needed.push("same file");
+        }
         if !plan.lsm {
             needed.extend([" kill", "allowed+reported"]);
         }

@@ -50,9 +50,18 @@ pub(crate) fn exec_deny() -> Result<(), Failed> {
         expect("denied exec through a symlink", f.inside(&format!("exec {}", link.display()))?, EPERM)?;
         expect("allowed exec inside", f.inside(&format!("exec {allowed}"))?, Outcome::Ok)?;
         expect("denied exec outside", f.outside(&format!("exec {denied}"))?, Outcome::Ok)?;
-        let events = f.decisions(2);
-        let execs: Vec<_> = events.iter().filter(|e| e.op == Op::Exec).collect();
-        check!(execs.len() == 2, "expected 2 exec denies, got {}", execs.len());
+        // A hard link made after the policy was written is the same file:
+        // denied under its own name, by the same rule.
+        let hard = dir.join("hard-link");
+        std::fs::hard_link(&denied, &hard).map_err(fail)?;
+        expect("denied exec through a hard link", f.inside(&format!("exec {}", hard.display()))?, EPERM)?;
+        let events = f.decisions(3);
+        let by_link = find(&events, "the hard link's deny", |e| {
+            e.op == Op::Exec && e.target == Target::Path { path: hard.display().to_string() }
+        })?;
+        check!(by_link.hook == Hook::LsmBprmCheck && by_link.rule_id == rule_id::FIRST, "{by_link}");
+        let execs: Vec<_> = events.iter().filter(|e| e.op == Op::Exec && e.tgid != by_link.tgid).collect();
+        check!(execs.len() == 2, "expected 2 exec denies by path, got {}", execs.len());
         for ev in execs {
             check!(
                 ev.hook == Hook::LsmBprmCheck && ev.verdict == Verdict::Deny,
@@ -129,12 +138,34 @@ pub(crate) fn file_open() -> Result<(), Failed> {
         )?;
         check!(long_ok.join("new").exists(), "the allowed write at a long path made no file");
         expect("read of the secret outside", f.outside(&format!("open-read {s}"))?, Outcome::Ok)?;
-        let events = f.decisions(5);
+        // Other paths to the same file: a hard link made after the policy
+        // was written, and a bind mount of it over another file. The
+        // exact-file rule names the file itself (device and inode).
+        let hard = dir.join("hard-link");
+        std::fs::hard_link(&secret, &hard).map_err(fail)?;
+        expect("read through a hard link", f.inside(&format!("open-read {}", hard.display()))?, EPERM)?;
+        let decoy = dir.join("decoy");
+        std::fs::write(&decoy, "d").map_err(fail)?;
+        nix::mount::mount(Some(&secret), &decoy, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+            .map_err(fail)?;
+        let bound = f.inside(&format!("open-read {}", decoy.display()));
+        let _ = nix::mount::umount2(&decoy, nix::mount::MntFlags::MNT_DETACH);
+        expect("read through a bind mount", bound?, EPERM)?;
+        let events = f.decisions(7);
         let reads: Vec<_> = events.iter().filter(|e| e.op == Op::FileRead).collect();
-        check!(reads.len() == 3, "expected 3 read denies, got {}", reads.len());
+        check!(reads.len() == 5, "expected 5 read denies, got {}", reads.len());
+        let others = [hard.display().to_string(), decoy.display().to_string()];
         for ev in reads {
-            check!(ev.hook == Hook::LsmFileOpen, "hook {}", ev.hook);
-            check!(ev.target == Target::Path { path: s.to_string() }, "resolved path {}", ev.target);
+            check!(ev.hook == Hook::LsmFileOpen && ev.rule_id == rule_id::FIRST, "{ev}");
+            let Target::Path { path } = &ev.target else {
+                return Err(format!("target {}", ev.target).into());
+            };
+            check!(path == &s.to_string() || others.contains(path), "resolved path {path}");
+        }
+        for other in &others {
+            find(&events, &format!("the deny at {other}"), |e| {
+                e.target == Target::Path { path: other.clone() }
+            })?;
         }
         let w = find(&events, "the write deny", |e| {
             e.op == Op::FileWrite && e.target == Target::Path { path: format!("{}/new", ro.display()) }

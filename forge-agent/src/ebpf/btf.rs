@@ -478,6 +478,9 @@ pub struct KernelOffsets {
     pub vfsmount_sb: u32,
     pub task_signal: u32,
     pub signal_live: u32,
+    pub file_f_inode: u32,
+    pub inode_ino: u32,
+    pub sb_dev: u32,
     pub task_nsproxy: u32,
     pub nsproxy_mnt_ns: u32,
     /// `mnt_namespace.ns` + `ns_common.inum`.
@@ -532,6 +535,9 @@ impl KernelOffsets {
             bprm_filename: btf.member_offset("linux_binprm", "filename")?,
             file_f_path: btf.member_offset("file", "f_path")?,
             file_f_mode: btf.member_offset("file", "f_mode")?,
+            file_f_inode: btf.member_offset("file", "f_inode")?,
+            inode_ino: btf.member_offset("inode", "i_ino")?,
+            sb_dev: btf.member_offset("super_block", "s_dev")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_real_parent: btf.member_offset("task_struct", "real_parent")?,
             task_exit_code: btf.member_offset("task_struct", "exit_code")?,
@@ -630,6 +636,9 @@ impl KernelOffsets {
             ("OFF_SK_NUM", self.sk_num),
             ("OFF_SK_RCV_SADDR", self.sk_rcv_saddr),
             ("OFF_SK_V6_RCV_SADDR", self.sk_v6_rcv_saddr),
+            ("OFF_FILE_F_INODE", self.file_f_inode),
+            ("OFF_INODE_INO", self.inode_ino),
+            ("OFF_SB_DEV", self.sb_dev),
         ]
     }
 }
@@ -895,7 +904,13 @@ mod tests {
         b.strukt(
             "file",
             48,
-            &[("f_lock", int, 0), ("f_mode", fmode_t, 4), ("", path_union, 16), ("f_pos", int, 32)],
+            &[
+                ("f_lock", int, 0),
+                ("f_mode", fmode_t, 4),
+                ("", path_union, 16),
+                ("f_pos", int, 32),
+                ("f_inode", void_ptr0, 40),
+            ],
         );
         b.strukt("linux_binprm", 40, &[("buf", int, 0), ("file", file_ptr, 24), ("filename", void_ptr0, 32)]);
         let u64_t = b.int_bits("u64", 8, 0, 64);
@@ -938,7 +953,12 @@ mod tests {
         b.strukt(
             "inode",
             128,
-            &[("i_mode", ushort, 0), ("i_sb", void_ptr, 40), ("i_private", void_ptr, 120)],
+            &[
+                ("i_mode", ushort, 0),
+                ("i_sb", void_ptr, 40),
+                ("i_ino", u64_t, 64),
+                ("i_private", void_ptr, 120),
+            ],
         );
         b.strukt("vfsmount", 24, &[("mnt_root", void_ptr, 0), ("mnt_sb", void_ptr, 8)]);
         // qstr: { union { struct { u32 hash; u32 len; }; u64 hash_len; }; name }
@@ -1240,6 +1260,9 @@ mod tests {
                 vfsmount_sb: 8,
                 task_signal: 32,
                 signal_live: 4,
+                file_f_inode: 40,
+                inode_ino: 64,
+                sb_dev: 16,
                 task_nsproxy: 40,
                 nsproxy_mnt_ns: 24,
                 mnt_ns_inum: 8 + 16,
@@ -1279,6 +1302,7 @@ mod tests {
         );
         assert!(globals.contains(&("CGROUP_ANCESTOR_IDS", 0)));
         assert!(globals.contains(&("OFF_CGROUP_ANCESTORS", 248)));
+        assert!(globals.contains(&("OFF_INODE_INO", 64)) && globals.contains(&("OFF_SB_DEV", 16)));
         // Every global names a distinct symbol.
         let names: HashSet<_> = globals.iter().map(|(n, _)| *n).collect();
         assert_eq!(names.len(), globals.len());

@@ -36,7 +36,7 @@ use aya::{
     programs::links::FdLink,
 };
 use forge_common::{
-    Config, CounterKey, Governor, LAYOUT_VERSION, MAX_GOVERNED_LEVEL, PATH_KEY_PATH_LEN, PathKey,
+    Config, CounterKey, Governor, LAYOUT_VERSION, MAX_GOVERNED_LEVEL, PATH_KEY_PATH_LEN, PathKey, PathRule,
     PolicyRecord, capacity, flags, verdict,
 };
 
@@ -47,7 +47,10 @@ use super::{
 };
 use crate::{
     cgroup::{Cgroup, CgroupError},
-    policy::CompiledRecord,
+    policy::{
+        CompiledRecord,
+        identity::{self, FileId},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +255,18 @@ impl MapWriter {
         for entry in &compiled.paths {
             let key = path_key(slot, entry.op, &entry.pattern)?;
             self.h.maps.paths.insert(&key, entry.kernel_rule(), 0).map_err(map_err("PATHS"))?;
+        }
+        // Exact-file denies also by the identity of their file (hard links,
+        // bind mounts), read now.
+        let same_files = identity::inode_entries(&compiled.paths, FileId::of);
+        for e in &same_files {
+            let key = path_key(slot, e.op, &e.id.key_path())?;
+            let rule =
+                PathRule { action: e.rule.action, mode: e.rule.mode, _pad: [0; 2], rule_id: e.rule.rule_id };
+            self.h.maps.paths.insert(&key, rule, 0).map_err(map_err("PATHS"))?;
+        }
+        if !same_files.is_empty() {
+            record.flags |= flags::INODE_RULES;
         }
         self.h.maps.policies.set(slot, record, 0).map_err(map_err("POLICIES"))?;
         let has_syscalls = record.flags & flags::HAS_SYSCALL_RULES != 0;

@@ -52,7 +52,7 @@ use forge_common::{
 };
 use serde::{Serialize, Serializer};
 
-use super::{CompiledRecord, RuleInfo, syscalls};
+use super::{CompiledRecord, RuleInfo, identity, syscalls};
 use crate::{
     ebpf::Active,
     events::{Hook, Mode, Op, Verdict},
@@ -288,6 +288,9 @@ pub enum Considered {
     Default { class: Op, action: Verdict, rule_id: u32 },
     /// The path could not be put into the kernel's lookup key.
     PathTooLong { len: usize, max: usize },
+    /// The file is the one an exact-file deny names by another path (same
+    /// device and inode: a hard link, a bind mount); that rule decides.
+    SameFile { path: String, rule_id: u32, name: Option<String>, mode: Mode },
 }
 
 impl fmt::Display for Considered {
@@ -336,6 +339,10 @@ impl fmt::Display for Considered {
             Self::PathTooLong { len, max } => {
                 write!(f, "the path ({len} bytes) does not fit the {max}-byte key: the default decides")
             }
+            Self::SameFile { path, .. } => write!(
+                f,
+                "deny exact file {path}: the same file (device and inode), reached by another path: decides"
+            ),
         }
     }
 }
@@ -753,6 +760,18 @@ fn lookup_key(path: &str, truncate: bool) -> Option<Vec<u8>> {
 /// forge-ebpf `decide_path`: the longest matching entry, else the default.
 fn decide_path(c: &CompiledRecord, class: u8, path: &str, truncate: bool) -> (Decision, Vec<Considered>) {
     let r = &c.record;
+    // Under BPF LSM (not `truncate`: that is the exec tracepoint) the file
+    // itself comes first: an exact-file deny naming it by another path.
+    if !truncate && let Some(e) = same_file(c, class, path) {
+        let d = Decision { action: e.rule.action, mode: e.rule.mode, rule_id: e.rule.rule_id };
+        let considered = vec![Considered::SameFile {
+            path: e.path,
+            rule_id: e.rule.rule_id,
+            name: rule_of(c, e.rule.rule_id).map(|i| i.name),
+            mode: mode_of(e.rule.mode),
+        }];
+        return (d.under(r), considered);
+    }
     let Some(key) = lookup_key(path, truncate) else {
         let considered = vec![
             Considered::PathTooLong { len: path.len(), max: PATH_KEY_PATH_LEN - 1 },
@@ -796,6 +815,13 @@ fn decide_path(c: &CompiledRecord, class: u8, path: &str, truncate: bool) -> (De
 }
 
 const NO_PATH_RULES: &str = "the record has no path rules and allows exec, file.read and file.write by default: the path hooks return at once";
+
+/// The exact-file deny of `class` whose file is the one at `path` (same
+/// device and inode, as stat'ed here and now), as the map writer stores it.
+fn same_file(c: &CompiledRecord, class: u8, path: &str) -> Option<identity::InodeEntry> {
+    let id = identity::FileId::of(std::path::Path::new(path))?;
+    identity::inode_entries(&c.paths, identity::FileId::of).into_iter().find(|e| e.op == class && e.id == id)
+}
 
 /// `lsm/file_open` for a read or write open.
 fn file(c: &CompiledRecord, class: u8, path: &str) -> Check {
@@ -1203,6 +1229,39 @@ mod tests {
         is(&e, DENIED, 0);
         assert_eq!(e.prior.len(), 1, "the read check allowed it first");
         allowed(&eval(&c, "file.write /tmp/x"), 0);
+    }
+
+    #[test]
+    fn a_hard_link_of_a_denied_file_is_the_denied_file() {
+        let dir = std::env::temp_dir().join(format!("forge-eval-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (file, link, other) = (dir.join("secret"), dir.join("innocent"), dir.join("other"));
+        std::fs::write(&file, "s").unwrap();
+        std::fs::write(&other, "o").unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&file, &link).unwrap();
+        let mut c = with_rules(
+            OPEN,
+            &format!(
+                "    - {{name: no-secret, ops: [file.read, exec], action: deny, paths: [{}]}}\n",
+                file.display()
+            ),
+        );
+        let id = FIRST;
+        for op in ["file.read", "exec"] {
+            let e = eval(&c, &format!("{op} {}", link.display()));
+            is(&e, DENIED, id);
+            assert!(
+                e.checks().any(|k| k.considered.iter().any(|x| matches!(x, Considered::SameFile { .. }))),
+                "{e:#?}"
+            );
+            allowed(&eval(&c, &format!("{op} {}", other.display())), forge_common::rule_id::DEFAULT);
+        }
+        // The exec tracepoint (no BPF LSM) decides by path only.
+        c.record.flags |= flags::EXEC_VIA_TRACEPOINT;
+        let e = eval(&c, &format!("exec {}", link.display()));
+        assert_eq!(e.verdict(), Verdict::Allow, "{e:#?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

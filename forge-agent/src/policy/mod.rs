@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod diag;
 pub mod eval;
+pub mod identity;
 pub mod model;
 pub mod net;
 pub mod seccomp;
