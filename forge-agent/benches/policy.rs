@@ -13,7 +13,7 @@ use forge_agent::{
 /// 16k of those), 16 network rules and a syscall deny list.
 fn policy_text(n: usize) -> String {
     let mut s = String::from(
-        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: bench}\nspec:\n  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}\n  rules:\n",
+        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: bench}\nspec:\n  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}\n  rules:\n",
     );
     for i in 0..n {
         let _ = match i % 64 {

@@ -94,6 +94,10 @@ pub enum Action {
     /// A bind mount of the first directory on the second with the new mount
     /// API (`open_tree(OPEN_TREE_CLONE)`, `move_mount`).
     BindApi(PathBuf, PathBuf),
+    /// A connect to the unix stream socket bound at a path.
+    UnixConnect(PathBuf),
+    /// A datagram (`x`) to the unix datagram socket bound at a path.
+    UnixSend(PathBuf),
     /// chroot(2) into a directory.
     Chroot(PathBuf),
     /// finit_module(2) of a file (not a module: the kernel would refuse it
@@ -169,6 +173,8 @@ impl fmt::Display for Action {
             Self::MountTmpfs(p) => write!(f, "mount-tmpfs {}", p.display()),
             Self::MountApi(p) => write!(f, "mount-api {}", p.display()),
             Self::BindApi(from, to) => write!(f, "bind-api {} {}", from.display(), to.display()),
+            Self::UnixConnect(p) => write!(f, "unix-connect {}", p.display()),
+            Self::UnixSend(p) => write!(f, "unix-send {}", p.display()),
             Self::Chroot(p) => write!(f, "chroot {}", p.display()),
             Self::FinitModule(p) => write!(f, "finit-module {}", p.display()),
             Self::KexecFile(p) => write!(f, "kexec-file {}", p.display()),
@@ -240,6 +246,8 @@ impl FromStr for Action {
                 let to = it.next().ok_or("bind-api needs a source and a target directory")?;
                 Self::BindApi(PathBuf::from(need(arg)?), PathBuf::from(to))
             }
+            "unix-connect" => Self::UnixConnect(PathBuf::from(need(arg)?)),
+            "unix-send" => Self::UnixSend(PathBuf::from(need(arg)?)),
             "chroot" => Self::Chroot(PathBuf::from(need(arg)?)),
             "finit-module" => Self::FinitModule(PathBuf::from(need(arg)?)),
             "kexec-file" => Self::KexecFile(PathBuf::from(need(arg)?)),
@@ -381,6 +389,11 @@ pub fn perform(action: &Action) -> io::Result<()> {
         .map_err(io::Error::from),
         Action::MountApi(p) => mount_api(p),
         Action::BindApi(from, to) => bind_api(from, to),
+        Action::UnixConnect(p) => std::os::unix::net::UnixStream::connect(p).map(drop),
+        Action::UnixSend(p) => {
+            let sock = std::os::unix::net::UnixDatagram::unbound()?;
+            sock.send_to(b"x", p).map(drop)
+        }
         Action::Chroot(p) => nix::unistd::chroot(p.as_path()).map_err(io::Error::from),
         Action::FinitModule(p) => {
             let file = std::fs::File::open(p)?;

@@ -192,7 +192,11 @@ pub mod hook {
     /// `lsm/sb_kern_mount`: a new file system instance (a `mount`, or the
     /// new mount API's `fsconfig(FSCONFIG_CMD_CREATE)`) refused.
     pub const LSM_SB_KERN_MOUNT: u16 = 36;
-    pub const MAX: u16 = 36;
+    /// `lsm/unix_stream_connect`: a connect to a path unix stream socket.
+    pub const LSM_UNIX_CONNECT: u16 = 37;
+    /// `lsm/unix_may_send`: a datagram to a path unix socket.
+    pub const LSM_UNIX_SEND: u16 = 38;
+    pub const MAX: u16 = 38;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].
@@ -213,8 +217,11 @@ pub mod op {
     /// Raw and ICMP sockets (packets built by the workload, outside every
     /// address rule), decided when the socket is made.
     pub const NET_RAW: u8 = 10;
+    /// Unix sockets bound to a path: stream connects and datagrams, by the
+    /// socket's path (BPF LSM only).
+    pub const NET_UNIX: u8 = 11;
     /// Entries of the per-class default arrays: every class above has one
-    /// (`PROCESS` and `CGROUP` unused), and one spare.
+    /// (`PROCESS` and `CGROUP` unused).
     pub const COUNT: usize = 12;
 }
 
@@ -277,6 +284,9 @@ pub mod flags {
     /// the LSM path hooks look the opened file up by identity first. Set
     /// by the map writer, which makes them.
     pub const INODE_RULES: u32 = 1 << 12;
+    /// The record has `net.unix` rules or a `net.unix` default other than
+    /// allow: the unix socket hooks decide.
+    pub const UNIX_RULES: u32 = 1 << 13;
 }
 
 /// Calls that change what a path means to the caller (a mount over a

@@ -141,6 +141,9 @@ static OFF_MOUNT_PARENT: u32 = 0;
 /// `offsetof(struct mount, mnt_mountpoint)`.
 #[unsafe(no_mangle)]
 static OFF_MOUNT_MOUNTPOINT: u32 = 0;
+/// `offsetof(struct unix_sock, path)`.
+#[unsafe(no_mangle)]
+static OFF_UNIX_SOCK_PATH: u32 = 0;
 /// `offsetof(struct socket, sk)`.
 #[unsafe(no_mangle)]
 static OFF_SOCKET_SK: u32 = 0;
@@ -306,6 +309,21 @@ pub(crate) fn file_id(file: *const u8) -> Option<(u32, u64)> {
     let sb = read_ptr(inode, get(&OFF_INODE_SB))?;
     let dev = read::<u32>(sb, get(&OFF_SB_DEV))?;
     Some((dev, ino))
+}
+
+/// The `struct path *` a unix socket (`struct sock *`) is bound to, `None`
+/// for an abstract or unbound socket (no dentry).
+#[inline(always)]
+pub(crate) fn unix_sock_path(sk: *const u8) -> Option<*const u8> {
+    let path = sk.wrapping_add(get(&OFF_UNIX_SOCK_PATH));
+    read_ptr(path, get(&OFF_PATH_DENTRY))?;
+    Some(path)
+}
+
+/// The `struct sock *` of a `struct socket *`.
+#[inline(always)]
+pub(crate) fn socket_sock(sock: *const u8) -> Option<*const u8> {
+    read_ptr(sock, get(&OFF_SOCKET_SK))
 }
 
 /// The magic number of the file system a `struct vfsmount` mounts.

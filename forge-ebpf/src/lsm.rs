@@ -135,6 +135,47 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     0
 }
 
+/// A unix socket reached by path (`other`, a `struct sock *`): decided as
+/// `net.unix` by the path the socket is bound to, resolved in the kernel
+/// (the dentry walk: `bpf_d_path` is not allowed at these hooks). Abstract
+/// and unbound sockets have no path and are not decided.
+#[inline(always)]
+fn unix_peer(h: u16, other: *const u8) -> i32 {
+    let Some(g) = governing() else {
+        return 0;
+    };
+    if g.record.flags & flags::UNIX_RULES == 0 {
+        return 0;
+    }
+    let Some(path) = kernel::unix_sock_path(other) else {
+        return 0;
+    };
+    let Some(s) = scratch() else { return 0 };
+    let d = if kernel::file_path(path, s) {
+        decide_path(g.record, g.slot, op::NET_UNIX, s)
+    } else {
+        unresolved_path(g.record)
+    };
+    apply(&g, h, op::NET_UNIX, d, |_| {}, true)
+}
+
+#[lsm(hook = "unix_stream_connect")]
+pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
+    prior!(ctx, 3);
+    let other: *const u8 = ctx.arg(1);
+    unix_peer(hook::LSM_UNIX_CONNECT, other)
+}
+
+#[lsm(hook = "unix_may_send")]
+pub fn unix_may_send(ctx: LsmContext) -> i32 {
+    prior!(ctx, 2);
+    let other: *const u8 = ctx.arg(1);
+    let Some(sk) = kernel::socket_sock(other) else {
+        return 0;
+    };
+    unix_peer(hook::LSM_UNIX_SEND, sk)
+}
+
 /// Reads `(family, ip words, port)` from a `struct sockaddr *`.
 #[inline(always)]
 fn sockaddr(addr: *const u8) -> Option<(u8, [u32; 4], u16)> {

@@ -63,7 +63,7 @@ fn run_loop(spec: &str) -> ! {
 
 fn policy_100() -> String {
     let mut s = String::from(
-        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: bench-100}\nspec:\n  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}\n  rules:\n",
+        "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: bench-100}\nspec:\n  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}\n  rules:\n",
     );
     for i in 0..16 {
         let _ = writeln!(

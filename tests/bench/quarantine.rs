@@ -39,7 +39,7 @@ metadata: {name: bench-quarantine}
 spec:
   selector: {cgroups: [forge-bench/*]}
   trust: verified
-  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}
+  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}
   escalation:
     compromised:
       quarantine: true

@@ -28,7 +28,7 @@ fn policy(port: u16, action: &str) -> String {
 kind: Policy
 metadata: {{name: restart-test}}
 spec:
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: the-port, op: net.connect, action: {action}, cidrs: [127.0.0.1/32], ports: {port}}}
 "

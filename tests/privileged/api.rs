@@ -29,7 +29,7 @@ kind: Policy
 metadata: {{name: {name}}}
 spec:
   selector: {{cgroups: [forge-test/*]}}
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: {name}-deny, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {deny_port}}}
 "

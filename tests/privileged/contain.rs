@@ -28,7 +28,7 @@ fn policy(denied: std::net::SocketAddr) -> String {
 kind: Policy
 metadata: {{name: contain-test}}
 spec:
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: no-denied-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {}}}
     - {{name: no-getpgrp, op: syscall, action: deny, syscalls: [getpgrp]}}

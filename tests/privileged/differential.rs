@@ -118,6 +118,8 @@ struct World {
     /// Top-level entries of `/` other than /tmp: read-allowed when a policy
     /// denies file.read by default, so the workload can still load.
     system: Vec<String>,
+    /// Unix stream listeners at [`UNIX_SOCKETS`] (BPF LSM plan only).
+    _unix: Vec<std::os::unix::net::UnixListener>,
 }
 
 const V4: &[&str] = &["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.1.5", "127.1.2.3", "0.0.0.0"];
@@ -147,6 +149,9 @@ const PATTERNS: &[&str] =
 const EXECS: &[&str] = &["bin/a", "bin/ab", "binx/a", "sbin/c"];
 const READS: &[&str] = &["f/a", "f/ab", "f", "fx/a", "fx", "g", "bin/a"];
 const WRITES: &[&str] = &["f/w", "fx/w", "w", "f/a"];
+/// Unix sockets the workload connects to, and `net.unix` patterns.
+const UNIX_SOCKETS: &[&str] = &["u/a.sock", "u/ab.sock", "ux/a.sock"];
+const UNIX_PATTERNS: &[&str] = &["u/", "u/a.sock", "u/ab.sock", "ux/", "u/a", ""];
 
 impl World {
     fn new(lsm: bool) -> Result<Self, Failed> {
@@ -190,7 +195,15 @@ impl World {
             let dir = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir());
             system.push(if dir { format!("/{name}/") } else { format!("/{name}") });
         }
-        Ok(Self { lsm, listening, free, root, exe, system })
+        let mut unix = Vec::new();
+        if lsm {
+            for sock in UNIX_SOCKETS {
+                let p = root.join(sock);
+                std::fs::create_dir_all(p.parent().expect("a directory")).map_err(fail)?;
+                unix.push(std::os::unix::net::UnixListener::bind(&p).map_err(fail)?);
+            }
+        }
+        Ok(Self { lsm, listening, free, root, exe, system, _unix: unix })
     }
 
     fn path(&self, rel: &str) -> String {
@@ -219,6 +232,9 @@ impl World {
     fn random_op(&self, rng: &mut Rng) -> Operation {
         if rng.chance(4) {
             return Operation::Raw;
+        }
+        if self.lsm && rng.chance(8) {
+            return Operation::Unix(self.pick_path(rng, UNIX_SOCKETS));
         }
         let ports = self.ports();
         // Cumulative weights of net, exec, file.read, file.write (the rest: syscalls).
@@ -281,14 +297,27 @@ impl World {
         };
         let mut rules = Vec::new();
         let defaults = format!(
-            "{{exec: {}, file.read: {}, file.write: {}, net.connect: {}, net.bind: {}, net.sendto: {}, syscall: allow}}",
+            "{{exec: {}, file.read: {}, file.write: {}, net.connect: {}, net.bind: {}, net.sendto: {}, net.unix: {}, syscall: allow}}",
             word(rng, 30),
             word(rng, if self.lsm { 30 } else { 10 }),
             word(rng, if self.lsm { 30 } else { 10 }),
             word(rng, 30),
             word(rng, 30),
             word(rng, 30),
+            if self.lsm { word(rng, 30) } else { "allow" },
         );
+        if self.lsm {
+            for i in 0..rng.below(3) {
+                let paths: Vec<String> =
+                    rng.some(UNIX_PATTERNS, 2).into_iter().map(|p| format!("\"{}\"", self.path(p))).collect();
+                rules.push(format!(
+                    "{{name: unix-{i}, op: net.unix, action: {}{}, paths: [{}]}}",
+                    word(rng, 60),
+                    mode(rng),
+                    paths.join(", ")
+                ));
+            }
+        }
         if rng.chance(40) {
             rules.push(format!("{{name: raw, op: net.raw, action: {}{}}}", word(rng, 50), mode(rng)));
         }
@@ -421,6 +450,7 @@ fn action(op: &Operation) -> String {
         Operation::FileRead(p) => format!("open-read {p}"),
         Operation::FileWrite(p) => format!("open-write {p}"),
         Operation::Raw => "raw-socket 4".to_string(),
+        Operation::Unix(p) => format!("unix-connect {p}"),
     }
 }
 
@@ -505,7 +535,7 @@ fn compare(evs: &[Evaluation], seen: Outcome, events: &[&DecisionEvent], generat
             (Operation::Syscall(nr), Target::Syscall { nr: got }) => nr == got,
             (Operation::Raw, Target::Socket { ipv6: false, sock_type: 3, protocol: 1 }) => true,
             (
-                Operation::Exec(p) | Operation::FileRead(p) | Operation::FileWrite(p),
+                Operation::Exec(p) | Operation::FileRead(p) | Operation::FileWrite(p) | Operation::Unix(p),
                 Target::Path { path },
             ) => p == path,
             _ => false,
@@ -697,7 +727,7 @@ fn run(plan: &Plan) -> Result<(), Failed> {
     if policies == plan.max_policies {
         needed.extend([" would-", "over an enforce", "mapped"]);
         if plan.lsm {
-            needed.push("same file");
+            needed.extend(["same file", "net.unix deny", "net.unix allowed"]);
         }
         if !plan.lsm {
             needed.extend([" kill", "allowed+reported"]);

@@ -29,7 +29,7 @@ kind: Policy
 metadata: {name: doctor-test}
 spec:
   selector: {cgroups: [forge-test/*]}
-  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}
+  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}
 ";
 
 pub(crate) fn integrity_of_pins_and_traces() -> Result<(), Failed> {

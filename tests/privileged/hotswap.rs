@@ -32,7 +32,7 @@ fn policy(name: &str, padding_rules: usize, port: u16) -> String {
 kind: Policy
 metadata: {{name: {name}}}
 spec:
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
 {rules}"
     )

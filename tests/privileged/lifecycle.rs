@@ -32,7 +32,7 @@ kind: Policy
 metadata: {{name: lifecycle}}
 spec:
   selector: {{cgroups: [forge-test/*]}}
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: no-denied-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {}}}
   escalation:

@@ -17,7 +17,7 @@ use crate::{
     process::{exe_copy, mounted},
 };
 
-const ALLOW_ALL: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
+const ALLOW_ALL: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}";
 
 fn policy(self_protect: bool, rules: &str) -> String {
     format!(
@@ -180,6 +180,119 @@ pub(crate) fn file_open() -> Result<(), Failed> {
             e.op == Op::FileWrite && e.target != Target::Path { path: format!("{}/new", ro.display()) }
         })?;
         check!(long.rule_id == rule_id::FIRST + 1, "long write decided by rule {}", long.rule_id);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// `net.unix`: connects and datagrams to unix sockets bound to a path are
+/// decided by that path, resolved in the kernel (a symlink to a denied
+/// socket is the denied socket), before anything reaches the listener. A
+/// record that does not mention the class denies it (zero trust).
+pub(crate) fn unix_sockets() -> Result<(), Failed> {
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    let dir = scratch("unix");
+    std::fs::create_dir_all(dir.join("private")).map_err(fail)?;
+    let (denied, allowed, private) =
+        (dir.join("denied.sock"), dir.join("allowed.sock"), dir.join("private/p.sock"));
+    let (denied_d, allowed_d) = (dir.join("denied-d.sock"), dir.join("allowed-d.sock"));
+    let link = dir.join("innocent.sock");
+    let r = (|| {
+        let listen = |p: &std::path::Path| -> Result<UnixListener, Failed> {
+            let l = UnixListener::bind(p).map_err(fail)?;
+            l.set_nonblocking(true).map_err(fail)?;
+            Ok(l)
+        };
+        let receive = |p: &std::path::Path| -> Result<UnixDatagram, Failed> {
+            let d = UnixDatagram::bind(p).map_err(fail)?;
+            d.set_nonblocking(true).map_err(fail)?;
+            Ok(d)
+        };
+        let (ld, la, lp) = (listen(&denied)?, listen(&allowed)?, listen(&private)?);
+        let (dd, da) = (receive(&denied_d)?, receive(&allowed_d)?);
+        symlink(&denied, &link).map_err(fail)?;
+        let accepted = |l: &UnixListener| l.accept().is_ok();
+        let received = |d: &UnixDatagram| d.recv(&mut [0u8; 8]).is_ok();
+        let yaml = policy(
+            false,
+            &format!(
+                "    - {{name: no-socket, op: net.unix, action: deny, paths: [{}, {}, {}/private/]}}\n",
+                denied.display(),
+                denied_d.display(),
+                dir.display()
+            ),
+        );
+        let mut f = Fixture::new("lsmunix", &yaml, Want { lsm: Some(true), ..Want::default() })?;
+        for (what, p) in [
+            ("denied socket", &denied),
+            ("socket through a symlink", &link),
+            ("socket below a denied dir", &private),
+        ] {
+            expect(
+                &format!("connect to the {what}"),
+                f.inside(&format!("unix-connect {}", p.display()))?,
+                EPERM,
+            )?;
+        }
+        check!(!accepted(&ld) && !accepted(&lp), "a refused connect reached its listener");
+        expect(
+            "connect to another socket",
+            f.inside(&format!("unix-connect {}", allowed.display()))?,
+            Outcome::Ok,
+        )?;
+        check!(accepted(&la), "the allowed connect did not arrive");
+        expect(
+            "datagram to the denied socket",
+            f.inside(&format!("unix-send {}", denied_d.display()))?,
+            EPERM,
+        )?;
+        check!(!received(&dd), "the refused datagram arrived");
+        expect(
+            "datagram to another socket",
+            f.inside(&format!("unix-send {}", allowed_d.display()))?,
+            Outcome::Ok,
+        )?;
+        check!(received(&da), "the allowed datagram did not arrive");
+        expect("connect outside", f.outside(&format!("unix-connect {}", denied.display()))?, Outcome::Ok)?;
+        check!(accepted(&ld), "the connect from outside did not arrive");
+        let events = f.decisions(5);
+        // The connect through the symlink is reported as the socket itself.
+        let refused: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                e.hook == Hook::LsmUnixConnect
+                    && e.target == Target::Path { path: denied.display().to_string() }
+            })
+            .collect();
+        check!(refused.len() == 2, "expected 2 refused connects to {}: {events:?}", denied.display());
+        for ev in refused {
+            check!(
+                ev.op == Op::NetUnix && ev.rule_id == rule_id::FIRST && ev.verdict == Verdict::Deny,
+                "{ev}"
+            );
+        }
+        let ev = find(&events, "the refused datagram", |e| e.hook == Hook::LsmUnixSend)?;
+        check!(
+            ev.target == Target::Path { path: denied_d.display().to_string() }
+                && ev.rule_id == rule_id::FIRST,
+            "{ev}"
+        );
+        // A policy that does not mention net.unix denies it (zero trust).
+        let silent = policy(false, "    - {name: r, op: file.read, action: deny, paths: [/nonexistent]}\n")
+            .replace(", net.unix: allow", "");
+        f.swap(&silent)?;
+        expect(
+            "connect under a silent policy",
+            f.inside(&format!("unix-connect {}", allowed.display()))?,
+            EPERM,
+        )?;
+        check!(!accepted(&la), "the connect denied by default arrived");
+        let events = f.decisions(1);
+        let ev = find(&events, "the default deny", |e| {
+            e.hook == Hook::LsmUnixConnect && e.rule_id == rule_id::DEFAULT
+        })?;
+        check!(ev.target == Target::Path { path: allowed.display().to_string() }, "{ev}");
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);

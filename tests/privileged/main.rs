@@ -395,6 +395,7 @@ fn main() {
         ),
         trial("lsm_path_rules_guard_mounts_chroot_userns", &["lsm"], lsm::path_rules_guard_what_paths_mean),
         trial("lsm_socket_connect_and_bind_deny", &["lsm"], lsm::socket),
+        trial("lsm_net_unix_sockets_by_path", &["lsm"], lsm::unix_sockets),
         trial("lsm_self_protection", &["lsm"], lsm::self_protection),
         trial(
             "lsm_containment_ways_out_refused_before_the_effect",

@@ -22,7 +22,7 @@ fn policy(rules: &str) -> String {
 kind: Policy
 metadata: {{name: net-test}}
 spec:
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
 {rules}"
     )

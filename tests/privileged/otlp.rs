@@ -53,7 +53,7 @@ metadata: {{name: otlp}}
 spec:
   selector: {{cgroups: [forge-test/*]}}
   trust: verified
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: otlp-deny, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {deny_port}}}
 {extra}  escalation:

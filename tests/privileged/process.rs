@@ -11,7 +11,7 @@ use libtest_mimic::Failed;
 
 use crate::{find, listener};
 
-const ALLOW_ALL: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
+const ALLOW_ALL: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}";
 
 fn policy(mode: &str, rules: &str) -> String {
     format!(
@@ -314,7 +314,7 @@ pub(crate) fn exec_fallback_decides_the_loaded_file() -> Result<(), Failed> {
 kind: Policy
 metadata: {{name: exec-path}}
 spec:
-  defaults: {{exec: deny, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: deny, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: runner, op: exec, action: allow, paths: [{exe_dir}/, {}/allowed/]}}
     - {{name: no-denied-dir, op: exec, action: deny, paths: [{}/denied/]}}

@@ -30,7 +30,7 @@ metadata: {{name: quarantine-test}}
 spec:
   selector: {{cgroups: [forge-test/*]}}
   trust: verified
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   escalation:
     suspicious:
       defaults: {{net.connect: deny}}

@@ -39,7 +39,7 @@ pub(crate) fn sigterm_leaves_enforcement_pinned() -> Result<(), Failed> {
     std::fs::write(
         &policy,
         format!(
-            "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: sigterm}}\nspec:\n  selector: {{cgroups: [forge-test/*]}}\n  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}\n  rules:\n    - {{name: no-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {port}}}\n"
+            "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: sigterm}}\nspec:\n  selector: {{cgroups: [forge-test/*]}}\n  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}\n  rules:\n    - {{name: no-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {port}}}\n"
         ),
     )
     .map_err(fail)?;

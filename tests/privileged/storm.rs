@@ -30,7 +30,7 @@ fn policy(port: u16) -> String {
 kind: Policy
 metadata: {{name: storm-test}}
 spec:
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: no-storm-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {port}}}\n"
     )

@@ -36,7 +36,7 @@ kind: Policy
 metadata: {{name: top}}
 spec:
   selector: {{cgroups: [forge-test/*]}}
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}}
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
   rules:
     - {{name: top-deny, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {deny_port}}}
 "

@@ -110,7 +110,7 @@ pub struct Fleet {
     pub runs: Vec<PathBuf>,
 }
 
-const ALLOW: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}";
+const ALLOW: &str = "{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}";
 
 /// Policy `name` for the nodes' cgroups: everything allowed but connects to
 /// `deny_port` on loopback.

@@ -481,6 +481,7 @@ pub struct KernelOffsets {
     pub file_f_inode: u32,
     pub inode_ino: u32,
     pub sb_dev: u32,
+    pub unix_sock_path: u32,
     pub task_nsproxy: u32,
     pub nsproxy_mnt_ns: u32,
     /// `mnt_namespace.ns` + `ns_common.inum`.
@@ -538,6 +539,7 @@ impl KernelOffsets {
             file_f_inode: btf.member_offset("file", "f_inode")?,
             inode_ino: btf.member_offset("inode", "i_ino")?,
             sb_dev: btf.member_offset("super_block", "s_dev")?,
+            unix_sock_path: btf.member_offset("unix_sock", "path")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_real_parent: btf.member_offset("task_struct", "real_parent")?,
             task_exit_code: btf.member_offset("task_struct", "exit_code")?,
@@ -639,6 +641,7 @@ impl KernelOffsets {
             ("OFF_FILE_F_INODE", self.file_f_inode),
             ("OFF_INODE_INO", self.inode_ino),
             ("OFF_SB_DEV", self.sb_dev),
+            ("OFF_UNIX_SOCK_PATH", self.unix_sock_path),
         ]
     }
 }
@@ -961,6 +964,7 @@ mod tests {
             ],
         );
         b.strukt("vfsmount", 24, &[("mnt_root", void_ptr, 0), ("mnt_sb", void_ptr, 8)]);
+        b.strukt("unix_sock", 32, &[("sk", int, 0), ("path", path, 8)]);
         // qstr: { union { struct { u32 hash; u32 len; }; u64 hash_len; }; name }
         let hash_len = b.strukt("", 8, &[("hash", uint, 0), ("len", uint, 4)]);
         let hash_union = b.union("", 8, &[("", hash_len), ("hash_len", u64_t)]);
@@ -1263,6 +1267,7 @@ mod tests {
                 file_f_inode: 40,
                 inode_ino: 64,
                 sb_dev: 16,
+                unix_sock_path: 8,
                 task_nsproxy: 40,
                 nsproxy_mnt_ns: 24,
                 mnt_ns_inum: 8 + 16,

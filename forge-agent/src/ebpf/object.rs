@@ -5,7 +5,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// LSM programs and the hooks they attach to: network, containment and
 /// self-protection (the `lsm` backend).
-pub const LSM_PROGRAMS: [&str; 24] = [
+pub const LSM_PROGRAMS: [&str; 26] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -30,6 +30,8 @@ pub const LSM_PROGRAMS: [&str; 24] = [
     "socket_create",
     "socket_listen",
     "sb_kern_mount",
+    "unix_stream_connect",
+    "unix_may_send",
 ];
 
 /// LSM programs on hooks that not every kernel has (`userns_create`: from

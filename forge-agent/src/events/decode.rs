@@ -92,6 +92,8 @@ tagged!(
     LsmSocketListen = hook::LSM_SOCKET_LISTEN => "lsm/socket_listen",
     LsmPtraceTraceme = hook::LSM_PTRACE_TRACEME => "lsm/ptrace_traceme",
     LsmSbKernMount = hook::LSM_SB_KERN_MOUNT => "lsm/sb_kern_mount",
+    LsmUnixConnect = hook::LSM_UNIX_CONNECT => "lsm/unix_stream_connect",
+    LsmUnixSend = hook::LSM_UNIX_SEND => "lsm/unix_may_send",
 });
 
 tagged!(
@@ -108,6 +110,7 @@ tagged!(
     Process = op::PROCESS => "process",
     Cgroup = op::CGROUP => "cgroup",
     NetRaw = op::NET_RAW => "net.raw",
+    NetUnix = op::NET_UNIX => "net.unix",
 });
 
 tagged!(
@@ -351,7 +354,7 @@ impl DecisionEvent {
                 sock_type: raw.nr,
                 protocol: u32::from(raw.port),
             },
-            Op::Exec | Op::FileRead | Op::FileWrite => path_target(raw, path_len),
+            Op::Exec | Op::FileRead | Op::FileWrite | Op::NetUnix => path_target(raw, path_len),
             Op::Protect => match hook {
                 Hook::LsmBpf => Target::BpfCmd { cmd: raw.nr },
                 Hook::LsmInodePermission => Target::Write { cgroup: raw.target_cgroup_id, mask: raw.nr },

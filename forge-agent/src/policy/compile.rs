@@ -105,7 +105,7 @@ impl CompiledRecord {
 }
 
 /// Operation classes by name, as written in policies.
-pub const CLASSES: [(&str, u8); 8] = [
+pub const CLASSES: [(&str, u8); 9] = [
     ("exec", op::EXEC),
     ("file.read", op::FILE_READ),
     ("file.write", op::FILE_WRITE),
@@ -114,6 +114,7 @@ pub const CLASSES: [(&str, u8); 8] = [
     ("net.sendto", op::NET_SENDTO),
     ("syscall", op::SYSCALL),
     ("net.raw", op::NET_RAW),
+    ("net.unix", op::NET_UNIX),
 ];
 
 /// The class number of an operation class name.
@@ -278,15 +279,24 @@ fn doc_mode(doc: &Policy) -> Result<u8, Diagnostic> {
 }
 
 impl Builder {
-    /// The quarantine record: exec, network and writes are denied whatever
-    /// the rules said; reads and syscalls stay as compiled.
+    /// The quarantine record: exec, network (unix sockets too) and writes
+    /// are denied whatever the rules said; reads and syscalls stay as
+    /// compiled.
     fn redzone(&mut self, place: &Place) {
-        for c in [op::EXEC, op::FILE_WRITE, op::NET_CONNECT, op::NET_BIND, op::NET_SENDTO, op::NET_RAW] {
+        for c in [
+            op::EXEC,
+            op::FILE_WRITE,
+            op::NET_CONNECT,
+            op::NET_BIND,
+            op::NET_SENDTO,
+            op::NET_RAW,
+            op::NET_UNIX,
+        ] {
             self.defaults[c as usize] = Some((verdict::DENY, place.clone()));
         }
         self.net.clear();
         self.raw = None;
-        self.paths.retain(|(op, _), _| *op != op::EXEC && *op != op::FILE_WRITE);
+        self.paths.retain(|(op, _), _| !matches!(*op, op::EXEC | op::FILE_WRITE | op::NET_UNIX));
     }
 
     fn merge_defaults(&mut self, doc: &Policy, defaults: &BTreeMap<String, Spanned<String>>) {
@@ -347,7 +357,7 @@ impl Builder {
         self.active_rules.push(f.id);
         for &c in &classes {
             match c {
-                op::EXEC | op::FILE_READ | op::FILE_WRITE => {
+                op::EXEC | op::FILE_READ | op::FILE_WRITE | op::NET_UNIX => {
                     for p in &rule.paths {
                         let place = doc.place(p);
                         let pattern = match encode_path(p) {
@@ -380,7 +390,8 @@ impl Builder {
                             }
                         }
                     }
-                    self.record.flags |= flags::HAS_PATH_RULES;
+                    self.record.flags |=
+                        if c == op::NET_UNIX { flags::UNIX_RULES } else { flags::HAS_PATH_RULES };
                 }
                 op::NET_CONNECT | op::NET_BIND | op::NET_SENDTO => {
                     let ports = match &rule.ports {
@@ -646,6 +657,9 @@ impl PolicySet {
         {
             record.flags |= flags::HAS_PATH_RULES;
         }
+        if record.defaults[op::NET_UNIX as usize] != verdict::ALLOW {
+            record.flags |= flags::UNIX_RULES;
+        }
         if record.flags & flags::HAS_PATH_RULES != 0 {
             path_guards(&mut record, &b.syscalls, &mut b.diags);
         }
@@ -689,14 +703,15 @@ impl PolicySet {
 }
 
 fn check_fields(rule: &Rule, classes: &[u8]) -> Result<(), String> {
-    let path_ops = classes.iter().any(|c| matches!(*c, op::EXEC | op::FILE_READ | op::FILE_WRITE));
+    let path_ops =
+        classes.iter().any(|c| matches!(*c, op::EXEC | op::FILE_READ | op::FILE_WRITE | op::NET_UNIX));
     let net_ops = classes.iter().any(|c| matches!(*c, op::NET_CONNECT | op::NET_BIND | op::NET_SENDTO));
     let sys_ops = classes.contains(&op::SYSCALL);
     if path_ops && rule.paths.is_empty() {
-        return Err("exec/file rules need `paths`".into());
+        return Err("exec, file and net.unix rules need `paths`".into());
     }
     if !path_ops && !rule.paths.is_empty() {
-        return Err("`paths` only applies to exec and file rules".into());
+        return Err("`paths` only applies to exec, file and net.unix rules".into());
     }
     if !net_ops && (!rule.cidrs.is_empty() || rule.ports.is_some()) {
         return Err("`cidrs`/`ports` only apply to net rules".into());
@@ -1012,7 +1027,7 @@ mod tests {
         }
     }
 
-    const OPEN: &str = "  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}\n  rules:\n";
+    const OPEN: &str = "  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}\n  rules:\n";
 
     fn slot_of(name: &str) -> usize {
         syscalls::rule_slots(&format!("x86_64:{name}")).unwrap()[0]
@@ -1080,5 +1095,38 @@ mod tests {
             "{OPEN}{read}    - name: may-chroot\n      op: syscall\n      action: allow\n      syscalls: [chroot]\n"
         )));
         assert!(e.contains("t.yaml:11:18:") && e.contains("rule \"may-chroot\" allows chroot"), "{e}");
+    }
+
+    #[test]
+    fn net_unix_rules_are_path_rules_of_their_own_class() {
+        let c = compile(
+            &one(&format!("{OPEN}    - {{name: no-docker, op: net.unix, action: deny, paths: [/run/docker.sock, /run/x/]}}\n")),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert_ne!(c.record.flags & flags::UNIX_RULES, 0);
+        assert_eq!(
+            c.record.flags & flags::HAS_PATH_RULES,
+            0,
+            "no file rule, so no file hook work and no path guard"
+        );
+        let unix: Vec<_> =
+            c.paths.iter().filter(|e| e.op == op::NET_UNIX).map(|e| e.pattern.clone()).collect();
+        assert_eq!(unix, [b"/run/docker.sock\0".to_vec(), b"/run/x/".to_vec()]);
+        // Not mentioned: denied (zero trust), so decided.
+        let c = compile(&one("  defaults: {exec: allow}\n"), "t.yaml", 1).unwrap();
+        assert_eq!(c.record.defaults[op::NET_UNIX as usize], verdict::DENY);
+        assert_ne!(c.record.flags & flags::UNIX_RULES, 0);
+        // Allowed without rules: the hooks have nothing to do.
+        let c = compile(&one(OPEN), "t.yaml", 1).unwrap();
+        assert_eq!(c.record.flags & flags::UNIX_RULES, 0);
+        // `paths` is required, and only paths.
+        let e = errors(&one(&format!("{OPEN}    - {{name: u, op: net.unix, action: deny}}\n")));
+        assert!(e.contains("need `paths`"), "{e}");
+        let e = errors(&one(&format!(
+            "{OPEN}    - {{name: u, op: net.unix, action: deny, paths: [/a], ports: 80}}\n"
+        )));
+        assert!(e.contains("only apply to net rules"), "{e}");
     }
 }

@@ -64,7 +64,7 @@ pub enum OperationError {
     #[error("empty operation; expected e.g. `net.connect 10.0.0.5:5432` or `exec /usr/bin/curl`")]
     Empty,
     #[error(
-        "unknown operation {0:?}; expected exec, file.read, file.write, net.connect, net.bind, net.sendto, net.raw or syscall"
+        "unknown operation {0:?}; expected exec, file.read, file.write, net.connect, net.bind, net.sendto, net.raw, net.unix or syscall"
     )]
     Unknown(String),
     #[error("{op} needs {what}")]
@@ -96,6 +96,8 @@ pub enum Operation {
     Syscall(u32),
     /// Making a raw or ICMP socket.
     Raw,
+    /// A connect or datagram to the unix socket bound at a path.
+    Unix(String),
 }
 
 impl Operation {
@@ -110,6 +112,7 @@ impl Operation {
             Self::SendTo(_) => op::NET_SENDTO,
             Self::Syscall(_) => op::SYSCALL,
             Self::Raw => op::NET_RAW,
+            Self::Unix(_) => op::NET_UNIX,
         }
     }
 
@@ -126,7 +129,7 @@ impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verb = self.verb();
         match self {
-            Self::Exec(p) | Self::FileRead(p) | Self::FileWrite(p) => write!(f, "{verb} {p}"),
+            Self::Exec(p) | Self::FileRead(p) | Self::FileWrite(p) | Self::Unix(p) => write!(f, "{verb} {p}"),
             Self::Connect(a) | Self::Bind(a) | Self::SendTo(a) => write!(f, "{verb} {a}"),
             Self::Raw => f.write_str(verb),
             Self::Syscall(ev) => {
@@ -152,7 +155,7 @@ impl FromStr for Operation {
         let (verb, arg) = s.split_once(char::is_whitespace).map_or((s, ""), |(v, a)| (v, a.trim()));
         let class = Op::ALL
             .iter()
-            .find(|o| o.as_str() == verb && (o.tag() <= op::SYSCALL || o.tag() == op::NET_RAW))
+            .find(|o| o.as_str() == verb && (o.tag() <= op::SYSCALL || o.tag() >= op::NET_RAW))
             .ok_or_else(|| OperationError::Unknown(verb.to_string()))?;
         let name = class.as_str();
         let addr = || -> Result<SocketAddr, OperationError> {
@@ -179,6 +182,7 @@ impl FromStr for Operation {
             Op::NetBind => Self::Bind(addr()?),
             Op::NetSendto => Self::SendTo(addr()?),
             Op::NetRaw => Self::Raw,
+            Op::NetUnix => Self::Unix(path()?),
             _ => {
                 if arg.is_empty() {
                     return Err(OperationError::Missing { op: name, what: "a syscall name or number" });
@@ -475,6 +479,13 @@ pub fn evaluate(c: &CompiledRecord, operation: &Operation) -> Evaluation {
         }
         Operation::FileRead(p) | Operation::FileWrite(p) => (file(c, operation.class(), p), Vec::new()),
         Operation::Exec(p) => exec(c, p, &mut notes),
+        Operation::Unix(p) => {
+            notes.push(
+                "unix sockets are decided only where BPF LSM runs (lsm/unix_stream_connect, lsm/unix_may_send; any kernel with BPF LSM, no path helper needed); `forge policy check --host` says whether it runs here. Abstract sockets (no path) are not decided"
+                    .to_string(),
+            );
+            (unix(c, p), Vec::new())
+        }
         Operation::Raw => {
             notes.push(
                 "packet sockets (AF_PACKET) are decided the same way, at lsm/socket_create where BPF LSM runs; without it nothing decides them"
@@ -883,6 +894,22 @@ fn raw(c: &CompiledRecord) -> Check {
     decided(c, op::NET_RAW, hook, Verdict::Deny, d, vec![default_considered(r, op::NET_RAW)])
 }
 
+/// `lsm/unix_stream_connect` and `lsm/unix_may_send`: the socket's path
+/// (walked in the kernel, a too-long path on its leading part) against the
+/// class's path entries.
+fn unix(c: &CompiledRecord, path: &str) -> Check {
+    let r = &c.record;
+    if r.flags & flags::UNIX_RULES == 0 {
+        return undecided(
+            c,
+            op::NET_UNIX,
+            "the record allows net.unix and has no net.unix rules: the unix socket hooks return at once",
+        );
+    }
+    let (d, considered) = decide_path(c, op::NET_UNIX, path, true);
+    decided(c, op::NET_UNIX, Hook::LsmUnixConnect, Verdict::Deny, d, considered)
+}
+
 /// `raw_tp/sys_enter`: the deny bitmap of the caller's ABI; a denied
 /// syscall kills the caller.
 fn syscall(c: &CompiledRecord, ev: u32) -> Check {
@@ -930,7 +957,7 @@ mod tests {
         compile(&p, "t.yaml", 1).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    const OPEN: &str = "  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, syscall: allow}\n";
+    const OPEN: &str = "  defaults: {exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}\n";
 
     fn with_rules(defaults: &str, rules: &str) -> CompiledRecord {
         compiled(&format!("{defaults}  rules:\n{rules}"))
@@ -1262,6 +1289,25 @@ mod tests {
         let e = eval(&c, &format!("exec {}", link.display()));
         assert_eq!(e.verdict(), Verdict::Allow, "{e:#?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unix_sockets_by_path() {
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-docker, op: net.unix, action: deny, paths: [/run/docker.sock, /run/private/]}\n",
+        );
+        is(&eval(&c, "net.unix /run/docker.sock"), DENIED, FIRST);
+        is(&eval(&c, "net.unix /run/private/a.sock"), DENIED, FIRST);
+        allowed(&eval(&c, "net.unix /run/other.sock"), forge_common::rule_id::DEFAULT);
+        assert_eq!(eval(&c, "net.unix /run/docker.sock").decision.hook, Some(Hook::LsmUnixConnect));
+        assert_eq!(
+            "net.unix run/x".parse::<Operation>(),
+            Err(OperationError::Path { op: "net.unix", path: "run/x".into() })
+        );
+        assert!(
+            eval(&c, "net.unix /run/docker.sock").notes.iter().any(|n| n.contains("only where BPF LSM runs"))
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::{os::unix::fs::MetadataExt as _, path::Path};
 
-use forge_common::verdict;
+use forge_common::{op, verdict};
 use serde::Serialize;
 
 use super::compile::{PathEntry, PathRuleInfo};
@@ -61,7 +61,7 @@ pub fn inode_entries(paths: &[PathEntry], id_of: impl Fn(&Path) -> Option<FileId
     let mut out: Vec<InodeEntry> = Vec::new();
     for e in paths {
         let Some((&0, text)) = e.pattern.split_last() else { continue };
-        if e.rule.action != verdict::DENY {
+        if e.rule.action != verdict::DENY || !matches!(e.op, op::EXEC | op::FILE_READ | op::FILE_WRITE) {
             continue;
         }
         let path = String::from_utf8_lossy(text).into_owned();
@@ -76,7 +76,7 @@ pub fn inode_entries(paths: &[PathEntry], id_of: impl Fn(&Path) -> Option<FileId
 
 #[cfg(test)]
 mod tests {
-    use forge_common::{mode, op};
+    use forge_common::mode;
 
     use super::*;
 

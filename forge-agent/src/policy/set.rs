@@ -218,6 +218,7 @@ pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
         op::NET_CONNECT | op::NET_BIND => active.cgroup || active.lsm,
         op::NET_SENDTO => active.cgroup,
         op::NET_RAW => active.cgroup || active.lsm,
+        op::NET_UNIX => active.lsm,
         op::SYSCALL => active.tracepoint,
         _ => true,
     }
@@ -396,6 +397,27 @@ mod tests {
         assert!(found.iter().all(|d| d.severity == Severity::Note), "{found:?}");
         let with_lsm = crate::ebpf::Active { lsm: true, lsm_paths: true, lsm_userns: true, ..cgroup_only };
         assert!(set.check_backends(&with_lsm, true).is_empty());
+    }
+
+    #[test]
+    fn host_check_says_net_unix_needs_bpf_lsm() {
+        let text = "apiVersion: forgeone.dev/v1alpha1\nkind: Policy\nmetadata: {name: s}\nspec:\n  defaults: {net.unix: deny}\n  rules:\n    - {name: no-docker, op: net.unix, action: deny, paths: [/run/docker.sock]}\n";
+        let set = PolicySet::from_docs(vec![Policy::from_yaml(text, "s.yaml").unwrap()]).unwrap();
+        let no_lsm = crate::ebpf::Active {
+            lsm: false,
+            lsm_paths: false,
+            lsm_userns: false,
+            cgroup: true,
+            tracepoint: true,
+        };
+        let strict = set.check_backends(&no_lsm, true);
+        let errors: Vec<_> = strict.iter().filter(|d| d.severity == Severity::Error).collect();
+        assert_eq!(errors.len(), 2, "{strict:?}");
+        assert!(errors.iter().any(|d| d.message.contains("\"no-docker\"") && d.message.contains("net.unix")));
+        assert!(errors.iter().any(|d| d.message.contains("default deny for net.unix")));
+        assert!(set.check_backends(&no_lsm, false).iter().all(|d| d.severity == Severity::Warning));
+        let lsm = crate::ebpf::Active { lsm: true, ..no_lsm };
+        assert!(set.check_backends(&lsm, true).is_empty());
     }
 
     #[test]
