@@ -61,6 +61,7 @@ fn rule_name(rules: &[RuleInfo], id: u32, op: &str) -> String {
         forge_common::rule_id::SELF_PROTECT => "the agent's self-protection".to_string(),
         forge_common::rule_id::CONTAINMENT => "the containment of the governed subtree".to_string(),
         forge_common::rule_id::UNRESOLVED_PATH => "a path that could not be resolved".to_string(),
+        forge_common::rule_id::ANONYMOUS_EXEC => "the built-in deny of anonymous executables".to_string(),
         forge_common::rule_id::PATH_GUARD => {
             "the path guard (no mounts, chroot or user namespaces)".to_string()
         }

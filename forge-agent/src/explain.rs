@@ -32,6 +32,11 @@ pub fn rule_text(rule_id: u32, op: &str, compiled: Option<&CompiledRecord>) -> S
         forge_common::rule_id::UNRESOLVED_PATH => {
             "built-in: a path the kernel program could not resolve is denied".to_string()
         }
+        forge_common::rule_id::ANONYMOUS_EXEC => {
+            "built-in: an anonymous executable (memfd, deleted file) is denied where a rule denies some program \
+             and no rule names <anonymous>"
+                .to_string()
+        }
         forge_common::rule_id::PATH_GUARD => {
             "built-in path guard: a workload with path rules may not mount, pivot_root, chroot or make a user \
              namespace unless a rule allows the call by name"

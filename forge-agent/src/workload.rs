@@ -44,6 +44,12 @@ pub enum Action {
     /// `execveat(fd, "", AT_EMPTY_PATH)` of a file opened first (what
     /// `fexecve` does): the kernel is given no path at all.
     FdExec(String),
+    /// A copy of a program in a `memfd`, executed from its fd: an
+    /// anonymous executable, in no directory.
+    ExecMemfd(String),
+    /// A copy of a program in /tmp, opened, unlinked and executed from its
+    /// fd: a deleted file.
+    ExecDeleted(String),
     OpenRead(String),
     OpenWrite(String),
     /// bpf(BPF_MAP_CREATE) of a tiny array map.
@@ -155,6 +161,8 @@ impl fmt::Display for Action {
             Self::Syscall(s) => write!(f, "syscall {s}"),
             Self::Exec(p) => write!(f, "exec {p}"),
             Self::FdExec(p) => write!(f, "fd-exec {p}"),
+            Self::ExecMemfd(p) => write!(f, "exec-memfd {p}"),
+            Self::ExecDeleted(p) => write!(f, "exec-deleted {p}"),
             Self::OpenRead(p) => write!(f, "open-read {p}"),
             Self::OpenWrite(p) => write!(f, "open-write {p}"),
             Self::Bpf => f.write_str("bpf"),
@@ -226,6 +234,8 @@ impl FromStr for Action {
             "syscall" => Self::Syscall(need(arg)?),
             "exec" => Self::Exec(need(arg)?),
             "fd-exec" => Self::FdExec(need(arg)?),
+            "exec-memfd" => Self::ExecMemfd(need(arg)?),
+            "exec-deleted" => Self::ExecDeleted(need(arg)?),
             "open-read" => Self::OpenRead(need(arg)?),
             "open-write" => Self::OpenWrite(need(arg)?),
             "bpf" => Self::Bpf,
@@ -320,23 +330,22 @@ pub fn perform(action: &Action) -> io::Result<()> {
         Action::Syscall(name) => syscall(name),
         Action::FdExec(path) => {
             let file = std::fs::File::open(path)?;
-            let env = std::ffi::CString::new(format!("{ACTION_ENV}=syscall getppid")).expect("no NUL");
-            let arg0 = std::ffi::CString::new(path.as_str())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let argv = [arg0.as_ptr().cast_mut(), std::ptr::null_mut()];
-            let envp = [env.as_ptr().cast_mut(), std::ptr::null_mut()];
-            // SAFETY: the fd is open, the path is the empty C string, and
-            // argv/envp are NULL-terminated arrays of live C strings.
-            unsafe {
-                libc::execveat(
-                    file.as_raw_fd(),
-                    c"".as_ptr(),
-                    argv.as_ptr(),
-                    envp.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            };
-            Err(io::Error::last_os_error())
+            Err(exec_fd(&file, path))
+        }
+        Action::ExecMemfd(path) => {
+            let bytes = std::fs::read(path)?;
+            // SAFETY: memfd_create with a C string name and no flags.
+            let fd = fd_result(unsafe { libc::syscall(libc::SYS_memfd_create, c"forge-anon".as_ptr(), 0) })?;
+            let mut file = std::fs::File::from(fd);
+            io::Write::write_all(&mut file, &bytes)?;
+            Err(exec_fd(&file, path))
+        }
+        Action::ExecDeleted(path) => {
+            let copy = std::env::temp_dir().join(format!("forge-deleted-{}", std::process::id()));
+            std::fs::copy(path, &copy)?;
+            let file = std::fs::File::open(&copy)?;
+            std::fs::remove_file(&copy)?;
+            Err(exec_fd(&file, path))
         }
         Action::Exec(path) => {
             // If the program is a copy of a binary that honours ACTION_ENV,
@@ -1034,6 +1043,23 @@ pub fn maybe_perform_from_env() {
         Err(_) => 254,
     };
     std::process::exit(code);
+}
+
+/// `execveat(fd, "", AT_EMPTY_PATH)` (what `fexecve` does) of `file`,
+/// telling a copy of this binary to exit at once; returns only on failure.
+fn exec_fd(file: &std::fs::File, arg0: &str) -> io::Error {
+    let env = std::ffi::CString::new(format!("{ACTION_ENV}=syscall getppid")).expect("no NUL");
+    let Ok(arg0) = std::ffi::CString::new(arg0) else {
+        return io::Error::new(io::ErrorKind::InvalidInput, "NUL in the program path");
+    };
+    let argv = [arg0.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let envp = [env.as_ptr().cast_mut(), std::ptr::null_mut()];
+    // SAFETY: the fd is open, the path is the empty C string, and argv/envp
+    // are NULL-terminated arrays of live C strings.
+    unsafe {
+        libc::execveat(file.as_raw_fd(), c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+    };
+    io::Error::last_os_error()
 }
 
 /// A path as a C string for a raw syscall.

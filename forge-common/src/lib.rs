@@ -53,9 +53,9 @@ pub mod policy;
 
 pub use event::{Event, PATH_BUF_LEN};
 pub use policy::{
-    COMPAT_SYSCALL_BIT, Config, CounterKey, Governor, INODE_KEY_LEN, INODE_KEY_TAG, MAX_NET_RULES, NetRule,
-    PATH_KEY_PATH_LEN, PathKey, PathRule, PolicyRecord, SYSCALL_COMPAT_BASE, SYSCALL_SLOTS, SYSCALL_WORDS,
-    X32_SYSCALL_BIT, canonical_dest, inode_key_path, syscall_slot, unmap_v4,
+    ANON_KEY_PATH, COMPAT_SYSCALL_BIT, Config, CounterKey, Governor, INODE_KEY_LEN, INODE_KEY_TAG,
+    MAX_NET_RULES, NetRule, PATH_KEY_PATH_LEN, PathKey, PathRule, PolicyRecord, SYSCALL_COMPAT_BASE,
+    SYSCALL_SLOTS, SYSCALL_WORDS, X32_SYSCALL_BIT, canonical_dest, inode_key_path, syscall_slot, unmap_v4,
 };
 
 /// Names of the maps in the eBPF object, used by the agent to find them.
@@ -447,5 +447,10 @@ pub mod rule_id {
     /// `chroot` or make a user namespace unless its policy allows the call
     /// by name (see [`crate::path_guard`]).
     pub const PATH_GUARD: u32 = 4;
+    /// Built-in: an anonymous executable (memfd, deleted file) is denied
+    /// where exec is allowed by default but a rule denies some program, and
+    /// no rule names `<anonymous>`: a copy of a denied program must not run
+    /// from memory.
+    pub const ANONYMOUS_EXEC: u32 = 5;
     pub const FIRST: u32 = 16;
 }

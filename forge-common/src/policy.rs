@@ -283,6 +283,12 @@ pub const INODE_KEY_TAG: u8 = 1;
 /// (`u64`), both little-endian, and a NUL.
 pub const INODE_KEY_LEN: usize = 14;
 
+/// The path-trie bytes of the exec class's entry for anonymous executables
+/// (a `memfd`, a deleted or `O_TMPFILE` file: no link in any directory),
+/// which have no path a rule could name. Written by a rule naming
+/// `<anonymous>`, or by the compiler (built-in rule `ANONYMOUS_EXEC`).
+pub const ANON_KEY_PATH: [u8; 2] = [2, 0];
+
 /// The path-trie bytes of the file `(dev, ino)`.
 pub const fn inode_key_path(dev: u32, ino: u64) -> [u8; INODE_KEY_LEN] {
     let d = dev.to_le_bytes();

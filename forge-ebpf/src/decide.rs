@@ -328,6 +328,24 @@ pub(crate) fn decide_inode(
     Some(Decision { action: rule.action, mode: rule.mode, rule_id: rule.rule_id }.under(record))
 }
 
+/// An anonymous executable's decision: the exec class's `<anonymous>`
+/// entry (a rule, or the compiler's built-in deny), else the exec default.
+/// Uses the scratch key (resolve the path afterwards).
+#[inline(always)]
+pub(crate) fn decide_anonymous(record: &PolicyRecord, slot: u32, scratch: &mut Scratch) -> Decision {
+    let op_class = forge_common::op::EXEC;
+    let path = &mut scratch.key.data.path;
+    path[0] = forge_common::ANON_KEY_PATH[0];
+    path[1] = forge_common::ANON_KEY_PATH[1];
+    scratch.key.prefix_len = PathKey::HEADER_BITS + 8 * forge_common::ANON_KEY_PATH.len() as u32;
+    scratch.key.data.slot = slot;
+    scratch.key.data.op = op_class;
+    match PATHS.get(&scratch.key) {
+        Some(rule) => Decision { action: rule.action, mode: rule.mode, rule_id: rule.rule_id }.under(record),
+        None => Decision::default_for(record, op_class).under(record),
+    }
+}
+
 /// Looks up the path held in the scratch key for `op_class` under `slot`.
 /// Falls back to the record's default when no rule's prefix matches or the
 /// path could not be resolved.

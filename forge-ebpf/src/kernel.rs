@@ -19,6 +19,9 @@ static OFF_FILE_F_INODE: u32 = 0;
 /// `offsetof(struct inode, i_ino)`.
 #[unsafe(no_mangle)]
 static OFF_INODE_INO: u32 = 0;
+/// `offsetof(struct inode, i_nlink)`.
+#[unsafe(no_mangle)]
+static OFF_INODE_NLINK: u32 = 0;
 /// `offsetof(struct super_block, s_dev)`.
 #[unsafe(no_mangle)]
 static OFF_SB_DEV: u32 = 0;
@@ -309,6 +312,15 @@ pub(crate) fn file_id(file: *const u8) -> Option<(u32, u64)> {
     let sb = read_ptr(inode, get(&OFF_INODE_SB))?;
     let dev = read::<u32>(sb, get(&OFF_SB_DEV))?;
     Some((dev, ino))
+}
+
+/// Whether the file at `file` (a `struct file *`) has no link in any
+/// directory: a `memfd`, a deleted or an `O_TMPFILE` file. `None` if
+/// unreadable.
+#[inline(always)]
+pub(crate) fn file_unlinked(file: *const u8) -> Option<bool> {
+    let inode = read_ptr(file, get(&OFF_FILE_F_INODE))?;
+    read::<u32>(inode, get(&OFF_INODE_NLINK)).map(|n| n == 0)
 }
 
 /// The `struct path *` a unix socket (`struct sock *`) is bound to, `None`

@@ -16,8 +16,8 @@ use forge_common::{
 
 use crate::{
     decide::{
-        Decision, Governing, decide_inode, decide_net, decide_path, governing, is_raw_inet, raw_decision,
-        resolve_path, scratch, stays, unresolved_path,
+        Decision, Governing, decide_anonymous, decide_inode, decide_net, decide_path, governing, is_raw_inet,
+        raw_decision, resolve_path, scratch, stays, unresolved_path,
     },
     emit::{Report, report},
     kernel::{self, magic},
@@ -78,14 +78,22 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let file: *const u8 =
         unsafe { core::ptr::read_volatile(bprm.add(kernel::bprm_file()) as *const *const u8) };
     let Some(s) = scratch() else { return 0 };
+    // The file itself (an exact-file deny by identity), then whether it is
+    // anonymous (no path a rule could name), then its path, which also goes
+    // into the event.
     let same_file = decide_inode(g.record, g.slot, op::EXEC, s, file);
+    let anonymous = if kernel::file_unlinked(file) == Some(true) {
+        Some(decide_anonymous(g.record, g.slot, s))
+    } else {
+        None
+    };
     // SAFETY: `file->f_path` at its BTF offset: a `struct path *`.
     let path = unsafe { file.add(kernel::file_f_path()) } as *mut c_void;
     let resolved = resolve_path(s, path).is_some();
-    let d = match same_file {
-        Some(d) => d,
-        None if resolved => decide_path(g.record, g.slot, op::EXEC, s),
-        None => unresolved_path(g.record),
+    let d = match (same_file, anonymous) {
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) if resolved => decide_path(g.record, g.slot, op::EXEC, s),
+        (None, None) => unresolved_path(g.record),
     };
     apply(&g, hook::LSM_BPRM_CHECK, op::EXEC, d, |_| {}, true)
 }

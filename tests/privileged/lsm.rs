@@ -79,6 +79,50 @@ pub(crate) fn exec_deny() -> Result<(), Failed> {
     r
 }
 
+/// Anonymous executables (a memfd, a deleted file) have no path an exec
+/// rule could name: where the policy denies some exec they are denied
+/// (built-in rule `ANONYMOUS_EXEC`), so a copy of a denied program does not
+/// run from memory; a rule naming `<anonymous>` allows them.
+pub(crate) fn exec_anonymous() -> Result<(), Failed> {
+    let dir = scratch("anon");
+    let denied = exe_copy(&dir, "denied")?;
+    let ok = std::fs::canonicalize("/bin/true").map_err(fail)?.display().to_string();
+    let deny = format!("    - {{name: no-denied-bin, op: exec, action: deny, paths: [{denied}]}}\n");
+    let want = Want { lsm: Some(true), ..Want::default() };
+    let r = (|| {
+        let mut f = Fixture::new("lsmanon", &policy(false, &deny), want)?;
+        expect("a program by path", f.inside(&format!("exec {ok}"))?, Outcome::Ok)?;
+        expect("the denied program by path", f.inside(&format!("exec {denied}"))?, EPERM)?;
+        // The same bytes from a memfd and from a deleted copy: refused
+        // before they run (the copy of this binary would exit 0).
+        expect("a memfd copy", f.inside(&format!("exec-memfd {ok}"))?, EPERM)?;
+        expect("a deleted copy", f.inside(&format!("exec-deleted {ok}"))?, EPERM)?;
+        expect("a memfd copy outside", f.outside(&format!("exec-memfd {ok}"))?, Outcome::Ok)?;
+        let events = f.decisions(3);
+        let anon: Vec<_> = events.iter().filter(|e| e.rule_id == rule_id::ANONYMOUS_EXEC).collect();
+        check!(anon.len() == 2, "expected 2 anonymous exec denies: {events:?}");
+        for ev in &anon {
+            check!(ev.hook == Hook::LsmBprmCheck && ev.op == Op::Exec && ev.verdict == Verdict::Deny, "{ev}");
+        }
+        check!(
+            anon.iter()
+                .any(|e| matches!(&e.target, Target::Path { path } if path.starts_with("/memfd:forge-anon"))),
+            "the memfd event names no memfd: {anon:?}"
+        );
+        // A rule naming <anonymous> lets them run.
+        f.swap(&policy(
+            false,
+            &format!("{deny}    - {{name: jit, op: exec, action: allow, paths: [\"<anonymous>\"]}}\n"),
+        ))?;
+        expect("a memfd copy, allowed", f.inside(&format!("exec-memfd {ok}"))?, Outcome::Ok)?;
+        expect("a deleted copy, allowed", f.inside(&format!("exec-deleted {ok}"))?, Outcome::Ok)?;
+        expect("the denied program by path, still", f.inside(&format!("exec {denied}"))?, EPERM)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
 pub(crate) fn file_open() -> Result<(), Failed> {
     let dir = scratch("files");
     let secret = dir.join("secret");

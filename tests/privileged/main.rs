@@ -387,6 +387,7 @@ fn main() {
         ),
         trial("lsm_differential_evaluator_vs_kernel", &["lsm", "lsm-paths"], differential::lsm),
         trial("lsm_exec_deny", &["lsm", "lsm-paths"], lsm::exec_deny),
+        trial("lsm_exec_anonymous_memfd_and_deleted", &["lsm", "lsm-paths"], lsm::exec_anonymous),
         trial("lsm_file_open_deny_resolves_paths", &["lsm", "lsm-paths"], lsm::file_open),
         trial(
             "lsm_syscall_denies_refused_before_the_effect",

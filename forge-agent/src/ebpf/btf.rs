@@ -480,6 +480,7 @@ pub struct KernelOffsets {
     pub signal_live: u32,
     pub file_f_inode: u32,
     pub inode_ino: u32,
+    pub inode_nlink: u32,
     pub sb_dev: u32,
     pub unix_sock_path: u32,
     pub task_nsproxy: u32,
@@ -538,6 +539,7 @@ impl KernelOffsets {
             file_f_mode: btf.member_offset("file", "f_mode")?,
             file_f_inode: btf.member_offset("file", "f_inode")?,
             inode_ino: btf.member_offset("inode", "i_ino")?,
+            inode_nlink: btf.member_offset("inode", "i_nlink")?,
             sb_dev: btf.member_offset("super_block", "s_dev")?,
             unix_sock_path: btf.member_offset("unix_sock", "path")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,
@@ -640,6 +642,7 @@ impl KernelOffsets {
             ("OFF_SK_V6_RCV_SADDR", self.sk_v6_rcv_saddr),
             ("OFF_FILE_F_INODE", self.file_f_inode),
             ("OFF_INODE_INO", self.inode_ino),
+            ("OFF_INODE_NLINK", self.inode_nlink),
             ("OFF_SB_DEV", self.sb_dev),
             ("OFF_UNIX_SOCK_PATH", self.unix_sock_path),
         ]
@@ -953,6 +956,7 @@ mod tests {
             ],
         );
         b.strukt("super_block", 128, &[("s_dev", int, 16), ("s_magic", u64_t, 96)]);
+        let nlink_union = b.union("", 4, &[("i_nlink", uint), ("__i_nlink", uint)]);
         b.strukt(
             "inode",
             128,
@@ -960,6 +964,7 @@ mod tests {
                 ("i_mode", ushort, 0),
                 ("i_sb", void_ptr, 40),
                 ("i_ino", u64_t, 64),
+                ("", nlink_union, 72),
                 ("i_private", void_ptr, 120),
             ],
         );
@@ -1266,6 +1271,7 @@ mod tests {
                 signal_live: 4,
                 file_f_inode: 40,
                 inode_ino: 64,
+                inode_nlink: 72,
                 sb_dev: 16,
                 unix_sock_path: 8,
                 task_nsproxy: 40,

@@ -360,7 +360,18 @@ impl Builder {
                 op::EXEC | op::FILE_READ | op::FILE_WRITE | op::NET_UNIX => {
                     for p in &rule.paths {
                         let place = doc.place(p);
-                        let pattern = match encode_path(p) {
+                        let encoded = if p.as_str() == ANONYMOUS {
+                            if c == op::EXEC {
+                                Ok(forge_common::ANON_KEY_PATH.to_vec())
+                            } else {
+                                Err(format!(
+                                    "{ANONYMOUS} names anonymous executables (memfd, deleted files): only exec rules may use it"
+                                ))
+                            }
+                        } else {
+                            encode_path(p)
+                        };
+                        let pattern = match encoded {
                             Ok(b) => b,
                             Err(m) => {
                                 self.diags.push(err(&place, m));
@@ -662,6 +673,7 @@ impl PolicySet {
         }
         if record.flags & flags::HAS_PATH_RULES != 0 {
             path_guards(&mut record, &b.syscalls, &mut b.diags);
+            deny_anonymous_exec(&record, &mut b.paths);
         }
         if b.diags.iter().any(|d| d.severity == super::diag::Severity::Error) {
             let mut diags = b.diags;
@@ -745,6 +757,41 @@ fn deny_multiplexers(record: &mut PolicyRecord, named: &BTreeMap<usize, SyscallC
             record.deny_syscall(mux_slot, rule_id, monitor);
         }
     }
+}
+
+/// The exec pattern that names anonymous executables (memfd, deleted and
+/// `O_TMPFILE` files), which no path can name.
+pub const ANONYMOUS: &str = "<anonymous>";
+
+/// Where exec is allowed by default but some exec is denied by a rule, and
+/// no rule names [`ANONYMOUS`], anonymous executables are denied (built-in
+/// rule `ANONYMOUS_EXEC`): otherwise a copy of a denied program run from a
+/// memfd would pass. Monitored when every exec deny rule is. (Where the
+/// default denies exec, it denies them too.)
+fn deny_anonymous_exec(record: &PolicyRecord, paths: &mut BTreeMap<(u8, Vec<u8>), PathSlot>) {
+    let key = (op::EXEC, forge_common::ANON_KEY_PATH.to_vec());
+    if paths.contains_key(&key) {
+        return;
+    }
+    if record.defaults[op::EXEC as usize] != verdict::ALLOW {
+        // The default denies them already.
+        return;
+    }
+    let denies: Vec<u8> = paths
+        .iter()
+        .filter(|((o, _), (info, ..))| *o == op::EXEC && info.action == verdict::DENY)
+        .map(|(_, (info, ..))| info.mode)
+        .collect();
+    if denies.is_empty() {
+        return;
+    }
+    let monitor = denies.iter().all(|m| *m == mode::MONITOR);
+    let info = PathRuleInfo {
+        action: verdict::DENY,
+        mode: if monitor { mode::MONITOR } else { mode::ENFORCE },
+        rule_id: rule_id::ANONYMOUS_EXEC,
+    };
+    paths.insert(key, (info, Place::new("built-in", None, 0), "anonymous-exec".to_string(), 0));
 }
 
 /// The rule allowing x86_64 syscall `name` by name, if one does.
@@ -939,7 +986,10 @@ mod tests {
         assert!(verified.paths.is_empty());
         let suspicious = s.compile_for(&w, Tier::Suspicious, 1).unwrap();
         assert_eq!(suspicious.record.defaults[op::NET_CONNECT as usize], verdict::DENY);
-        assert_eq!(suspicious.paths.len(), 1);
+        // The escalation's exec deny (and the built-in deny of anonymous
+        // executables where exec is allowed by default).
+        let by_path = suspicious.paths.iter().filter(|e| e.pattern.first() == Some(&b'/')).count();
+        assert_eq!(by_path, 1);
         assert!(!suspicious.quarantine);
         let compromised = s.compile_for(&w, Tier::Compromised, 1).unwrap();
         assert!(compromised.quarantine && compromised.freeze);
@@ -1128,5 +1178,55 @@ mod tests {
             "{OPEN}    - {{name: u, op: net.unix, action: deny, paths: [/a], ports: 80}}\n"
         )));
         assert!(e.contains("only apply to net rules"), "{e}");
+    }
+
+    #[test]
+    fn anonymous_executables_are_an_exec_target_of_their_own() {
+        let anon = |c: &CompiledRecord| {
+            c.paths
+                .iter()
+                .find(|e| e.op == op::EXEC && e.pattern == forge_common::ANON_KEY_PATH)
+                .map(|e| (e.rule.action, e.rule.mode, e.rule.rule_id))
+        };
+        // A deny-list of programs: a memfd copy of one must not run.
+        let c = compile(
+            &one(&format!("{OPEN}    - {{name: no-curl, op: exec, action: deny, paths: [/usr/bin/curl]}}\n")),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert_eq!(anon(&c), Some((verdict::DENY, mode::ENFORCE, rule_id::ANONYMOUS_EXEC)));
+        // Monitored when every exec deny is.
+        let c = compile(
+            &one(&format!("{OPEN}    - {{name: no-curl, op: exec, action: deny, mode: monitor, paths: [/usr/bin/curl]}}\n")),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert_eq!(anon(&c).map(|a| a.1), Some(mode::MONITOR));
+        // A rule naming <anonymous> decides.
+        let c = compile(
+            &one(&format!(
+                "{OPEN}    - {{name: no-curl, op: exec, action: deny, paths: [/usr/bin/curl]}}\n    - {{name: runc, op: exec, action: allow, paths: [\"<anonymous>\"]}}\n"
+            )),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        let runc = c.rules.iter().find(|r| r.name == "runc").unwrap().id;
+        assert_eq!(anon(&c), Some((verdict::ALLOW, mode::ENFORCE, runc)));
+        // No exec deny at all: nothing to bypass, no entry.
+        let c = compile(
+            &one(&format!("{OPEN}    - {{name: r, op: file.read, action: deny, paths: [/etc/shadow]}}\n")),
+            "t.yaml",
+            1,
+        )
+        .unwrap();
+        assert_eq!(anon(&c), None);
+        // Only exec rules may name it.
+        let e = errors(&one(&format!(
+            "{OPEN}    - {{name: r, op: file.read, action: deny, paths: [\"<anonymous>\"]}}\n"
+        )));
+        assert!(e.contains("only exec rules may use it"), "{e}");
     }
 }

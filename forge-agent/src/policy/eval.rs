@@ -175,6 +175,7 @@ impl FromStr for Operation {
             }
         };
         Ok(match *class {
+            Op::Exec if arg == super::compile::ANONYMOUS => Self::Exec(arg.to_string()),
             Op::Exec => Self::Exec(path()?),
             Op::FileRead => Self::FileRead(path()?),
             Op::FileWrite => Self::FileWrite(path()?),
@@ -790,7 +791,9 @@ fn decide_path(c: &CompiledRecord, class: u8, path: &str, truncate: bool) -> (De
         ];
         return (Decision::default_for(r, class).under(r), considered);
     };
-    let entries: Vec<_> = c.paths.iter().filter(|e| e.op == class).collect();
+    // Entries by path only (not the `<anonymous>` one, which no path reaches).
+    let entries: Vec<_> =
+        c.paths.iter().filter(|e| e.op == class && e.pattern.first() == Some(&b'/')).collect();
     let longest = entries
         .iter()
         .filter(|e| key.starts_with(&e.pattern))
@@ -858,6 +861,9 @@ fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<
     if r.flags & flags::HAS_PATH_RULES == 0 {
         return (undecided(c, op::EXEC, NO_PATH_RULES), Vec::new());
     }
+    if path == super::compile::ANONYMOUS {
+        return (anonymous(c, notes), Vec::new());
+    }
     if r.flags & flags::EXEC_VIA_TRACEPOINT != 0 {
         notes.push(
             "no BPF LSM: exec is decided at sched_process_exec, after it succeeded, by the path as given to execve \
@@ -879,6 +885,37 @@ fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<
     }
     let (d, considered) = decide_path(c, op::EXEC, path, false);
     (decided(c, op::EXEC, Hook::LsmBprmCheck, Verdict::Deny, d, considered), vec![read])
+}
+
+/// An anonymous executable (memfd, deleted file) at `lsm/bprm_check_security`:
+/// the `<anonymous>` entry (a rule or the built-in deny), else the default.
+fn anonymous(c: &CompiledRecord, notes: &mut Vec<String>) -> Check {
+    let r = &c.record;
+    if r.flags & flags::EXEC_VIA_TRACEPOINT != 0 {
+        notes.push(
+            "no BPF LSM: the exec tracepoint decides an anonymous executable by the path its walk finds \
+             (/memfd:NAME, or the deleted file's last path), not as <anonymous>"
+                .to_string(),
+        );
+    }
+    let entry = c.paths.iter().find(|e| e.op == op::EXEC && e.pattern == forge_common::ANON_KEY_PATH);
+    let (d, considered) = match entry {
+        Some(e) => (
+            Decision { action: e.rule.action, mode: e.rule.mode, rule_id: e.rule.rule_id }.under(r),
+            vec![Considered::Path {
+                pattern: super::compile::ANONYMOUS.to_string(),
+                exact: true,
+                rule_id: e.rule.rule_id,
+                name: rule_of(c, e.rule.rule_id).map(|i| i.name),
+                action: verdict_of(e.rule.action),
+                mode: mode_of(e.rule.mode),
+                matched: true,
+                longest: true,
+            }],
+        ),
+        None => (Decision::default_for(r, op::EXEC).under(r), vec![default_considered(r, op::EXEC)]),
+    };
+    decided(c, op::EXEC, Hook::LsmBprmCheck, Verdict::Deny, d, considered)
 }
 
 /// `cgroup/sock_create`: the class's one decision (a `net.raw` rule or the
@@ -1289,6 +1326,22 @@ mod tests {
         let e = eval(&c, &format!("exec {}", link.display()));
         assert_eq!(e.verdict(), Verdict::Allow, "{e:#?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn anonymous_executables() {
+        let c = with_rules(OPEN, "    - {name: no-curl, op: exec, action: deny, paths: [/usr/bin/curl]}\n");
+        is(&eval(&c, "exec <anonymous>"), DENIED, forge_common::rule_id::ANONYMOUS_EXEC);
+        // The entry is no path: a path exec never considers it.
+        let e = eval(&c, "exec /usr/bin/true");
+        allowed(&e, forge_common::rule_id::DEFAULT);
+        assert!(e.checks().all(|k| k.considered.iter().all(|x| !x.to_string().contains('\u{2}'))), "{e:#?}");
+        let c = with_rules(
+            OPEN,
+            "    - {name: no-curl, op: exec, action: deny, paths: [/usr/bin/curl]}\n    - {name: runc, op: exec, action: allow, paths: [\"<anonymous>\"]}\n",
+        );
+        allowed(&eval(&c, "exec <anonymous>"), FIRST + 1);
+        assert!("file.read <anonymous>".parse::<Operation>().is_err());
     }
 
     #[test]

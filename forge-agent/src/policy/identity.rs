@@ -61,6 +61,9 @@ pub fn inode_entries(paths: &[PathEntry], id_of: impl Fn(&Path) -> Option<FileId
     let mut out: Vec<InodeEntry> = Vec::new();
     for e in paths {
         let Some((&0, text)) = e.pattern.split_last() else { continue };
+        if text.first() != Some(&b'/') {
+            continue;
+        }
         if e.rule.action != verdict::DENY || !matches!(e.op, op::EXEC | op::FILE_READ | op::FILE_WRITE) {
             continue;
         }
