@@ -25,6 +25,9 @@ pub enum Action {
     /// A UDP socket connected to the address, then a `send` without one
     /// (the way a DNS client sends).
     UdpConnectSend(SocketAddr),
+    /// A TCP Fast Open connect: `sendto(MSG_FASTOPEN)` on a new stream
+    /// socket, which connects without `connect()`.
+    TfoConnect(SocketAddr),
     /// `listen()` on a TCP socket of IPv4 (`4`) or IPv6 (`6`) never bound:
     /// the kernel picks a port itself (autobind). A refused listen must
     /// leave the socket without a port; one that has a port anyway is an
@@ -155,6 +158,7 @@ impl fmt::Display for Action {
             Self::Bind(a) => write!(f, "bind {a}"),
             Self::SendTo(a) => write!(f, "sendto {a}"),
             Self::UdpConnectSend(a) => write!(f, "udp-connect-send {a}"),
+            Self::TfoConnect(a) => write!(f, "tfo-connect {a}"),
             Self::ListenUnbound(v) => write!(f, "listen-unbound {v}"),
             Self::RawSocket(17) => f.write_str("raw-socket packet"),
             Self::RawSocket(v) => write!(f, "raw-socket {v}"),
@@ -220,6 +224,7 @@ impl FromStr for Action {
             "bind" => Self::Bind(addr(arg)?),
             "sendto" => Self::SendTo(addr(arg)?),
             "udp-connect-send" => Self::UdpConnectSend(addr(arg)?),
+            "tfo-connect" => Self::TfoConnect(addr(arg)?),
             "listen-unbound" => match arg {
                 Some("4") => Self::ListenUnbound(4),
                 Some("6") => Self::ListenUnbound(6),
@@ -317,6 +322,7 @@ pub fn perform(action: &Action) -> io::Result<()> {
         }
         Action::RawSocket(v) => raw_socket(*v),
         Action::ListenUnbound(v) => listen_unbound(*v),
+        Action::TfoConnect(a) => tfo_connect(a),
         Action::UdpConnectSend(a) => {
             let local: SocketAddr = if a.is_ipv4() {
                 "0.0.0.0:0".parse().expect("literal")
@@ -1060,6 +1066,32 @@ fn exec_fd(file: &std::fs::File, arg0: &str) -> io::Error {
         libc::execveat(file.as_raw_fd(), c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
     };
     io::Error::last_os_error()
+}
+
+fn tfo_connect(a: &SocketAddr) -> io::Result<()> {
+    let SocketAddr::V4(v4) = a else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "tfo-connect takes an IPv4 address"));
+    };
+    // SAFETY: socket(2) with constant arguments.
+    let fd = fd_result(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) }.into())?;
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sendto with a live 1-byte buffer and a sockaddr_in of its size.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            b"x".as_ptr().cast(),
+            1,
+            libc::MSG_FASTOPEN,
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    errno_result(r as libc::c_long)
 }
 
 /// A path as a C string for a raw syscall.

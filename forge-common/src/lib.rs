@@ -196,7 +196,10 @@ pub mod hook {
     pub const LSM_UNIX_CONNECT: u16 = 37;
     /// `lsm/unix_may_send`: a datagram to a path unix socket.
     pub const LSM_UNIX_SEND: u16 = 38;
-    pub const MAX: u16 = 38;
+    /// `lsm/socket_sendmsg`: a datagram with a destination, or a TCP Fast
+    /// Open connect, where the cgroup hooks are not in use.
+    pub const LSM_SOCKET_SENDMSG: u16 = 39;
+    pub const MAX: u16 = 39;
 }
 
 /// Operation classes. Index into [`PolicyRecord::defaults`].

@@ -147,6 +147,15 @@ static OFF_MOUNT_MOUNTPOINT: u32 = 0;
 /// `offsetof(struct unix_sock, path)`.
 #[unsafe(no_mangle)]
 static OFF_UNIX_SOCK_PATH: u32 = 0;
+/// `offsetof(struct socket, type)`.
+#[unsafe(no_mangle)]
+static OFF_SOCKET_TYPE: u32 = 0;
+/// `offsetof(struct msghdr, msg_name)`.
+#[unsafe(no_mangle)]
+static OFF_MSGHDR_NAME: u32 = 0;
+/// `offsetof(struct msghdr, msg_flags)`.
+#[unsafe(no_mangle)]
+static OFF_MSGHDR_FLAGS: u32 = 0;
 /// `offsetof(struct socket, sk)`.
 #[unsafe(no_mangle)]
 static OFF_SOCKET_SK: u32 = 0;
@@ -330,6 +339,21 @@ pub(crate) fn unix_sock_path(sk: *const u8) -> Option<*const u8> {
     let path = sk.wrapping_add(get(&OFF_UNIX_SOCK_PATH));
     read_ptr(path, get(&OFF_PATH_DENTRY))?;
     Some(path)
+}
+
+/// The type (`SOCK_STREAM`, `SOCK_DGRAM`, ...) of a `struct socket *`.
+#[inline(always)]
+pub(crate) fn socket_type(sock: *const u8) -> Option<u16> {
+    read::<u16>(sock, get(&OFF_SOCKET_TYPE))
+}
+
+/// The destination (a kernel `struct sockaddr *`, `None` when the call
+/// names none) and the flags of a `struct msghdr *`.
+#[inline(always)]
+pub(crate) fn msghdr_dest(msg: *const u8) -> Option<(*const u8, u32)> {
+    let name = read_ptr(msg, get(&OFF_MSGHDR_NAME))?;
+    let flags = read::<u32>(msg, get(&OFF_MSGHDR_FLAGS))?;
+    Some((name, flags))
 }
 
 /// The `struct sock *` of a `struct socket *`.

@@ -206,14 +206,18 @@ fn sockaddr(addr: *const u8) -> Option<(u8, [u32; 4], u16)> {
     }
 }
 
+/// A connect or bind where the cgroup hooks are not in use; `class(sock)`
+/// is the class it is decided as (asked only for a governed caller).
 #[inline(always)]
-fn socket_op(ctx: &LsmContext, h: u16, op_class: u8) -> i32 {
+fn socket_op(ctx: &LsmContext, h: u16, class: impl FnOnce(*const u8) -> u8) -> i32 {
     let Some(g) = governing() else {
         return 0;
     };
     if g.record.flags & flags::NET_VIA_LSM == 0 {
         return 0;
     }
+    let sock: *const u8 = ctx.arg(0);
+    let op_class = class(sock);
     let addr: *const u8 = ctx.arg(1);
     let Some((fam, ip, port)) = sockaddr(addr) else {
         return 0;
@@ -279,10 +283,61 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     )
 }
 
+/// `SOCK_DGRAM`, and `MSG_FASTOPEN` in a `msghdr`'s flags.
+const SOCK_DGRAM: u16 = 2;
+const SOCK_STREAM: u16 = 1;
+const MSG_FASTOPEN: u32 = 0x2000_0000;
+
+/// A connect. A datagram socket's connect is decided as `net.sendto`: it
+/// stands for the sends that follow, which name no destination (as at the
+/// cgroup hooks).
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);
-    socket_op(&ctx, hook::LSM_SOCKET_CONNECT, op::NET_CONNECT)
+    socket_op(&ctx, hook::LSM_SOCKET_CONNECT, |sock| {
+        if kernel::socket_type(sock) == Some(SOCK_DGRAM) { op::NET_SENDTO } else { op::NET_CONNECT }
+    })
+}
+
+/// A message with a destination, where the cgroup hooks are not in use: a
+/// datagram is decided as `net.sendto`; a TCP Fast Open send
+/// (`MSG_FASTOPEN`), which connects without `connect()`, as `net.connect`.
+/// Messages without a destination were decided at the socket's connect.
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    prior!(ctx, 3);
+    let Some(g) = governing() else {
+        return 0;
+    };
+    if g.record.flags & flags::NET_VIA_LSM == 0 {
+        return 0;
+    }
+    let sock: *const u8 = ctx.arg(0);
+    let msg: *const u8 = ctx.arg(1);
+    let Some((name, msg_flags)) = kernel::msghdr_dest(msg) else {
+        return 0;
+    };
+    let class = match kernel::socket_type(sock) {
+        Some(SOCK_DGRAM) => op::NET_SENDTO,
+        Some(SOCK_STREAM) if msg_flags & MSG_FASTOPEN != 0 => op::NET_CONNECT,
+        _ => return 0,
+    };
+    let Some((fam, ip, port)) = sockaddr(name) else {
+        return 0;
+    };
+    let d = decide_net(g.record, class, fam, &ip, port);
+    apply(
+        &g,
+        hook::LSM_SOCKET_SENDMSG,
+        class,
+        d,
+        |r| {
+            r.family = fam;
+            r.addr = ip;
+            r.port = port;
+        },
+        false,
+    )
 }
 
 /// `listen()` on an inet socket that has no port yet takes an ephemeral
@@ -317,7 +372,7 @@ pub fn socket_listen(ctx: LsmContext) -> i32 {
 #[lsm(hook = "socket_bind")]
 pub fn socket_bind(ctx: LsmContext) -> i32 {
     prior!(ctx, 3);
-    socket_op(&ctx, hook::LSM_SOCKET_BIND, op::NET_BIND)
+    socket_op(&ctx, hook::LSM_SOCKET_BIND, |_| op::NET_BIND)
 }
 
 /// The governing record when it asks for self-protection.

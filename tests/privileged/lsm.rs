@@ -344,18 +344,26 @@ pub(crate) fn unix_sockets() -> Result<(), Failed> {
 }
 
 pub(crate) fn socket() -> Result<(), Failed> {
-    let denied = listener("127.0.0.1:0")?;
+    let (denied, connections) = crate::net::counting_listener("127.0.0.1:0")?;
     let allowed = listener("127.0.0.1:0")?;
     let bind_port = free_port("127.0.0.1:0")?;
+    let udp_denied = std::net::UdpSocket::bind("127.0.0.1:0").map_err(fail)?;
+    let udp_allowed = std::net::UdpSocket::bind("127.0.0.1:0").map_err(fail)?;
+    for u in [&udp_denied, &udp_allowed] {
+        u.set_read_timeout(Some(std::time::Duration::from_millis(300))).map_err(fail)?;
+    }
+    let udp_port = udp_denied.local_addr().map_err(fail)?.port();
     let yaml = policy(
         false,
         &format!(
             "    - {{name: no-port, op: net.connect, action: deny, cidrs: [127.0.0.1/32], ports: {}}}
     - {{name: no-bind, op: net.bind, action: deny, cidrs: [127.0.0.1/32], ports: {bind_port}}}
-    - {{name: no-autobind, op: net.bind, action: deny, ports: 0}}\n",
+    - {{name: no-autobind, op: net.bind, action: deny, ports: 0}}
+    - {{name: no-send, op: net.sendto, action: deny, cidrs: [127.0.0.1/32], ports: {udp_port}}}\n",
             denied.port()
         ),
     );
+    let got = |u: &std::net::UdpSocket| u.recv(&mut [0u8; 16]).is_ok();
     // Without the cgroup backend, the LSM socket hooks decide network rules.
     let mut f =
         Fixture::new("lsmsock", &yaml, Want { lsm: Some(true), cgroup: Some(false), ..Want::default() })?;
@@ -395,7 +403,7 @@ pub(crate) fn socket() -> Result<(), Failed> {
             && packet.op == Op::NetRaw,
         "{packet}"
     );
-    let c = find(&events, "connect deny", |e| e.op == Op::NetConnect)?;
+    let c = find(&events, "connect deny", |e| e.op == Op::NetConnect && e.hook != Hook::LsmSocketSendmsg)?;
     check!(c.hook == Hook::LsmSocketConnect, "connect hook {}", c.hook);
     check!(
         c.target == Target::Addr { addr: denied.ip(), port: denied.port() },
@@ -404,6 +412,48 @@ pub(crate) fn socket() -> Result<(), Failed> {
     );
     let b = find(&events, "bind deny", |e| e.op == Op::NetBind && e.hook != Hook::LsmSocketListen)?;
     check!(b.hook == Hook::LsmSocketBind, "bind hook {}", b.hook);
+    // UDP and TCP Fast Open without the cgroup hooks: a datagram with a
+    // destination at socket_sendmsg, a connected UDP socket at its connect
+    // (as net.sendto), a Fast Open connect as a connect. Nothing arrives.
+    // (The sends bind their socket to port 0 first, which `no-autobind`
+    // denies: without it now.)
+    let without_autobind =
+        yaml.replace("    - {name: no-autobind, op: net.bind, action: deny, ports: 0}\n", "");
+    check!(without_autobind != yaml, "the policy has no no-autobind rule to drop");
+    f.swap(&without_autobind)?;
+    let udp_to = |u: &std::net::UdpSocket| u.local_addr().map_err(fail);
+    expect("denied UDP send inside", f.inside(&format!("sendto {}", udp_to(&udp_denied)?))?, EPERM)?;
+    expect(
+        "denied connected UDP send inside",
+        f.inside(&format!("udp-connect-send {}", udp_to(&udp_denied)?))?,
+        EPERM,
+    )?;
+    check!(!got(&udp_denied), "a refused datagram arrived");
+    expect("allowed UDP send inside", f.inside(&format!("sendto {}", udp_to(&udp_allowed)?))?, Outcome::Ok)?;
+    check!(got(&udp_allowed), "the allowed datagram did not arrive");
+    expect("denied Fast Open connect inside", f.inside(&format!("tfo-connect {denied}"))?, EPERM)?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The connect from outside above is the only one the listener may have.
+    let arrived = connections.load(std::sync::atomic::Ordering::SeqCst);
+    check!(
+        arrived == 1,
+        "{arrived} connections reached the denied port (only the one from outside expected)"
+    );
+    let events = f.decisions(3);
+    let sends: Vec<_> = events.iter().filter(|e| e.op == Op::NetSendto).collect();
+    check!(sends.len() == 2, "expected 2 send denies: {events:?}");
+    check!(
+        sends.iter().any(|e| e.hook == Hook::LsmSocketSendmsg)
+            && sends.iter().any(|e| e.hook == Hook::LsmSocketConnect),
+        "send hooks: {sends:?}"
+    );
+    let tfo =
+        find(&events, "the Fast Open deny", |e| e.hook == Hook::LsmSocketSendmsg && e.op == Op::NetConnect)?;
+    check!(
+        tfo.target == Target::Addr { addr: denied.ip(), port: denied.port() }
+            && tfo.rule_id == rule_id::FIRST,
+        "{tfo}"
+    );
     Ok(())
 }
 

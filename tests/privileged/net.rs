@@ -135,7 +135,7 @@ pub(crate) fn sendmsg_udp() -> Result<(), Failed> {
 }
 
 /// A TCP listener that counts the connections it accepted.
-fn counting_listener(addr: &str) -> Result<(std::net::SocketAddr, Arc<AtomicUsize>), Failed> {
+pub(crate) fn counting_listener(addr: &str) -> Result<(std::net::SocketAddr, Arc<AtomicUsize>), Failed> {
     let l = std::net::TcpListener::bind(addr).map_err(forge_tests::fail)?;
     let local = l.local_addr().map_err(forge_tests::fail)?;
     let n = Arc::new(AtomicUsize::new(0));

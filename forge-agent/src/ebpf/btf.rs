@@ -483,6 +483,9 @@ pub struct KernelOffsets {
     pub inode_nlink: u32,
     pub sb_dev: u32,
     pub unix_sock_path: u32,
+    pub socket_type: u32,
+    pub msghdr_name: u32,
+    pub msghdr_flags: u32,
     pub task_nsproxy: u32,
     pub nsproxy_mnt_ns: u32,
     /// `mnt_namespace.ns` + `ns_common.inum`.
@@ -542,6 +545,9 @@ impl KernelOffsets {
             inode_nlink: btf.member_offset("inode", "i_nlink")?,
             sb_dev: btf.member_offset("super_block", "s_dev")?,
             unix_sock_path: btf.member_offset("unix_sock", "path")?,
+            socket_type: btf.member_offset("socket", "type")?,
+            msghdr_name: btf.member_offset("msghdr", "msg_name")?,
+            msghdr_flags: btf.member_offset("msghdr", "msg_flags")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_real_parent: btf.member_offset("task_struct", "real_parent")?,
             task_exit_code: btf.member_offset("task_struct", "exit_code")?,
@@ -645,6 +651,9 @@ impl KernelOffsets {
             ("OFF_INODE_NLINK", self.inode_nlink),
             ("OFF_SB_DEV", self.sb_dev),
             ("OFF_UNIX_SOCK_PATH", self.unix_sock_path),
+            ("OFF_SOCKET_TYPE", self.socket_type),
+            ("OFF_MSGHDR_NAME", self.msghdr_name),
+            ("OFF_MSGHDR_FLAGS", self.msghdr_flags),
         ]
     }
 }
@@ -970,6 +979,7 @@ mod tests {
         );
         b.strukt("vfsmount", 24, &[("mnt_root", void_ptr, 0), ("mnt_sb", void_ptr, 8)]);
         b.strukt("unix_sock", 32, &[("sk", int, 0), ("path", path, 8)]);
+        b.strukt("msghdr", 64, &[("msg_name", void_ptr, 0), ("msg_flags", uint, 48)]);
         // qstr: { union { struct { u32 hash; u32 len; }; u64 hash_len; }; name }
         let hash_len = b.strukt("", 8, &[("hash", uint, 0), ("len", uint, 4)]);
         let hash_union = b.union("", 8, &[("", hash_len), ("hash_len", u64_t)]);
@@ -1007,7 +1017,7 @@ mod tests {
             ],
         );
         b.strukt("sock", 512, &[("__sk_common", common, 0)]);
-        b.strukt("socket", 64, &[("state", int, 0), ("sk", void_ptr, 32)]);
+        b.strukt("socket", 64, &[("state", int, 0), ("type", ushort, 4), ("sk", void_ptr, 32)]);
         let thread_info = b.strukt(
             "thread_info",
             24,
@@ -1274,6 +1284,9 @@ mod tests {
                 inode_nlink: 72,
                 sb_dev: 16,
                 unix_sock_path: 8,
+                socket_type: 4,
+                msghdr_name: 0,
+                msghdr_flags: 48,
                 task_nsproxy: 40,
                 nsproxy_mnt_ns: 24,
                 mnt_ns_inum: 8 + 16,

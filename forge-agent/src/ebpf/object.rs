@@ -5,7 +5,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// LSM programs and the hooks they attach to: network, containment and
 /// self-protection (the `lsm` backend).
-pub const LSM_PROGRAMS: [&str; 26] = [
+pub const LSM_PROGRAMS: [&str; 27] = [
     "socket_connect",
     "socket_bind",
     "bpf",
@@ -32,6 +32,7 @@ pub const LSM_PROGRAMS: [&str; 26] = [
     "sb_kern_mount",
     "unix_stream_connect",
     "unix_may_send",
+    "socket_sendmsg",
 ];
 
 /// LSM programs on hooks that not every kernel has (`userns_create`: from

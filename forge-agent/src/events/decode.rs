@@ -94,6 +94,7 @@ tagged!(
     LsmSbKernMount = hook::LSM_SB_KERN_MOUNT => "lsm/sb_kern_mount",
     LsmUnixConnect = hook::LSM_UNIX_CONNECT => "lsm/unix_stream_connect",
     LsmUnixSend = hook::LSM_UNIX_SEND => "lsm/unix_may_send",
+    LsmSocketSendmsg = hook::LSM_SOCKET_SENDMSG => "lsm/socket_sendmsg",
 });
 
 tagged!(

@@ -24,7 +24,7 @@
 //!
 //! Which hook decides depends on the backends the map writer found, which it
 //! records in the record's flags: [`flags::NET_VIA_LSM`] (no cgroup hooks: the
-//! LSM socket hooks decide connect and bind, and nothing decides UDP sends)
+//! LSM socket hooks decide connect and bind, and `lsm/socket_sendmsg` UDP sends)
 //! and [`flags::EXEC_VIA_TRACEPOINT`] (no BPF LSM: exec is decided after the
 //! fact at `sched_process_exec` by killing the new image, by the path as given
 //! to execve, and file opens are not decided at all). Without either flag the
@@ -645,6 +645,7 @@ fn net_hook(class: u8, fam: u8, via_lsm: bool) -> Hook {
     match (class, via_lsm, v4) {
         (op::NET_CONNECT, true, _) => Hook::LsmSocketConnect,
         (op::NET_BIND, true, _) => Hook::LsmSocketBind,
+        (op::NET_SENDTO, true, _) => Hook::LsmSocketSendmsg,
         (op::NET_CONNECT, false, true) => Hook::CgroupConnect4,
         (op::NET_CONNECT, false, false) => Hook::CgroupConnect6,
         (op::NET_BIND, false, true) => Hook::CgroupBind4,
@@ -704,13 +705,6 @@ fn ops_of(bits: u8) -> Vec<Op> {
 fn net(c: &CompiledRecord, class: u8, addr: &SocketAddr, notes: &mut Vec<String>) -> Check {
     let r = &c.record;
     let via_lsm = r.flags & flags::NET_VIA_LSM != 0;
-    if via_lsm && class == op::NET_SENDTO {
-        return undecided(
-            c,
-            class,
-            "the cgroup hooks are not in use for this workload and BPF LSM has no hook here for UDP sends: nothing decides them",
-        );
-    }
     let (fam, ip, port) = kernel_view(class, addr, via_lsm, notes);
     let hook = net_hook(class, fam, via_lsm);
     let (fam, ip) = forge_common::canonical_dest(class, fam, &ip);
@@ -1513,9 +1507,10 @@ mod tests {
         is(&e, DENIED, FIRST);
         assert_eq!(e.decision.hook, Some(Hook::LsmSocketConnect));
         assert_eq!(eval(&c, "net.bind 127.0.0.1:80").decision.hook, Some(Hook::LsmSocketBind));
+        // UDP sends (with a destination) at lsm/socket_sendmsg.
         let e = eval(&c, "net.sendto 127.0.0.1:53");
-        allowed(&e, 0);
-        assert!(e.decision.undecided.is_some());
+        is(&e, DENIED, FIRST);
+        assert_eq!(e.decision.hook, Some(Hook::LsmSocketSendmsg));
         let all = Active { lsm: true, lsm_paths: true, lsm_userns: true, cgroup: true, tracepoint: true };
         assert_eq!(backend_flags(&all), 0);
         let tp = Active { lsm: false, lsm_paths: false, lsm_userns: false, cgroup: true, tracepoint: true };

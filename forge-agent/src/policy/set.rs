@@ -216,7 +216,7 @@ pub fn enforceable(class: u8, active: &crate::ebpf::Active) -> bool {
         op::EXEC => active.lsm_paths || active.tracepoint,
         op::FILE_READ | op::FILE_WRITE => active.lsm_paths,
         op::NET_CONNECT | op::NET_BIND => active.cgroup || active.lsm,
-        op::NET_SENDTO => active.cgroup,
+        op::NET_SENDTO => active.cgroup || active.lsm,
         op::NET_RAW => active.cgroup || active.lsm,
         op::NET_UNIX => active.lsm,
         op::SYSCALL => active.tracepoint,
