@@ -167,6 +167,7 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
                 rows.extend(
                     o.panics.iter().map(|p| format!("  {label:<17} retried after a guest kernel panic: {p}")),
                 );
+                rows.extend(counts.failures.iter().map(|(n, m)| format!("  {label:<17} failed: {n}: {m}")));
             }
             Err(e) => {
                 rows.push(format!("  {label:<17} FAILED no result: {}", first_line(&format!("{e:#}"))));
@@ -188,17 +189,36 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-/// Test counts summed over every `test result:` line (host and guests).
+/// Test counts summed over every `test result:` line (host and guests), and
+/// the failed tests with the first line of what they said when they panicked,
+/// so the end of a long CI log names them.
 #[derive(Default)]
 struct Tally {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// (test name, first panic message line), in the order seen.
+    failures: Vec<(String, String)>,
+    /// The test whose `panicked at` line was the last seen: its message is the next line.
+    panicking: Option<String>,
 }
 
 impl Tally {
     fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        let line = line.trim();
+        if let Some(name) = self.panicking.take() {
+            self.note_failure(&name, line);
+        }
+        if let Some(rest) = line.strip_prefix("thread '")
+            && let Some((name, tail)) = rest.split_once("' ")
+            && tail.contains("panicked at")
+        {
+            self.panicking = Some(name.to_owned());
+        }
+        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+            self.note_failure(name, "");
+        }
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
         for part in rest.split([';', '.']) {
             let mut words = part.split_whitespace();
             if let (Some(n), Some(what)) = (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
@@ -212,14 +232,27 @@ impl Tally {
         }
     }
 
+    /// Records `name` as failed; a non-empty `message` replaces an empty one.
+    fn note_failure(&mut self, name: &str, message: &str) {
+        match self.failures.iter_mut().find(|f| f.0 == name) {
+            Some(f) if f.1.is_empty() => f.1 = message.to_owned(),
+            Some(_) => {}
+            None => self.failures.push((name.to_owned(), message.to_owned())),
+        }
+    }
+
     fn add(&mut self, other: &Self) {
         self.passed += other.passed;
         self.failed += other.failed;
         self.ignored += other.ignored;
+        self.failures.extend(other.failures.iter().cloned());
     }
 
     fn print(&self) {
         println!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.ignored);
+        for (name, message) in &self.failures {
+            println!("  failed: {name}: {message}");
+        }
     }
 }
 
@@ -285,6 +318,32 @@ mod tests {
         t.add_line("[6.1] ignored noise");
         t.add_line("test result: FAILED. 20 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
         assert_eq!((t.passed, t.failed, t.ignored), (28, 1, 4));
+    }
+
+    #[test]
+    fn tally_names_failed_tests_with_their_panic_message() {
+        let mut t = Tally::default();
+        for l in [
+            "test hot_swap ... FAILED",
+            "failures:",
+            "",
+            "---- hot_swap stdout ----",
+            "",
+            "thread 'hot_swap' panicked at tests/privileged/swap.rs:10:5:",
+            "no run crossed a swap",
+            "---- other stdout ----",
+            "failures:",
+            "    hot_swap",
+        ] {
+            t.add_line(l);
+        }
+        assert_eq!(
+            t.failures,
+            [
+                ("hot_swap".to_owned(), "no run crossed a swap".to_owned()),
+                ("other".to_owned(), String::new())
+            ]
+        );
     }
 
     #[test]
