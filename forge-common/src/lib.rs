@@ -76,10 +76,13 @@ pub mod map_name {
 /// Version of the map layout. An agent refuses to adopt pinned maps of
 /// another layout (it says so and how to start over), instead of reading
 /// records it would misunderstand.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
-/// Deepest cgroup level the agent governs (levels are bits of a `u64`).
-pub const MAX_GOVERNED_LEVEL: u32 = 63;
+/// Deepest cgroup level the agent governs (their descendants are governed at
+/// any depth). Every program walks the governed levels on a miss, and the
+/// verifier explores each step: 15 keeps the programs' load time down
+/// (levels are the low bits of `Config::levels_rev`).
+pub const MAX_GOVERNED_LEVEL: u32 = 15;
 
 /// Kernel functions (kfuncs) the programs call. aya 0.14 cannot relocate
 /// kfunc calls, so a program calls a placeholder helper number no kernel

@@ -333,7 +333,7 @@ pub struct Config {
     /// [`crate::LAYOUT_VERSION`] of the agent that wrote the maps.
     pub layout: u32,
     /// The cgroup levels at which some cgroup is governed, bit-reversed:
-    /// bit `63 - level` is set for a governed cgroup at `level` (the root
+    /// bit `MAX_GOVERNED_LEVEL - level` is set for a governed cgroup at `level` (the root
     /// cgroup is level 0). Reversed so that the lowest set bit is the
     /// deepest level, the first one a walk for the nearest governed
     /// ancestor looks at.
@@ -438,13 +438,14 @@ mod tests {
     #[test]
     fn governed_levels_are_bit_reversed() {
         assert_eq!(Config::levels_rev_of([]), 0);
-        assert_eq!(Config::levels_rev_of([0]), 1 << 63);
-        assert_eq!(Config::levels_rev_of([63]), 1);
+        let max = crate::MAX_GOVERNED_LEVEL;
+        assert_eq!(Config::levels_rev_of([0]), 1 << max);
+        assert_eq!(Config::levels_rev_of([max]), 1);
         let m = Config::levels_rev_of([2, 5, 5]);
-        assert_eq!(m, (1 << 61) | (1 << 58));
+        assert_eq!(m, (1 << (max - 2)) | (1 << (max - 5)));
         // The lowest set bit is the deepest level.
-        assert_eq!(63 - m.trailing_zeros(), 5);
-        assert_eq!(Config::levels_rev_of([64, 1000]), 0);
+        assert_eq!(max - m.trailing_zeros(), 5);
+        assert_eq!(Config::levels_rev_of([max + 1, 64, 1000]), 0);
     }
 
     #[test]

@@ -109,6 +109,48 @@ pub(crate) fn child_cgroups_are_governed() -> Result<(), Failed> {
     expect("the same connect outside", f.outside(&format!("connect {denied}"))?, Outcome::Ok)?;
     std::thread::sleep(Duration::from_millis(50));
     check!(hits.load(Ordering::SeqCst) == 1, "the listener did not count the allowed connect");
+    deepest_governed_level(&mut f, denied, &hits)
+}
+
+/// A cgroup at the deepest level the agent governs decides for a process
+/// one level below it (the walk reaches that level); one level deeper
+/// cannot be governed, and the refusal names the cgroup and its level.
+fn deepest_governed_level(
+    f: &mut Fixture,
+    denied: std::net::SocketAddr,
+    hits: &AtomicUsize,
+) -> Result<(), Failed> {
+    let top = root()?;
+    let mut deepest = f.cgroup.path.clone();
+    for _ in f.cgroup.level().map_err(fail)?..forge_common::MAX_GOVERNED_LEVEL {
+        deepest.push("d");
+    }
+    let rel = |p: &Path| {
+        p.strip_prefix(&top).map_err(fail).and_then(|r| r.to_str().map(str::to_owned).ok_or("path".into()))
+    };
+    let cg = Cgroup::create(&rel(&deepest)?).map_err(fail)?;
+    let compiled = f.compiled.clone();
+    f.agent_mut().writer.govern(&cg, &compiled).map_err(fail)?;
+    let below = deepest.join("below");
+    let rel_below = below.strip_prefix(&f.cgroup.path).map_err(fail)?.to_str().ok_or("path")?.to_owned();
+    let (got, _) = run_in(f, &rel_below, &format!("connect {denied}"))?;
+    expect("connect from below the deepest governed cgroup", got, EPERM)?;
+    check!(hits.load(Ordering::SeqCst) == 1, "a connect from below the deepest governed cgroup arrived");
+    connect_event(f, cg.id, id_of(&below)?)?;
+    let too_deep = Cgroup::open(&below).map_err(fail)?;
+    let err = match f.agent_mut().writer.govern(&too_deep, &compiled) {
+        Ok(_) => {
+            return Err(
+                format!("{} (one level deeper than the deepest) was governed", below.display()).into()
+            );
+        }
+        Err(e) => e.to_string(),
+    };
+    let level = forge_common::MAX_GOVERNED_LEVEL + 1;
+    check!(
+        err.contains(&format!("{}", below.display())) && err.contains(&format!("level {level}")),
+        "refusal to govern too deep: {err}"
+    );
     Ok(())
 }
 

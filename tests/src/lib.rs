@@ -367,7 +367,8 @@ impl Drop for Fixture {
             let _ = agent.remove_pins();
         }
         let _ = forge_agent::ebpf::Pins::new(&self.pin_root).remove_all();
-        let _ = self.cgroup.destroy();
+        // The cgroups a test made below its own go with it.
+        let _ = self.cgroup.destroy_tree();
     }
 }
 
@@ -522,6 +523,6 @@ impl Drop for DaemonFixture {
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
-        let _ = self.cgroup.destroy();
+        let _ = self.cgroup.destroy_tree();
     }
 }
