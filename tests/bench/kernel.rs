@@ -7,8 +7,11 @@
 //!      levels are governed (the hooks walk the task's ancestors at every
 //!      governed level before they know it is ungoverned).
 //! Each configuration runs REPEATS times, interleaved; the report gives the
-//! median ns/op with min and max, and B/A and C/A as ratios from the same run.
+//! median ns/op with min and max (A is the plain loop: its absolute cost),
+//! and B/A, C/A and D/A as ratios from the same run.
 //! Needs root. `cargo xtask bench` runs it; alone: `cargo bench -p forge-tests --bench kernel`.
+//! With `FORGE_BENCH_SMOKE` set (`cargo xtask test`), one repeat of a
+//! hundredth of each loop: a check that it runs, not a measurement.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
 use std::{
@@ -34,11 +37,41 @@ struct Loop {
     iterations: u32,
 }
 
-const LOOPS: [Loop; 3] = [
+/// The loops, by index in [`run_loop`].
+const LOOPS: [Loop; 5] = [
+    Loop { name: "getppid (syscall entry)", iterations: 1_000_000 },
     Loop { name: "open+close", iterations: 200_000 },
-    Loop { name: "tcp connect (loopback)", iterations: 2_000 },
+    Loop { name: "mmap+munmap of a file", iterations: 200_000 },
+    Loop { name: "tcp connect+accept (loopback)", iterations: 5_000 },
     Loop { name: "fork+exec /bin/true", iterations: 300 },
 ];
+
+fn smoke() -> bool {
+    std::env::var_os("FORGE_BENCH_SMOKE").is_some()
+}
+
+/// A connect whose close leaves no TIME_WAIT behind (SO_LINGER 0: a reset):
+/// thousands of connects would otherwise use up the ephemeral ports, and
+/// each connect would pay for the kernel's search for a free one.
+fn connect_once(port: u16) {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the bench listener");
+    let off = libc::linger { l_onoff: 1, l_linger: 0 };
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &off).expect("SO_LINGER");
+}
+
+/// A private read-only mapping of `file`'s first page, unmapped at once.
+fn map_once(file: &std::fs::File) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a new private read-only mapping of an open file, which no
+    // Rust reference points into; unmapped below.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
+    };
+    assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    // SAFETY: `p` is the mapping just made, of that length.
+    let rc = unsafe { libc::munmap(p, 4096) };
+    assert_eq!(rc, 0, "munmap");
+}
 
 /// In the child: run one loop and print ns per operation.
 fn run_loop(spec: &str) -> ! {
@@ -46,11 +79,14 @@ fn run_loop(spec: &str) -> ! {
     let which: usize = it.next().and_then(|s| s.parse().ok()).expect("loop index");
     let n: u32 = it.next().and_then(|s| s.parse().ok()).expect("iterations");
     let port: u16 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mapped = std::fs::File::open("/etc/hostname").expect("open /etc/hostname");
     let start = Instant::now();
     for _ in 0..n {
         match which {
-            0 => drop(std::fs::File::open("/etc/hostname").expect("open /etc/hostname")),
-            1 => drop(TcpStream::connect(("127.0.0.1", port)).expect("connect to the bench listener")),
+            0 => drop(std::hint::black_box(nix::unistd::getppid())),
+            1 => drop(std::fs::File::open("/etc/hostname").expect("open /etc/hostname")),
+            2 => map_once(&mapped),
+            3 => connect_once(port),
             _ => {
                 let st = Command::new("/bin/true").status().expect("exec /bin/true");
                 assert!(st.success());
@@ -134,11 +170,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let _guard = rt.enter();
 
+    let (repeats, divide, swap_rounds) = if smoke() { (1, 100, 5) } else { (REPEATS, 1, 50) };
     // samples[loop][config] = ns/op per repeat
     let mut samples = vec![vec![Vec::new(); 4]; LOOPS.len()];
     let mut backends = String::new();
     let mut swaps: Vec<f64> = Vec::new();
-    for rep in 0..REPEATS {
+    for rep in 0..repeats {
         for config in [rep % 4, (rep + 1) % 4, (rep + 2) % 4, (rep + 3) % 4] {
             let agent = (config > 0).then(|| {
                 let mut a = Agent::start(&AgentOptions {
@@ -165,12 +202,12 @@ fn main() {
                     3 => Some(&deep),
                     _ => None,
                 };
-                samples[i][config].push(measure(&exe, cg, i, l.iterations, port));
+                samples[i][config].push(measure(&exe, cg, i, (l.iterations / divide).max(2), port));
             }
             if let Some(mut a) = agent {
                 if config == 2 {
                     // Apply latency: a whole-record swap for one governed cgroup.
-                    for _ in 0..50 {
+                    for _ in 0..swap_rounds {
                         let t = Instant::now();
                         a.writer.govern(&governed, &compiled).expect("swap");
                         swaps.push(t.elapsed().as_nanos() as f64);
@@ -185,7 +222,7 @@ fn main() {
     let _ = Cgroup::resolve(&format!("forge-bench/{id}-deep")).map(|c| c.destroy_tree());
     let _ = other.destroy_tree();
 
-    println!("## Kernel overhead (ns per operation, {REPEATS} repeats: median [min-max])\n");
+    println!("## Kernel overhead (ns per operation, {repeats} repeats: median [min-max])\n");
     println!(
         "Backends with the agent loaded: {backends}. 100-rule policy: 16 net, 1 syscall list, 83 path rules.\n"
     );

@@ -239,6 +239,11 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
+/// How long a test waits for the events it expects: they come within
+/// milliseconds, but a guest under software emulation on a loaded machine
+/// can stall for seconds (the wait ends as soon as they are there).
+pub const EVENT_WAIT: Duration = Duration::from_secs(6);
+
 /// One test's world: a cgroup governed by its own agent.
 pub struct Fixture {
     pub rt: tokio::runtime::Runtime,
@@ -339,23 +344,25 @@ impl Fixture {
     }
 
     /// Collects decision events (not process tracking) until `n` arrived or
-    /// two seconds passed.
+    /// [`EVENT_WAIT`] passed.
     pub fn decisions(&mut self, n: usize) -> Vec<DecisionEvent> {
         let rt = &self.rt;
         let agent = self.agent.as_mut().expect("agent present until drop");
-        rt.block_on(agent.collect_until(Duration::from_secs(2), |evs| {
-            evs.iter().filter(|e| e.verdict != Verdict::Info).count() >= n
-        }))
+        rt.block_on(
+            agent.collect_until(EVENT_WAIT, |evs| {
+                evs.iter().filter(|e| e.verdict != Verdict::Info).count() >= n
+            }),
+        )
         .into_iter()
         .filter(|e| e.verdict != Verdict::Info)
         .collect()
     }
 
-    /// All events (including process tracking) until `pred` holds or 2 s.
+    /// All events (including process tracking) until `pred` holds or [`EVENT_WAIT`] passes.
     pub fn events_until(&mut self, pred: impl FnMut(&[DecisionEvent]) -> bool) -> Vec<DecisionEvent> {
         let rt = &self.rt;
         let agent = self.agent.as_mut().expect("agent present until drop");
-        rt.block_on(agent.collect_until(Duration::from_secs(2), pred))
+        rt.block_on(agent.collect_until(EVENT_WAIT, pred))
     }
 }
 

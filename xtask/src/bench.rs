@@ -5,13 +5,24 @@ use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::Context as _;
 
-use crate::{setup, test::workspace_root};
+use crate::{
+    setup,
+    test::{cargo, workspace_root},
+};
 
 #[derive(clap::Args, Default)]
 pub(crate) struct BenchArgs {
     /// Criterion measurement time per benchmark, seconds.
     #[arg(long, default_value_t = 3)]
     pub(crate) seconds: u32,
+    /// Run every benchmark once, briefly, in the test profile, and check that
+    /// the report has a row for each: criterion benchmarks in their test mode
+    /// (one iteration), the kernel, quarantine and fleet benchmarks with few
+    /// iterations (`FORGE_BENCH_SMOKE=1`). `cargo xtask test` runs this so
+    /// that a broken benchmark fails CI. Its figures are not measurements;
+    /// the report goes to `target/bench/smoke-report.md`.
+    #[arg(long)]
+    pub(crate) smoke: bool,
 }
 
 fn capture(cmd: &mut Command) -> anyhow::Result<String> {
@@ -22,14 +33,72 @@ fn capture(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+/// Cargo's package selection for every benchmark command: the same as the
+/// test run's, so the dependencies are built with one feature set.
+const PACKAGES: [&str; 3] = ["--workspace", "--exclude", "forge-ebpf"];
+
+/// Set in a smoke run: the kernel, quarantine and fleet benchmarks run a
+/// few iterations.
+pub(crate) const SMOKE_ENV: &str = "FORGE_BENCH_SMOKE";
+
+/// A benchmark target of the workspace (`[[bench]]`).
+struct Target {
+    package: String,
+    name: String,
+}
+
+impl Target {
+    /// forge-agent's benchmarks are criterion's; the others print a report
+    /// section of their own.
+    fn is_criterion(&self) -> bool {
+        self.package == "forge-agent"
+    }
+}
+
+/// Every `[[bench]]` target of the workspace, from `cargo metadata`: a new
+/// benchmark is run (and its rows checked) without being listed here.
+fn targets() -> anyhow::Result<Vec<Target>> {
+    let out = capture(cargo().args(["metadata", "--no-deps", "--format-version", "1"]))?;
+    let meta: serde_json::Value = serde_json::from_str(&out).context("reading cargo metadata")?;
+    let mut found = Vec::new();
+    for pkg in meta["packages"].as_array().into_iter().flatten() {
+        for t in pkg["targets"].as_array().into_iter().flatten() {
+            if t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bench")) {
+                found.push(Target {
+                    package: pkg["name"].as_str().unwrap_or_default().to_owned(),
+                    name: t["name"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+    }
+    anyhow::ensure!(found.iter().any(Target::is_criterion), "cargo metadata lists no criterion benchmark");
+    Ok(found)
+}
+
+/// `cargo bench` (or, for a smoke run, `cargo test`) of `targets`.
+fn cargo_bench<'a>(smoke: bool, targets: impl IntoIterator<Item = &'a Target>) -> Command {
+    let mut c = cargo();
+    c.arg(if smoke { "test" } else { "bench" }).args(PACKAGES);
+    for t in targets {
+        c.args(["--bench", &t.name]);
+    }
+    if smoke {
+        c.env(SMOKE_ENV, "1");
+    }
+    c
 }
 
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::run(&setup::SetupArgs::default())?;
     let root = workspace_root();
-    let mut report = String::from("# ForgeOne benchmarks\n\n");
+    let targets = targets()?;
+    let (criterion, sections): (Vec<&Target>, Vec<&Target>) = targets.iter().partition(|t| t.is_criterion());
+    let mut report = String::from(if args.smoke {
+        "# ForgeOne benchmarks: smoke run\n\nEvery benchmark ran once or a few iterations, unoptimised: these \
+         figures are not measurements (`cargo xtask bench` measures).\n\n"
+    } else {
+        "# ForgeOne benchmarks\n\n"
+    });
     let uname = capture(Command::new("uname").arg("-srm")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -46,52 +115,104 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "Each figure comes from this run; ratios compare configurations measured in the same run.\n"
     );
 
+    // Everything builds once, with one feature set (the forge binary the
+    // fleet benchmark drives included: a package's binaries are built with
+    // its benchmarks).
+    println!("== building the benchmarks");
+    setup::run_cmd(cargo_bench(args.smoke, targets.iter()).arg("--no-run"), "building the benchmarks")?;
+
     println!("== criterion: policy compile, event decode, evaluator, scoring, traces, wasm capsules");
-    let secs = args.seconds.to_string();
-    let crit = capture(cargo().args([
-        "bench",
-        "-p",
-        "forge-agent",
-        "--",
-        "--warm-up-time",
-        "1",
-        "--measurement-time",
-        &secs,
-    ]))?;
+    let expected = criterion_ids(args.smoke, &criterion)?;
+    let mut cmd = cargo_bench(args.smoke, criterion.iter().copied());
+    if !args.smoke {
+        let secs = args.seconds.to_string();
+        cmd.args(["--", "--warm-up-time", "1", "--measurement-time", &secs]);
+    }
+    let crit = capture(&mut cmd)?;
     print!("{crit}");
     report
         .push_str("## Userspace (criterion, median)\n\n| benchmark | median | throughput |\n|---|---|---|\n");
-    criterion_rows(&root.join("target/criterion"), &mut report);
-    report.push_str("\n### Derived from the medians above\n\n| figure | value | from |\n|---|---|---|\n");
-    derived_rows(&root.join("target/criterion"), &mut report);
+    if args.smoke {
+        smoke_rows(&crit, &expected, &mut report)?;
+    } else {
+        let dir = root.join("target/criterion");
+        let missing: Vec<&String> = expected.iter().filter(|id| median_ns(&dir, id).is_none()).collect();
+        anyhow::ensure!(missing.is_empty(), "criterion benchmarks that wrote no estimate: {missing:?}");
+        criterion_rows(&dir, &mut report);
+        report.push_str("\n### Derived from the medians above\n\n| figure | value | from |\n|---|---|---|\n");
+        derived_rows(&dir, &mut report);
+    }
 
-    println!("== kernel overhead (root)");
-    let kernel = capture(cargo().args(["bench", "-p", "forge-tests", "--bench", "kernel"]))?;
-    print!("{kernel}");
-    report.push('\n');
-    report.push_str(&kernel);
-
-    println!("== quarantine latency (root)");
-    let quarantine = capture(cargo().args(["bench", "-p", "forge-tests", "--bench", "quarantine"]))?;
-    print!("{quarantine}");
-    report.push('\n');
-    report.push_str(&quarantine);
-
-    println!("== fleet propagation (root, nats-server)");
-    setup::run_cmd(
-        cargo().args(["build", "--release", "-p", "forge-agent", "--bin", "forge"]),
-        "building forge",
-    )?;
-    let fleet = capture(cargo().args(["bench", "-p", "forge-tests", "--bench", "fleet"]))?;
-    print!("{fleet}");
-    report.push('\n');
-    report.push_str(&fleet);
+    let root_user = is_root();
+    for t in sections {
+        if !root_user {
+            println!("== {} ({}): NOT RUN, needs root", t.name, t.package);
+            let _ = writeln!(report, "\n## {}: not run (needs root)", t.name);
+            continue;
+        }
+        println!("== {} ({}, root)", t.name, t.package);
+        let out = capture(&mut cargo_bench(args.smoke, [t]))?;
+        print!("{out}");
+        check_section(&t.name, &out)?;
+        report.push('\n');
+        report.push_str(&out);
+    }
 
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("report.md");
+    let path = dir.join(if args.smoke { "smoke-report.md" } else { "report.md" });
     std::fs::write(&path, &report)?;
     println!("== report written to {}", path.display());
+    Ok(())
+}
+
+/// Whether this process runs as root (the owner of `/proc/self` is its
+/// effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The ids of the criterion benchmarks, as each binary lists them.
+fn criterion_ids(smoke: bool, criterion: &[&Target]) -> anyhow::Result<Vec<String>> {
+    let list = capture(cargo_bench(smoke, criterion.iter().copied()).args(["--", "--list"]))?;
+    let ids: Vec<String> =
+        list.lines().filter_map(|l| l.strip_suffix(": benchmark")).map(str::to_owned).collect();
+    anyhow::ensure!(!ids.is_empty(), "the criterion benchmarks listed nothing:\n{list}");
+    Ok(ids)
+}
+
+/// One row per criterion benchmark of a smoke run (criterion's test mode
+/// prints `Testing ID` and then `Success`); every listed id must have passed.
+fn smoke_rows(output: &str, expected: &[String], out: &mut String) -> anyhow::Result<()> {
+    let mut passed = Vec::new();
+    let mut testing: Option<&str> = None;
+    for line in output.lines() {
+        if let Some(id) = line.strip_prefix("Testing ") {
+            testing = Some(id.trim());
+        } else if line.trim() == "Success"
+            && let Some(id) = testing.take()
+        {
+            passed.push(id.to_owned());
+        }
+    }
+    let missing: Vec<&String> = expected.iter().filter(|id| !passed.contains(id)).collect();
+    anyhow::ensure!(missing.is_empty(), "criterion benchmarks that did not run to Success: {missing:?}");
+    for id in expected {
+        let _ = writeln!(out, "| {id} | ran once (smoke) | |");
+    }
+    Ok(())
+}
+
+/// A report section from one of the root benchmarks: a markdown table whose
+/// rows all have a value in every cell; not skipped.
+fn check_section(name: &str, out: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(!out.contains("SKIPPED"), "benchmark {name} was skipped:\n{out}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('|') && !l.starts_with("|---")).collect();
+    anyhow::ensure!(rows.len() >= 2, "benchmark {name} printed no table:\n{out}");
+    if let Some(bad) = rows.iter().find(|r| r.trim_matches('|').split('|').any(|c| c.trim().is_empty())) {
+        anyhow::bail!("benchmark {name}: a row with an empty cell: {bad}");
+    }
     Ok(())
 }
 

@@ -43,7 +43,7 @@ pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(workspace_root());
     c
@@ -111,6 +111,9 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
 
         println!("== fuzz targets, briefly");
         crate::fuzz::run(&crate::fuzz::FuzzArgs { seconds: 20 })?;
+
+        println!("== benchmarks, smoke run: each runs briefly and its report rows are checked");
+        crate::bench::run(&crate::bench::BenchArgs { seconds: 0, smoke: true })?;
     }
 
     if args.no_vm {
