@@ -187,6 +187,21 @@ pub(crate) struct Decision {
 }
 
 impl Decision {
+    /// The decision as one integer, never 0 (0 stands for none): to keep a
+    /// decision across a later walk. A kept `Option<Decision>` is stack
+    /// memory partly undefined on `None` (and padding), which the 5.10
+    /// verifier refuses to read.
+    #[inline(always)]
+    pub(crate) fn packed(self) -> u64 {
+        1 << 63 | u64::from(self.action) << 40 | u64::from(self.mode) << 32 | u64::from(self.rule_id)
+    }
+
+    /// The decision [`Self::packed`] made, `None` for 0.
+    #[inline(always)]
+    pub(crate) fn unpacked(v: u64) -> Option<Self> {
+        (v != 0).then_some(Self { action: (v >> 40) as u8, mode: (v >> 32) as u8, rule_id: v as u32 })
+    }
+
     /// The record's default for `op_class`.
     #[inline(always)]
     pub(crate) fn default_for(record: &PolicyRecord, op_class: u8) -> Self {

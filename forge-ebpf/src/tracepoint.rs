@@ -9,7 +9,7 @@ use aya_ebpf::{
 use forge_common::{COMPAT_SYSCALL_BIT, flags, hook, mode, op, verdict};
 
 use crate::{
-    decide::{decide_path, governing, scratch, unresolved_path},
+    decide::{Decision, decide_anonymous, decide_inode, decide_path, governing, scratch, unresolved_path},
     emit::{Report, report},
     kernel,
     maps::{DOOMED, TASKS},
@@ -54,7 +54,10 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 /// `sched_process_exec(p, old_pid, bprm)` (a BTF tracepoint: its link can
 /// be pinned on every supported kernel): report the exec of a governed
 /// process, and kill it when exec is decided here (no LSM path hooks) and
-/// its path is denied.
+/// the program is denied: by its identity (an exact-file deny, whatever
+/// link or mount reaches it), as `<anonymous>` (a memfd, a deleted file),
+/// or by its path. The kill lands before the new program's first
+/// instruction.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let Some(g) = governing() else {
@@ -63,11 +66,22 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let record = g.record;
     let Some(s) = scratch() else { return 0 };
     let bprm: *const u8 = ctx.arg(2);
+    let file = kernel::read_ptr(bprm, kernel::bprm_file());
+    let decides = record.flags & flags::EXEC_VIA_TRACEPOINT != 0 && record.flags & flags::HAS_PATH_RULES != 0;
+    // The file itself, then whether it is anonymous, first: both use the
+    // scratch key, which the path then fills (for the event too).
+    let early = match file {
+        Some(f) if decides => match decide_inode(record, g.slot, op::EXEC, s, f) {
+            Some(d) => d.packed(),
+            None if kernel::file_unlinked(f) == Some(true) => decide_anonymous(record, g.slot, s).packed(),
+            None => 0,
+        },
+        _ => 0,
+    };
     // The file the kernel loaded, resolved to an absolute path (not the
     // string given to execve: `./x`, `..`, symlinks and fexecve decide the
     // same as the path they reach).
-    let resolved = kernel::read_ptr(bprm, kernel::bprm_file())
-        .is_some_and(|file| kernel::file_path(file.wrapping_add(kernel::file_f_path()), s));
+    let resolved = file.is_some_and(|file| kernel::file_path(file.wrapping_add(kernel::file_f_path()), s));
     if !resolved {
         // For the event only: the name execve was given.
         s.path_len = 0;
@@ -83,8 +97,12 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         }
     }
     let ppid = kernel::current_ppid();
-    if record.flags & flags::EXEC_VIA_TRACEPOINT != 0 && record.flags & flags::HAS_PATH_RULES != 0 {
-        let d = if resolved { decide_path(record, g.slot, op::EXEC, s) } else { unresolved_path(record) };
+    if decides {
+        let d = match Decision::unpacked(early) {
+            Some(d) => d,
+            None if resolved => decide_path(record, g.slot, op::EXEC, s),
+            None => unresolved_path(record),
+        };
         if !d.allows() {
             let mut r = Report::of(&g, hook::EXEC_TRACEPOINT, op::EXEC, verdict::KILL, d.mode, d.rule_id);
             r.ppid = ppid;

@@ -363,9 +363,50 @@ spec:
             );
             check!(ev.rule_id == forge_common::rule_id::FIRST + 1, "decided by rule {}", ev.rule_id);
         }
-        Ok(())
+        anonymous_and_same_file(&mut f, &dir)
     })();
     let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&dir);
     r
+}
+
+/// The exec fallback decides a program by what it is, as BPF LSM does:
+/// where exec is allowed by default and a rule denies one file, a hard link
+/// made to that file elsewhere is the same file (killed by that rule), and
+/// a memfd copy of an allowed program is `<anonymous>` (killed by the
+/// built-in rule), before either runs.
+fn anonymous_and_same_file(f: &mut Fixture, dir: &std::path::Path) -> Result<(), Failed> {
+    // A copy of a small program (the guests keep /tmp in memory).
+    let ok = std::fs::canonicalize("/bin/true").map_err(forge_tests::fail)?.display().to_string();
+    std::fs::create_dir_all(dir.join("exact")).map_err(forge_tests::fail)?;
+    let exact = dir.join("exact/bin").display().to_string();
+    std::fs::copy(&ok, &exact).map_err(forge_tests::fail)?;
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).map_err(forge_tests::fail)?;
+    let hard = elsewhere.join("hard-link");
+    std::fs::hard_link(&exact, &hard).map_err(forge_tests::fail)?;
+    f.swap(&format!(
+        "apiVersion: forgeone.dev/v1alpha1
+kind: Policy
+metadata: {{name: exec-identity}}
+spec:
+  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
+  rules:
+    - {{name: no-exact, op: exec, action: deny, paths: [{exact}]}}
+"
+    ))?;
+    expect("an allowed program", f.inside(&format!("exec {ok}"))?, Outcome::Ok)?;
+    expect("the denied file", f.inside(&format!("exec {exact}"))?, SIGKILL)?;
+    expect("a hard link to the denied file", f.inside(&format!("exec {}", hard.display()))?, SIGKILL)?;
+    expect("a memfd copy of an allowed program", f.inside(&format!("exec-memfd {ok}"))?, SIGKILL)?;
+    expect("a deleted copy of an allowed program", f.inside(&format!("exec-deleted {ok}"))?, SIGKILL)?;
+    expect("a memfd copy outside", f.outside(&format!("exec-memfd {ok}"))?, Outcome::Ok)?;
+    let events = f.decisions(4);
+    let kills: Vec<_> = events.iter().filter(|e| e.op == Op::Exec && e.verdict == Verdict::Kill).collect();
+    let by = |id| kills.iter().filter(|e| e.rule_id == id).count();
+    check!(
+        by(forge_common::rule_id::FIRST) == 2 && by(forge_common::rule_id::ANONYMOUS_EXEC) == 2,
+        "expected 2 kills by the exact deny and 2 by ANONYMOUS_EXEC: {events:?}"
+    );
+    Ok(())
 }

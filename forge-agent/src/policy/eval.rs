@@ -766,9 +766,9 @@ fn lookup_key(path: &str, truncate: bool) -> Option<Vec<u8>> {
 /// forge-ebpf `decide_path`: the longest matching entry, else the default.
 fn decide_path(c: &CompiledRecord, class: u8, path: &str, truncate: bool) -> (Decision, Vec<Considered>) {
     let r = &c.record;
-    // Under BPF LSM (not `truncate`: that is the exec tracepoint) the file
-    // itself comes first: an exact-file deny naming it by another path.
-    if !truncate && let Some(e) = same_file(c, class, path) {
+    // The file itself comes first (under BPF LSM and at the exec
+    // tracepoint alike): an exact-file deny naming it by another path.
+    if let Some(e) = same_file(c, class, path) {
         let d = Decision { action: e.rule.action, mode: e.rule.mode, rule_id: e.rule.rule_id };
         let considered = vec![Considered::SameFile {
             path: e.path,
@@ -860,8 +860,9 @@ fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<
     }
     if r.flags & flags::EXEC_VIA_TRACEPOINT != 0 {
         notes.push(
-            "no BPF LSM: exec is decided at sched_process_exec, after it succeeded, by the path as given to execve \
-             (not resolved); a denied exec kills the new image"
+            "no BPF LSM path hooks: exec is decided at sched_process_exec, after it succeeded, on the file the \
+             kernel loaded (its identity for an exact-file deny, then its path resolved in the kernel); a denied \
+             exec kills the new image before its first instruction"
                 .to_string(),
         );
         let (d, considered) = decide_path(c, op::EXEC, path, true);
@@ -881,14 +882,16 @@ fn exec(c: &CompiledRecord, path: &str, notes: &mut Vec<String>) -> (Check, Vec<
     (decided(c, op::EXEC, Hook::LsmBprmCheck, Verdict::Deny, d, considered), vec![read])
 }
 
-/// An anonymous executable (memfd, deleted file) at `lsm/bprm_check_security`:
+/// An anonymous executable (memfd, deleted file) at `lsm/bprm_check_security`
+/// or, without the BPF LSM path hooks, at `sched_process_exec` (a kill):
 /// the `<anonymous>` entry (a rule or the built-in deny), else the default.
 fn anonymous(c: &CompiledRecord, notes: &mut Vec<String>) -> Check {
     let r = &c.record;
-    if r.flags & flags::EXEC_VIA_TRACEPOINT != 0 {
+    let tracepoint = r.flags & flags::EXEC_VIA_TRACEPOINT != 0;
+    if tracepoint {
         notes.push(
-            "no BPF LSM: the exec tracepoint decides an anonymous executable by the path its walk finds \
-             (/memfd:NAME, or the deleted file's last path), not as <anonymous>"
+            "no BPF LSM path hooks: an anonymous executable is decided at sched_process_exec; a denied one is \
+             killed before its first instruction"
                 .to_string(),
         );
     }
@@ -909,7 +912,9 @@ fn anonymous(c: &CompiledRecord, notes: &mut Vec<String>) -> Check {
         ),
         None => (Decision::default_for(r, op::EXEC).under(r), vec![default_considered(r, op::EXEC)]),
     };
-    decided(c, op::EXEC, Hook::LsmBprmCheck, Verdict::Deny, d, considered)
+    let (hook, verdict) =
+        if tracepoint { (Hook::ExecTracepoint, Verdict::Kill) } else { (Hook::LsmBprmCheck, Verdict::Deny) };
+    decided(c, op::EXEC, hook, verdict, d, considered)
 }
 
 /// `cgroup/sock_create`: the class's one decision (a `net.raw` rule or the
@@ -1315,10 +1320,11 @@ mod tests {
             );
             allowed(&eval(&c, &format!("{op} {}", other.display())), forge_common::rule_id::DEFAULT);
         }
-        // The exec tracepoint (no BPF LSM) decides by path only.
+        // The exec tracepoint (no BPF LSM path hooks) decides by identity
+        // too, as a kill.
         c.record.flags |= flags::EXEC_VIA_TRACEPOINT;
         let e = eval(&c, &format!("exec {}", link.display()));
-        assert_eq!(e.verdict(), Verdict::Allow, "{e:#?}");
+        is(&e, (Verdict::Kill, Mode::Enforce, true), id);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1336,6 +1342,14 @@ mod tests {
         );
         allowed(&eval(&c, "exec <anonymous>"), FIRST + 1);
         assert!("file.read <anonymous>".parse::<Operation>().is_err());
+        // Without the LSM path hooks the exec tracepoint decides it the same
+        // way, as a kill.
+        let mut c =
+            with_rules(OPEN, "    - {name: no-curl, op: exec, action: deny, paths: [/usr/bin/curl]}\n");
+        c.record.flags |= flags::EXEC_VIA_TRACEPOINT;
+        let e = eval(&c, "exec <anonymous>");
+        is(&e, (Verdict::Kill, Mode::Enforce, true), forge_common::rule_id::ANONYMOUS_EXEC);
+        assert_eq!(e.decision.hook, Some(Hook::ExecTracepoint));
     }
 
     #[test]
