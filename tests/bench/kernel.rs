@@ -42,7 +42,7 @@ const LOOPS: [Loop; 5] = [
     Loop { name: "getppid (syscall entry)", iterations: 1_000_000 },
     Loop { name: "open+close", iterations: 200_000 },
     Loop { name: "mmap+munmap of a file", iterations: 200_000 },
-    Loop { name: "tcp connect+accept (loopback)", iterations: 5_000 },
+    Loop { name: "tcp connect+accept+close (loopback)", iterations: 5_000 },
     Loop { name: "fork+exec /bin/true", iterations: 300 },
 ];
 
@@ -50,13 +50,18 @@ fn smoke() -> bool {
     std::env::var_os("FORGE_BENCH_SMOKE").is_some()
 }
 
-/// A connect whose close leaves no TIME_WAIT behind (SO_LINGER 0: a reset):
-/// thousands of connects would otherwise use up the ephemeral ports, and
-/// each connect would pay for the kernel's search for a free one.
+/// One connect, accepted: it waits for the listener's close (end of
+/// stream), so the accept queue never fills (a full queue drops SYNs, and
+/// the retried connect costs a second); its own close is a reset
+/// (SO_LINGER 0), so no TIME_WAIT is left on either side to use up the
+/// ephemeral ports, which makes every later connect search for a free one.
 fn connect_once(port: u16) {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the bench listener");
+    use std::io::Read as _;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the bench listener");
     let off = libc::linger { l_onoff: 1, l_linger: 0 };
     nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &off).expect("SO_LINGER");
+    let n = s.read(&mut [0u8; 1]).expect("read the listener's close");
+    assert_eq!(n, 0, "the listener sends nothing");
 }
 
 /// A private read-only mapping of `file`'s first page, unmapped at once.
