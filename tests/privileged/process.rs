@@ -385,15 +385,9 @@ fn anonymous_and_same_file(f: &mut Fixture, dir: &std::path::Path) -> Result<(),
     std::fs::create_dir_all(&elsewhere).map_err(forge_tests::fail)?;
     let hard = elsewhere.join("hard-link");
     std::fs::hard_link(&exact, &hard).map_err(forge_tests::fail)?;
-    f.swap(&format!(
-        "apiVersion: forgeone.dev/v1alpha1
-kind: Policy
-metadata: {{name: exec-identity}}
-spec:
-  defaults: {{exec: allow, file.read: allow, file.write: allow, net.connect: allow, net.bind: allow, net.sendto: allow, net.unix: allow, syscall: allow}}
-  rules:
-    - {{name: no-exact, op: exec, action: deny, paths: [{exact}]}}
-"
+    f.swap(&policy(
+        "enforce",
+        &format!("    - {{name: no-exact, op: exec, action: deny, paths: [{exact}]}}\n"),
     ))?;
     expect("an allowed program", f.inside(&format!("exec {ok}"))?, Outcome::Ok)?;
     expect("the denied file", f.inside(&format!("exec {exact}"))?, SIGKILL)?;
