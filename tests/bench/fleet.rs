@@ -25,14 +25,10 @@ use forge_agent::{
 };
 use forge_tests::{EPERM, fleet::Fleet};
 
-/// Rounds of the measurement (a smoke run, `FORGE_BENCH_SMOKE` set: 3).
-fn rounds() -> usize {
-    if std::env::var_os("FORGE_BENCH_SMOKE").is_some() { 3 } else { 40 }
-}
-/// Baseline rounds of the measurement (a smoke run, `FORGE_BENCH_SMOKE` set: 3).
-fn baseline_rounds() -> usize {
-    if std::env::var_os("FORGE_BENCH_SMOKE").is_some() { 3 } else { 20 }
-}
+/// Rounds of the measurement (3 in a smoke run: `forge_tests::bench_rounds`).
+const ROUNDS: usize = 40;
+/// Rounds of the baseline (3 in a smoke run: `forge_tests::bench_rounds`).
+const BASELINE_ROUNDS: usize = 20;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -103,7 +99,7 @@ fn run(forge: &std::path::Path) -> Result<String, String> {
     // Baseline: one agent, its API, no bus.
     let mut version = 100;
     let mut local = Vec::new();
-    for r in 0..baseline_rounds() {
+    for r in 0..forge_tests::bench_rounds(BASELINE_ROUNDS) {
         version += 1;
         let dir = f.bundle(version, (r % 2 == 0).then_some(peer), true).map_err(|e| format!("{e:?}"))?;
         let req = Request::PolicyApplyBundle { path: dir.display().to_string() };
@@ -113,7 +109,7 @@ fn run(forge: &std::path::Path) -> Result<String, String> {
     }
 
     let (mut all, mut each, mut enforced, mut checks) = (Vec::new(), Vec::new(), 0, 0);
-    for r in 0..rounds() {
+    for r in 0..forge_tests::bench_rounds(ROUNDS) {
         version += 1;
         let deny = r % 2 == 0;
         let dir = f.bundle(version, deny.then_some(peer), true).map_err(|e| format!("{e:?}"))?;
@@ -147,7 +143,7 @@ fn run(forge: &std::path::Path) -> Result<String, String> {
     }
 
     let mut records = Vec::new();
-    for r in 0..rounds() {
+    for r in 0..forge_tests::bench_rounds(ROUNDS) {
         let identity = Identity::parse(&format!("sha3-256:{:064x}", r + 1)).map_err(|e| e.to_string())?;
         let record = TrustRecord {
             node: "ops".into(),

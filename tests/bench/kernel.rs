@@ -46,10 +46,6 @@ const LOOPS: [Loop; 5] = [
     Loop { name: "fork+exec /bin/true", iterations: 300 },
 ];
 
-fn smoke() -> bool {
-    std::env::var_os("FORGE_BENCH_SMOKE").is_some()
-}
-
 /// One connect, accepted: it waits for the listener's close (end of
 /// stream), so the accept queue never fills (a full queue drops SYNs, and
 /// the retried connect costs a second); its own close is a reset
@@ -175,7 +171,8 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let _guard = rt.enter();
 
-    let (repeats, divide, swap_rounds) = if smoke() { (1, 100, 5) } else { (REPEATS, 1, 50) };
+    let (repeats, divide, swap_rounds) =
+        if forge_tests::bench_smoke() { (1, 100, 5) } else { (REPEATS, 1, 50) };
     // samples[loop][config] = ns/op per repeat
     let mut samples = vec![vec![Vec::new(); 4]; LOOPS.len()];
     let mut backends = String::new();

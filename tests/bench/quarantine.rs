@@ -31,10 +31,8 @@ use forge_agent::{
     workload::spawn_in,
 };
 
-/// Rounds of the measurement (a smoke run, `FORGE_BENCH_SMOKE` set: 3).
-fn rounds() -> usize {
-    if std::env::var_os("FORGE_BENCH_SMOKE").is_some() { 3 } else { 300 }
-}
+/// Rounds of the measurement (3 in a smoke run: `forge_tests::bench_rounds`).
+const ROUNDS: usize = 300;
 
 const POLICY: &str = "apiVersion: forgeone.dev/v1alpha1
 kind: Policy
@@ -119,7 +117,7 @@ fn run(pin_root: &str, cgroup: &Cgroup, data: &std::path::Path) -> Result<String
 
     let mut contained = Vec::new();
     let mut whole = Vec::new();
-    for i in 0..rounds() {
+    for i in 0..forge_tests::bench_rounds(ROUNDS) {
         let ev = DecisionEvent {
             ts_ns: kernel_now_ns(),
             cgroup_id: cgroup.id,
@@ -157,7 +155,7 @@ fn run(pin_root: &str, cgroup: &Cgroup, data: &std::path::Path) -> Result<String
     let record = d.compiled_for(cgroup.id).cloned().ok_or("not governed")?;
     let mut swap = Vec::new();
     let mut freeze = Vec::new();
-    for _ in 0..rounds() {
+    for _ in 0..forge_tests::bench_rounds(ROUNDS) {
         let start = Instant::now();
         d.agent.writer.govern(cgroup, &record).map_err(|e| e.to_string())?;
         swap.push(start.elapsed().as_secs_f64() * 1e6);
@@ -176,7 +174,7 @@ fn run(pin_root: &str, cgroup: &Cgroup, data: &std::path::Path) -> Result<String
         v.sort_by(f64::total_cmp);
         percentile(&v, 0.99)
     };
-    let rounds = rounds();
+    let rounds = forge_tests::bench_rounds(ROUNDS);
     Ok(format!(
         "## Quarantine latency (µs, {rounds} rounds, 4 processes in the cgroup)\n\n\
          | step | p50 | p90 | p99 | max |\n|---|---|---|---|---|\n{}\n{}\n{}\n{}\n\n\

@@ -239,6 +239,20 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
+/// Set by `cargo xtask bench --smoke` (and so by `cargo xtask test`): a
+/// benchmark runs a few iterations, to show that it runs and reports.
+pub const BENCH_SMOKE_ENV: &str = "FORGE_BENCH_SMOKE";
+
+/// Whether this benchmark run is a smoke run ([`BENCH_SMOKE_ENV`]).
+pub fn bench_smoke() -> bool {
+    std::env::var_os(BENCH_SMOKE_ENV).is_some()
+}
+
+/// `full` rounds of a benchmark, or 3 in a smoke run.
+pub fn bench_rounds(full: usize) -> usize {
+    if bench_smoke() { 3 } else { full }
+}
+
 /// How long a test waits for the events it expects: they come within
 /// milliseconds, but a guest under software emulation on a loaded machine
 /// can stall for seconds (the wait ends as soon as they are there).

@@ -109,11 +109,13 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let _ = writeln!(report, "Machine: {} cores, {cpu}; kernel {}", cores, uname.trim());
-    let _ = writeln!(
-        report,
-        "Each figure comes from this run; ratios compare configurations measured in the same run.\n"
-    );
+    let _ = writeln!(report, "Machine: {} cores, {cpu}; kernel {}\n", cores, uname.trim());
+    if !args.smoke {
+        let _ = writeln!(
+            report,
+            "Each figure comes from this run; ratios compare configurations measured in the same run.\n\n"
+        );
+    }
 
     // Everything builds once, with one feature set (the forge binary the
     // fleet benchmark drives included: a package's binaries are built with
